@@ -1,0 +1,122 @@
+//! `saerl bench sql`: the drift query over a full-size synthetic chain (8 stages × layers
+//! 6/12/18/23, d_model 896, d_sae 7168), timed, with peak RSS, and DuckDB on the same files
+//! when its Python package is installed.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::lake::{Lake, Table, Txn};
+use crate::sql::saved::QUERIES;
+use crate::sql::{open_session, run_sql};
+use crate::study::{stage_name, CHAINS, LAYERS};
+use crate::synth::{write_chain, ChainPlan};
+
+pub struct BenchSql {
+    pub stages: usize,
+    pub d_model: usize,
+    pub d_sae: usize,
+    pub k: usize,
+    pub runs: usize,
+    /// Keep the generated lake here instead of a temporary directory.
+    pub keep: Option<PathBuf>,
+}
+
+/// Peak resident set size of this process, in bytes (Linux).
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Restarts peak-RSS accounting from the current RSS (Linux ≥ 4.0), so a figure covers one phase.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn gib(b: u64) -> f64 {
+    b as f64 / (1u64 << 30) as f64
+}
+
+pub async fn sql(a: &BenchSql) -> Result<()> {
+    let tmp;
+    let root = match &a.keep {
+        Some(p) => p.clone(),
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().join("lake")
+        }
+    };
+    let lake = Lake::new(&root);
+    // The flexible chain's steps, extended by 40 per stage if more are asked for.
+    let flexible = CHAINS[0].steps;
+    let steps: Vec<i64> = (0..a.stages)
+        .map(|i| flexible.get(i).copied().unwrap_or(flexible[flexible.len() - 1] + 40 * (i + 1 - flexible.len()) as i64))
+        .collect();
+    let plan = ChainPlan {
+        chain: "flexible".into(),
+        reward: Some("flexible".into()),
+        kl_coef: Some(0.005),
+        steps,
+        saes: LAYERS.iter().map(|&l| (l, a.k)).collect(),
+        d_model: a.d_model,
+        d_sae: a.d_sae,
+        rate: 1.0,
+    };
+    if lake.partitions(Table::Features)?.is_empty() {
+        let n = (plan.saes.len() * plan.steps.len()) as u64;
+        let bar = super::progress(n, "generating SAEs");
+        let t = Instant::now();
+        let mut txn = Txn::begin(&lake, false)?;
+        write_chain(&mut txn, &plan, || bar.inc(1))?;
+        txn.commit()?;
+        bar.finish_and_clear();
+        println!("generated {n} SAEs ({} … {}) in {:.1} s", stage_name(plan.steps[0]), stage_name(*plan.steps.last().unwrap()), t.elapsed().as_secs_f64());
+    }
+    let bytes: u64 = lake.files(Table::Features)?.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
+    let feature_rows = (plan.saes.len() * plan.steps.len() * a.d_sae) as f64;
+    let pairs = (plan.saes.len() * (plan.steps.len() - 1) * a.d_sae) as f64;
+    println!(
+        "lake {}: features {:.2} GiB, {feature_rows} feature rows, {pairs} feature pairs to compare",
+        root.display(),
+        gib(bytes)
+    );
+
+    let sql = QUERIES.iter().find(|(n, _)| *n == "decoder_drift").unwrap().1;
+    reset_peak_rss();
+    let ctx = open_session(&lake).await?;
+    let mut best = f64::INFINITY;
+    for run in 1..=a.runs {
+        let t = Instant::now();
+        let rows: usize = run_sql(&ctx, sql).await?.iter().map(|b| b.num_rows()).sum();
+        let s = t.elapsed().as_secs_f64();
+        best = best.min(s);
+        println!("decoder_drift.sql run {run}: {s:.3} s, {rows} transitions");
+    }
+    let rss = peak_rss().unwrap_or(0);
+    println!("saerl:  best {best:.3} s = {:.0} feature rows/s ({:.0} pairs/s); peak RSS {:.2} GiB (target < 2 GiB)", feature_rows / best, pairs / best, gib(rss));
+
+    match duckdb_seconds(&root, a.runs) {
+        Ok(d) => println!("duckdb: best {d:.3} s; saerl is {:.2}× DuckDB's speed (target > 1)", d / best),
+        Err(e) => println!("duckdb: not measured ({e:#}); `pip install duckdb` to compare"),
+    }
+    Ok(())
+}
+
+fn duckdb_seconds(lake: &std::path::Path, runs: usize) -> Result<f64> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", include_str!("../../bench/duckdb_drift.py"), &lake.display().to_string(), "--runs", &runs.to_string()])
+        .output()
+        .context("running python3")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        anyhow::bail!("{}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("python3 failed"));
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("seconds: "))
+        .context("no `seconds:` line from the DuckDB script")?
+        .trim()
+        .parse()
+        .context("parsing DuckDB seconds")
+}

@@ -1,0 +1,152 @@
+//! `saerl import pt ROOT|FILE`: published `.pt` checkpoints into `saes`, `features`, `stages`.
+//!
+//! A tree has chain folders `sae_<chain>/` (optionally with subfolders such as `k64/`) holding
+//! `sae_{stage}_layer{N}.pt`; k comes from each file's config. Everything is staged in one
+//! transaction, so a bad file leaves the lake exactly as it was.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use regex::Regex;
+
+use crate::lake::{check_name, infer_step, write_sae, Lake, PartitionKey, StageRow, Txn};
+use crate::sae::pt;
+use crate::study::chain_defaults;
+
+pub struct ImportPt {
+    pub path: PathBuf,
+    pub chain: Option<String>,
+    pub stage: Option<String>,
+    pub layer: Option<i32>,
+    pub overwrite: bool,
+}
+
+/// One file to import and where it goes (k is read from the file).
+#[derive(Debug)]
+struct Job {
+    file: PathBuf,
+    chain: String,
+    stage: String,
+    layer: i32,
+}
+
+fn file_re() -> Regex {
+    Regex::new(r"^sae_(.+)_layer(\d+)\.pt$").unwrap()
+}
+
+fn chain_of_dir(name: &str) -> Option<&str> {
+    name.strip_prefix("sae_").filter(|c| !c.is_empty())
+}
+
+/// Finds every `.pt` under `root`; each must sit below a `sae_<chain>` folder and follow the
+/// naming scheme, otherwise the import stops before writing anything.
+fn discover(root: &Path) -> Result<Vec<Job>> {
+    let re = file_re();
+    let mut jobs = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let path = e?.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|x| x != "pt") {
+                continue;
+            }
+            let chain = path
+                .ancestors()
+                .skip(1)
+                .take_while(|a| a.starts_with(root) || *a == root)
+                .filter_map(|a| a.file_name().and_then(|n| n.to_str()).and_then(chain_of_dir))
+                .last()
+                .with_context(|| format!("{}: not inside a sae_<chain>/ folder, so its chain is unknown", path.display()))?;
+            let name = path.file_name().unwrap().to_string_lossy();
+            let caps = re
+                .captures(&name)
+                .with_context(|| format!("{}: file name is not sae_{{stage}}_layer{{N}}.pt", path.display()))?;
+            jobs.push(Job { chain: chain.to_string(), stage: caps[1].to_string(), layer: caps[2].parse()?, file: path });
+        }
+    }
+    if jobs.is_empty() {
+        bail!("no sae_{{stage}}_layer{{N}}.pt files under {}", root.display());
+    }
+    Ok(jobs)
+}
+
+/// The job for one file: flags win, otherwise the path tells.
+fn single(a: &ImportPt) -> Result<Job> {
+    let name = a.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let caps = file_re().captures(&name);
+    let from_dir = a
+        .path
+        .ancestors()
+        .skip(1)
+        .filter_map(|p| p.file_name().and_then(|n| n.to_str()).and_then(chain_of_dir))
+        .next()
+        .map(str::to_string);
+    let hint = "pass --chain, --stage and --layer";
+    Ok(Job {
+        file: a.path.clone(),
+        chain: a.chain.clone().or(from_dir).with_context(|| format!("cannot tell the chain of {}: {hint}", a.path.display()))?,
+        stage: a
+            .stage
+            .clone()
+            .or_else(|| caps.as_ref().map(|c| c[1].to_string()))
+            .with_context(|| format!("cannot tell the stage of {}: {hint}", a.path.display()))?,
+        layer: match (a.layer, &caps) {
+            (Some(l), _) => l,
+            (None, Some(c)) => c[2].parse()?,
+            (None, None) => bail!("cannot tell the layer of {}: {hint}", a.path.display()),
+        },
+    })
+}
+
+pub fn run(lake: &Lake, a: &ImportPt) -> Result<()> {
+    if !a.path.exists() {
+        bail!("{} does not exist", a.path.display());
+    }
+    let jobs = if a.path.is_dir() {
+        if a.chain.is_some() || a.stage.is_some() || a.layer.is_some() {
+            bail!("--chain/--stage/--layer apply to a single file; a tree names them by its folders and file names");
+        }
+        discover(&a.path)?
+    } else {
+        vec![single(a)?]
+    };
+    for j in &jobs {
+        check_name("chain", &j.chain).with_context(|| j.file.display().to_string())?;
+        check_name("stage", &j.stage).with_context(|| j.file.display().to_string())?;
+    }
+    let mut jobs: Vec<(Job, i64)> = jobs
+        .into_iter()
+        .map(|j| -> Result<(Job, i64)> {
+            let step = infer_step(&j.stage).with_context(|| j.file.display().to_string())?;
+            Ok((j, step))
+        })
+        .collect::<Result<_>>()?;
+    jobs.sort_by(|(a, sa), (b, sb)| (&a.chain, sa, a.layer, &a.file).cmp(&(&b.chain, sb, b.layer, &b.file)));
+
+    let mut txn = Txn::begin(lake, a.overwrite)?;
+    let bar = super::progress(jobs.len() as u64, "import");
+    let mut stage_rows: Vec<StageRow> = Vec::new();
+    for (j, step) in &jobs {
+        bar.set_message(j.file.file_name().unwrap().to_string_lossy().into_owned());
+        let ckpt = pt::read(&j.file)?;
+        let key = PartitionKey::sae(&j.chain, &j.stage, j.layer, ckpt.sae.k as i32);
+        write_sae(&mut txn, &key, &ckpt.sae).with_context(|| format!("importing {}", j.file.display()))?;
+        if !stage_rows.iter().any(|r| r.chain == j.chain && r.stage == j.stage) {
+            let (reward, kl_coef) = chain_defaults(&j.chain);
+            stage_rows.push(StageRow { chain: j.chain.clone(), stage: j.stage.clone(), step: *step, reward, kl_coef, model_path: None });
+        }
+        bar.inc(1);
+    }
+    txn.upsert_stages(&stage_rows)?;
+    let n = jobs.len();
+    txn.commit()?;
+    bar.finish_and_clear();
+    let mut chains: Vec<&str> = jobs.iter().map(|(j, _)| j.chain.as_str()).collect();
+    chains.dedup();
+    println!("imported {n} SAE(s) of chain(s) {} into {}", chains.join(", "), lake.root().display());
+    Ok(())
+}

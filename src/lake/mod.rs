@@ -1,0 +1,214 @@
+//! The lake: one directory of hive-partitioned Parquet tables. This module is the only place
+//! that knows paths, partition levels and schemas; everything else asks it.
+
+mod read;
+mod saes;
+mod schema;
+mod stages;
+mod write;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+pub use read::{check_parquet, read_parquet};
+pub use saes::{read_sae, sae_batches, write_sae};
+pub use schema::{vector_type, vector_width, PartCol, Table};
+pub use stages::{infer_step, StageRow};
+pub use write::{PartitionWriter, Txn};
+
+/// Where a table's partition lives: the values of its partition columns.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionKey {
+    pub chain: String,
+    pub stage: Option<String>,
+    pub layer: Option<i32>,
+    pub k: Option<i32>,
+}
+
+impl PartitionKey {
+    pub fn sae(chain: &str, stage: &str, layer: i32, k: i32) -> Self {
+        Self { chain: chain.into(), stage: Some(stage.into()), layer: Some(layer), k: Some(k) }
+    }
+
+    pub fn chain(chain: &str) -> Self {
+        Self { chain: chain.into(), stage: None, layer: None, k: None }
+    }
+
+    pub fn stage(chain: &str, stage: &str) -> Self {
+        Self { chain: chain.into(), stage: Some(stage.into()), layer: None, k: None }
+    }
+
+    pub fn layer(chain: &str, stage: &str, layer: i32) -> Self {
+        Self { layer: Some(layer), ..Self::stage(chain, stage) }
+    }
+
+    fn value(&self, col: PartCol) -> Option<String> {
+        match col {
+            PartCol::Chain => Some(self.chain.clone()),
+            PartCol::Stage => self.stage.clone(),
+            PartCol::Layer => self.layer.map(|v| v.to_string()),
+            PartCol::K => self.k.map(|v| v.to_string()),
+        }
+    }
+
+    /// `chain=../stage=../...` for the levels `table` uses; every level must be set.
+    pub fn rel_dir(&self, table: Table) -> Result<PathBuf> {
+        let mut dir = PathBuf::from(table.name());
+        for &col in table.partition_cols() {
+            let v = self
+                .value(col)
+                .with_context(|| format!("table {} needs `{}` to name a partition", table.name(), col.name()))?;
+            check_name(col.name(), &v)?;
+            dir.push(format!("{}={v}", col.name()));
+        }
+        Ok(dir)
+    }
+
+    /// Parses the levels below a table directory (`chain=a/stage=b/...`).
+    fn parse(table: Table, rel: &Path) -> Option<Self> {
+        let mut key = PartitionKey::chain("");
+        let parts: Vec<_> = rel.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        if parts.len() != table.partition_cols().len() {
+            return None;
+        }
+        for (col, part) in table.partition_cols().iter().zip(parts) {
+            let v = part.strip_prefix(&format!("{}=", col.name()))?.to_string();
+            match col {
+                PartCol::Chain => key.chain = v,
+                PartCol::Stage => key.stage = Some(v),
+                PartCol::Layer => key.layer = Some(v.parse().ok()?),
+                PartCol::K => key.k = Some(v.parse().ok()?),
+            }
+        }
+        Some(key)
+    }
+}
+
+impl fmt::Display for PartitionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "chain={}", self.chain)?;
+        if let Some(s) = &self.stage {
+            write!(f, " stage={s}")?;
+        }
+        if let Some(l) = self.layer {
+            write!(f, " layer={l}")?;
+        }
+        if let Some(k) = self.k {
+            write!(f, " k={k}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Chain and stage names become directory names and SQL literals: keep them plain.
+pub fn check_name(what: &str, v: &str) -> Result<()> {
+    let ok = !v.is_empty()
+        && !v.starts_with(['.', '_'])
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !ok {
+        bail!("invalid {what} name {v:?}: use letters, digits, '_', '-' or '.', not starting with '.' or '_'");
+    }
+    Ok(())
+}
+
+/// A lake directory.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    root: PathBuf,
+}
+
+/// The one data file a partition holds.
+pub const PART_FILE: &str = "part-0.parquet";
+
+impl Lake {
+    /// A lake that commands will write into (created on first write).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// A lake that must already exist (for readers).
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        if !root.is_dir() {
+            bail!(
+                "no lake at {}: create one with `saerl import pt ROOT --lake {0}` or `saerl demo`, or point --lake / SAERL_LAKE at an existing lake",
+                root.display()
+            );
+        }
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn table_dir(&self, table: Table) -> PathBuf {
+        self.root.join(table.name())
+    }
+
+    pub fn partition_dir(&self, table: Table, key: &PartitionKey) -> Result<PathBuf> {
+        Ok(self.root.join(key.rel_dir(table)?))
+    }
+
+    /// Where writers stage their output before the rename that publishes it.
+    fn tmp_root(&self) -> PathBuf {
+        self.root.join(".tmp")
+    }
+
+    /// Every complete partition of a table, sorted. A missing table has none.
+    pub fn partitions(&self, table: Table) -> Result<Vec<(PartitionKey, PathBuf)>> {
+        let base = self.table_dir(table);
+        let mut out = Vec::new();
+        if base.is_dir() {
+            walk_partitions(table, &base, &base, 0, &mut out)?;
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The Parquet files of a table.
+    pub fn files(&self, table: Table) -> Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        for (_, dir) in self.partitions(table)? {
+            for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+                let p = e?.path();
+                if p.extension().is_some_and(|x| x == "parquet") {
+                    files.push(p);
+                }
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    pub fn has_partition(&self, table: Table, key: &PartitionKey) -> Result<bool> {
+        Ok(self.partition_dir(table, key)?.is_dir())
+    }
+}
+
+fn walk_partitions(
+    table: Table,
+    base: &Path,
+    dir: &Path,
+    depth: usize,
+    out: &mut Vec<(PartitionKey, PathBuf)>,
+) -> Result<()> {
+    if depth == table.partition_cols().len() {
+        let rel = dir.strip_prefix(base).unwrap();
+        match PartitionKey::parse(table, rel) {
+            Some(key) => out.push((key, dir.to_path_buf())),
+            None => bail!("unexpected directory {} in table {}", dir.display(), table.name()),
+        }
+        return Ok(());
+    }
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type()?.is_dir() && !name.starts_with(['.', '_']) {
+            walk_partitions(table, base, &e.path(), depth + 1, out)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! Reading partitions back, with errors that name the file and the fix.
+
+use std::fs::File;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+
+use super::{Lake, PartitionKey, Table, PART_FILE};
+
+fn corrupt(path: &Path) -> String {
+    format!(
+        "corrupt or truncated Parquet file {}; re-run the command that wrote it with --overwrite, or delete its partition directory",
+        path.display()
+    )
+}
+
+/// Validates a file's footer and returns its Arrow schema (cheap: reads only metadata).
+pub fn check_parquet(path: &Path) -> Result<SchemaRef> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let reader = SerializedFileReader::new(file.try_clone()?).with_context(|| corrupt(path))?;
+    let _ = reader.metadata().num_row_groups();
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(|| corrupt(path))?;
+    Ok(builder.schema().clone())
+}
+
+/// Reads a whole Parquet file.
+pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .with_context(|| corrupt(path))?
+        .build()
+        .with_context(|| corrupt(path))?;
+    reader.collect::<Result<Vec<_>, _>>().with_context(|| corrupt(path))
+}
+
+impl Lake {
+    /// Reads one partition; a missing partition is an error naming what exists instead.
+    pub fn read_partition(&self, table: Table, key: &PartitionKey) -> Result<Vec<RecordBatch>> {
+        let dir = self.partition_dir(table, key)?;
+        if !dir.is_dir() {
+            let have: Vec<String> = self.partitions(table)?.into_iter().map(|(k, _)| k.to_string()).collect();
+            anyhow::bail!(
+                "no {} partition {key} in lake {}{}",
+                table.name(),
+                self.root().display(),
+                if have.is_empty() {
+                    " (the table is empty)".to_string()
+                } else {
+                    format!("; it has: {}", have.join(", "))
+                }
+            );
+        }
+        read_parquet(&dir.join(PART_FILE))
+    }
+}

@@ -1,0 +1,209 @@
+//! The Arrow schema of every lake table (DESIGN.md, "The lake"), declared once.
+//! Partition columns are not stored in the files; they are directory levels.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+/// Every table of the lake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    Stages,
+    Activations,
+    Docs,
+    Vocab,
+    Saes,
+    Features,
+    TrainLog,
+    Evals,
+    FeatureStats,
+    TopExamples,
+}
+
+/// A hive partition level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartCol {
+    Chain,
+    Stage,
+    Layer,
+    K,
+}
+
+impl PartCol {
+    pub fn name(self) -> &'static str {
+        match self {
+            PartCol::Chain => "chain",
+            PartCol::Stage => "stage",
+            PartCol::Layer => "layer",
+            PartCol::K => "k",
+        }
+    }
+
+    pub fn data_type(self) -> DataType {
+        match self {
+            PartCol::Chain | PartCol::Stage => DataType::Utf8,
+            PartCol::Layer | PartCol::K => DataType::Int32,
+        }
+    }
+}
+
+use PartCol::*;
+
+impl Table {
+    pub const ALL: [Table; 10] = [
+        Table::Stages,
+        Table::Activations,
+        Table::Docs,
+        Table::Vocab,
+        Table::Saes,
+        Table::Features,
+        Table::TrainLog,
+        Table::Evals,
+        Table::FeatureStats,
+        Table::TopExamples,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Stages => "stages",
+            Table::Activations => "activations",
+            Table::Docs => "docs",
+            Table::Vocab => "vocab",
+            Table::Saes => "saes",
+            Table::Features => "features",
+            Table::TrainLog => "train_log",
+            Table::Evals => "evals",
+            Table::FeatureStats => "feature_stats",
+            Table::TopExamples => "top_examples",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// Directory levels, outermost first. `stages` is one partition per chain so that a chain's
+    /// stage order (and so `parent_stage`) is rewritten as one unit.
+    pub fn partition_cols(self) -> &'static [PartCol] {
+        match self {
+            Table::Stages => &[Chain],
+            Table::Docs | Table::Vocab => &[Chain, Stage],
+            Table::Activations => &[Chain, Stage, Layer],
+            _ => &[Chain, Stage, Layer, K],
+        }
+    }
+
+    /// Columns stored in the files. `d_model` sizes the vector columns; `None` gives the
+    /// variable-length `List<Float32>` used when partitions of different widths are read together.
+    pub fn file_schema(self, d_model: Option<i32>) -> SchemaRef {
+        let vector = |name: &str| Field::new(name, vector_type(d_model), false);
+        let f = |name: &str, t: DataType| Field::new(name, t, false);
+        let n = |name: &str, t: DataType| Field::new(name, t, true);
+        use DataType::*;
+        let fields = match self {
+            Table::Stages => vec![
+                f("stage", Utf8),
+                f("step", Int64),
+                n("reward", Utf8),
+                n("kl_coef", Float64),
+                n("model_path", Utf8),
+                n("parent_stage", Utf8),
+            ],
+            Table::Activations => vec![
+                f("doc_id", Int64),
+                f("pos", Int32),
+                f("token_id", Int32),
+                f("split", Utf8),
+                vector("x"),
+            ],
+            Table::Docs => vec![
+                f("doc_id", Int64),
+                f("dataset_split", Utf8),
+                f("question", Utf8),
+                n("answer", Utf8),
+            ],
+            Table::Vocab => vec![f("token_id", Int32), f("token", Utf8)],
+            Table::Saes => vec![
+                f("d_model", Int32),
+                f("d_sae", Int32),
+                f("activation", Utf8),
+                n("init_from_stage", Utf8),
+                n("best_epoch", Int32),
+                n("best_val_mse", Float64),
+                f("b_pre", float_list()),
+                f("b_dec", float_list()),
+                n("source", Utf8),
+            ],
+            Table::Features => vec![
+                f("feature", Int32),
+                vector("w_enc"),
+                f("b_enc", Float32),
+                vector("w_dec"),
+            ],
+            Table::TrainLog => vec![
+                f("epoch", Int32),
+                f("train_mse", Float64),
+                n("val_mse", Float64),
+                n("aux_loss", Float64),
+                f("n_dead", Int64),
+                f("lr", Float64),
+                f("seconds", Float64),
+            ],
+            Table::Evals => vec![
+                n("nmse", Float64),
+                n("mean_l0", Float64),
+                n("l_base", Float64),
+                n("l_sae", Float64),
+                n("l_mean", Float64),
+                n("frac_rec", Float64),
+                n("n_val_rows", Int64),
+                n("n_prompts", Int32),
+            ],
+            Table::FeatureStats => vec![
+                f("feature", Int32),
+                f("split", Utf8),
+                f("n_tokens", Int64),
+                f("fire_count", Int64),
+                f("topk_count", Int64),
+                f("density", Float64),
+                n("mean_act", Float64),
+                n("max_act", Float32),
+            ],
+            Table::TopExamples => vec![
+                f("feature", Int32),
+                f("rank", Int32),
+                f("doc_id", Int64),
+                f("pos", Int32),
+                f("token_id", Int32),
+                f("value", Float32),
+            ],
+        };
+        Arc::new(Schema::new(fields))
+    }
+
+    /// True when the table has a d_model-wide vector column.
+    pub fn has_vectors(self) -> bool {
+        matches!(self, Table::Activations | Table::Features)
+    }
+}
+
+fn float_list() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Float32, false)))
+}
+
+/// `FixedSizeList<Float32, d>` for a known width, `List<Float32>` otherwise.
+pub fn vector_type(d_model: Option<i32>) -> DataType {
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    match d_model {
+        Some(d) => DataType::FixedSizeList(item, d),
+        None => DataType::List(item),
+    }
+}
+
+/// The width of a vector column type, if fixed.
+pub fn vector_width(t: &DataType) -> Option<i32> {
+    match t {
+        DataType::FixedSizeList(_, d) => Some(*d),
+        _ => None,
+    }
+}

@@ -1,0 +1,9 @@
+//! saerl: an embedded analytics engine over sparse-autoencoder artifacts of RL fine-tuning.
+//! Data flows one way: files → lake (Parquet) → SQL.
+
+pub mod commands;
+pub mod lake;
+pub mod sae;
+pub mod sql;
+pub mod study;
+pub mod synth;

@@ -1,0 +1,117 @@
+//! Command-line entry: parses arguments and hands over to `saerl::commands`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use saerl::commands::{bench, demo, import, plot, sql};
+use saerl::lake::Lake;
+use saerl::sql::Format;
+
+#[derive(Parser)]
+#[command(name = "saerl", version, about = "What does RL change inside a language model? SAE analytics over a Parquet lake.")]
+struct Cli {
+    /// The lake directory.
+    #[arg(long, global = true, env = "SAERL_LAKE", default_value = "./lake")]
+    lake: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Import SAE checkpoints from other formats.
+    Import {
+        #[command(subcommand)]
+        what: ImportWhat,
+    },
+    /// SQL over the lake: an interactive shell, or -c / -f.
+    Sql {
+        /// Run one SQL text and exit.
+        #[arg(short = 'c', long = "command", conflicts_with = "file")]
+        command: Option<String>,
+        /// Run the statements of a file and exit.
+        #[arg(short = 'f', long)]
+        file: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Run a saved query and draw it from its `-- title/chart/x/y/series/facet` header.
+    Plot {
+        file: PathBuf,
+        /// Output figure: .svg or .png.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Build a synthetic study, run every saved query and draw the figures.
+    Demo {
+        #[arg(long, default_value = "./saerl-demo")]
+        out: PathBuf,
+    },
+    /// Benchmarks (figures and ratios, not pass/fail).
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportWhat {
+    /// PyTorch `.pt` checkpoints: a tree of `sae_<chain>/[sub/]sae_{stage}_layer{N}.pt`, or one file.
+    Pt {
+        path: PathBuf,
+        #[arg(long)]
+        chain: Option<String>,
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long)]
+        layer: Option<i32>,
+        /// Replace partitions that already exist.
+        #[arg(long)]
+        overwrite: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Time decoder_drift.sql over a full-size synthetic chain.
+    Sql {
+        #[arg(long, default_value_t = 8)]
+        stages: usize,
+        #[arg(long, default_value_t = 896)]
+        d_model: usize,
+        #[arg(long, default_value_t = 7168)]
+        d_sae: usize,
+        #[arg(long, default_value_t = 64)]
+        k: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Keep (and reuse) the generated lake in this directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let lake = Lake::new(&cli.lake);
+    let result = match cli.command {
+        Command::Import { what: ImportWhat::Pt { path, chain, stage, layer, overwrite } } => {
+            import::run(&lake, &import::ImportPt { path, chain, stage, layer, overwrite })
+        }
+        Command::Sql { command, file, format } => sql::run(&lake, sql::SqlArgs { command, file, format }).await,
+        Command::Plot { file, out } => plot::run(&lake, &file, &out).await,
+        Command::Demo { out } => demo::run(&out).await,
+        Command::Bench { what: BenchWhat::Sql { stages, d_model, d_sae, k, runs, keep } } => {
+            bench::sql(&bench::BenchSql { stages, d_model, d_sae, k, runs, keep }).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The TopK sparse autoencoder and its file formats.
+
+pub mod pickle;
+pub mod pt;
+mod topk;
+pub mod zip_store;
+
+pub use topk::{Activation, Sae, SaeMeta};

@@ -1,0 +1,508 @@
+//! A restricted pickle reader and writer for PyTorch state dicts.
+//!
+//! Nothing in a file is ever executed: the reader is a stack machine that knows only the opcodes
+//! `torch.save` emits for a dict of tensors and plain config values, and only the callables
+//! that rebuild tensors and ordered dicts. Anything else is refused with its offset.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context, Result};
+
+/// A storage reference as `torch.save` persists it: ('storage', type, key, location, numel).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageRef {
+    pub dtype: StorageType,
+    pub key: String,
+    pub numel: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageType {
+    F32,
+    F64,
+    F16,
+    BF16,
+}
+
+impl StorageType {
+    fn from_global(name: &str) -> Option<Self> {
+        Some(match name {
+            "torch.FloatStorage" => StorageType::F32,
+            "torch.DoubleStorage" => StorageType::F64,
+            "torch.HalfStorage" => StorageType::F16,
+            "torch.BFloat16Storage" => StorageType::BF16,
+            _ => return None,
+        })
+    }
+
+    pub fn global(self) -> &'static str {
+        match self {
+            StorageType::F32 => "torch\nFloatStorage",
+            StorageType::F64 => "torch\nDoubleStorage",
+            StorageType::F16 => "torch\nHalfStorage",
+            StorageType::BF16 => "torch\nBFloat16Storage",
+        }
+    }
+
+    pub fn size(self) -> usize {
+        match self {
+            StorageType::F32 => 4,
+            StorageType::F64 => 8,
+            StorageType::F16 | StorageType::BF16 => 2,
+        }
+    }
+}
+
+/// A tensor view into a storage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorRef {
+    pub storage: StorageRef,
+    pub offset: usize,
+    pub shape: Vec<usize>,
+    pub stride: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    Tuple(Vec<Value>),
+    List(Vec<Value>),
+    /// Insertion-ordered, as Python dicts are.
+    Dict(Vec<(Value, Value)>),
+    Tensor(TensorRef),
+    /// Intermediate values only.
+    Global(String),
+    Storage(StorageRef),
+}
+
+impl Value {
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Dict(items) => items.iter().find(|(k, _)| matches!(k, Value::Str(s) if s == key)).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::None => "None",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::Str(_) => "str",
+            Value::Bytes(_) => "bytes",
+            Value::Tuple(_) => "tuple",
+            Value::List(_) => "list",
+            Value::Dict(_) => "dict",
+            Value::Tensor(_) => "tensor",
+            Value::Global(_) => "global",
+            Value::Storage(_) => "storage",
+        }
+    }
+}
+
+const ALLOWED_GLOBALS: &[&str] = &[
+    "collections.OrderedDict",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_parameter",
+    "torch.FloatStorage",
+    "torch.DoubleStorage",
+    "torch.HalfStorage",
+    "torch.BFloat16Storage",
+];
+
+enum Item {
+    Mark,
+    V(Value),
+}
+
+struct Machine<'a> {
+    b: &'a [u8],
+    at: usize,
+    stack: Vec<Item>,
+    memo: HashMap<u32, Value>,
+}
+
+impl<'a> Machine<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let s = self.b.get(self.at..self.at + n).context("pickle ends early (truncated file?)")?;
+        self.at += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn line(&mut self) -> Result<String> {
+        let rest = &self.b[self.at..];
+        let n = rest.iter().position(|&c| c == b'\n').context("unterminated GLOBAL name")?;
+        let s = String::from_utf8(rest[..n].to_vec()).context("GLOBAL name is not UTF-8")?;
+        self.at += n + 1;
+        Ok(s)
+    }
+    fn utf8(&mut self, n: usize) -> Result<Value> {
+        Ok(Value::Str(String::from_utf8(self.take(n)?.to_vec()).context("string is not UTF-8")?))
+    }
+    fn push(&mut self, v: Value) {
+        self.stack.push(Item::V(v));
+    }
+    fn pop(&mut self) -> Result<Value> {
+        match self.stack.pop() {
+            Some(Item::V(v)) => Ok(v),
+            Some(Item::Mark) => bail!("unexpected MARK on the pickle stack"),
+            None => bail!("pickle stack underflow"),
+        }
+    }
+    fn top(&mut self) -> Result<&mut Value> {
+        match self.stack.last_mut() {
+            Some(Item::V(v)) => Ok(v),
+            _ => bail!("pickle stack underflow"),
+        }
+    }
+    fn pop_mark(&mut self) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        loop {
+            match self.stack.pop() {
+                Some(Item::Mark) => break,
+                Some(Item::V(v)) => out.push(v),
+                None => bail!("pickle MARK missing"),
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+    fn global(&mut self, name: String) -> Result<()> {
+        if !ALLOWED_GLOBALS.contains(&name.as_str()) {
+            bail!("forbidden global {name} in pickle: only tensors and plain values are loaded, nothing is executed");
+        }
+        self.push(Value::Global(name));
+        Ok(())
+    }
+}
+
+fn as_usize(v: &Value) -> Result<usize> {
+    match v {
+        Value::Int(i) if *i >= 0 => Ok(*i as usize),
+        other => bail!("expected a non-negative int, got {}", other.type_name()),
+    }
+}
+
+fn usizes(v: &Value) -> Result<Vec<usize>> {
+    match v {
+        Value::Tuple(t) | Value::List(t) => t.iter().map(as_usize).collect(),
+        other => bail!("expected a tuple of ints, got {}", other.type_name()),
+    }
+}
+
+fn reduce(func: Value, args: Value) -> Result<Value> {
+    let Value::Global(name) = func else { bail!("REDUCE on a non-callable {}", func.type_name()) };
+    let Value::Tuple(args) = args else { bail!("REDUCE arguments are not a tuple") };
+    match name.as_str() {
+        "collections.OrderedDict" if args.is_empty() => Ok(Value::Dict(Vec::new())),
+        "torch._utils._rebuild_tensor_v2" if args.len() >= 4 => {
+            let Value::Storage(storage) = &args[0] else { bail!("tensor without a storage") };
+            Ok(Value::Tensor(TensorRef {
+                storage: storage.clone(),
+                offset: as_usize(&args[1])?,
+                shape: usizes(&args[2])?,
+                stride: usizes(&args[3])?,
+            }))
+        }
+        "torch._utils._rebuild_parameter" if !args.is_empty() => Ok(args.into_iter().next().unwrap()),
+        _ => bail!("unsupported call {name} with {} arguments in pickle", args.len()),
+    }
+}
+
+/// Loads a pickle without executing anything.
+pub fn load(b: &[u8]) -> Result<Value> {
+    let mut m = Machine { b, at: 0, stack: Vec::new(), memo: HashMap::new() };
+    loop {
+        let at = m.at;
+        let op = m.u8()?;
+        match op {
+            0x80 => {
+                m.u8()?; // PROTO
+            }
+            0x95 => {
+                m.take(8)?; // FRAME
+            }
+            b'.' => return m.pop(),
+            b'(' => m.stack.push(Item::Mark),
+            b'}' => m.push(Value::Dict(Vec::new())),
+            b']' => m.push(Value::List(Vec::new())),
+            b')' => m.push(Value::Tuple(Vec::new())),
+            b't' => {
+                let items = m.pop_mark()?;
+                m.push(Value::Tuple(items));
+            }
+            0x85..=0x87 => {
+                let n = (op - 0x84) as usize;
+                let mut items = (0..n).map(|_| m.pop()).collect::<Result<Vec<_>>>()?;
+                items.reverse();
+                m.push(Value::Tuple(items));
+            }
+            b'q' | b'r' | 0x94 => {
+                let idx = match op {
+                    b'q' => m.u8()? as u32,
+                    b'r' => m.u32()?,
+                    _ => m.memo.len() as u32,
+                };
+                let v = m.top()?.clone();
+                m.memo.insert(idx, v);
+            }
+            b'h' | b'j' => {
+                let idx = if op == b'h' { m.u8()? as u32 } else { m.u32()? };
+                let v = m.memo.get(&idx).with_context(|| format!("pickle refers to unknown memo {idx}"))?.clone();
+                m.push(v);
+            }
+            b'X' => {
+                let n = m.u32()? as usize;
+                let v = m.utf8(n)?;
+                m.push(v);
+            }
+            0x8c => {
+                let n = m.u8()? as usize;
+                let v = m.utf8(n)?;
+                m.push(v);
+            }
+            0x8d => {
+                let n = u64::from_le_bytes(m.take(8)?.try_into().unwrap()) as usize;
+                let v = m.utf8(n)?;
+                m.push(v);
+            }
+            b'C' | b'B' => {
+                let n = if op == b'C' { m.u8()? as usize } else { m.u32()? as usize };
+                let v = m.take(n)?.to_vec();
+                m.push(Value::Bytes(v));
+            }
+            b'J' => {
+                let v = i32::from_le_bytes(m.take(4)?.try_into().unwrap());
+                m.push(Value::Int(v as i64));
+            }
+            b'K' => {
+                let v = m.u8()?;
+                m.push(Value::Int(v as i64));
+            }
+            b'M' => {
+                let v = m.u16()?;
+                m.push(Value::Int(v as i64));
+            }
+            0x8a => {
+                let n = m.u8()? as usize;
+                if n > 8 {
+                    bail!("integer too large in pickle at byte {at}");
+                }
+                let bytes = m.take(n)?;
+                let mut buf = [if bytes.last().is_some_and(|&x| x & 0x80 != 0) { 0xFF } else { 0 }; 8];
+                buf[..n].copy_from_slice(bytes);
+                m.push(Value::Int(i64::from_le_bytes(buf)));
+            }
+            0x88 => m.push(Value::Bool(true)),
+            0x89 => m.push(Value::Bool(false)),
+            b'N' => m.push(Value::None),
+            b'G' => {
+                let v = f64::from_be_bytes(m.take(8)?.try_into().unwrap());
+                m.push(Value::Float(v));
+            }
+            b'c' => {
+                let module = m.line()?;
+                let name = m.line()?;
+                m.global(format!("{module}.{name}"))?;
+            }
+            0x93 => {
+                let name = m.pop()?;
+                let module = m.pop()?;
+                let (Value::Str(module), Value::Str(name)) = (module, name) else { bail!("STACK_GLOBAL needs two strings") };
+                m.global(format!("{module}.{name}"))?;
+            }
+            b'R' => {
+                let args = m.pop()?;
+                let func = m.pop()?;
+                let v = reduce(func, args).with_context(|| format!("at pickle byte {at}"))?;
+                m.push(v);
+            }
+            b'Q' => {
+                let pid = m.pop()?;
+                let Value::Tuple(t) = pid else { bail!("persistent id is not a tuple at byte {at}") };
+                let storage = match t.as_slice() {
+                    [Value::Str(kind), Value::Global(ty), Value::Str(key), _location, numel] if kind == "storage" => StorageRef {
+                        dtype: StorageType::from_global(ty).with_context(|| format!("unsupported storage type {ty}"))?,
+                        key: key.clone(),
+                        numel: as_usize(numel)?,
+                    },
+                    _ => bail!("unsupported persistent id at pickle byte {at}"),
+                };
+                m.push(Value::Storage(storage));
+            }
+            b's' => {
+                let v = m.pop()?;
+                let k = m.pop()?;
+                match m.top()? {
+                    Value::Dict(d) => d.push((k, v)),
+                    other => bail!("SETITEM on a {}", other.type_name()),
+                }
+            }
+            b'u' => {
+                let items = m.pop_mark()?;
+                if items.len() % 2 != 0 {
+                    bail!("SETITEMS with an odd number of items at byte {at}");
+                }
+                let mut it = items.into_iter();
+                let d = match m.top()? {
+                    Value::Dict(d) => d,
+                    other => bail!("SETITEMS on a {}", other.type_name()),
+                };
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    d.push((k, v));
+                }
+            }
+            b'a' => {
+                let v = m.pop()?;
+                match m.top()? {
+                    Value::List(l) => l.push(v),
+                    other => bail!("APPEND on a {}", other.type_name()),
+                }
+            }
+            b'e' => {
+                let items = m.pop_mark()?;
+                match m.top()? {
+                    Value::List(l) => l.extend(items),
+                    other => bail!("APPENDS on a {}", other.type_name()),
+                }
+            }
+            b'b' => {
+                // BUILD: an OrderedDict's state (torch's `_metadata`) carries no weights.
+                m.pop()?;
+                if !matches!(m.top()?, Value::Dict(_)) {
+                    bail!("BUILD on a non-dict at pickle byte {at}");
+                }
+            }
+            other => bail!("forbidden or unsupported pickle opcode 0x{other:02x} at byte {at}: only the opcodes of a PyTorch state dict are accepted"),
+        }
+    }
+}
+
+/// Serialises values with protocol 2 opcodes only, the way `torch.save` lays out a checkpoint.
+/// Tensors are written as `_rebuild_tensor_v2` calls on persistent storages.
+pub fn dump(v: &Value) -> Vec<u8> {
+    let mut out = vec![0x80, 2];
+    write_value(v, &mut out);
+    out.push(b'.');
+    out
+}
+
+fn write_str(s: &str, out: &mut Vec<u8>) {
+    out.push(b'X');
+    out.extend((s.len() as u32).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+fn write_int(i: i64, out: &mut Vec<u8>) {
+    if let Ok(v) = i32::try_from(i) {
+        out.push(b'J');
+        out.extend(v.to_le_bytes());
+    } else {
+        out.extend([0x8a, 8]);
+        out.extend(i.to_le_bytes());
+    }
+}
+
+fn write_tuple(items: &[Value], out: &mut Vec<u8>) {
+    out.push(b'(');
+    items.iter().for_each(|v| write_value(v, out));
+    out.push(b't');
+}
+
+fn write_value(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::None => out.push(b'N'),
+        Value::Bool(b) => out.push(if *b { 0x88 } else { 0x89 }),
+        Value::Int(i) => write_int(*i, out),
+        Value::Float(f) => {
+            out.push(b'G');
+            out.extend(f.to_be_bytes());
+        }
+        Value::Str(s) => write_str(s, out),
+        Value::Bytes(b) => {
+            out.push(b'B');
+            out.extend((b.len() as u32).to_le_bytes());
+            out.extend(b);
+        }
+        Value::Tuple(items) => write_tuple(items, out),
+        Value::List(items) => {
+            out.extend([b']', b'(']);
+            items.iter().for_each(|v| write_value(v, out));
+            out.push(b'e');
+        }
+        Value::Dict(items) => {
+            out.extend(b"ccollections\nOrderedDict\n)R(");
+            for (k, v) in items {
+                write_value(k, out);
+                write_value(v, out);
+            }
+            out.push(b'u');
+        }
+        Value::Tensor(t) => {
+            out.extend(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+            write_value(&Value::Storage(t.storage.clone()), out);
+            write_int(t.offset as i64, out);
+            write_tuple(&t.shape.iter().map(|&d| Value::Int(d as i64)).collect::<Vec<_>>(), out);
+            write_tuple(&t.stride.iter().map(|&d| Value::Int(d as i64)).collect::<Vec<_>>(), out);
+            out.push(0x89);
+            out.extend(b"ccollections\nOrderedDict\n)R");
+            out.push(b't');
+            out.push(b'R');
+        }
+        Value::Storage(s) => {
+            out.push(b'(');
+            write_str("storage", out);
+            out.push(b'c');
+            out.extend(s.dtype.global().as_bytes());
+            out.push(b'\n');
+            write_str(&s.key, out);
+            write_str("cpu", out);
+            write_int(s.numel as i64, out);
+            out.push(b't');
+            out.push(b'Q');
+        }
+        Value::Global(g) => {
+            out.push(b'c');
+            let (module, name) = g.rsplit_once('.').unwrap_or(("", g));
+            out.extend(format!("{module}\n{name}\n").as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_config_values() {
+        let v = Value::Dict(vec![
+            (Value::Str("k".into()), Value::Int(64)),
+            (Value::Str("big".into()), Value::Int(1 << 40)),
+            (Value::Str("neg".into()), Value::Int(-3)),
+            (Value::Str("loss".into()), Value::Float(0.25)),
+            (Value::Str("from".into()), Value::None),
+            (Value::Str("xs".into()), Value::List(vec![Value::Bool(true), Value::Tuple(vec![])])),
+        ]);
+        assert_eq!(load(&dump(&v)).unwrap(), v);
+    }
+
+    #[test]
+    fn refuses_arbitrary_globals() {
+        let err = load(b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00lsR.").unwrap_err();
+        assert!(err.to_string().contains("forbidden global os.system"), "{err}");
+    }
+}

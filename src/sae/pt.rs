@@ -1,0 +1,246 @@
+//! The published `.pt` checkpoint format:
+//! `{"state_dict": {b_pre [d], encoder.weight [d_sae,d], encoder.bias [d_sae],
+//!   decoder.weight [d,d_sae], decoder.bias [d]}, "config": {d_model, d_sae, k, ...}}`
+//! saved with `torch.save` (a zip of `data.pkl` plus one raw little-endian file per storage).
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::pickle::{self, StorageRef, StorageType, TensorRef, Value};
+use super::zip_store::{ZipStore, ZipWriter};
+use super::{Activation, Sae, SaeMeta};
+
+/// A loaded checkpoint: the SAE and its config dict as stored.
+pub struct PtCheckpoint {
+    pub sae: Sae,
+    pub config: Vec<(String, Value)>,
+}
+
+/// Reads and validates a `.pt` SAE checkpoint. Errors name the file.
+pub fn read(path: &Path) -> Result<PtCheckpoint> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(bytes).with_context(|| format!("{} is not a valid SAE checkpoint", path.display()))
+}
+
+fn parse(bytes: Vec<u8>) -> Result<PtCheckpoint> {
+    let zip = ZipStore::parse(bytes)?;
+    let pkl_name = zip
+        .names()
+        .find(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
+        .context("no data.pkl in the archive")?
+        .to_string();
+    let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
+    if let Some(order) = zip.get(&format!("{prefix}byteorder")) {
+        if order != b"little" {
+            bail!("byte order {:?} is not supported (only little-endian)", String::from_utf8_lossy(order));
+        }
+    }
+    let root = pickle::load(zip.get(&pkl_name).unwrap())?;
+    let state = root.get("state_dict").context("missing key \"state_dict\"")?;
+    let config = match root.get("config").context("missing key \"config\"")? {
+        Value::Dict(items) => items
+            .iter()
+            .map(|(k, v)| match k {
+                Value::Str(k) => Ok((k.clone(), v.clone())),
+                _ => bail!("config has a non-string key"),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        other => bail!("\"config\" is a {}, expected a dict", other.type_name()),
+    };
+    let cfg_int = |key: &str| -> Result<usize> {
+        match config.iter().find(|(k, _)| k == key).map(|(_, v)| v) {
+            Some(Value::Int(v)) if *v > 0 => Ok(*v as usize),
+            Some(v) => bail!("config[{key:?}] is a {}, expected a positive int", v.type_name()),
+            None => bail!("missing config key {key:?}"),
+        }
+    };
+    let (d, n, k) = (cfg_int("d_model")?, cfg_int("d_sae")?, cfg_int("k")?);
+    let tensor = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+        let t = match state.get(name) {
+            Some(Value::Tensor(t)) => t,
+            Some(v) => bail!("state_dict[{name:?}] is a {}, expected a tensor", v.type_name()),
+            None => bail!("missing state_dict key {name:?}"),
+        };
+        if t.shape != shape {
+            bail!("state_dict[{name:?}] has shape {:?}, but the config (d_model {d}, d_sae {n}) implies {shape:?}", t.shape);
+        }
+        let data = zip
+            .get(&format!("{prefix}data/{}", t.storage.key))
+            .with_context(|| format!("storage {} of {name:?} is missing from the archive", t.storage.key))?;
+        gather(t, data).with_context(|| format!("reading {name:?}"))
+    };
+    let w_dec_dn = tensor("decoder.weight", &[d, n])?;
+    let mut w_dec = vec![0f32; n * d];
+    for r in 0..d {
+        for c in 0..n {
+            w_dec[c * d + r] = w_dec_dn[r * n + c];
+        }
+    }
+    let get = |key: &str| config.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let opt_str = |key: &str| match get(key) {
+        Some(Value::Str(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let meta = SaeMeta {
+        init_from_stage: opt_str("init_from_stage"),
+        best_epoch: match get("best_epoch") {
+            Some(Value::Int(e)) => Some(*e as i32),
+            _ => None,
+        },
+        best_val_mse: match get("best_val_loss") {
+            Some(Value::Float(v)) => Some(*v),
+            Some(Value::Int(v)) => Some(*v as f64),
+            _ => None,
+        },
+        source: opt_str("source"),
+    };
+    let activation = match opt_str("activation") {
+        Some(a) => Activation::parse(&a)?,
+        None => Activation::TopK,
+    };
+    let sae = Sae {
+        d_model: d,
+        d_sae: n,
+        k,
+        activation,
+        b_pre: tensor("b_pre", &[d])?,
+        w_enc: tensor("encoder.weight", &[n, d])?,
+        b_enc: tensor("encoder.bias", &[n])?,
+        w_dec,
+        b_dec: tensor("decoder.bias", &[d])?,
+        meta,
+    };
+    sae.validate()?;
+    Ok(PtCheckpoint { sae, config })
+}
+
+/// Materialises a (possibly strided) tensor view as contiguous f32.
+fn gather(t: &TensorRef, data: &[u8]) -> Result<Vec<f32>> {
+    let size = t.storage.dtype.size();
+    if data.len() < t.storage.numel * size {
+        bail!("storage {} holds {} bytes, expected {}", t.storage.key, data.len(), t.storage.numel * size);
+    }
+    let numel: usize = t.shape.iter().product();
+    let value = |i: usize| -> f32 {
+        let b = &data[i * size..(i + 1) * size];
+        match t.storage.dtype {
+            StorageType::F32 => f32::from_le_bytes(b.try_into().unwrap()),
+            StorageType::F64 => f64::from_le_bytes(b.try_into().unwrap()) as f32,
+            StorageType::BF16 => f32::from_bits((u16::from_le_bytes(b.try_into().unwrap()) as u32) << 16),
+            StorageType::F16 => f16_to_f32(u16::from_le_bytes(b.try_into().unwrap())),
+        }
+    };
+    let mut out = Vec::with_capacity(numel);
+    let mut idx = vec![0usize; t.shape.len()];
+    for _ in 0..numel {
+        let flat = t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
+        if flat >= t.storage.numel {
+            bail!("tensor view reaches past its storage");
+        }
+        out.push(value(flat));
+        for dim in (0..idx.len()).rev() {
+            idx[dim] += 1;
+            if idx[dim] < t.shape[dim] {
+                break;
+            }
+            idx[dim] = 0;
+        }
+    }
+    Ok(out)
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as i32;
+    let mant = (h & 0x3ff) as u32;
+    let bits = match (exp, mant) {
+        (0, 0) => sign,
+        (0, m) => {
+            let v = m as f32 * 2f32.powi(-24); // subnormal
+            return if sign != 0 { -v } else { v };
+        }
+        (31, 0) => sign | 0x7f80_0000,
+        (31, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | (((e - 15 + 127) as u32) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// Writes `sae` in the published format, readable by `torch.load`.
+/// `config` entries (besides d_model, d_sae, k, which always come from the SAE) are kept as given.
+pub fn write(path: &Path, sae: &Sae, extra_config: &[(String, Value)]) -> Result<()> {
+    let (d, n) = (sae.d_model, sae.d_sae);
+    let mut w_dec_dn = vec![0f32; d * n];
+    for c in 0..n {
+        for r in 0..d {
+            w_dec_dn[r * n + c] = sae.w_dec[c * d + r];
+        }
+    }
+    let tensors: [(&str, &[f32], Vec<usize>); 5] = [
+        ("b_pre", &sae.b_pre, vec![d]),
+        ("encoder.weight", &sae.w_enc, vec![n, d]),
+        ("encoder.bias", &sae.b_enc, vec![n]),
+        ("decoder.weight", &w_dec_dn, vec![d, n]),
+        ("decoder.bias", &sae.b_dec, vec![d]),
+    ];
+    write_raw(path, &tensors, sae_config(sae, extra_config))
+}
+
+fn sae_config(sae: &Sae, extra: &[(String, Value)]) -> Vec<(String, Value)> {
+    let mut cfg = vec![
+        ("d_model".to_string(), Value::Int(sae.d_model as i64)),
+        ("d_sae".to_string(), Value::Int(sae.d_sae as i64)),
+        ("k".to_string(), Value::Int(sae.k as i64)),
+    ];
+    let meta = &sae.meta;
+    let defaults = [
+        ("source", meta.source.clone().map_or(Value::None, Value::Str)),
+        ("init_from_stage", meta.init_from_stage.clone().map_or(Value::None, Value::Str)),
+        ("best_epoch", meta.best_epoch.map_or(Value::None, |e| Value::Int(e as i64))),
+        ("best_val_loss", meta.best_val_mse.map_or(Value::None, Value::Float)),
+    ];
+    for (k, v) in defaults {
+        if !extra.iter().any(|(e, _)| e == k) {
+            cfg.push((k.to_string(), v));
+        }
+    }
+    if sae.activation != Activation::TopK {
+        cfg.push(("activation".into(), Value::Str(sae.activation.name().into())));
+    }
+    cfg.extend(extra.iter().filter(|(k, _)| !matches!(k.as_str(), "d_model" | "d_sae" | "k")).cloned());
+    cfg
+}
+
+/// Low-level writer: any named f32 tensors and any config (used to build test inputs too).
+pub fn write_raw(path: &Path, tensors: &[(&str, &[f32], Vec<usize>)], config: Vec<(String, Value)>) -> Result<()> {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("archive").to_string();
+    let mut zip = ZipWriter::new();
+    let mut state = Vec::new();
+    let mut storages = Vec::new();
+    for (i, (name, data, shape)) in tensors.iter().enumerate() {
+        let mut stride = vec![1usize; shape.len()];
+        for dim in (0..shape.len().saturating_sub(1)).rev() {
+            stride[dim] = stride[dim + 1] * shape[dim + 1];
+        }
+        let storage = StorageRef { dtype: StorageType::F32, key: i.to_string(), numel: data.len() };
+        state.push((Value::Str(name.to_string()), Value::Tensor(TensorRef { storage, offset: 0, shape: shape.clone(), stride })));
+        storages.push(data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+    }
+    let root = Value::Dict(vec![
+        (Value::Str("state_dict".into()), Value::Dict(state)),
+        (Value::Str("config".into()), Value::Dict(config.into_iter().map(|(k, v)| (Value::Str(k), v)).collect())),
+    ]);
+    zip.add(&format!("{stem}/data.pkl"), &pickle::dump(&root));
+    zip.add(&format!("{stem}/.format_version"), b"1");
+    zip.add(&format!("{stem}/.storage_alignment"), b"64");
+    zip.add(&format!("{stem}/byteorder"), b"little");
+    for (i, bytes) in storages.iter().enumerate() {
+        zip.add(&format!("{stem}/data/{i}"), bytes);
+    }
+    zip.add(&format!("{stem}/version"), b"3\n");
+    let tmp = path.with_extension("pt.tmp");
+    std::fs::write(&tmp, zip.finish()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! SQL over the lake: session setup, execution, output formats, the REPL and plots.
+
+pub mod exec;
+pub mod format;
+pub mod header;
+pub mod plot;
+pub mod repl;
+pub mod saved;
+pub mod session;
+
+pub use exec::run_sql;
+pub use format::Format;
+pub use session::open_session;

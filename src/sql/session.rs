@@ -1,0 +1,131 @@
+//! A DataFusion session with every lake table registered (partition columns prunable), the
+//! saerl UDFs, and the built-in views the saved queries share.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use saerl_udfs::{Encoder, SaeKey, SaeSource};
+
+use crate::lake::{check_parquet, read_sae, vector_width, Lake, PartitionKey, Table};
+use crate::sae::Sae;
+
+pub async fn open_session(lake: &Lake) -> Result<SessionContext> {
+    let config = SessionConfig::new().with_information_schema(true);
+    let ctx = SessionContext::new_with_config(config);
+    for table in Table::ALL {
+        register_table(&ctx, lake, table).await?;
+    }
+    saerl_udfs::register_all(&ctx, Arc::new(LakeSaes { lake: lake.clone(), cache: Mutex::default() }));
+    for (name, sql) in super::saved::VIEWS {
+        ctx.sql(sql).await.with_context(|| format!("creating built-in view {name}"))?;
+    }
+    Ok(ctx)
+}
+
+fn with_partition_cols(table: Table, file_schema: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend(table.partition_cols().iter().map(|c| Field::new(c.name(), c.data_type(), false)));
+    Arc::new(Schema::new(fields))
+}
+
+/// Registers a table over its Parquet files, after checking every file's footer so a corrupt
+/// file is reported by name up front. An empty table is registered with its schema.
+async fn register_table(ctx: &SessionContext, lake: &Lake, table: Table) -> Result<()> {
+    let files = lake.files(table)?;
+    let mut widths = Vec::new();
+    for f in &files {
+        let schema = check_parquet(f)?;
+        if table.has_vectors() {
+            let col = if table == Table::Activations { "x" } else { "w_dec" };
+            widths.push(schema.field_with_name(col).ok().and_then(|f| vector_width(f.data_type())));
+        }
+    }
+    widths.dedup();
+    // One width across the table keeps FixedSizeList; mixed widths are read as List<Float32>.
+    let width = if widths.len() == 1 { widths[0] } else { None };
+    let file_schema = table.file_schema(width);
+    if files.is_empty() {
+        let schema = with_partition_cols(table, &file_schema);
+        ctx.register_table(table.name(), Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
+        return Ok(());
+    }
+    let dir = std::path::absolute(lake.table_dir(table))?;
+    let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(
+            table.partition_cols().iter().map(|c| (c.name().to_string(), c.data_type())).collect(),
+        );
+    let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(file_schema);
+    ctx.register_table(table.name(), Arc::new(ListingTable::try_new(config)?))?;
+    Ok(())
+}
+
+impl Encoder for Sae {
+    fn d_model(&self) -> usize {
+        self.d_model
+    }
+
+    fn encode(&self, x: &[f32]) -> Vec<(u32, f32)> {
+        Sae::encode(self, x)
+    }
+}
+
+/// `topk_encode`'s SAEs, loaded from the lake once per session.
+#[derive(Debug)]
+struct LakeSaes {
+    lake: Lake,
+    cache: Mutex<HashMap<SaeKey, Arc<Sae>>>,
+}
+
+impl LakeSaes {
+    fn resolve(&self, key: &SaeKey) -> Result<PartitionKey> {
+        if let Some(k) = key.k {
+            return Ok(PartitionKey::sae(&key.chain, &key.stage, key.layer, k));
+        }
+        let ks: Vec<i32> = self
+            .lake
+            .partitions(Table::Saes)?
+            .into_iter()
+            .filter(|(p, _)| p.chain == key.chain && p.stage.as_deref() == Some(&key.stage) && p.layer == Some(key.layer))
+            .filter_map(|(p, _)| p.k)
+            .collect();
+        match ks.as_slice() {
+            [k] => Ok(PartitionKey::sae(&key.chain, &key.stage, key.layer, *k)),
+            [] => anyhow::bail!(
+                "no SAE for chain {} stage {} layer {} in lake {} (see `SELECT chain, stage, layer, k FROM saes`)",
+                key.chain,
+                key.stage,
+                key.layer,
+                self.lake.root().display()
+            ),
+            _ => anyhow::bail!(
+                "chain {} stage {} layer {} has SAEs for k = {ks:?}: pass k as the fifth argument",
+                key.chain,
+                key.stage,
+                key.layer
+            ),
+        }
+    }
+}
+
+impl SaeSource for LakeSaes {
+    fn encoder(&self, key: &SaeKey) -> std::result::Result<Arc<dyn Encoder>, String> {
+        if let Some(sae) = self.cache.lock().unwrap().get(key) {
+            return Ok(sae.clone());
+        }
+        let sae = self
+            .resolve(key)
+            .and_then(|p| read_sae(&self.lake, &p))
+            .map(Arc::new)
+            .map_err(|e| format!("{e:#}"))?;
+        self.cache.lock().unwrap().insert(key.clone(), sae.clone());
+        Ok(sae)
+    }
+}

@@ -1,0 +1,183 @@
+//! `topk_encode(x, chain, stage, layer [, k])`: encodes a vector with one SAE of the lake.
+//! The SAE lookup is abstracted by `SaeSource` so this crate does not know the lake layout;
+//! the source caches SAEs per session.
+
+use std::fmt::Debug;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float32Array, Int32Array, ListArray, StructArray};
+use arrow::buffer::OffsetBuffer;
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Fields, Int32Type};
+use datafusion::common::{exec_err, plan_err, DataFusionError, Result};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
+
+use crate::float_lists::{check_float_list, FloatLists};
+
+/// Which SAE to encode with; `k` may be omitted when the (chain, stage, layer) has one SAE.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SaeKey {
+    pub chain: String,
+    pub stage: String,
+    pub layer: i32,
+    pub k: Option<i32>,
+}
+
+/// An SAE's encoder as `topk_encode` needs it.
+pub trait Encoder: Send + Sync {
+    fn d_model(&self) -> usize;
+    /// The top-k latents of `x`, largest first, as (feature, value).
+    fn encode(&self, x: &[f32]) -> Vec<(u32, f32)>;
+}
+
+/// Resolves SAE keys to encoders (backed by the lake in the binary).
+pub trait SaeSource: Send + Sync + Debug {
+    fn encoder(&self, key: &SaeKey) -> std::result::Result<Arc<dyn Encoder>, String>;
+}
+
+#[derive(Debug)]
+pub struct TopkEncode {
+    signature: Signature,
+    saes: Arc<dyn SaeSource>,
+}
+
+impl PartialEq for TopkEncode {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.saes, &other.saes)
+    }
+}
+impl Eq for TopkEncode {}
+impl Hash for TopkEncode {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        "topk_encode".hash(state)
+    }
+}
+
+impl TopkEncode {
+    pub fn new(saes: Arc<dyn SaeSource>) -> Self {
+        Self { signature: Signature::user_defined(Volatility::Immutable), saes }
+    }
+
+    fn item_fields() -> Fields {
+        Fields::from(vec![
+            Field::new("feature", DataType::Int32, false),
+            Field::new("value", DataType::Float32, false),
+        ])
+    }
+}
+
+const USAGE: &str = "topk_encode(x float list, chain string, stage string, layer int [, k int])";
+
+impl ScalarUDFImpl for TopkEncode {
+    fn name(&self) -> &str {
+        "topk_encode"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
+        if !(4..=5).contains(&args.len()) {
+            return plan_err!("{USAGE}: expected 4 or 5 arguments, got {}", args.len());
+        }
+        check_float_list("topk_encode", "x", &args[0])?;
+        let stringy = |t: &DataType| {
+            matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _))
+        };
+        for (i, name) in [(1, "chain"), (2, "stage")] {
+            if !stringy(&args[i]) {
+                return plan_err!("{USAGE}: `{name}` must be a string, got {}", args[i]);
+            }
+        }
+        for (i, t) in args.iter().enumerate().skip(3) {
+            if !t.is_integer() {
+                let name = if i == 3 { "layer" } else { "k" };
+                return plan_err!("{USAGE}: `{name}` must be an integer, got {t}");
+            }
+        }
+        let mut out = vec![args[0].clone(), DataType::Utf8, DataType::Utf8];
+        out.extend(std::iter::repeat_n(DataType::Int32, args.len() - 3));
+        Ok(out)
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::List(Arc::new(Field::new(
+            "item",
+            DataType::Struct(Self::item_fields()),
+            true,
+        ))))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let x = FloatLists::new("topk_encode", &arrays[0])?;
+        let chain = cast(&arrays[1], &DataType::Utf8)?;
+        let stage = cast(&arrays[2], &DataType::Utf8)?;
+        let (chain, stage) = (chain.as_string::<i32>(), stage.as_string::<i32>());
+        let layer = arrays[3].as_primitive::<Int32Type>();
+        let k = arrays.get(4).map(|a| a.as_primitive::<Int32Type>());
+
+        let mut offsets = vec![0i32];
+        let (mut features, mut values) = (Vec::new(), Vec::new());
+        let mut nulls = Vec::with_capacity(args.number_rows);
+        let mut row_buf = Vec::new();
+        // Consecutive rows almost always name the same SAE: resolve once per run of keys.
+        let mut current: Option<(SaeKey, Arc<dyn Encoder>)> = None;
+        for i in 0..args.number_rows {
+            let xi = x.row(i);
+            let key_null = chain.is_null(i) || stage.is_null(i) || layer.is_null(i);
+            let (Some(xi), false) = (xi, key_null) else {
+                nulls.push(false);
+                offsets.push(features.len() as i32);
+                continue;
+            };
+            let key = SaeKey {
+                chain: chain.value(i).to_string(),
+                stage: stage.value(i).to_string(),
+                layer: layer.value(i),
+                k: k.and_then(|k| (!k.is_null(i)).then(|| k.value(i))),
+            };
+            if current.as_ref().is_none_or(|(c, _)| *c != key) {
+                let enc = self
+                    .saes
+                    .encoder(&key)
+                    .map_err(|e| DataFusionError::Execution(format!("topk_encode: {e}")))?;
+                current = Some((key, enc));
+            }
+            let enc = &current.as_ref().unwrap().1;
+            if xi.len() != enc.d_model() {
+                return exec_err!(
+                    "topk_encode: x has {} values but the SAE expects d_model = {} (row {i})",
+                    xi.len(),
+                    enc.d_model()
+                );
+            }
+            xi.to_f32(&mut row_buf);
+            for (f, v) in enc.encode(&row_buf) {
+                features.push(f as i32);
+                values.push(v);
+            }
+            nulls.push(true);
+            offsets.push(features.len() as i32);
+        }
+        let items = StructArray::new(
+            Self::item_fields(),
+            vec![
+                Arc::new(Int32Array::from(features)) as ArrayRef,
+                Arc::new(Float32Array::from(values)) as ArrayRef,
+            ],
+            None,
+        );
+        let list = ListArray::new(
+            Arc::new(Field::new("item", DataType::Struct(Self::item_fields()), true)),
+            OffsetBuffer::new(offsets.into()),
+            Arc::new(items),
+            Some(nulls.into()),
+        );
+        Ok(ColumnarValue::Array(Arc::new(list)))
+    }
+}
