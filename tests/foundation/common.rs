@@ -1,0 +1,103 @@
+//! Shared helpers: fixture paths, running the CLI, and lake snapshots.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use datafusion::prelude::SessionContext;
+use saerl::lake::Lake;
+
+/// The reference fixtures (`SAERL_FIXTURES`, default `../shared/fixtures`).
+pub fn fixtures() -> PathBuf {
+    let p = std::env::var_os("SAERL_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
+    assert!(p.is_dir(), "fixtures not found at {} (set SAERL_FIXTURES)", p.display());
+    p
+}
+
+pub fn saerl(lake: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_saerl"))
+        .arg("--lake")
+        .arg(lake)
+        .args(args)
+        .env("SAERL_HISTORY", lake.with_extension("history"))
+        .output()
+        .expect("running saerl")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Runs saerl and asserts success.
+pub fn ok(lake: &Path, args: &[&str]) -> String {
+    let o = saerl(lake, args);
+    assert!(o.status.success(), "saerl {args:?} failed:\n{}", stderr(&o));
+    stdout(&o)
+}
+
+/// A fresh lake with the whole `sae-pt` fixture tree imported through the CLI.
+pub fn imported_lake() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    ok(&lake, &["import", "pt", fixtures().join("sae-pt").to_str().unwrap()]);
+    (dir, lake)
+}
+
+pub async fn session(lake: &Path) -> SessionContext {
+    saerl::sql::open_session(&Lake::open(lake).unwrap()).await.unwrap()
+}
+
+/// Every file under `dir` with a hash of its bytes: equal snapshots mean an untouched lake.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, u64> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::fs::read(&p).unwrap().hash(&mut h);
+                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), h.finish());
+            }
+        }
+    }
+    out
+}
+
+pub fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// numpy's default (linear) quantile of unsorted values.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let pos = q * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+pub fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let (ma, mb) = (mean(a), mean(b));
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}
+
+pub fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
+    assert!((got - want).abs() <= tol, "{what}: got {got}, expected {want} (tolerance {tol})");
+}

@@ -1,0 +1,9 @@
+//! Foundation tests: import of published `.pt` trees, UDFs and saved queries against the
+//! reference fixtures (PyTorch, verl), bad input, the REPL, plots and the demo.
+
+mod bad_input;
+mod common;
+mod import_pt;
+mod repl;
+mod rewards;
+mod udfs;
