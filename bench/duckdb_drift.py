@@ -1,5 +1,5 @@
 """DuckDB reference for `saerl bench sql`: the same decoder-drift statistics over the same
-Parquet lake, with DuckDB's native vector cosine. Prints `seconds: X` (best of --runs).
+Parquet lake, with DuckDB's list_cosine_similarity. Prints `seconds: X` (best of --runs).
 
 usage: python3 bench/duckdb_drift.py LAKE [--runs 3]
 """
@@ -16,8 +16,7 @@ con = duckdb.connect()
 f = f"read_parquet('{a.lake}/features/*/*/*/*/*.parquet', hive_partitioning = true)"
 s = f"read_parquet('{a.lake}/saes/*/*/*/*/*.parquet', hive_partitioning = true)"
 st = f"read_parquet('{a.lake}/stages/*/*.parquet', hive_partitioning = true)"
-# FixedSizeList columns arrive as DuckDB ARRAYs; array_cosine_similarity is the native kernel
-# (list_cosine_similarity would need a cast to LIST first).
+# DuckDB reads the FixedSizeList vector columns as FLOAT[] lists.
 q = f"""
 WITH s AS (SELECT a.chain, a.stage, a.layer, a.k, st.step FROM {s} a JOIN {st} st
            ON st.chain = a.chain AND st.stage = a.stage),
@@ -26,8 +25,8 @@ t AS (SELECT * FROM (SELECT chain, layer, k, stage AS stage_from, step AS step_f
         lead(step) OVER (PARTITION BY chain, layer, k ORDER BY step) AS step_to FROM s)
       WHERE stage_to IS NOT NULL),
 d AS (SELECT t.*, a.feature,
-        array_cosine_similarity(a.w_dec, b.w_dec) AS dec_cos,
-        array_cosine_similarity(a.w_enc, b.w_enc) AS enc_cos
+        list_cosine_similarity(a.w_dec, b.w_dec) AS dec_cos,
+        list_cosine_similarity(a.w_enc, b.w_enc) AS enc_cos
       FROM t JOIN {f} a ON a.chain = t.chain AND a.stage = t.stage_from AND a.layer = t.layer AND a.k = t.k
              JOIN {f} b ON b.chain = t.chain AND b.stage = t.stage_to AND b.layer = t.layer AND b.k = t.k
                        AND b.feature = a.feature)
@@ -36,7 +35,7 @@ SELECT chain, layer, k, stage_from, stage_to, step_from, step_to, count(*) AS n_
        min(dec_cos), (1 - avg(dec_cos)) / greatest(step_to - step_from, 1),
        avg(enc_cos), median(enc_cos), (1 - avg(enc_cos)) / greatest(step_to - step_from, 1),
        corr(dec_cos, enc_cos)
-FROM d GROUP BY ALL ORDER BY chain, layer, k, step_from
+FROM d GROUP BY chain, layer, k, stage_from, stage_to, step_from, step_to ORDER BY chain, layer, k, step_from
 """
 best = None
 for _ in range(a.runs):

@@ -73,7 +73,8 @@ pub fn drift(prev: &Sae, seed: u64, layer: i32, d_step: i64, rate: f64, first: b
         let u: f64 = rng.random();
         // Layer 18's first transition: features whose decoder moves most keep their encoder.
         let decoupled = layer == 18 && first;
-        let (sd, se) = if decoupled { (base * 2.0 * u, base * 2.0 * (1.0 - u)) } else { (base * 2.0 * u, base * (0.5 + u)) };
+        let v: f64 = rng.random();
+        let (sd, se) = if decoupled { (base * 2.0 * u, base * (1.5 - u + v)) } else { (base * 2.0 * u, base * (0.5 + u)) };
         let dec = &mut next.w_dec[i * d..(i + 1) * d];
         dec.iter_mut().for_each(|x| *x += sd as f32 * normal(&mut rng) * noise_scale);
         normalize(dec);

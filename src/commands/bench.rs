@@ -52,7 +52,7 @@ pub async fn sql(a: &BenchSql) -> Result<()> {
     // The flexible chain's steps, extended by 40 per stage if more are asked for.
     let flexible = CHAINS[0].steps;
     let steps: Vec<i64> = (0..a.stages)
-        .map(|i| flexible.get(i).copied().unwrap_or(flexible[flexible.len() - 1] + 40 * (i + 1 - flexible.len()) as i64))
+        .map(|i| flexible.get(i).copied().unwrap_or_else(|| flexible[flexible.len() - 1] + 40 * (i + 1 - flexible.len()) as i64))
         .collect();
     let plan = ChainPlan {
         chain: "flexible".into(),

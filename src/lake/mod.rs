@@ -5,6 +5,7 @@ mod read;
 mod saes;
 mod schema;
 mod stages;
+mod transitions;
 mod write;
 
 use std::fmt;
@@ -16,6 +17,7 @@ pub use read::{check_parquet, read_parquet};
 pub use saes::{read_sae, sae_batches, write_sae};
 pub use schema::{vector_type, vector_width, PartCol, Table};
 pub use stages::{infer_step, StageRow};
+pub use transitions::Transition;
 pub use write::{PartitionWriter, Txn};
 
 /// Where a table's partition lives: the values of its partition columns.

@@ -57,3 +57,26 @@ impl Lake {
         read_parquet(&dir.join(PART_FILE))
     }
 }
+
+impl Lake {
+    /// Reads only the named columns of one partition, as a single batch.
+    pub fn read_columns(&self, table: Table, key: &PartitionKey, columns: &[&str]) -> Result<RecordBatch> {
+        let path = self.partition_dir(table, key)?.join(PART_FILE);
+        if !path.is_file() {
+            anyhow::bail!("no {} partition {key} in lake {}", table.name(), self.root().display());
+        }
+        let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(|| corrupt(&path))?;
+        let schema = builder.schema().clone();
+        let roots = columns
+            .iter()
+            .map(|c| schema.index_of(c).with_context(|| format!("{} has no column {c}", path.display())))
+            .collect::<Result<Vec<_>>>()?;
+        let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots);
+        let reader = builder.with_projection(mask).build().with_context(|| corrupt(&path))?;
+        let batches = reader.collect::<Result<Vec<_>, _>>().with_context(|| corrupt(&path))?;
+        let projected = std::sync::Arc::new(schema.project(&columns.iter().map(|c| schema.index_of(c).unwrap()).collect::<Vec<_>>())?);
+        let out_schema = batches.first().map(|b| b.schema()).unwrap_or(projected);
+        Ok(arrow::compute::concat_batches(&out_schema, &batches)?)
+    }
+}

@@ -1,5 +1,6 @@
 //! SQL over the lake: session setup, execution, output formats, the REPL and plots.
 
+pub mod drift;
 pub mod exec;
 pub mod format;
 pub mod header;

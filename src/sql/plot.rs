@@ -17,6 +17,8 @@ use super::header::{Chart, Header};
 const PANEL_W: u32 = 560;
 const PANEL_H: u32 = 400;
 const TITLE_H: u32 = 48;
+/// Wide enough for a title on one line even with a single panel.
+const MIN_W: u32 = 820;
 
 /// A value on the x axis: numeric axes are drawn to scale, anything else as categories.
 #[derive(Debug, Clone)]
@@ -113,7 +115,7 @@ pub fn draw(batch: &RecordBatch, h: &Header, out: &Path) -> Result<()> {
     let facets = sorted_labels(&cols.facet);
     let ncols = (facets.len() as f64).sqrt().ceil() as u32;
     let nrows = (facets.len() as u32).div_ceil(ncols);
-    let size = (PANEL_W * ncols, PANEL_H * nrows + TITLE_H);
+    let size = ((PANEL_W * ncols).max(MIN_W), PANEL_H * nrows + TITLE_H);
     let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
     match ext {
         "svg" => render(SVGBackend::new(out, size).into_drawing_area(), &cols, h, chart, &facets, (nrows, ncols)),

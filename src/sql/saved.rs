@@ -1,10 +1,4 @@
-//! The SQL that ships inside the binary: built-in views and the saved queries of `queries/`.
-
-/// Views created in every session, in dependency order.
-pub const VIEWS: &[(&str, &str)] = &[
-    ("sae_transitions", include_str!("../../queries/views/sae_transitions.sql")),
-    ("feature_drift", include_str!("../../queries/views/feature_drift.sql")),
-];
+//! The saved queries of `queries/`, shipped inside the binary.
 
 /// The saved questions, by file stem.
 pub const QUERIES: &[(&str, &str)] = &[

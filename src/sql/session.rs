@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
@@ -22,9 +22,11 @@ pub async fn open_session(lake: &Lake) -> Result<SessionContext> {
         register_table(&ctx, lake, table).await?;
     }
     saerl_udfs::register_all(&ctx, Arc::new(LakeSaes { lake: lake.clone(), cache: Mutex::default() }));
-    for (name, sql) in super::saved::VIEWS {
-        ctx.sql(sql).await.with_context(|| format!("creating built-in view {name}"))?;
-    }
+    // Transitions and per-feature drift are computed by Rust providers (see drift.rs).
+    let transitions = lake.sae_transitions()?;
+    let batch = super::drift::transitions_batch(&transitions)?;
+    ctx.register_table("sae_transitions", Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))?;
+    ctx.register_table("feature_drift", Arc::new(super::drift::FeatureDrift::new(lake.clone(), transitions)))?;
     Ok(ctx)
 }
 

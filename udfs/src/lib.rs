@@ -16,6 +16,7 @@ use datafusion::prelude::SessionContext;
 
 pub use cosine::{cosine, DecoderCosine};
 pub use effective_count::EffectiveCount;
+pub use float_lists::{FloatLists, FloatSlice};
 pub use gsm8k::{gold_answer, score_flexible, score_strict, Gsm8kScore, Gsm8kScorer};
 pub use topk_encode::{Encoder, SaeKey, SaeSource, TopkEncode};
 
