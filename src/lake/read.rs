@@ -72,11 +72,14 @@ impl Lake {
             .iter()
             .map(|c| schema.index_of(c).with_context(|| format!("{} has no column {c}", path.display())))
             .collect::<Result<Vec<_>>>()?;
-        let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots);
-        let reader = builder.with_projection(mask).build().with_context(|| corrupt(&path))?;
-        let batches = reader.collect::<Result<Vec<_>, _>>().with_context(|| corrupt(&path))?;
-        let projected = std::sync::Arc::new(schema.project(&columns.iter().map(|c| schema.index_of(c).unwrap()).collect::<Vec<_>>())?);
-        let out_schema = batches.first().map(|b| b.schema()).unwrap_or(projected);
-        Ok(arrow::compute::concat_batches(&out_schema, &batches)?)
+        let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots.clone());
+        // One batch for the whole file: no concatenation copy afterwards.
+        let rows = builder.metadata().file_metadata().num_rows().max(1) as usize;
+        let reader = builder.with_projection(mask).with_batch_size(rows).build().with_context(|| corrupt(&path))?;
+        let mut batches = reader.collect::<Result<Vec<_>, _>>().with_context(|| corrupt(&path))?;
+        match batches.len() {
+            1 => Ok(batches.pop().unwrap()),
+            _ => Ok(arrow::compute::concat_batches(&std::sync::Arc::new(schema.project(&roots)?), &batches)?),
+        }
     }
 }

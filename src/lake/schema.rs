@@ -181,9 +181,13 @@ impl Table {
         Arc::new(Schema::new(fields))
     }
 
-    /// True when the table has a d_model-wide vector column.
-    pub fn has_vectors(self) -> bool {
-        matches!(self, Table::Activations | Table::Features)
+    /// The d_model-wide vector columns.
+    pub fn vector_columns(self) -> &'static [&'static str] {
+        match self {
+            Table::Activations => &["x"],
+            Table::Features => &["w_enc", "w_dec"],
+            _ => &[],
+        }
     }
 }
 

@@ -12,7 +12,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use super::{Lake, PartitionKey, Table, PART_FILE};
 
@@ -54,13 +55,19 @@ impl PartitionWriter {
     }
 }
 
-pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+pub fn writer_properties(table: Table) -> WriterProperties {
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         // Float vectors do not repeat; trying a dictionary first only costs time.
         .set_dictionary_enabled(false)
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .build()
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+    // Trained weights and activations barely compress: store them plain and skip the codec
+    // on every read (the drift scan is bound by decoding these columns).
+    for col in table.vector_columns() {
+        let path = ColumnPath::new(vec![col.to_string(), "list".into(), "item".into()]);
+        props = props.set_column_compression(path.clone(), Compression::UNCOMPRESSED).set_column_statistics_enabled(path, EnabledStatistics::None);
+    }
+    props.build()
 }
 
 impl Txn {
@@ -111,7 +118,7 @@ impl Txn {
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let path = tmp.join(PART_FILE);
         let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        let writer = ArrowWriter::try_new(file, schema, Some(writer_properties()))?;
+        let writer = ArrowWriter::try_new(file, schema, Some(writer_properties(table)))?;
         let staged = Staged { tmp, dest: self.lake.root().join(rel), replace, label: format!("{} {key}", table.name()) };
         Ok(PartitionWriter { writer, staged, rows: 0 })
     }

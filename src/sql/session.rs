@@ -43,8 +43,7 @@ async fn register_table(ctx: &SessionContext, lake: &Lake, table: Table) -> Resu
     let mut widths = Vec::new();
     for f in &files {
         let schema = check_parquet(f)?;
-        if table.has_vectors() {
-            let col = if table == Table::Activations { "x" } else { "w_dec" };
+        if let Some(col) = table.vector_columns().first() {
             widths.push(schema.field_with_name(col).ok().and_then(|f| vector_width(f.data_type())));
         }
     }
