@@ -9,7 +9,11 @@ use saerl::lake::Lake;
 use saerl::sql::Format;
 
 #[derive(Parser)]
-#[command(name = "saerl", version, about = "What does RL change inside a language model? SAE analytics over a Parquet lake.")]
+#[command(
+    name = "saerl",
+    version,
+    about = "What does RL change inside a language model? SAE analytics over a Parquet lake."
+)]
 struct Cli {
     /// The lake directory.
     #[arg(long, global = true, env = "SAERL_LAKE", default_value = "./lake")]
@@ -97,14 +101,62 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let lake = Lake::new(&cli.lake);
     let result = match cli.command {
-        Command::Import { what: ImportWhat::Pt { path, chain, stage, layer, overwrite } } => {
-            import::run(&lake, &import::ImportPt { path, chain, stage, layer, overwrite })
+        Command::Import {
+            what:
+                ImportWhat::Pt {
+                    path,
+                    chain,
+                    stage,
+                    layer,
+                    overwrite,
+                },
+        } => import::run(
+            &lake,
+            &import::ImportPt {
+                path,
+                chain,
+                stage,
+                layer,
+                overwrite,
+            },
+        ),
+        Command::Sql {
+            command,
+            file,
+            format,
+        } => {
+            sql::run(
+                &lake,
+                sql::SqlArgs {
+                    command,
+                    file,
+                    format,
+                },
+            )
+            .await
         }
-        Command::Sql { command, file, format } => sql::run(&lake, sql::SqlArgs { command, file, format }).await,
         Command::Plot { file, out } => plot::run(&lake, &file, &out).await,
         Command::Demo { out } => demo::run(&out).await,
-        Command::Bench { what: BenchWhat::Sql { stages, d_model, d_sae, k, runs, keep } } => {
-            bench::sql(&bench::BenchSql { stages, d_model, d_sae, k, runs, keep }).await
+        Command::Bench {
+            what:
+                BenchWhat::Sql {
+                    stages,
+                    d_model,
+                    d_sae,
+                    k,
+                    runs,
+                    keep,
+                },
+        } => {
+            bench::sql(&bench::BenchSql {
+                stages,
+                d_model,
+                d_sae,
+                k,
+                runs,
+                keep,
+            })
+            .await
         }
     };
     match result {

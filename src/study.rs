@@ -9,16 +9,35 @@ pub struct ChainSpec {
 }
 
 pub const CHAINS: &[ChainSpec] = &[
-    ChainSpec { name: "flexible", reward: "flexible", kl_coef: 0.005, steps: &[0, 10, 30, 60, 100, 140, 180, 200] },
-    ChainSpec { name: "strict", reward: "strict", kl_coef: 0.005, steps: &[0, 10, 30, 50, 80, 116] },
-    ChainSpec { name: "kl0p025", reward: "flexible", kl_coef: 0.025, steps: &[0, 10, 30] },
+    ChainSpec {
+        name: "flexible",
+        reward: "flexible",
+        kl_coef: 0.005,
+        steps: &[0, 10, 30, 60, 100, 140, 180, 200],
+    },
+    ChainSpec {
+        name: "strict",
+        reward: "strict",
+        kl_coef: 0.005,
+        steps: &[0, 10, 30, 50, 80, 116],
+    },
+    ChainSpec {
+        name: "kl0p025",
+        reward: "flexible",
+        kl_coef: 0.025,
+        steps: &[0, 10, 30],
+    },
 ];
 
 pub const LAYERS: &[i32] = &[6, 12, 18, 23];
 
 /// Stage name of a step: `instruct_base` for 0, `ppo_stepN` otherwise.
 pub fn stage_name(step: i64) -> String {
-    if step == 0 { "instruct_base".into() } else { format!("ppo_step{step}") }
+    if step == 0 {
+        "instruct_base".into()
+    } else {
+        format!("ppo_step{step}")
+    }
 }
 
 /// Reward and KL coefficient of a chain: the study's for its chains; for others, a KL
@@ -27,7 +46,9 @@ pub fn chain_defaults(chain: &str) -> (Option<String>, Option<f64>) {
     if let Some(c) = CHAINS.iter().find(|c| c.name == chain) {
         return (Some(c.reward.into()), Some(c.kl_coef));
     }
-    let kl = chain.strip_prefix("kl").and_then(|s| s.replacen('p', ".", 1).parse::<f64>().ok());
+    let kl = chain
+        .strip_prefix("kl")
+        .and_then(|s| s.replacen('p', ".", 1).parse::<f64>().ok());
     (None, kl)
 }
 

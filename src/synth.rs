@@ -56,7 +56,10 @@ pub fn base_sae(layer: i32, k: usize, d: usize, n: usize) -> Sae {
         b_enc: (0..n).map(|_| normal(&mut rng) * 0.01).collect(),
         w_dec,
         b_dec: (0..d).map(|_| normal(&mut rng) * 0.01).collect(),
-        meta: SaeMeta { source: Some(format!("synthetic layer {layer}")), ..Default::default() },
+        meta: SaeMeta {
+            source: Some(format!("synthetic layer {layer}")),
+            ..Default::default()
+        },
     }
 }
 
@@ -65,7 +68,11 @@ pub fn base_sae(layer: i32, k: usize, d: usize, n: usize) -> Sae {
 pub fn drift(prev: &Sae, seed: u64, layer: i32, d_step: i64, rate: f64, first: bool) -> Sae {
     let mut rng = SmallRng::seed_from_u64(seed);
     let (d, n) = (prev.d_model, prev.d_sae);
-    let depth = 1.0 + crate::study::LAYERS.iter().position(|&l| l == layer).unwrap_or(0) as f64;
+    let depth = 1.0
+        + crate::study::LAYERS
+            .iter()
+            .position(|&l| l == layer)
+            .unwrap_or(0) as f64;
     let base = (2.0 * 2e-4 * depth * rate * d_step.max(1) as f64).sqrt();
     let mut next = prev.clone();
     let noise_scale = 1.0 / (d as f32).sqrt();
@@ -74,13 +81,19 @@ pub fn drift(prev: &Sae, seed: u64, layer: i32, d_step: i64, rate: f64, first: b
         // Layer 18's first transition: features whose decoder moves most keep their encoder.
         let decoupled = layer == 18 && first;
         let v: f64 = rng.random();
-        let (sd, se) = if decoupled { (base * 2.0 * u, base * (1.5 - u + v)) } else { (base * 2.0 * u, base * (0.5 + u)) };
+        let (sd, se) = if decoupled {
+            (base * 2.0 * u, base * (1.5 - u + v))
+        } else {
+            (base * 2.0 * u, base * (0.5 + u))
+        };
         let dec = &mut next.w_dec[i * d..(i + 1) * d];
-        dec.iter_mut().for_each(|x| *x += sd as f32 * normal(&mut rng) * noise_scale);
+        dec.iter_mut()
+            .for_each(|x| *x += sd as f32 * normal(&mut rng) * noise_scale);
         normalize(dec);
         let enc = &mut next.w_enc[i * d..(i + 1) * d];
         let norm = enc.iter().map(|x| x * x).sum::<f32>().sqrt();
-        enc.iter_mut().for_each(|x| *x += se as f32 * norm * normal(&mut rng) * noise_scale);
+        enc.iter_mut()
+            .for_each(|x| *x += se as f32 * norm * normal(&mut rng) * noise_scale);
         next.b_enc[i] += 0.001 * normal(&mut rng);
     }
     next
@@ -94,12 +107,25 @@ pub fn write_chain(txn: &mut Txn, plan: &ChainPlan, mut on_sae: impl FnMut()) ->
         let mut sae = base_sae(layer, k, plan.d_model, plan.d_sae);
         for (si, stage) in stages.iter().enumerate() {
             if si > 0 {
-                let seed = (plan.chain.bytes().map(u64::from).sum::<u64>() << 20) ^ ((layer as u64) << 10) ^ si as u64;
-                sae = drift(&sae, seed, layer, plan.steps[si] - plan.steps[si - 1], plan.rate, si == 1);
+                let seed = (plan.chain.bytes().map(u64::from).sum::<u64>() << 20)
+                    ^ ((layer as u64) << 10)
+                    ^ si as u64;
+                sae = drift(
+                    &sae,
+                    seed,
+                    layer,
+                    plan.steps[si] - plan.steps[si - 1],
+                    plan.rate,
+                    si == 1,
+                );
                 sae.meta.init_from_stage = Some(stages[si - 1].clone());
             }
             sae.meta.source = Some(format!("{stage}_layer{layer}"));
-            write_sae(txn, &PartitionKey::sae(&plan.chain, stage, layer, k as i32), &sae)?;
+            write_sae(
+                txn,
+                &PartitionKey::sae(&plan.chain, stage, layer, k as i32),
+                &sae,
+            )?;
             on_sae();
         }
     }

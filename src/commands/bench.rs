@@ -52,7 +52,11 @@ pub async fn sql(a: &BenchSql) -> Result<()> {
     // The flexible chain's steps, extended by 40 per stage if more are asked for.
     let flexible = CHAINS[0].steps;
     let steps: Vec<i64> = (0..a.stages)
-        .map(|i| flexible.get(i).copied().unwrap_or_else(|| flexible[flexible.len() - 1] + 40 * (i + 1 - flexible.len()) as i64))
+        .map(|i| {
+            flexible.get(i).copied().unwrap_or_else(|| {
+                flexible[flexible.len() - 1] + 40 * (i + 1 - flexible.len()) as i64
+            })
+        })
         .collect();
     let plan = ChainPlan {
         chain: "flexible".into(),
@@ -72,9 +76,19 @@ pub async fn sql(a: &BenchSql) -> Result<()> {
         write_chain(&mut txn, &plan, || bar.inc(1))?;
         txn.commit()?;
         bar.finish_and_clear();
-        println!("generated {n} SAEs ({} … {}) in {:.1} s", stage_name(plan.steps[0]), stage_name(*plan.steps.last().unwrap()), t.elapsed().as_secs_f64());
+        println!(
+            "generated {n} SAEs ({} … {}) in {:.1} s",
+            stage_name(plan.steps[0]),
+            stage_name(*plan.steps.last().unwrap()),
+            t.elapsed().as_secs_f64()
+        );
     }
-    let bytes: u64 = lake.files(Table::Features)?.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
+    let bytes: u64 = lake
+        .files(Table::Features)?
+        .iter()
+        .filter_map(|f| f.metadata().ok())
+        .map(|m| m.len())
+        .sum();
     let feature_rows = (plan.saes.len() * plan.steps.len() * a.d_sae) as f64;
     let pairs = (plan.saes.len() * (plan.steps.len() - 1) * a.d_sae) as f64;
     println!(
@@ -83,7 +97,11 @@ pub async fn sql(a: &BenchSql) -> Result<()> {
         gib(bytes)
     );
 
-    let sql = QUERIES.iter().find(|(n, _)| *n == "decoder_drift").unwrap().1;
+    let sql = QUERIES
+        .iter()
+        .find(|(n, _)| *n == "decoder_drift")
+        .unwrap()
+        .1;
     reset_peak_rss();
     let ctx = open_session(&lake).await?;
     let mut best = f64::INFINITY;
@@ -98,7 +116,10 @@ pub async fn sql(a: &BenchSql) -> Result<()> {
     println!("saerl:  best {best:.3} s = {:.0} feature rows/s ({:.0} pairs/s); peak RSS {:.2} GiB (target < 2 GiB)", feature_rows / best, pairs / best, gib(rss));
 
     match duckdb_seconds(&root, a.runs) {
-        Ok(d) => println!("duckdb: best {d:.3} s; saerl is {:.2}× DuckDB's speed (target > 1)", d / best),
+        Ok(d) => println!(
+            "duckdb: best {d:.3} s; saerl is {:.2}× DuckDB's speed (target > 1)",
+            d / best
+        ),
         Err(e) => println!("duckdb: not measured ({e:#}); `pip install duckdb` to compare"),
     }
     Ok(())
@@ -106,12 +127,24 @@ pub async fn sql(a: &BenchSql) -> Result<()> {
 
 fn duckdb_seconds(lake: &std::path::Path, runs: usize) -> Result<f64> {
     let out = std::process::Command::new("python3")
-        .args(["-c", include_str!("../../bench/duckdb_drift.py"), &lake.display().to_string(), "--runs", &runs.to_string()])
+        .args([
+            "-c",
+            include_str!("../../bench/duckdb_drift.py"),
+            &lake.display().to_string(),
+            "--runs",
+            &runs.to_string(),
+        ])
         .output()
         .context("running python3")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        anyhow::bail!("{}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("python3 failed"));
+        anyhow::bail!(
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("python3 failed")
+        );
     }
     text.lines()
         .find_map(|l| l.strip_prefix("seconds: "))

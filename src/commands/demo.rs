@@ -49,7 +49,9 @@ fn plans() -> Vec<ChainPlan> {
 pub async fn run(out: &Path) -> Result<()> {
     let lake = Lake::new(out.join("lake"));
     if lake.root().exists() {
-        std::fs::remove_dir_all(lake.root()).with_context(|| format!("clearing the previous demo lake {}", lake.root().display()))?;
+        std::fs::remove_dir_all(lake.root()).with_context(|| {
+            format!("clearing the previous demo lake {}", lake.root().display())
+        })?;
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let plans = plans();
@@ -61,21 +63,40 @@ pub async fn run(out: &Path) -> Result<()> {
     }
     txn.commit()?;
     bar.finish_and_clear();
-    println!("wrote {total} synthetic SAEs (3 chains, d_model {D_MODEL}, d_sae {D_SAE}) to {}", lake.root().display());
+    println!(
+        "wrote {total} synthetic SAEs (3 chains, d_model {D_MODEL}, d_sae {D_SAE}) to {}",
+        lake.root().display()
+    );
 
     let ctx = open_session(&lake).await?;
     for (name, sql) in QUERIES {
-        let batches = run_sql(&ctx, sql).await.with_context(|| format!("running queries/{name}.sql"))?;
+        let batches = run_sql(&ctx, sql)
+            .await
+            .with_context(|| format!("running queries/{name}.sql"))?;
         let csv = out.join(format!("{name}.csv"));
         print_batches(&batches, Format::Csv, &mut std::fs::File::create(&csv)?)?;
         for ext in ["svg", "png"] {
-            plot_query(&ctx, sql, &out.join(format!("{name}.{ext}"))).await.with_context(|| format!("plotting {name}"))?;
+            plot_query(&ctx, sql, &out.join(format!("{name}.{ext}")))
+                .await
+                .with_context(|| format!("plotting {name}"))?;
         }
-        println!("  {name}: {} rows -> {}", batches.iter().map(|b| b.num_rows()).sum::<usize>(), out.join(format!("{name}.{{csv,svg,png}}")).display());
+        println!(
+            "  {name}: {} rows -> {}",
+            batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+            out.join(format!("{name}.{{csv,svg,png}}")).display()
+        );
     }
-    let kl = run_sql(&ctx, QUERIES.iter().find(|(n, _)| *n == "kl_ratio").unwrap().1).await?;
+    let kl = run_sql(
+        &ctx,
+        QUERIES.iter().find(|(n, _)| *n == "kl_ratio").unwrap().1,
+    )
+    .await?;
     println!("\nKL ratio (kl0p025 / flexible per-step decoder drift):");
     print_batches(&kl, Format::Table, &mut std::io::stdout().lock())?;
-    println!("\nFigures and tables are in {}/. Explore further with:\n  saerl sql --lake {}", out.display(), lake.root().display());
+    println!(
+        "\nFigures and tables are in {}/. Explore further with:\n  saerl sql --lake {}",
+        out.display(),
+        lake.root().display()
+    );
     Ok(())
 }

@@ -58,37 +58,69 @@ fn discover(root: &Path) -> Result<Vec<Job>> {
                 .ancestors()
                 .skip(1)
                 .take_while(|a| a.starts_with(root) || *a == root)
-                .filter_map(|a| a.file_name().and_then(|n| n.to_str()).and_then(chain_of_dir))
+                .filter_map(|a| {
+                    a.file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(chain_of_dir)
+                })
                 .last()
-                .with_context(|| format!("{}: not inside a sae_<chain>/ folder, so its chain is unknown", path.display()))?;
+                .with_context(|| {
+                    format!(
+                        "{}: not inside a sae_<chain>/ folder, so its chain is unknown",
+                        path.display()
+                    )
+                })?;
             let name = path.file_name().unwrap().to_string_lossy();
-            let caps = re
-                .captures(&name)
-                .with_context(|| format!("{}: file name is not sae_{{stage}}_layer{{N}}.pt", path.display()))?;
-            jobs.push(Job { chain: chain.to_string(), stage: caps[1].to_string(), layer: caps[2].parse()?, file: path });
+            let caps = re.captures(&name).with_context(|| {
+                format!(
+                    "{}: file name is not sae_{{stage}}_layer{{N}}.pt",
+                    path.display()
+                )
+            })?;
+            jobs.push(Job {
+                chain: chain.to_string(),
+                stage: caps[1].to_string(),
+                layer: caps[2].parse()?,
+                file: path,
+            });
         }
     }
     if jobs.is_empty() {
-        bail!("no sae_{{stage}}_layer{{N}}.pt files under {}", root.display());
+        bail!(
+            "no sae_{{stage}}_layer{{N}}.pt files under {}",
+            root.display()
+        );
     }
     Ok(jobs)
 }
 
 /// The job for one file: flags win, otherwise the path tells.
 fn single(a: &ImportPt) -> Result<Job> {
-    let name = a.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = a
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let caps = file_re().captures(&name);
     let from_dir = a
         .path
         .ancestors()
         .skip(1)
-        .filter_map(|p| p.file_name().and_then(|n| n.to_str()).and_then(chain_of_dir))
+        .filter_map(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(chain_of_dir)
+        })
         .next()
         .map(str::to_string);
     let hint = "pass --chain, --stage and --layer";
     Ok(Job {
         file: a.path.clone(),
-        chain: a.chain.clone().or(from_dir).with_context(|| format!("cannot tell the chain of {}: {hint}", a.path.display()))?,
+        chain: a
+            .chain
+            .clone()
+            .or(from_dir)
+            .with_context(|| format!("cannot tell the chain of {}: {hint}", a.path.display()))?,
         stage: a
             .stage
             .clone()
@@ -125,7 +157,9 @@ pub fn run(lake: &Lake, a: &ImportPt) -> Result<()> {
             Ok((j, step))
         })
         .collect::<Result<_>>()?;
-    jobs.sort_by(|(a, sa), (b, sb)| (&a.chain, sa, a.layer, &a.file).cmp(&(&b.chain, sb, b.layer, &b.file)));
+    jobs.sort_by(|(a, sa), (b, sb)| {
+        (&a.chain, sa, a.layer, &a.file).cmp(&(&b.chain, sb, b.layer, &b.file))
+    });
 
     let mut txn = Txn::begin(lake, a.overwrite)?;
     let bar = super::progress(jobs.len() as u64, "import");
@@ -134,10 +168,21 @@ pub fn run(lake: &Lake, a: &ImportPt) -> Result<()> {
         bar.set_message(j.file.file_name().unwrap().to_string_lossy().into_owned());
         let ckpt = pt::read(&j.file)?;
         let key = PartitionKey::sae(&j.chain, &j.stage, j.layer, ckpt.sae.k as i32);
-        write_sae(&mut txn, &key, &ckpt.sae).with_context(|| format!("importing {}", j.file.display()))?;
-        if !stage_rows.iter().any(|r| r.chain == j.chain && r.stage == j.stage) {
+        write_sae(&mut txn, &key, &ckpt.sae)
+            .with_context(|| format!("importing {}", j.file.display()))?;
+        if !stage_rows
+            .iter()
+            .any(|r| r.chain == j.chain && r.stage == j.stage)
+        {
             let (reward, kl_coef) = chain_defaults(&j.chain);
-            stage_rows.push(StageRow { chain: j.chain.clone(), stage: j.stage.clone(), step: *step, reward, kl_coef, model_path: None });
+            stage_rows.push(StageRow {
+                chain: j.chain.clone(),
+                stage: j.stage.clone(),
+                step: *step,
+                reward,
+                kl_coef,
+                model_path: None,
+            });
         }
         bar.inc(1);
     }
@@ -147,6 +192,10 @@ pub fn run(lake: &Lake, a: &ImportPt) -> Result<()> {
     bar.finish_and_clear();
     let mut chains: Vec<&str> = jobs.iter().map(|(j, _)| j.chain.as_str()).collect();
     chains.dedup();
-    println!("imported {n} SAE(s) of chain(s) {} into {}", chains.join(", "), lake.root().display());
+    println!(
+        "imported {n} SAE(s) of chain(s) {} into {}",
+        chains.join(", "),
+        lake.root().display()
+    );
     Ok(())
 }

@@ -13,16 +13,22 @@ use crate::sql::{header, open_session, plot, run_sql};
 pub async fn plot_query(ctx: &SessionContext, sql: &str, out: &Path) -> Result<usize> {
     let h = header::parse(sql)?;
     let batches = run_sql(ctx, sql).await?;
-    let schema = batches.first().map(|b| b.schema()).context("the query returned no result")?;
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .context("the query returned no result")?;
     let batch = concat_batches(&schema, &batches)?;
     plot::draw(&batch, &h, out)?;
     Ok(batch.num_rows())
 }
 
 pub async fn run(lake: &Lake, file: &Path, out: &Path) -> Result<()> {
-    let sql = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let sql =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let ctx = open_session(&Lake::open(lake.root())?).await?;
-    let rows = plot_query(&ctx, &sql, out).await.with_context(|| format!("plotting {}", file.display()))?;
+    let rows = plot_query(&ctx, &sql, out)
+        .await
+        .with_context(|| format!("plotting {}", file.display()))?;
     println!("wrote {} ({rows} rows)", out.display());
     Ok(())
 }

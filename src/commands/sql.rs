@@ -19,7 +19,9 @@ pub async fn run(lake: &Lake, a: SqlArgs) -> Result<()> {
     let ctx = open_session(&Lake::open(lake.root())?).await?;
     let sql = match (&a.command, &a.file) {
         (Some(c), _) => c.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
         (None, None) => return Repl::new(ctx, a.format).run().await,
     };
     let batches = run_sql(&ctx, &sql).await?;

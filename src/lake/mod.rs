@@ -31,19 +31,37 @@ pub struct PartitionKey {
 
 impl PartitionKey {
     pub fn sae(chain: &str, stage: &str, layer: i32, k: i32) -> Self {
-        Self { chain: chain.into(), stage: Some(stage.into()), layer: Some(layer), k: Some(k) }
+        Self {
+            chain: chain.into(),
+            stage: Some(stage.into()),
+            layer: Some(layer),
+            k: Some(k),
+        }
     }
 
     pub fn chain(chain: &str) -> Self {
-        Self { chain: chain.into(), stage: None, layer: None, k: None }
+        Self {
+            chain: chain.into(),
+            stage: None,
+            layer: None,
+            k: None,
+        }
     }
 
     pub fn stage(chain: &str, stage: &str) -> Self {
-        Self { chain: chain.into(), stage: Some(stage.into()), layer: None, k: None }
+        Self {
+            chain: chain.into(),
+            stage: Some(stage.into()),
+            layer: None,
+            k: None,
+        }
     }
 
     pub fn layer(chain: &str, stage: &str, layer: i32) -> Self {
-        Self { layer: Some(layer), ..Self::stage(chain, stage) }
+        Self {
+            layer: Some(layer),
+            ..Self::stage(chain, stage)
+        }
     }
 
     fn value(&self, col: PartCol) -> Option<String> {
@@ -59,9 +77,13 @@ impl PartitionKey {
     pub fn rel_dir(&self, table: Table) -> Result<PathBuf> {
         let mut dir = PathBuf::from(table.name());
         for &col in table.partition_cols() {
-            let v = self
-                .value(col)
-                .with_context(|| format!("table {} needs `{}` to name a partition", table.name(), col.name()))?;
+            let v = self.value(col).with_context(|| {
+                format!(
+                    "table {} needs `{}` to name a partition",
+                    table.name(),
+                    col.name()
+                )
+            })?;
             check_name(col.name(), &v)?;
             dir.push(format!("{}={v}", col.name()));
         }
@@ -71,7 +93,10 @@ impl PartitionKey {
     /// Parses the levels below a table directory (`chain=a/stage=b/...`).
     fn parse(table: Table, rel: &Path) -> Option<Self> {
         let mut key = PartitionKey::chain("");
-        let parts: Vec<_> = rel.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        let parts: Vec<_> = rel
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
         if parts.len() != table.partition_cols().len() {
             return None;
         }
@@ -108,7 +133,8 @@ impl fmt::Display for PartitionKey {
 pub fn check_name(what: &str, v: &str) -> Result<()> {
     let ok = !v.is_empty()
         && !v.starts_with(['.', '_'])
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if !ok {
         bail!("invalid {what} name {v:?}: use letters, digits, '_', '-' or '.', not starting with '.' or '_'");
     }
@@ -174,7 +200,9 @@ impl Lake {
     pub fn files(&self, table: Table) -> Result<Vec<PathBuf>> {
         let mut files = Vec::new();
         for (_, dir) in self.partitions(table)? {
-            for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            for e in
+                std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+            {
                 let p = e?.path();
                 if p.extension().is_some_and(|x| x == "parquet") {
                     files.push(p);
@@ -201,7 +229,11 @@ fn walk_partitions(
         let rel = dir.strip_prefix(base).unwrap();
         match PartitionKey::parse(table, rel) {
             Some(key) => out.push((key, dir.to_path_buf())),
-            None => bail!("unexpected directory {} in table {}", dir.display(), table.name()),
+            None => bail!(
+                "unexpected directory {} in table {}",
+                dir.display(),
+                table.name()
+            ),
         }
         return Ok(());
     }

@@ -34,7 +34,9 @@ pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
         .with_context(|| corrupt(path))?
         .build()
         .with_context(|| corrupt(path))?;
-    reader.collect::<Result<Vec<_>, _>>().with_context(|| corrupt(path))
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| corrupt(path))
 }
 
 impl Lake {
@@ -42,7 +44,11 @@ impl Lake {
     pub fn read_partition(&self, table: Table, key: &PartitionKey) -> Result<Vec<RecordBatch>> {
         let dir = self.partition_dir(table, key)?;
         if !dir.is_dir() {
-            let have: Vec<String> = self.partitions(table)?.into_iter().map(|(k, _)| k.to_string()).collect();
+            let have: Vec<String> = self
+                .partitions(table)?
+                .into_iter()
+                .map(|(k, _)| k.to_string())
+                .collect();
             anyhow::bail!(
                 "no {} partition {key} in lake {}{}",
                 table.name(),
@@ -60,26 +66,49 @@ impl Lake {
 
 impl Lake {
     /// Reads only the named columns of one partition, as a single batch.
-    pub fn read_columns(&self, table: Table, key: &PartitionKey, columns: &[&str]) -> Result<RecordBatch> {
+    pub fn read_columns(
+        &self,
+        table: Table,
+        key: &PartitionKey,
+        columns: &[&str],
+    ) -> Result<RecordBatch> {
         let path = self.partition_dir(table, key)?.join(PART_FILE);
         if !path.is_file() {
-            anyhow::bail!("no {} partition {key} in lake {}", table.name(), self.root().display());
+            anyhow::bail!(
+                "no {} partition {key} in lake {}",
+                table.name(),
+                self.root().display()
+            );
         }
         let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(|| corrupt(&path))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).with_context(|| corrupt(&path))?;
         let schema = builder.schema().clone();
         let roots = columns
             .iter()
-            .map(|c| schema.index_of(c).with_context(|| format!("{} has no column {c}", path.display())))
+            .map(|c| {
+                schema
+                    .index_of(c)
+                    .with_context(|| format!("{} has no column {c}", path.display()))
+            })
             .collect::<Result<Vec<_>>>()?;
         let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots.clone());
         // One batch for the whole file: no concatenation copy afterwards.
         let rows = builder.metadata().file_metadata().num_rows().max(1) as usize;
-        let reader = builder.with_projection(mask).with_batch_size(rows).build().with_context(|| corrupt(&path))?;
-        let mut batches = reader.collect::<Result<Vec<_>, _>>().with_context(|| corrupt(&path))?;
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(rows)
+            .build()
+            .with_context(|| corrupt(&path))?;
+        let mut batches = reader
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| corrupt(&path))?;
         match batches.len() {
             1 => Ok(batches.pop().unwrap()),
-            _ => Ok(arrow::compute::concat_batches(&std::sync::Arc::new(schema.project(&roots)?), &batches)?),
+            _ => Ok(arrow::compute::concat_batches(
+                &std::sync::Arc::new(schema.project(&roots)?),
+                &batches,
+            )?),
         }
     }
 }

@@ -14,7 +14,12 @@ use crate::sae::{Activation, Sae, SaeMeta};
 
 fn fixed(values: &[f32], d: usize) -> Result<ArrayRef> {
     let item = Arc::new(Field::new("item", DataType::Float32, false));
-    Ok(Arc::new(FixedSizeListArray::try_new(item, d as i32, Arc::new(Float32Array::from(values.to_vec())), None)?))
+    Ok(Arc::new(FixedSizeListArray::try_new(
+        item,
+        d as i32,
+        Arc::new(Float32Array::from(values.to_vec())),
+        None,
+    )?))
 }
 
 fn single_list(values: &[f32]) -> ArrayRef {
@@ -61,7 +66,10 @@ pub fn sae_batches(sae: &Sae) -> Result<(RecordBatch, RecordBatch)> {
 pub fn write_sae(txn: &mut Txn, key: &PartitionKey, sae: &Sae) -> Result<()> {
     sae.validate().with_context(|| format!("SAE {key}"))?;
     if key.k != Some(sae.k as i32) {
-        bail!("SAE {key}: partition k does not match the SAE's k = {}", sae.k);
+        bail!(
+            "SAE {key}: partition k does not match the SAE's k = {}",
+            sae.k
+        );
     }
     txn.check_free(Table::Saes, key)?;
     txn.check_free(Table::Features, key)?;
@@ -74,7 +82,12 @@ pub fn write_sae(txn: &mut Txn, key: &PartitionKey, sae: &Sae) -> Result<()> {
 fn f32_values(a: &dyn Array) -> Result<Vec<f32>> {
     match a.data_type() {
         DataType::Float32 => Ok(a.as_primitive::<Float32Type>().values().to_vec()),
-        DataType::Float64 => Ok(a.as_primitive::<Float64Type>().values().iter().map(|&v| v as f32).collect()),
+        DataType::Float64 => Ok(a
+            .as_primitive::<Float64Type>()
+            .values()
+            .iter()
+            .map(|&v| v as f32)
+            .collect()),
         t => bail!("expected float values, got {t}"),
     }
 }
@@ -83,12 +96,19 @@ fn f32_values(a: &dyn Array) -> Result<Vec<f32>> {
 fn vectors(batches: &[RecordBatch], col: &str) -> Result<Vec<f32>> {
     let mut out = Vec::new();
     for b in batches {
-        let a = b.column_by_name(col).with_context(|| format!("column {col} missing"))?;
+        let a = b
+            .column_by_name(col)
+            .with_context(|| format!("column {col} missing"))?;
         match a.data_type() {
-            DataType::FixedSizeList(_, _) => out.extend(f32_values(a.as_fixed_size_list().values())?),
+            DataType::FixedSizeList(_, _) => {
+                out.extend(f32_values(a.as_fixed_size_list().values())?)
+            }
             DataType::List(_) => {
                 let l = a.as_list::<i32>();
-                let (start, end) = (l.value_offsets()[0] as usize, l.value_offsets()[l.len()] as usize);
+                let (start, end) = (
+                    l.value_offsets()[0] as usize,
+                    l.value_offsets()[l.len()] as usize,
+                );
                 out.extend(f32_values(&l.values().slice(start, end - start))?);
             }
             t => bail!("column {col} has type {t}, expected a float list"),
@@ -98,14 +118,18 @@ fn vectors(batches: &[RecordBatch], col: &str) -> Result<Vec<f32>> {
 }
 
 fn column<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
-    b.column_by_name(name).with_context(|| format!("column {name} missing"))
+    b.column_by_name(name)
+        .with_context(|| format!("column {name} missing"))
 }
 
 /// Loads an SAE back from the lake.
 pub fn read_sae(lake: &Lake, key: &PartitionKey) -> Result<Sae> {
     let ctx = || format!("reading SAE {key} from {}", lake.root().display());
     let saes = lake.read_partition(Table::Saes, key).with_context(ctx)?;
-    let row = saes.first().filter(|b| b.num_rows() == 1).with_context(|| format!("{}: expected one saes row", ctx()))?;
+    let row = saes
+        .first()
+        .filter(|b| b.num_rows() == 1)
+        .with_context(|| format!("{}: expected one saes row", ctx()))?;
     let int = |name: &str| -> Result<Option<i32>> {
         let a = column(row, name)?.as_primitive::<Int32Type>();
         Ok(a.is_valid(0).then(|| a.value(0)))
@@ -115,12 +139,20 @@ pub fn read_sae(lake: &Lake, key: &PartitionKey) -> Result<Sae> {
         Ok(a.is_valid(0).then(|| a.value(0).to_string()))
     };
     let best_val = column(row, "best_val_mse")?.as_primitive::<Float64Type>();
-    let features = lake.read_partition(Table::Features, key).with_context(ctx)?;
+    let features = lake
+        .read_partition(Table::Features, key)
+        .with_context(ctx)?;
     let mut b_enc = Vec::new();
     let mut order = Vec::new();
     for b in &features {
         b_enc.extend(f32_values(column(b, "b_enc")?.as_ref())?);
-        order.extend(column(b, "feature")?.as_primitive::<Int32Type>().values().iter().copied());
+        order.extend(
+            column(b, "feature")?
+                .as_primitive::<Int32Type>()
+                .values()
+                .iter()
+                .copied(),
+        );
     }
     if order.iter().enumerate().any(|(i, &f)| f as usize != i) {
         bail!("{}: features are not stored in order 0..d_sae", ctx());

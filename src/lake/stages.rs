@@ -24,9 +24,14 @@ pub fn infer_step(stage: &str) -> Result<i64> {
     if stage == "instruct_base" {
         return Ok(0);
     }
-    match stage.strip_prefix("ppo_step").and_then(|n| n.parse::<i64>().ok()) {
+    match stage
+        .strip_prefix("ppo_step")
+        .and_then(|n| n.parse::<i64>().ok())
+    {
         Some(n) if n >= 0 => Ok(n),
-        _ => bail!("cannot infer the step of stage {stage:?}: name stages `instruct_base` or `ppo_stepN`"),
+        _ => bail!(
+            "cannot infer the step of stage {stage:?}: name stages `instruct_base` or `ppo_stepN`"
+        ),
     }
 }
 
@@ -41,8 +46,16 @@ impl Lake {
         for b in self.read_partition(Table::Stages, &key)? {
             let s = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
             let (stage, reward, model) = (s("stage"), s("reward"), s("model_path"));
-            let step = b.column_by_name("step").unwrap().as_primitive::<Int64Type>().clone();
-            let kl = b.column_by_name("kl_coef").unwrap().as_primitive::<Float64Type>().clone();
+            let step = b
+                .column_by_name("step")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .clone();
+            let kl = b
+                .column_by_name("kl_coef")
+                .unwrap()
+                .as_primitive::<Float64Type>()
+                .clone();
             for i in 0..b.num_rows() {
                 rows.push(StageRow {
                     chain: chain.to_string(),
@@ -81,18 +94,35 @@ impl Txn {
             }
             rows.sort_by_key(|r| r.step);
             if let Some(w) = rows.windows(2).find(|w| w[0].step == w[1].step) {
-                bail!("chain {chain}: stages {} and {} both have step {}", w[0].stage, w[1].stage, w[0].step);
+                bail!(
+                    "chain {chain}: stages {} and {} both have step {}",
+                    w[0].stage,
+                    w[1].stage,
+                    w[0].step
+                );
             }
-            let parents: Vec<Option<&str>> =
-                std::iter::once(None).chain(rows.iter().map(|r| Some(r.stage.as_str()))).take(rows.len()).collect();
+            let parents: Vec<Option<&str>> = std::iter::once(None)
+                .chain(rows.iter().map(|r| Some(r.stage.as_str())))
+                .take(rows.len())
+                .collect();
             let batch = RecordBatch::try_new(
                 Table::Stages.file_schema(None),
                 vec![
-                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.stage.as_str()))),
+                    Arc::new(StringArray::from_iter_values(
+                        rows.iter().map(|r| r.stage.as_str()),
+                    )),
                     Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.step))),
-                    Arc::new(StringArray::from(rows.iter().map(|r| r.reward.as_deref()).collect::<Vec<_>>())),
-                    Arc::new(Float64Array::from(rows.iter().map(|r| r.kl_coef).collect::<Vec<_>>())),
-                    Arc::new(StringArray::from(rows.iter().map(|r| r.model_path.as_deref()).collect::<Vec<_>>())),
+                    Arc::new(StringArray::from(
+                        rows.iter().map(|r| r.reward.as_deref()).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(Float64Array::from(
+                        rows.iter().map(|r| r.kl_coef).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(StringArray::from(
+                        rows.iter()
+                            .map(|r| r.model_path.as_deref())
+                            .collect::<Vec<_>>(),
+                    )),
                     Arc::new(StringArray::from(parents)),
                 ],
             )?;

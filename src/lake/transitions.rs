@@ -37,7 +37,9 @@ impl Lake {
                 Some(s) => s,
                 None => {
                     let rows = self.read_stages(&key.chain)?;
-                    steps.entry(key.chain.clone()).or_insert(rows.into_iter().map(|r| (r.stage, r.step)).collect())
+                    steps
+                        .entry(key.chain.clone())
+                        .or_insert(rows.into_iter().map(|r| (r.stage, r.step)).collect())
                 }
             };
             let stage = key.stage.clone().unwrap_or_default();
@@ -46,7 +48,14 @@ impl Lake {
                 Some(&s) => s,
                 None => infer_step(&stage)?,
             };
-            groups.entry((key.chain.clone(), key.layer.unwrap_or(0), key.k.unwrap_or(0))).or_default().push((step, stage));
+            groups
+                .entry((
+                    key.chain.clone(),
+                    key.layer.unwrap_or(0),
+                    key.k.unwrap_or(0),
+                ))
+                .or_default()
+                .push((step, stage));
         }
         let mut out = Vec::new();
         for ((chain, layer, k), mut stages) in groups {

@@ -65,7 +65,9 @@ pub fn writer_properties(table: Table) -> WriterProperties {
     // on every read (the drift scan is bound by decoding these columns).
     for col in table.vector_columns() {
         let path = ColumnPath::new(vec![col.to_string(), "list".into(), "item".into()]);
-        props = props.set_column_compression(path.clone(), Compression::UNCOMPRESSED).set_column_statistics_enabled(path, EnabledStatistics::None);
+        props = props
+            .set_column_compression(path.clone(), Compression::UNCOMPRESSED)
+            .set_column_statistics_enabled(path, EnabledStatistics::None);
     }
     props.build()
 }
@@ -82,9 +84,18 @@ impl Txn {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("creating {} (is the lake directory writable?)", dir.display()))?;
-        Ok(Self { lake: lake.clone(), dir, overwrite, staged: Vec::new() })
+        std::fs::create_dir_all(&dir).with_context(|| {
+            format!(
+                "creating {} (is the lake directory writable?)",
+                dir.display()
+            )
+        })?;
+        Ok(Self {
+            lake: lake.clone(),
+            dir,
+            overwrite,
+            staged: Vec::new(),
+        })
     }
 
     pub fn lake(&self) -> &Lake {
@@ -100,40 +111,77 @@ impl Txn {
                 self.lake.root().display()
             );
         }
-        if self.staged.iter().any(|s| s.dest == self.lake.partition_dir(table, key).unwrap()) {
-            bail!("{} partition {key} is written twice by this command", table.name());
+        if self
+            .staged
+            .iter()
+            .any(|s| s.dest == self.lake.partition_dir(table, key).unwrap())
+        {
+            bail!(
+                "{} partition {key} is written twice by this command",
+                table.name()
+            );
         }
         Ok(())
     }
 
     /// Opens a staged partition for streaming writes.
-    pub fn partition(&mut self, table: Table, key: &PartitionKey, schema: SchemaRef) -> Result<PartitionWriter> {
+    pub fn partition(
+        &mut self,
+        table: Table,
+        key: &PartitionKey,
+        schema: SchemaRef,
+    ) -> Result<PartitionWriter> {
         self.check_free(table, key)?;
         self.open(table, key, schema, false)
     }
 
-    fn open(&mut self, table: Table, key: &PartitionKey, schema: SchemaRef, replace: bool) -> Result<PartitionWriter> {
+    fn open(
+        &mut self,
+        table: Table,
+        key: &PartitionKey,
+        schema: SchemaRef,
+        replace: bool,
+    ) -> Result<PartitionWriter> {
         let rel = key.rel_dir(table)?;
         let tmp = self.dir.join(&rel);
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let path = tmp.join(PART_FILE);
         let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         let writer = ArrowWriter::try_new(file, schema, Some(writer_properties(table)))?;
-        let staged = Staged { tmp, dest: self.lake.root().join(rel), replace, label: format!("{} {key}", table.name()) };
-        Ok(PartitionWriter { writer, staged, rows: 0 })
+        let staged = Staged {
+            tmp,
+            dest: self.lake.root().join(rel),
+            replace,
+            label: format!("{} {key}", table.name()),
+        };
+        Ok(PartitionWriter {
+            writer,
+            staged,
+            rows: 0,
+        })
     }
 
     /// Closes a partition's file and schedules it for publication at commit.
     pub fn finish(&mut self, w: PartitionWriter) -> Result<usize> {
         let label = w.staged.label.clone();
-        w.writer.close().with_context(|| format!("finishing {label}"))?;
+        w.writer
+            .close()
+            .with_context(|| format!("finishing {label}"))?;
         self.staged.push(w.staged);
         Ok(w.rows)
     }
 
     /// Writes a whole partition from batches.
-    pub fn write(&mut self, table: Table, key: &PartitionKey, batches: &[RecordBatch]) -> Result<usize> {
-        let schema = batches.first().map(|b| b.schema()).context("no batches to write")?;
+    pub fn write(
+        &mut self,
+        table: Table,
+        key: &PartitionKey,
+        batches: &[RecordBatch],
+    ) -> Result<usize> {
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .context("no batches to write")?;
         let mut w = self.partition(table, key, schema)?;
         for b in batches {
             w.write(b)?;
@@ -143,7 +191,12 @@ impl Txn {
 
     /// Writes a partition that replaces the existing one even without `overwrite`
     /// (for tables derived from the others, such as `stages`).
-    pub(super) fn write_replacing(&mut self, table: Table, key: &PartitionKey, batch: &RecordBatch) -> Result<()> {
+    pub(super) fn write_replacing(
+        &mut self,
+        table: Table,
+        key: &PartitionKey,
+        batch: &RecordBatch,
+    ) -> Result<()> {
         let mut w = self.open(table, key, batch.schema(), true)?;
         w.write(batch)?;
         self.finish(w).map(|_| ())
@@ -164,7 +217,8 @@ impl Txn {
                     .with_context(|| format!("moving aside {}", s.dest.display()))?;
             }
             std::fs::create_dir_all(s.dest.parent().unwrap())?;
-            std::fs::rename(&s.tmp, &s.dest).with_context(|| format!("publishing {}", s.dest.display()))?;
+            std::fs::rename(&s.tmp, &s.dest)
+                .with_context(|| format!("publishing {}", s.dest.display()))?;
         }
         Ok(std::mem::take(&mut self.staged).len())
     }

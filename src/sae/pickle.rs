@@ -83,7 +83,10 @@ pub enum Value {
 impl Value {
     pub fn get(&self, key: &str) -> Option<&Value> {
         match self {
-            Value::Dict(items) => items.iter().find(|(k, _)| matches!(k, Value::Str(s) if s == key)).map(|(_, v)| v),
+            Value::Dict(items) => items
+                .iter()
+                .find(|(k, _)| matches!(k, Value::Str(s) if s == key))
+                .map(|(_, v)| v),
             _ => None,
         }
     }
@@ -130,7 +133,10 @@ struct Machine<'a> {
 
 impl<'a> Machine<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let s = self.b.get(self.at..self.at + n).context("pickle ends early (truncated file?)")?;
+        let s = self
+            .b
+            .get(self.at..self.at + n)
+            .context("pickle ends early (truncated file?)")?;
         self.at += n;
         Ok(s)
     }
@@ -145,13 +151,18 @@ impl<'a> Machine<'a> {
     }
     fn line(&mut self) -> Result<String> {
         let rest = &self.b[self.at..];
-        let n = rest.iter().position(|&c| c == b'\n').context("unterminated GLOBAL name")?;
+        let n = rest
+            .iter()
+            .position(|&c| c == b'\n')
+            .context("unterminated GLOBAL name")?;
         let s = String::from_utf8(rest[..n].to_vec()).context("GLOBAL name is not UTF-8")?;
         self.at += n + 1;
         Ok(s)
     }
     fn utf8(&mut self, n: usize) -> Result<Value> {
-        Ok(Value::Str(String::from_utf8(self.take(n)?.to_vec()).context("string is not UTF-8")?))
+        Ok(Value::Str(
+            String::from_utf8(self.take(n)?.to_vec()).context("string is not UTF-8")?,
+        ))
     }
     fn push(&mut self, v: Value) {
         self.stack.push(Item::V(v));
@@ -205,12 +216,18 @@ fn usizes(v: &Value) -> Result<Vec<usize>> {
 }
 
 fn reduce(func: Value, args: Value) -> Result<Value> {
-    let Value::Global(name) = func else { bail!("REDUCE on a non-callable {}", func.type_name()) };
-    let Value::Tuple(args) = args else { bail!("REDUCE arguments are not a tuple") };
+    let Value::Global(name) = func else {
+        bail!("REDUCE on a non-callable {}", func.type_name())
+    };
+    let Value::Tuple(args) = args else {
+        bail!("REDUCE arguments are not a tuple")
+    };
     match name.as_str() {
         "collections.OrderedDict" if args.is_empty() => Ok(Value::Dict(Vec::new())),
         "torch._utils._rebuild_tensor_v2" if args.len() >= 4 => {
-            let Value::Storage(storage) = &args[0] else { bail!("tensor without a storage") };
+            let Value::Storage(storage) = &args[0] else {
+                bail!("tensor without a storage")
+            };
             Ok(Value::Tensor(TensorRef {
                 storage: storage.clone(),
                 offset: as_usize(&args[1])?,
@@ -218,14 +235,24 @@ fn reduce(func: Value, args: Value) -> Result<Value> {
                 stride: usizes(&args[3])?,
             }))
         }
-        "torch._utils._rebuild_parameter" if !args.is_empty() => Ok(args.into_iter().next().unwrap()),
-        _ => bail!("unsupported call {name} with {} arguments in pickle", args.len()),
+        "torch._utils._rebuild_parameter" if !args.is_empty() => {
+            Ok(args.into_iter().next().unwrap())
+        }
+        _ => bail!(
+            "unsupported call {name} with {} arguments in pickle",
+            args.len()
+        ),
     }
 }
 
 /// Loads a pickle without executing anything.
 pub fn load(b: &[u8]) -> Result<Value> {
-    let mut m = Machine { b, at: 0, stack: Vec::new(), memo: HashMap::new() };
+    let mut m = Machine {
+        b,
+        at: 0,
+        stack: Vec::new(),
+        memo: HashMap::new(),
+    };
     loop {
         let at = m.at;
         let op = m.u8()?;
@@ -456,8 +483,20 @@ fn write_value(v: &Value, out: &mut Vec<u8>) {
             out.extend(b"ctorch._utils\n_rebuild_tensor_v2\n(");
             write_value(&Value::Storage(t.storage.clone()), out);
             write_int(t.offset as i64, out);
-            write_tuple(&t.shape.iter().map(|&d| Value::Int(d as i64)).collect::<Vec<_>>(), out);
-            write_tuple(&t.stride.iter().map(|&d| Value::Int(d as i64)).collect::<Vec<_>>(), out);
+            write_tuple(
+                &t.shape
+                    .iter()
+                    .map(|&d| Value::Int(d as i64))
+                    .collect::<Vec<_>>(),
+                out,
+            );
+            write_tuple(
+                &t.stride
+                    .iter()
+                    .map(|&d| Value::Int(d as i64))
+                    .collect::<Vec<_>>(),
+                out,
+            );
             out.push(0x89);
             out.extend(b"ccollections\nOrderedDict\n)R");
             out.push(b't');
@@ -495,7 +534,10 @@ mod tests {
             (Value::Str("neg".into()), Value::Int(-3)),
             (Value::Str("loss".into()), Value::Float(0.25)),
             (Value::Str("from".into()), Value::None),
-            (Value::Str("xs".into()), Value::List(vec![Value::Bool(true), Value::Tuple(vec![])])),
+            (
+                Value::Str("xs".into()),
+                Value::List(vec![Value::Bool(true), Value::Tuple(vec![])]),
+            ),
         ]);
         assert_eq!(load(&dump(&v)).unwrap(), v);
     }
@@ -503,6 +545,9 @@ mod tests {
     #[test]
     fn refuses_arbitrary_globals() {
         let err = load(b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00lsR.").unwrap_err();
-        assert!(err.to_string().contains("forbidden global os.system"), "{err}");
+        assert!(
+            err.to_string().contains("forbidden global os.system"),
+            "{err}"
+        );
     }
 }

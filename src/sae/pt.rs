@@ -33,11 +33,16 @@ fn parse(bytes: Vec<u8>) -> Result<PtCheckpoint> {
     let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
     if let Some(order) = zip.get(&format!("{prefix}byteorder")) {
         if order != b"little" {
-            bail!("byte order {:?} is not supported (only little-endian)", String::from_utf8_lossy(order));
+            bail!(
+                "byte order {:?} is not supported (only little-endian)",
+                String::from_utf8_lossy(order)
+            );
         }
     }
     let root = pickle::load(zip.get(&pkl_name).unwrap())?;
-    let state = root.get("state_dict").context("missing key \"state_dict\"")?;
+    let state = root
+        .get("state_dict")
+        .context("missing key \"state_dict\"")?;
     let config = match root.get("config").context("missing key \"config\"")? {
         Value::Dict(items) => items
             .iter()
@@ -51,7 +56,10 @@ fn parse(bytes: Vec<u8>) -> Result<PtCheckpoint> {
     let cfg_int = |key: &str| -> Result<usize> {
         match config.iter().find(|(k, _)| k == key).map(|(_, v)| v) {
             Some(Value::Int(v)) if *v > 0 => Ok(*v as usize),
-            Some(v) => bail!("config[{key:?}] is a {}, expected a positive int", v.type_name()),
+            Some(v) => bail!(
+                "config[{key:?}] is a {}, expected a positive int",
+                v.type_name()
+            ),
             None => bail!("missing config key {key:?}"),
         }
     };
@@ -59,7 +67,10 @@ fn parse(bytes: Vec<u8>) -> Result<PtCheckpoint> {
     let tensor = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
         let t = match state.get(name) {
             Some(Value::Tensor(t)) => t,
-            Some(v) => bail!("state_dict[{name:?}] is a {}, expected a tensor", v.type_name()),
+            Some(v) => bail!(
+                "state_dict[{name:?}] is a {}, expected a tensor",
+                v.type_name()
+            ),
             None => bail!("missing state_dict key {name:?}"),
         };
         if t.shape != shape {
@@ -67,7 +78,12 @@ fn parse(bytes: Vec<u8>) -> Result<PtCheckpoint> {
         }
         let data = zip
             .get(&format!("{prefix}data/{}", t.storage.key))
-            .with_context(|| format!("storage {} of {name:?} is missing from the archive", t.storage.key))?;
+            .with_context(|| {
+                format!(
+                    "storage {} of {name:?} is missing from the archive",
+                    t.storage.key
+                )
+            })?;
         gather(t, data).with_context(|| format!("reading {name:?}"))
     };
     let w_dec_dn = tensor("decoder.weight", &[d, n])?;
@@ -119,7 +135,12 @@ fn parse(bytes: Vec<u8>) -> Result<PtCheckpoint> {
 fn gather(t: &TensorRef, data: &[u8]) -> Result<Vec<f32>> {
     let size = t.storage.dtype.size();
     if data.len() < t.storage.numel * size {
-        bail!("storage {} holds {} bytes, expected {}", t.storage.key, data.len(), t.storage.numel * size);
+        bail!(
+            "storage {} holds {} bytes, expected {}",
+            t.storage.key,
+            data.len(),
+            t.storage.numel * size
+        );
     }
     let numel: usize = t.shape.iter().product();
     let value = |i: usize| -> f32 {
@@ -127,7 +148,9 @@ fn gather(t: &TensorRef, data: &[u8]) -> Result<Vec<f32>> {
         match t.storage.dtype {
             StorageType::F32 => f32::from_le_bytes(b.try_into().unwrap()),
             StorageType::F64 => f64::from_le_bytes(b.try_into().unwrap()) as f32,
-            StorageType::BF16 => f32::from_bits((u16::from_le_bytes(b.try_into().unwrap()) as u32) << 16),
+            StorageType::BF16 => {
+                f32::from_bits((u16::from_le_bytes(b.try_into().unwrap()) as u32) << 16)
+            }
             StorageType::F16 => f16_to_f32(u16::from_le_bytes(b.try_into().unwrap())),
         }
     };
@@ -195,10 +218,23 @@ fn sae_config(sae: &Sae, extra: &[(String, Value)]) -> Vec<(String, Value)> {
     ];
     let meta = &sae.meta;
     let defaults = [
-        ("source", meta.source.clone().map_or(Value::None, Value::Str)),
-        ("init_from_stage", meta.init_from_stage.clone().map_or(Value::None, Value::Str)),
-        ("best_epoch", meta.best_epoch.map_or(Value::None, |e| Value::Int(e as i64))),
-        ("best_val_loss", meta.best_val_mse.map_or(Value::None, Value::Float)),
+        (
+            "source",
+            meta.source.clone().map_or(Value::None, Value::Str),
+        ),
+        (
+            "init_from_stage",
+            meta.init_from_stage.clone().map_or(Value::None, Value::Str),
+        ),
+        (
+            "best_epoch",
+            meta.best_epoch
+                .map_or(Value::None, |e| Value::Int(e as i64)),
+        ),
+        (
+            "best_val_loss",
+            meta.best_val_mse.map_or(Value::None, Value::Float),
+        ),
     ];
     for (k, v) in defaults {
         if !extra.iter().any(|(e, _)| e == k) {
@@ -206,15 +242,31 @@ fn sae_config(sae: &Sae, extra: &[(String, Value)]) -> Vec<(String, Value)> {
         }
     }
     if sae.activation != Activation::TopK {
-        cfg.push(("activation".into(), Value::Str(sae.activation.name().into())));
+        cfg.push((
+            "activation".into(),
+            Value::Str(sae.activation.name().into()),
+        ));
     }
-    cfg.extend(extra.iter().filter(|(k, _)| !matches!(k.as_str(), "d_model" | "d_sae" | "k")).cloned());
+    cfg.extend(
+        extra
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "d_model" | "d_sae" | "k"))
+            .cloned(),
+    );
     cfg
 }
 
 /// Low-level writer: any named f32 tensors and any config (used to build test inputs too).
-pub fn write_raw(path: &Path, tensors: &[(&str, &[f32], Vec<usize>)], config: Vec<(String, Value)>) -> Result<()> {
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("archive").to_string();
+pub fn write_raw(
+    path: &Path,
+    tensors: &[(&str, &[f32], Vec<usize>)],
+    config: Vec<(String, Value)>,
+) -> Result<()> {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("archive")
+        .to_string();
     let mut zip = ZipWriter::new();
     let mut state = Vec::new();
     let mut storages = Vec::new();
@@ -223,13 +275,37 @@ pub fn write_raw(path: &Path, tensors: &[(&str, &[f32], Vec<usize>)], config: Ve
         for dim in (0..shape.len().saturating_sub(1)).rev() {
             stride[dim] = stride[dim + 1] * shape[dim + 1];
         }
-        let storage = StorageRef { dtype: StorageType::F32, key: i.to_string(), numel: data.len() };
-        state.push((Value::Str(name.to_string()), Value::Tensor(TensorRef { storage, offset: 0, shape: shape.clone(), stride })));
-        storages.push(data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+        let storage = StorageRef {
+            dtype: StorageType::F32,
+            key: i.to_string(),
+            numel: data.len(),
+        };
+        state.push((
+            Value::Str(name.to_string()),
+            Value::Tensor(TensorRef {
+                storage,
+                offset: 0,
+                shape: shape.clone(),
+                stride,
+            }),
+        ));
+        storages.push(
+            data.iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        );
     }
     let root = Value::Dict(vec![
         (Value::Str("state_dict".into()), Value::Dict(state)),
-        (Value::Str("config".into()), Value::Dict(config.into_iter().map(|(k, v)| (Value::Str(k), v)).collect())),
+        (
+            Value::Str("config".into()),
+            Value::Dict(
+                config
+                    .into_iter()
+                    .map(|(k, v)| (Value::Str(k), v))
+                    .collect(),
+            ),
+        ),
     ]);
     zip.add(&format!("{stem}/data.pkl"), &pickle::dump(&root));
     zip.add(&format!("{stem}/.format_version"), b"1");

@@ -75,9 +75,18 @@ impl Sae {
                 bail!("{name} has {got} values, expected {want} for d_model {d}, d_sae {n}");
             }
         }
-        for (name, v) in [("b_pre", &self.b_pre), ("W_enc", &self.w_enc), ("b_enc", &self.b_enc), ("W_dec", &self.w_dec), ("b_dec", &self.b_dec)] {
+        for (name, v) in [
+            ("b_pre", &self.b_pre),
+            ("W_enc", &self.w_enc),
+            ("b_enc", &self.b_enc),
+            ("W_dec", &self.w_dec),
+            ("b_dec", &self.b_dec),
+        ] {
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                bail!("{name} holds a non-finite value ({}) at flat index {i}", v[i]);
+                bail!(
+                    "{name} holds a non-finite value ({}) at flat index {i}",
+                    v[i]
+                );
             }
         }
         Ok(())
@@ -124,7 +133,11 @@ impl Sae {
 
 /// Indices and values of the k largest entries, largest first (selection, then a sort of k).
 pub fn top_k(z: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let desc = |a: &(u32, f32), b: &(u32, f32)| b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal).then(a.0.cmp(&b.0));
+    let desc = |a: &(u32, f32), b: &(u32, f32)| {
+        b.1.partial_cmp(&a.1)
+            .unwrap_or(Ordering::Equal)
+            .then(a.0.cmp(&b.0))
+    };
     let mut all: Vec<(u32, f32)> = z.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
     let k = k.min(all.len());
     if k < all.len() {
@@ -140,7 +153,12 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     const L: usize = 16;
     let mut acc = [0f32; L];
     let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for j in 0..L {
             acc[j] += x[j] * y[j];

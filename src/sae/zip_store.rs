@@ -16,15 +16,21 @@ const CENTRAL: u32 = 0x0201_4b50;
 const LOCAL: u32 = 0x0403_4b50;
 
 fn u16_at(b: &[u8], at: usize) -> Result<u16> {
-    let s = b.get(at..at + 2).context("archive ends inside a header (truncated file?)")?;
+    let s = b
+        .get(at..at + 2)
+        .context("archive ends inside a header (truncated file?)")?;
     Ok(u16::from_le_bytes(s.try_into().unwrap()))
 }
 fn u32_at(b: &[u8], at: usize) -> Result<u32> {
-    let s = b.get(at..at + 4).context("archive ends inside a header (truncated file?)")?;
+    let s = b
+        .get(at..at + 4)
+        .context("archive ends inside a header (truncated file?)")?;
     Ok(u32::from_le_bytes(s.try_into().unwrap()))
 }
 fn u64_at(b: &[u8], at: usize) -> Result<u64> {
-    let s = b.get(at..at + 8).context("archive ends inside a header (truncated file?)")?;
+    let s = b
+        .get(at..at + 8)
+        .context("archive ends inside a header (truncated file?)")?;
     Ok(u64::from_le_bytes(s.try_into().unwrap()))
 }
 
@@ -47,7 +53,10 @@ impl ZipStore {
             .find(|&i| u32_at(b, i).ok() == Some(EOCD))
             .context("no end-of-central-directory record: the archive is truncated")?;
         let (mut count, mut cd_off) = (u16_at(b, eocd + 10)? as u64, u32_at(b, eocd + 16)? as u64);
-        if (count == 0xFFFF || cd_off == 0xFFFF_FFFF) && eocd >= 20 && u32_at(b, eocd - 20)? == ZIP64_LOCATOR {
+        if (count == 0xFFFF || cd_off == 0xFFFF_FFFF)
+            && eocd >= 20
+            && u32_at(b, eocd - 20)? == ZIP64_LOCATOR
+        {
             let z = u64_at(b, eocd - 20 + 8)? as usize;
             if u32_at(b, z)? != ZIP64_EOCD {
                 bail!("bad zip64 end-of-central-directory record");
@@ -65,12 +74,19 @@ impl ZipStore {
             let crc = u32_at(b, at + 16)?;
             let mut csize = u32_at(b, at + 20)? as u64;
             let mut size = u32_at(b, at + 24)? as u64;
-            let (name_len, extra_len, comment_len) =
-                (u16_at(b, at + 28)? as usize, u16_at(b, at + 30)? as usize, u16_at(b, at + 32)? as usize);
+            let (name_len, extra_len, comment_len) = (
+                u16_at(b, at + 28)? as usize,
+                u16_at(b, at + 30)? as usize,
+                u16_at(b, at + 32)? as usize,
+            );
             let mut local = u32_at(b, at + 42)? as u64;
-            let name = b.get(at + 46..at + 46 + name_len).context("truncated central directory")?;
+            let name = b
+                .get(at + 46..at + 46 + name_len)
+                .context("truncated central directory")?;
             let name = String::from_utf8_lossy(name).into_owned();
-            let extra = b.get(at + 46 + name_len..at + 46 + name_len + extra_len).context("truncated central directory")?;
+            let extra = b
+                .get(at + 46 + name_len..at + 46 + name_len + extra_len)
+                .context("truncated central directory")?;
             zip64_sizes(extra, [&mut size, &mut csize, &mut local])?;
             if method != 0 {
                 bail!("entry {name} is compressed (method {method}); only stored entries, as torch.save writes them, are supported");
@@ -79,9 +95,12 @@ impl ZipStore {
             if u32_at(b, local)? != LOCAL {
                 bail!("entry {name}: bad local header at byte {local}");
             }
-            let data = local + 30 + u16_at(b, local + 26)? as usize + u16_at(b, local + 28)? as usize;
+            let data =
+                local + 30 + u16_at(b, local + 26)? as usize + u16_at(b, local + 28)? as usize;
             let size = size as usize;
-            let slice = b.get(data..data + size).with_context(|| format!("entry {name} runs past the end of the file (truncated?)"))?;
+            let slice = b.get(data..data + size).with_context(|| {
+                format!("entry {name} runs past the end of the file (truncated?)")
+            })?;
             if crc32fast::hash(slice) != crc {
                 bail!("entry {name} fails its CRC check: the file is corrupt");
             }
@@ -132,7 +151,11 @@ const ALIGN: usize = 64;
 
 impl ZipWriter {
     pub fn new() -> Self {
-        Self { out: Vec::new(), central: Vec::new(), count: 0 }
+        Self {
+            out: Vec::new(),
+            central: Vec::new(),
+            count: 0,
+        }
     }
 
     pub fn add(&mut self, name: &str, data: &[u8]) {

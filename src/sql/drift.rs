@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use arrow::array::{ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{
+    ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+};
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
@@ -25,7 +27,15 @@ use saerl_udfs::{cosine, FloatLists};
 use crate::lake::{Lake, Table, Transition};
 
 /// Column order of `feature_drift`; the first seven describe the transition.
-const TRANSITION_COLS: [&str; 7] = ["chain", "layer", "k", "stage_from", "stage_to", "step_from", "step_to"];
+const TRANSITION_COLS: [&str; 7] = [
+    "chain",
+    "layer",
+    "k",
+    "stage_from",
+    "stage_to",
+    "step_from",
+    "step_to",
+];
 
 pub fn schema() -> SchemaRef {
     use DataType::*;
@@ -82,13 +92,29 @@ fn column_literal<'a>(l: &'a Expr, r: &'a Expr) -> Option<(&'a str, &'a ScalarVa
 /// DataFusion re-applies every filter (pushdown is inexact), so this only has to be safe.
 fn may_match(expr: &Expr, t: &Transition) -> bool {
     match expr {
-        Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => may_match(left, t) && may_match(right, t),
-        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Or, right }) => may_match(left, t) || may_match(right, t),
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And,
+            right,
+        }) => may_match(left, t) && may_match(right, t),
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => may_match(left, t) || may_match(right, t),
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-            let Some((col, lit, flipped)) = column_literal(left, right) else { return true };
-            let Some(v) = column_value(t, col) else { return true };
-            let Ok(lit) = lit.cast_to(&v.data_type()) else { return true };
-            let Some(ord) = v.partial_cmp(&lit) else { return true };
+            let Some((col, lit, flipped)) = column_literal(left, right) else {
+                return true;
+            };
+            let Some(v) = column_value(t, col) else {
+                return true;
+            };
+            let Ok(lit) = lit.cast_to(&v.data_type()) else {
+                return true;
+            };
+            let Some(ord) = v.partial_cmp(&lit) else {
+                return true;
+            };
             let ord = if flipped { ord.reverse() } else { ord };
             use std::cmp::Ordering::*;
             match op {
@@ -102,14 +128,22 @@ fn may_match(expr: &Expr, t: &Transition) -> bool {
             }
         }
         Expr::InList(inlist) => {
-            let Expr::Column(c) = inlist.expr.as_ref() else { return true };
-            let Some(v) = column_value(t, &c.name) else { return true };
+            let Expr::Column(c) = inlist.expr.as_ref() else {
+                return true;
+            };
+            let Some(v) = column_value(t, &c.name) else {
+                return true;
+            };
             let mut any_unknown = false;
             let hit = inlist.list.iter().any(|e| match e {
-                Expr::Literal(l, _) => l.cast_to(&v.data_type()).map(|l| l == v).unwrap_or_else(|_| {
-                    any_unknown = true;
-                    false
-                }),
+                Expr::Literal(l, _) => {
+                    l.cast_to(&v.data_type())
+                        .map(|l| l == v)
+                        .unwrap_or_else(|_| {
+                            any_unknown = true;
+                            false
+                        })
+                }
                 _ => {
                     any_unknown = true;
                     false
@@ -131,7 +165,10 @@ impl TableProvider for FeatureDrift {
         TableType::View
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
 
@@ -142,16 +179,26 @@ impl TableProvider for FeatureDrift {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let wanted: Vec<&Transition> = self.transitions.iter().filter(|t| filters.iter().all(|f| may_match(f, t))).collect();
+        let wanted: Vec<&Transition> = self
+            .transitions
+            .iter()
+            .filter(|t| filters.iter().all(|f| may_match(f, t)))
+            .collect();
         // Whole (chain, layer, k) groups go to one stream, so consecutive stages share a read.
         let mut groups: Vec<Vec<Transition>> = Vec::new();
         for t in wanted {
             match groups.last_mut() {
-                Some(g) if g[0].chain == t.chain && g[0].layer == t.layer && g[0].k == t.k => g.push(t.clone()),
+                Some(g) if g[0].chain == t.chain && g[0].layer == t.layer && g[0].k == t.k => {
+                    g.push(t.clone())
+                }
                 _ => groups.push(vec![t.clone()]),
             }
         }
-        let n = state.config().target_partitions().max(1).min(groups.len().max(1));
+        let n = state
+            .config()
+            .target_partitions()
+            .max(1)
+            .min(groups.len().max(1));
         let mut shards: Vec<Vec<Vec<Transition>>> = vec![Vec::new(); n];
         for (i, g) in groups.into_iter().enumerate() {
             shards[i % n].push(g);
@@ -163,9 +210,24 @@ impl TableProvider for FeatureDrift {
         let (dec, enc) = (needs("dec_cos"), needs("enc_cos"));
         let partitions: Vec<Arc<dyn PartitionStream>> = shards
             .into_iter()
-            .map(|groups| Arc::new(DriftStream { lake: self.lake.clone(), schema: schema(), groups, dec, enc }) as _)
+            .map(|groups| {
+                Arc::new(DriftStream {
+                    lake: self.lake.clone(),
+                    schema: schema(),
+                    groups,
+                    dec,
+                    enc,
+                }) as _
+            })
             .collect();
-        Ok(Arc::new(StreamingTableExec::try_new(schema(), partitions, projection, vec![], false, limit)?))
+        Ok(Arc::new(StreamingTableExec::try_new(
+            schema(),
+            partitions,
+            projection,
+            vec![],
+            false,
+            limit,
+        )?))
     }
 }
 
@@ -206,7 +268,10 @@ impl DriftStream {
     }
 
     fn compare(&self, t: &Transition, a: &Stage, b: &Stage) -> anyhow::Result<RecordBatch> {
-        let (fa, fb) = (a.features.as_primitive::<Int32Type>(), b.features.as_primitive::<Int32Type>());
+        let (fa, fb) = (
+            a.features.as_primitive::<Int32Type>(),
+            b.features.as_primitive::<Int32Type>(),
+        );
         if fa != fb {
             anyhow::bail!(
                 "features of {} and {} differ (d_sae {} vs {}): drift compares feature i with feature i",
@@ -218,13 +283,23 @@ impl DriftStream {
         }
         let n = fa.len();
         let cosines = |x: &Option<ArrayRef>, y: &Option<ArrayRef>| -> anyhow::Result<ArrayRef> {
-            let (Some(x), Some(y)) = (x, y) else { return Ok(Arc::new(Float64Array::new_null(n))) };
-            let (x, y) = (FloatLists::new("feature_drift", x)?, FloatLists::new("feature_drift", y)?);
+            let (Some(x), Some(y)) = (x, y) else {
+                return Ok(Arc::new(Float64Array::new_null(n)));
+            };
+            let (x, y) = (
+                FloatLists::new("feature_drift", x)?,
+                FloatLists::new("feature_drift", y)?,
+            );
             let mut out = Vec::with_capacity(n);
             for i in 0..n {
                 out.push(match (x.row(i), y.row(i)) {
                     (Some(p), Some(q)) if p.len() == q.len() => cosine(p, q),
-                    (Some(p), Some(q)) => anyhow::bail!("{}: d_model changes from {} to {}", t.to_key(), p.len(), q.len()),
+                    (Some(p), Some(q)) => anyhow::bail!(
+                        "{}: d_model changes from {} to {}",
+                        t.to_key(),
+                        p.len(),
+                        q.len()
+                    ),
                     _ => None,
                 });
             }
@@ -258,7 +333,9 @@ impl DriftStream {
                     _ => self.read(t, false)?,
                 };
                 let to = self.read(t, true)?;
-                let batch = self.compare(t, &from, &to).with_context(|| format!("feature_drift {} → {}", t.from_key(), t.stage_to))?;
+                let batch = self
+                    .compare(t, &from, &to)
+                    .with_context(|| format!("feature_drift {} → {}", t.from_key(), t.stage_to))?;
                 if tx.blocking_send(Ok(batch)).is_err() {
                     return Ok(()); // the consumer is gone (LIMIT reached or cancelled)
                 }
@@ -282,7 +359,8 @@ impl PartitionStream for DriftStream {
                 let _ = tx.blocking_send(Err(DataFusionError::Execution(format!("{e:#}"))));
             }
         });
-        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+        let stream =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
     }
 }
@@ -290,18 +368,31 @@ impl PartitionStream for DriftStream {
 /// `sae_transitions` as a small in-memory table.
 pub fn transitions_batch(transitions: &[Transition]) -> Result<RecordBatch> {
     let s = schema();
-    let fields: Vec<Field> = TRANSITION_COLS.iter().map(|c| s.field_with_name(c).unwrap().clone()).collect();
-    let strs = |f: fn(&Transition) -> &str| Arc::new(StringArray::from_iter_values(transitions.iter().map(f))) as ArrayRef;
+    let fields: Vec<Field> = TRANSITION_COLS
+        .iter()
+        .map(|c| s.field_with_name(c).unwrap().clone())
+        .collect();
+    let strs = |f: fn(&Transition) -> &str| {
+        Arc::new(StringArray::from_iter_values(transitions.iter().map(f))) as ArrayRef
+    };
     Ok(RecordBatch::try_new(
         Arc::new(Schema::new(fields)),
         vec![
             strs(|t| &t.chain),
-            Arc::new(Int32Array::from_iter_values(transitions.iter().map(|t| t.layer))),
-            Arc::new(Int32Array::from_iter_values(transitions.iter().map(|t| t.k))),
+            Arc::new(Int32Array::from_iter_values(
+                transitions.iter().map(|t| t.layer),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                transitions.iter().map(|t| t.k),
+            )),
             strs(|t| &t.stage_from),
             strs(|t| &t.stage_to),
-            Arc::new(Int64Array::from_iter_values(transitions.iter().map(|t| t.step_from))),
-            Arc::new(Int64Array::from_iter_values(transitions.iter().map(|t| t.step_to))),
+            Arc::new(Int64Array::from_iter_values(
+                transitions.iter().map(|t| t.step_from),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                transitions.iter().map(|t| t.step_to),
+            )),
         ],
     )?)
 }

@@ -33,15 +33,35 @@ pub fn print_batches(batches: &[RecordBatch], format: Format, out: &mut dyn Writ
             if batches.iter().all(|b| b.num_rows() == 0) {
                 let cols: Vec<String> = batches
                     .first()
-                    .map(|b| b.schema().fields().iter().map(|f| f.name().clone()).collect())
+                    .map(|b| {
+                        b.schema()
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().clone())
+                            .collect()
+                    })
                     .unwrap_or_default();
-                writeln!(out, "(0 rows{})", if cols.is_empty() { String::new() } else { format!("; columns: {}", cols.join(", ")) })?;
+                writeln!(
+                    out,
+                    "(0 rows{})",
+                    if cols.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; columns: {}", cols.join(", "))
+                    }
+                )?;
             } else {
-                writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(batches)?)?;
+                writeln!(
+                    out,
+                    "{}",
+                    arrow::util::pretty::pretty_format_batches(batches)?
+                )?;
             }
         }
         Format::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(out);
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(out);
             for b in batches {
                 w.write(&flatten_nested(b)?)?;
             }
@@ -65,7 +85,9 @@ fn flatten_nested(b: &RecordBatch) -> Result<RecordBatch> {
     for (f, c) in b.schema().fields().iter().zip(b.columns()) {
         if f.data_type().is_nested() {
             let fmt = ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default())?;
-            let text: StringArray = (0..c.len()).map(|i| c.is_valid(i).then(|| fmt.value(i).to_string())).collect();
+            let text: StringArray = (0..c.len())
+                .map(|i| c.is_valid(i).then(|| fmt.value(i).to_string()))
+                .collect();
             fields.push(Field::new(f.name(), DataType::Utf8, true));
             cols.push(Arc::new(text));
         } else {

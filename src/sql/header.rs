@@ -25,13 +25,25 @@ pub struct Header {
 /// Reads the leading comment block; lines that are not `-- key: value` with a known key are
 /// ordinary comments.
 pub fn parse(sql: &str) -> Result<Header> {
-    let mut h = Header { title: None, chart: None, x: None, y: None, value: None, series: None, facet: None };
+    let mut h = Header {
+        title: None,
+        chart: None,
+        x: None,
+        y: None,
+        value: None,
+        series: None,
+        facet: None,
+    };
     for line in sql.lines().map(str::trim) {
         if line.is_empty() {
             continue;
         }
-        let Some(comment) = line.strip_prefix("--") else { break };
-        let Some((key, value)) = comment.split_once(':') else { continue };
+        let Some(comment) = line.strip_prefix("--") else {
+            break;
+        };
+        let Some((key, value)) = comment.split_once(':') else {
+            continue;
+        };
         let (key, value) = (key.trim(), value.trim().to_string());
         match key {
             "title" => h.title = Some(value),
@@ -46,7 +58,9 @@ pub fn parse(sql: &str) -> Result<Header> {
                     "bar" => Chart::Bar,
                     "scatter" => Chart::Scatter,
                     "heatmap" => Chart::Heatmap,
-                    other => bail!("unknown chart kind {other:?} (use line, bar, scatter or heatmap)"),
+                    other => {
+                        bail!("unknown chart kind {other:?} (use line, bar, scatter or heatmap)")
+                    }
                 })
             }
             _ => {}
@@ -59,7 +73,10 @@ pub fn parse(sql: &str) -> Result<Header> {
 mod tests {
     #[test]
     fn reads_keys_until_the_first_statement_line() {
-        let h = super::parse("-- title: T\n-- chart: bar\n-- note: free text\n-- x: a\nSELECT 1\n-- y: late").unwrap();
+        let h = super::parse(
+            "-- title: T\n-- chart: bar\n-- note: free text\n-- x: a\nSELECT 1\n-- y: late",
+        )
+        .unwrap();
         assert_eq!(h.title.as_deref(), Some("T"));
         assert_eq!(h.chart, Some(super::Chart::Bar));
         assert_eq!(h.x.as_deref(), Some("a"));

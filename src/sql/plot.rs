@@ -37,8 +37,16 @@ struct Columns {
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::ArrayRef> {
     batch.column_by_name(name).with_context(|| {
-        let have: Vec<_> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
-        format!("the plot header names column {name:?}, but the query returns {}", have.join(", "))
+        let have: Vec<_> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        format!(
+            "the plot header names column {name:?}, but the query returns {}",
+            have.join(", ")
+        )
     })
 }
 
@@ -54,18 +62,33 @@ fn texts(a: &dyn Array) -> Result<Vec<String>> {
 
 fn collect(batch: &RecordBatch, h: &Header, chart: Chart) -> Result<Columns> {
     let n = batch.num_rows();
-    let x_name = h.x.as_deref().context("the plot header needs `-- x: COLUMN`")?;
+    let x_name =
+        h.x.as_deref()
+            .context("the plot header needs `-- x: COLUMN`")?;
     let x_col = column(batch, x_name)?;
     let x = if x_col.data_type().is_numeric() && chart != Chart::Bar && chart != Chart::Heatmap {
-        Axis::Num(numbers(x_col)?.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+        Axis::Num(
+            numbers(x_col)?
+                .into_iter()
+                .map(|v| v.unwrap_or(f64::NAN))
+                .collect(),
+        )
     } else {
         Axis::Cat(texts(x_col)?)
     };
-    let y_name = h.y.as_deref().context("the plot header needs `-- y: COLUMN`")?;
+    let y_name =
+        h.y.as_deref()
+            .context("the plot header needs `-- y: COLUMN`")?;
     let y_col = column(batch, y_name)?;
     let (y, value) = if chart == Chart::Heatmap {
-        let v = h.value.as_deref().context("a heatmap needs `-- value: COLUMN` for the cell colour")?;
-        (texts(y_col)?.iter().map(|_| None).collect(), numbers(column(batch, v)?)?)
+        let v = h
+            .value
+            .as_deref()
+            .context("a heatmap needs `-- value: COLUMN` for the cell colour")?;
+        (
+            texts(y_col)?.iter().map(|_| None).collect(),
+            numbers(column(batch, v)?)?,
+        )
     } else {
         (numbers(y_col)?, vec![None; n])
     };
@@ -77,7 +100,13 @@ fn collect(batch: &RecordBatch, h: &Header, chart: Chart) -> Result<Columns> {
         Some(f) => texts(column(batch, f)?)?,
         None => vec![String::new(); n],
     };
-    let mut cols = Columns { x, y, value, series, facet };
+    let mut cols = Columns {
+        x,
+        y,
+        value,
+        series,
+        facet,
+    };
     if chart == Chart::Heatmap {
         // Heatmap rows are the y categories; keep them beside the x categories.
         cols.series = texts(y_col)?;
@@ -85,21 +114,51 @@ fn collect(batch: &RecordBatch, h: &Header, chart: Chart) -> Result<Columns> {
     Ok(cols)
 }
 
-/// Sorts labels numerically when they all are numbers.
+/// Distinct labels in natural order, so `ppo_step10` < `ppo_step100` and `6` < `12`.
 fn sorted_labels(values: &[String]) -> Vec<String> {
     let mut v: Vec<String> = values.to_vec();
-    v.sort();
+    v.sort_by(|a, b| {
+        natural_key(a)
+            .partial_cmp(&natural_key(b))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     v.dedup();
-    if v.iter().all(|s| s.parse::<f64>().is_ok()) {
-        v.sort_by(|a, b| a.parse::<f64>().unwrap().total_cmp(&b.parse::<f64>().unwrap()));
-    }
     v
+}
+
+/// Runs of digits compare as numbers, everything else as text.
+fn natural_key(s: &str) -> Vec<(String, f64)> {
+    if let Ok(x) = s.parse::<f64>() {
+        return vec![(String::new(), x)];
+    }
+    let mut key = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits > 0 {
+            key.push((String::new(), rest[..digits].parse::<f64>().unwrap_or(0.0)));
+            rest = &rest[digits..];
+        } else {
+            let text = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            key.push((rest[..text].to_string(), 0.0));
+            rest = &rest[text..];
+        }
+    }
+    key
 }
 
 fn register_fonts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
         let _ = plotters::style::register_font("sans-serif", FontStyle::Bold, dejavu::sans::bold());
     });
 }
@@ -118,9 +177,26 @@ pub fn draw(batch: &RecordBatch, h: &Header, out: &Path) -> Result<()> {
     let size = ((PANEL_W * ncols).max(MIN_W), PANEL_H * nrows + TITLE_H);
     let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
     match ext {
-        "svg" => render(SVGBackend::new(out, size).into_drawing_area(), &cols, h, chart, &facets, (nrows, ncols)),
-        "png" => render(BitMapBackend::new(out, size).into_drawing_area(), &cols, h, chart, &facets, (nrows, ncols)),
-        _ => bail!("unknown figure format {:?}: name the output .svg or .png", out.display()),
+        "svg" => render(
+            SVGBackend::new(out, size).into_drawing_area(),
+            &cols,
+            h,
+            chart,
+            &facets,
+            (nrows, ncols),
+        ),
+        "png" => render(
+            BitMapBackend::new(out, size).into_drawing_area(),
+            &cols,
+            h,
+            chart,
+            &facets,
+            (nrows, ncols),
+        ),
+        _ => bail!(
+            "unknown figure format {:?}: name the output .svg or .png",
+            out.display()
+        ),
     }
     .with_context(|| format!("drawing {}", out.display()))
 }
@@ -139,10 +215,16 @@ where
     root.fill(&WHITE).map_err(plot_err)?;
     let title = h.title.clone().unwrap_or_default();
     let (top, body) = root.split_vertically(TITLE_H);
-    top.titled(&title, ("sans-serif", 22).into_font().style(FontStyle::Bold)).map_err(plot_err)?;
+    top.titled(
+        &title,
+        ("sans-serif", 22).into_font().style(FontStyle::Bold),
+    )
+    .map_err(plot_err)?;
     let panels = body.split_evenly((grid.0 as usize, grid.1 as usize));
     for (panel, facet) in panels.iter().zip(facets) {
-        let rows: Vec<usize> = (0..cols.facet.len()).filter(|&i| &cols.facet[i] == facet).collect();
+        let rows: Vec<usize> = (0..cols.facet.len())
+            .filter(|&i| &cols.facet[i] == facet)
+            .collect();
         let caption = match &h.facet {
             Some(f) => format!("{f} = {facet}"),
             None => String::new(),
@@ -150,7 +232,9 @@ where
         match chart {
             Chart::Heatmap => heatmap(panel, cols, h, &rows, &caption)?,
             Chart::Bar => bars(panel, cols, h, &rows, &caption)?,
-            Chart::Line | Chart::Scatter => lines(panel, cols, h, &rows, &caption, chart == Chart::Line)?,
+            Chart::Line | Chart::Scatter => {
+                lines(panel, cols, h, &rows, &caption, chart == Chart::Line)?
+            }
         }
     }
     root.present().map_err(plot_err)?;
@@ -174,12 +258,21 @@ fn range(values: impl Iterator<Item = f64>, include_zero: bool) -> (f64, f64) {
     if !lo.is_finite() {
         return (0.0, 1.0);
     }
-    let pad = if hi > lo { (hi - lo) * 0.06 } else { lo.abs().max(1.0) * 0.1 };
+    let pad = if hi > lo {
+        (hi - lo) * 0.06
+    } else {
+        lo.abs().max(1.0) * 0.1
+    };
     (lo - pad, hi + pad)
 }
 
 fn series_names(cols: &Columns, rows: &[usize]) -> Vec<String> {
-    sorted_labels(&rows.iter().map(|&i| cols.series[i].clone()).collect::<Vec<_>>())
+    sorted_labels(
+        &rows
+            .iter()
+            .map(|&i| cols.series[i].clone())
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn color(i: usize) -> RGBColor {
@@ -203,7 +296,12 @@ where
         Axis::Num(v) => (rows.iter().map(|&i| v[i]).collect(), Vec::new()),
         Axis::Cat(v) => {
             let labels = sorted_labels(&rows.iter().map(|&i| v[i].clone()).collect::<Vec<_>>());
-            (rows.iter().map(|&i| labels.iter().position(|l| *l == v[i]).unwrap() as f64).collect(), labels)
+            (
+                rows.iter()
+                    .map(|&i| labels.iter().position(|l| *l == v[i]).unwrap() as f64)
+                    .collect(),
+                labels,
+            )
         }
     };
     let (x0, x1) = range(xs.iter().copied(), false);
@@ -220,14 +318,22 @@ where
             format!("{x}")
         } else {
             let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 { labels.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+            if (x - i).abs() < 1e-6 && i >= 0.0 {
+                labels.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
         }
     };
     ch.configure_mesh()
         .x_desc(h.x.clone().unwrap_or_default())
         .y_desc(h.y.clone().unwrap_or_default())
         .x_label_formatter(&label_fmt)
-        .x_labels(if labels.is_empty() { 8 } else { labels.len().max(2) })
+        .x_labels(if labels.is_empty() {
+            8
+        } else {
+            labels.len().max(2)
+        })
         .draw()
         .map_err(plot_err)?;
     let names = series_names(cols, rows);
@@ -241,15 +347,24 @@ where
             .collect();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         if connect {
-            ch.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2))).map_err(plot_err)?;
+            ch.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+                .map_err(plot_err)?;
         }
-        let drawn = ch.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled()))).map_err(plot_err)?;
+        let drawn = ch
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
+            .map_err(plot_err)?;
         if !name.is_empty() {
-            drawn.label(name.clone()).legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 14, y + 4)], c.filled()));
+            drawn
+                .label(name.clone())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 14, y + 4)], c.filled()));
         }
     }
     if names.iter().any(|n| !n.is_empty()) {
-        ch.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(plot_err)?;
+        ch.configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err)?;
     }
     Ok(())
 }
@@ -264,7 +379,9 @@ fn bars<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let Axis::Cat(xv) = &cols.x else { unreachable!("bars use categorical x") };
+    let Axis::Cat(xv) = &cols.x else {
+        unreachable!("bars use categorical x")
+    };
     let cats = sorted_labels(&rows.iter().map(|&i| xv[i].clone()).collect::<Vec<_>>());
     let names = series_names(cols, rows);
     let (y0, y1) = range(rows.iter().filter_map(|&i| cols.y[i]), true);
@@ -277,7 +394,11 @@ where
         .map_err(plot_err)?;
     let label_fmt = |x: &f64| -> String {
         let i = x.round();
-        if (x - i).abs() < 1e-6 && i >= 0.0 { cats.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+        if (x - i).abs() < 1e-6 && i >= 0.0 {
+            cats.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
     };
     ch.configure_mesh()
         .disable_x_mesh()
@@ -296,16 +417,25 @@ where
             .filter_map(|&i| {
                 let ci = cats.iter().position(|l| *l == xv[i])? as f64;
                 let left = ci - 0.4 + si as f64 * width;
-                Some(Rectangle::new([(left, 0.0), (left + width * 0.95, cols.y[i]?)], c.filled()))
+                Some(Rectangle::new(
+                    [(left, 0.0), (left + width * 0.95, cols.y[i]?)],
+                    c.filled(),
+                ))
             })
             .collect();
         let drawn = ch.draw_series(bars).map_err(plot_err)?;
         if !name.is_empty() {
-            drawn.label(name.clone()).legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 14, y + 4)], c.filled()));
+            drawn
+                .label(name.clone())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 14, y + 4)], c.filled()));
         }
     }
     if names.iter().any(|n| !n.is_empty()) {
-        ch.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(plot_err)?;
+        ch.configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err)?;
     }
     Ok(())
 }
@@ -316,10 +446,18 @@ fn diverging(t: f64) -> RGBColor {
     let lerp = |a: f64, b: f64, u: f64| (a + (b - a) * u) as u8;
     if t < 0.5 {
         let u = t / 0.5;
-        RGBColor(lerp(33.0, 247.0, u), lerp(102.0, 247.0, u), lerp(172.0, 247.0, u))
+        RGBColor(
+            lerp(33.0, 247.0, u),
+            lerp(102.0, 247.0, u),
+            lerp(172.0, 247.0, u),
+        )
     } else {
         let u = (t - 0.5) / 0.5;
-        RGBColor(lerp(247.0, 178.0, u), lerp(247.0, 24.0, u), lerp(247.0, 43.0, u))
+        RGBColor(
+            lerp(247.0, 178.0, u),
+            lerp(247.0, 24.0, u),
+            lerp(247.0, 43.0, u),
+        )
     }
 }
 
@@ -333,21 +471,34 @@ fn heatmap<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let Axis::Cat(xv) = &cols.x else { unreachable!("heatmaps use categorical x") };
+    let Axis::Cat(xv) = &cols.x else {
+        unreachable!("heatmaps use categorical x")
+    };
     let xs = sorted_labels(&rows.iter().map(|&i| xv[i].clone()).collect::<Vec<_>>());
     let ys = series_names(cols, rows);
     let (lo, hi) = range(rows.iter().filter_map(|&i| cols.value[i]), false);
-    let caption = format!("{caption}{}colour: {} ({lo:.3} … {hi:.3})", if caption.is_empty() { "" } else { " — " }, h.value.clone().unwrap_or_default());
+    let caption = format!(
+        "{caption}{}colour: {} ({lo:.3} … {hi:.3})",
+        if caption.is_empty() { "" } else { " — " },
+        h.value.clone().unwrap_or_default()
+    );
     let mut ch = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 15))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(90)
-        .build_cartesian_2d(-0.5f64..xs.len() as f64 - 0.5, -0.5f64..ys.len() as f64 - 0.5)
+        .build_cartesian_2d(
+            -0.5f64..xs.len() as f64 - 0.5,
+            -0.5f64..ys.len() as f64 - 0.5,
+        )
         .map_err(plot_err)?;
     let fmt = |labels: &[String], v: f64| -> String {
         let i = v.round();
-        if (v - i).abs() < 1e-6 && i >= 0.0 { labels.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+        if (v - i).abs() < 1e-6 && i >= 0.0 {
+            labels.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
     };
     ch.configure_mesh()
         .disable_mesh()
@@ -360,9 +511,15 @@ where
         .draw()
         .map_err(plot_err)?;
     let cells = rows.iter().filter_map(|&i| {
-        let (cx, cy) = (xs.iter().position(|l| *l == xv[i])? as f64, ys.iter().position(|l| *l == cols.series[i])? as f64);
+        let (cx, cy) = (
+            xs.iter().position(|l| *l == xv[i])? as f64,
+            ys.iter().position(|l| *l == cols.series[i])? as f64,
+        );
         let t = (cols.value[i]? - lo) / (hi - lo);
-        Some(Rectangle::new([(cx - 0.5, cy - 0.5), (cx + 0.5, cy + 0.5)], diverging(t).filled()))
+        Some(Rectangle::new(
+            [(cx - 0.5, cy - 0.5), (cx + 0.5, cy + 0.5)],
+            diverging(t).filled(),
+        ))
     });
     ch.draw_series(cells).map_err(plot_err)?;
     Ok(())

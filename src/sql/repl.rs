@@ -39,7 +39,11 @@ enum Flow {
 
 impl Repl {
     pub fn new(ctx: SessionContext, format: Format) -> Self {
-        Self { ctx, format, timing: false }
+        Self {
+            ctx,
+            format,
+            timing: false,
+        }
     }
 
     pub async fn run(&mut self) -> Result<()> {

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::Result;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use saerl_udfs::{Encoder, SaeKey, SaeSource};
@@ -21,18 +23,39 @@ pub async fn open_session(lake: &Lake) -> Result<SessionContext> {
     for table in Table::ALL {
         register_table(&ctx, lake, table).await?;
     }
-    saerl_udfs::register_all(&ctx, Arc::new(LakeSaes { lake: lake.clone(), cache: Mutex::default() }));
+    saerl_udfs::register_all(
+        &ctx,
+        Arc::new(LakeSaes {
+            lake: lake.clone(),
+            cache: Mutex::default(),
+        }),
+    );
     // Transitions and per-feature drift are computed by Rust providers (see drift.rs).
     let transitions = lake.sae_transitions()?;
     let batch = super::drift::transitions_batch(&transitions)?;
-    ctx.register_table("sae_transitions", Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))?;
-    ctx.register_table("feature_drift", Arc::new(super::drift::FeatureDrift::new(lake.clone(), transitions)))?;
+    ctx.register_table(
+        "sae_transitions",
+        Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?),
+    )?;
+    ctx.register_table(
+        "feature_drift",
+        Arc::new(super::drift::FeatureDrift::new(lake.clone(), transitions)),
+    )?;
     Ok(ctx)
 }
 
 fn with_partition_cols(table: Table, file_schema: &Schema) -> SchemaRef {
-    let mut fields: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.extend(table.partition_cols().iter().map(|c| Field::new(c.name(), c.data_type(), false)));
+    let mut fields: Vec<Field> = file_schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.extend(
+        table
+            .partition_cols()
+            .iter()
+            .map(|c| Field::new(c.name(), c.data_type(), false)),
+    );
     Arc::new(Schema::new(fields))
 }
 
@@ -44,7 +67,12 @@ async fn register_table(ctx: &SessionContext, lake: &Lake, table: Table) -> Resu
     for f in &files {
         let schema = check_parquet(f)?;
         if let Some(col) = table.vector_columns().first() {
-            widths.push(schema.field_with_name(col).ok().and_then(|f| vector_width(f.data_type())));
+            widths.push(
+                schema
+                    .field_with_name(col)
+                    .ok()
+                    .and_then(|f| vector_width(f.data_type())),
+            );
         }
     }
     widths.dedup();
@@ -53,7 +81,10 @@ async fn register_table(ctx: &SessionContext, lake: &Lake, table: Table) -> Resu
     let file_schema = table.file_schema(width);
     if files.is_empty() {
         let schema = with_partition_cols(table, &file_schema);
-        ctx.register_table(table.name(), Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
+        ctx.register_table(
+            table.name(),
+            Arc::new(MemTable::try_new(schema, vec![vec![]])?),
+        )?;
         return Ok(());
     }
     let dir = std::path::absolute(lake.table_dir(table))?;
@@ -61,9 +92,15 @@ async fn register_table(ctx: &SessionContext, lake: &Lake, table: Table) -> Resu
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(".parquet")
         .with_table_partition_cols(
-            table.partition_cols().iter().map(|c| (c.name().to_string(), c.data_type())).collect(),
+            table
+                .partition_cols()
+                .iter()
+                .map(|c| (c.name().to_string(), c.data_type()))
+                .collect(),
         );
-    let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(file_schema);
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(file_schema);
     ctx.register_table(table.name(), Arc::new(ListingTable::try_new(config)?))?;
     Ok(())
 }
@@ -94,7 +131,11 @@ impl LakeSaes {
             .lake
             .partitions(Table::Saes)?
             .into_iter()
-            .filter(|(p, _)| p.chain == key.chain && p.stage.as_deref() == Some(&key.stage) && p.layer == Some(key.layer))
+            .filter(|(p, _)| {
+                p.chain == key.chain
+                    && p.stage.as_deref() == Some(&key.stage)
+                    && p.layer == Some(key.layer)
+            })
             .filter_map(|(p, _)| p.k)
             .collect();
         match ks.as_slice() {

@@ -15,13 +15,28 @@ fn fails(lake: &Path, args: &[&str], needles: &[&str]) {
     let err = stderr(&o);
     assert!(!o.status.success(), "saerl {args:?} should fail");
     for n in needles {
-        assert!(err.contains(n), "saerl {args:?}: stderr should mention {n:?}:\n{err}");
+        assert!(
+            err.contains(n),
+            "saerl {args:?}: stderr should mention {n:?}:\n{err}"
+        );
     }
     assert_eq!(snapshot(lake), before, "saerl {args:?} changed the lake");
 }
 
 fn single(file: &Path) -> Vec<String> {
-    ["import", "pt", file.to_str().unwrap(), "--chain", "extra", "--stage", "ppo_step5", "--layer", "6"].map(String::from).to_vec()
+    [
+        "import",
+        "pt",
+        file.to_str().unwrap(),
+        "--chain",
+        "extra",
+        "--stage",
+        "ppo_step5",
+        "--layer",
+        "6",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn args(v: &[String]) -> Vec<&str> {
@@ -37,65 +52,133 @@ fn bad_checkpoints_are_refused_and_nothing_is_written() {
     let truncated = dir.path().join("truncated.pt");
     let bytes = std::fs::read(&good).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    fails(&lake, &args(&single(&truncated)), &["truncated.pt", "truncated"]);
+    fails(
+        &lake,
+        &args(&single(&truncated)),
+        &["truncated.pt", "truncated"],
+    );
 
     // Shapes that disagree with the config.
     let (d, n) = (4usize, 8usize);
     let wrong = dir.path().join("wrong_shape.pt");
     let z = |len: usize| vec![0.1f32; len];
     let (b_pre, w_enc, b_enc, w_dec, b_dec) = (z(d), z((n - 1) * d), z(n), z(d * n), z(d));
-    let config = vec![("d_model".into(), Value::Int(d as i64)), ("d_sae".into(), Value::Int(n as i64)), ("k".into(), Value::Int(2))];
+    let config = vec![
+        ("d_model".into(), Value::Int(d as i64)),
+        ("d_sae".into(), Value::Int(n as i64)),
+        ("k".into(), Value::Int(2)),
+    ];
     write_raw(
         &wrong,
-        &[("b_pre", &b_pre, vec![d]), ("encoder.weight", &w_enc, vec![n - 1, d]), ("encoder.bias", &b_enc, vec![n]), ("decoder.weight", &w_dec, vec![d, n]), ("decoder.bias", &b_dec, vec![d])],
+        &[
+            ("b_pre", &b_pre, vec![d]),
+            ("encoder.weight", &w_enc, vec![n - 1, d]),
+            ("encoder.bias", &b_enc, vec![n]),
+            ("decoder.weight", &w_dec, vec![d, n]),
+            ("decoder.bias", &b_dec, vec![d]),
+        ],
         config.clone(),
     )
     .unwrap();
-    fails(&lake, &args(&single(&wrong)), &["wrong_shape.pt", "encoder.weight", "shape"]);
+    fails(
+        &lake,
+        &args(&single(&wrong)),
+        &["wrong_shape.pt", "encoder.weight", "shape"],
+    );
 
     // A missing key.
     let missing = dir.path().join("missing_key.pt");
     write_raw(&missing, &[("b_pre", &b_pre, vec![d])], config).unwrap();
-    fails(&lake, &args(&single(&missing)), &["missing_key.pt", "missing state_dict key"]);
+    fails(
+        &lake,
+        &args(&single(&missing)),
+        &["missing_key.pt", "missing state_dict key"],
+    );
 
     // A pickle that would run a shell command if executed.
     let evil = dir.path().join("evil.pt");
     let mut zip = ZipWriter::new();
-    zip.add("evil/data.pkl", b"\x80\x02cos\nsystem\nX\x05\x00\x00\x00touchR.");
+    zip.add(
+        "evil/data.pkl",
+        b"\x80\x02cos\nsystem\nX\x05\x00\x00\x00touchR.",
+    );
     std::fs::write(&evil, zip.finish()).unwrap();
-    fails(&lake, &args(&single(&evil)), &["evil.pt", "forbidden global os.system"]);
+    fails(
+        &lake,
+        &args(&single(&evil)),
+        &["evil.pt", "forbidden global os.system"],
+    );
 
     // Not a .pt at all.
     let text = dir.path().join("notes.pt");
     std::fs::write(&text, "just text").unwrap();
-    fails(&lake, &args(&single(&text)), &["notes.pt", "not a zip archive"]);
+    fails(
+        &lake,
+        &args(&single(&text)),
+        &["notes.pt", "not a zip archive"],
+    );
 
     // A tree with one bad file among good ones: nothing of the tree is written.
     let tree = dir.path().join("tree/sae_newchain");
     std::fs::create_dir_all(&tree).unwrap();
     std::fs::copy(&good, tree.join("sae_instruct_base_layer6.pt")).unwrap();
     std::fs::copy(&truncated, tree.join("sae_ppo_step10_layer6.pt")).unwrap();
-    fails(&lake, &["import", "pt", dir.path().join("tree").to_str().unwrap()], &["sae_ppo_step10_layer6.pt"]);
+    fails(
+        &lake,
+        &["import", "pt", dir.path().join("tree").to_str().unwrap()],
+        &["sae_ppo_step10_layer6.pt"],
+    );
 
     // Re-importing an existing partition needs --overwrite.
     let again = ["import", "pt", good.to_str().unwrap()];
     fails(&lake, &again, &["already exists", "--overwrite"]);
-    ok(&lake, &["import", "pt", good.to_str().unwrap(), "--overwrite"]);
+    ok(
+        &lake,
+        &["import", "pt", good.to_str().unwrap(), "--overwrite"],
+    );
 }
 
 #[test]
 fn sql_errors_are_clear_and_exit_non_zero() {
     let (_dir, lake) = imported_lake();
-    fails(&lake, &["sql", "-c", "SELECT * FROM no_such_table"], &["no_such_table"]);
-    fails(&lake, &["sql", "-c", "SELECT decoder_cosine(1, 'a')"], &["decoder_cosine", "Float32"]);
-    fails(&lake, &["sql", "-c", "SELECT topk_encode(w_dec, 1, 'x', 6) FROM features"], &["topk_encode", "chain", "string"]);
-    fails(&lake, &["sql", "-c", "SELECT effective_count('x')"], &["effective_count", "numeric"]);
     fails(
         &lake,
-        &["sql", "-c", "SELECT topk_encode(w_dec, 'flexible', 'nope', 6) FROM features LIMIT 1"],
+        &["sql", "-c", "SELECT * FROM no_such_table"],
+        &["no_such_table"],
+    );
+    fails(
+        &lake,
+        &["sql", "-c", "SELECT decoder_cosine(1, 'a')"],
+        &["decoder_cosine", "Float32"],
+    );
+    fails(
+        &lake,
+        &[
+            "sql",
+            "-c",
+            "SELECT topk_encode(w_dec, 1, 'x', 6) FROM features",
+        ],
+        &["topk_encode", "chain", "string"],
+    );
+    fails(
+        &lake,
+        &["sql", "-c", "SELECT effective_count('x')"],
+        &["effective_count", "numeric"],
+    );
+    fails(
+        &lake,
+        &[
+            "sql",
+            "-c",
+            "SELECT topk_encode(w_dec, 'flexible', 'nope', 6) FROM features LIMIT 1",
+        ],
         &["no SAE for chain flexible stage nope layer 6"],
     );
-    fails(&lake, &["sql", "-c", "SELECT 1", "--lake", "/nonexistent/lake"], &["no lake at /nonexistent/lake"]);
+    fails(
+        &lake,
+        &["sql", "-c", "SELECT 1", "--lake", "/nonexistent/lake"],
+        &["no lake at /nonexistent/lake"],
+    );
 }
 
 #[test]
@@ -104,9 +187,29 @@ fn a_corrupt_parquet_file_is_named() {
     let victim = lake.join("features/chain=strict/stage=ppo_step30/layer=12/k=4/part-0.parquet");
     let bytes = std::fs::read(&victim).unwrap();
     std::fs::write(&victim, &bytes[..bytes.len() - 100]).unwrap();
-    fails(&lake, &["sql", "-c", "SELECT count(*) FROM saes"], &["corrupt or truncated Parquet file", "stage=ppo_step30/layer=12/k=4/part-0.parquet"]);
+    fails(
+        &lake,
+        &["sql", "-c", "SELECT count(*) FROM saes"],
+        &[
+            "corrupt or truncated Parquet file",
+            "stage=ppo_step30/layer=12/k=4/part-0.parquet",
+        ],
+    );
     // The advice in the message works: re-importing the partition with --overwrite repairs it.
     let source = fixtures().join("sae-pt/sae_strict/k64/sae_ppo_step30_layer12.pt");
-    ok(&lake, &["import", "pt", source.to_str().unwrap(), "--overwrite"]);
-    assert!(ok(&lake, &["sql", "-c", "SELECT count(*) AS n FROM features", "--format", "csv"]).contains("n\n3328"));
+    ok(
+        &lake,
+        &["import", "pt", source.to_str().unwrap(), "--overwrite"],
+    );
+    assert!(ok(
+        &lake,
+        &[
+            "sql",
+            "-c",
+            "SELECT count(*) AS n FROM features",
+            "--format",
+            "csv"
+        ]
+    )
+    .contains("n\n3328"));
 }

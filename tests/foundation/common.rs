@@ -13,7 +13,11 @@ pub fn fixtures() -> PathBuf {
     let p = std::env::var_os("SAERL_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
-    assert!(p.is_dir(), "fixtures not found at {} (set SAERL_FIXTURES)", p.display());
+    assert!(
+        p.is_dir(),
+        "fixtures not found at {} (set SAERL_FIXTURES)",
+        p.display()
+    );
     p
 }
 
@@ -46,12 +50,17 @@ pub fn ok(lake: &Path, args: &[&str]) -> String {
 pub fn imported_lake() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
-    ok(&lake, &["import", "pt", fixtures().join("sae-pt").to_str().unwrap()]);
+    ok(
+        &lake,
+        &["import", "pt", fixtures().join("sae-pt").to_str().unwrap()],
+    );
     (dir, lake)
 }
 
 pub async fn session(lake: &Path) -> SessionContext {
-    saerl::sql::open_session(&Lake::open(lake).unwrap()).await.unwrap()
+    saerl::sql::open_session(&Lake::open(lake).unwrap())
+        .await
+        .unwrap()
 }
 
 /// Every file under `dir` with a hash of its bytes: equal snapshots mean an untouched lake.
@@ -99,5 +108,8 @@ pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
 }
 
 pub fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
-    assert!((got - want).abs() <= tol, "{what}: got {got}, expected {want} (tolerance {tol})");
+    assert!(
+        (got - want).abs() <= tol,
+        "{what}: got {got}, expected {want} (tolerance {tol})"
+    );
 }

@@ -22,16 +22,39 @@ fn probe_table() -> (MemTable, usize, usize) {
     let x = st.tensor("x").unwrap();
     let (p, d) = (x.shape()[0], x.shape()[1]);
     assert_eq!(x.dtype(), safetensors::Dtype::F32);
-    let values: Vec<f32> = x.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let values: Vec<f32> = x
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let list = ListArray::new(item.clone(), OffsetBuffer::from_lengths(vec![d; p]), Arc::new(Float32Array::from(values)), None);
-    let schema = Arc::new(Schema::new(vec![Field::new("row", DataType::Int32, false), Field::new("x", DataType::List(item), false)]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int32Array::from_iter_values(0..p as i32)), Arc::new(list)]).unwrap();
+    let list = ListArray::new(
+        item.clone(),
+        OffsetBuffer::from_lengths(vec![d; p]),
+        Arc::new(Float32Array::from(values)),
+        None,
+    );
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("row", DataType::Int32, false),
+        Field::new("x", DataType::List(item), false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int32Array::from_iter_values(0..p as i32)),
+            Arc::new(list),
+        ],
+    )
+    .unwrap();
     (MemTable::try_new(schema, vec![vec![batch]]).unwrap(), p, d)
 }
 
 fn step_of(stage: &str) -> i64 {
-    if stage == "instruct_base" { 0 } else { stage.strip_prefix("ppo_step").unwrap().parse().unwrap() }
+    if stage == "instruct_base" {
+        0
+    } else {
+        stage.strip_prefix("ppo_step").unwrap().parse().unwrap()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -42,7 +65,10 @@ async fn topk_encode_matches_pytorch_for_every_file() {
     let ctx = session(&lake).await;
     let (probe, p, _) = probe_table();
     ctx.register_table("probe", Arc::new(probe)).unwrap();
-    let n_saes: i64 = run_sql(&ctx, "SELECT count(*) FROM saes").await.unwrap()[0].column(0).as_primitive::<Int64Type>().value(0);
+    let n_saes: i64 = run_sql(&ctx, "SELECT count(*) FROM saes").await.unwrap()[0]
+        .column(0)
+        .as_primitive::<Int64Type>()
+        .value(0);
     assert_eq!(n_saes as usize, files.len(), "every file becomes one SAE");
     for (name, f) in files {
         let (chain, stage) = (f["chain"].as_str().unwrap(), f["stage"].as_str().unwrap());
@@ -62,17 +88,43 @@ async fn topk_encode_matches_pytorch_for_every_file() {
         }
         assert_eq!(rows.len(), p, "{name}: one encoding per probe row");
         for (r, (feats, vals)) in rows.iter().enumerate() {
-            let want_idx: Vec<i32> = f["encode_idx"][r].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i32).collect();
+            let want_idx: Vec<i32> = f["encode_idx"][r]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap() as i32)
+                .collect();
             assert_eq!(feats, &want_idx, "{name} row {r}: indices");
             for (j, v) in vals.iter().enumerate() {
-                assert_close(&format!("{name} row {r} value {j}"), *v as f64, f["encode_val"][r][j].as_f64().unwrap(), 1e-5);
+                assert_close(
+                    &format!("{name} row {r} value {j}"),
+                    *v as f64,
+                    f["encode_val"][r][j].as_f64().unwrap(),
+                    1e-5,
+                );
             }
         }
         // decode: the SAE read back from the lake reconstructs as PyTorch does.
-        let sae = read_sae(&Lake::open(&lake).unwrap(), &PartitionKey::sae(chain, stage, layer as i32, k as i32)).unwrap();
-        let x_hat = sae.decode(&rows[0].0.iter().zip(&rows[0].1).map(|(&i, &v)| (i as u32, v)).collect::<Vec<_>>());
+        let sae = read_sae(
+            &Lake::open(&lake).unwrap(),
+            &PartitionKey::sae(chain, stage, layer as i32, k as i32),
+        )
+        .unwrap();
+        let x_hat = sae.decode(
+            &rows[0]
+                .0
+                .iter()
+                .zip(&rows[0].1)
+                .map(|(&i, &v)| (i as u32, v))
+                .collect::<Vec<_>>(),
+        );
         for (j, v) in x_hat.iter().enumerate() {
-            assert_close(&format!("{name} x_hat[0][{j}]"), *v as f64, f["x_hat"][0][j].as_f64().unwrap(), 1e-4);
+            assert_close(
+                &format!("{name} x_hat[0][{j}]"),
+                *v as f64,
+                f["x_hat"][0][j].as_f64().unwrap(),
+                1e-4,
+            );
         }
     }
 }
@@ -83,19 +135,47 @@ async fn decoder_drift_reproduces_every_transition_statistic() {
     let expected = json(&fixtures().join("sae-pt/expected.json"));
     let transitions = expected["transitions"].as_array().unwrap();
     let ctx = session(&lake).await;
-    let sql = QUERIES.iter().find(|(n, _)| *n == "decoder_drift").unwrap().1;
+    let sql = QUERIES
+        .iter()
+        .find(|(n, _)| *n == "decoder_drift")
+        .unwrap()
+        .1;
     let batches = run_sql(&ctx, sql).await.unwrap();
     let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
-    let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let names: Vec<String> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let study_cols = [
-        "chain", "layer", "stage_from", "stage_to", "step_from", "step_to", "d_step", "n_features", "dec_cos_mean",
-        "dec_cos_median", "dec_cos_q25", "dec_cos_q75", "dec_cos_min", "dec_drift_per_step", "enc_cos_mean",
-        "enc_cos_median", "enc_drift_per_step", "enc_dec_corr",
+        "chain",
+        "layer",
+        "stage_from",
+        "stage_to",
+        "step_from",
+        "step_to",
+        "d_step",
+        "n_features",
+        "dec_cos_mean",
+        "dec_cos_median",
+        "dec_cos_q25",
+        "dec_cos_q75",
+        "dec_cos_min",
+        "dec_drift_per_step",
+        "enc_cos_mean",
+        "enc_cos_median",
+        "enc_drift_per_step",
+        "enc_dec_corr",
     ];
     let mut without_k = names.clone();
     without_k.retain(|n| n != "k");
     assert_eq!(without_k, study_cols, "decoder_drift.csv columns (plus k)");
-    assert_eq!(batch.num_rows(), transitions.len(), "one row per transition");
+    assert_eq!(
+        batch.num_rows(),
+        transitions.len(),
+        "one row per transition"
+    );
 
     let col = |n: &str| batch.column_by_name(n).unwrap().clone();
     let f64s = |n: &str| -> Vec<f64> {
@@ -104,28 +184,64 @@ async fn decoder_drift_reproduces_every_transition_statistic() {
     };
     let strs = |n: &str| -> Vec<String> {
         let c = arrow::compute::cast(&col(n), &DataType::Utf8).unwrap();
-        (0..c.len()).map(|i| c.as_string::<i32>().value(i).to_string()).collect()
+        (0..c.len())
+            .map(|i| c.as_string::<i32>().value(i).to_string())
+            .collect()
     };
     let (chain, stage_from, stage_to) = (strs("chain"), strs("stage_from"), strs("stage_to"));
     let (layer, k) = (f64s("layer"), f64s("k"));
     let index: HashMap<(String, i64, i64, String, String), usize> = (0..batch.num_rows())
-        .map(|i| ((chain[i].clone(), layer[i] as i64, k[i] as i64, stage_from[i].clone(), stage_to[i].clone()), i))
+        .map(|i| {
+            (
+                (
+                    chain[i].clone(),
+                    layer[i] as i64,
+                    k[i] as i64,
+                    stage_from[i].clone(),
+                    stage_to[i].clone(),
+                ),
+                i,
+            )
+        })
         .collect();
     let stat_cols: HashMap<&str, Vec<f64>> = [
-        "dec_cos_mean", "dec_cos_median", "dec_cos_q25", "dec_cos_q75", "dec_cos_min", "dec_drift_per_step",
-        "enc_cos_mean", "enc_cos_median", "enc_drift_per_step", "enc_dec_corr", "n_features", "d_step",
+        "dec_cos_mean",
+        "dec_cos_median",
+        "dec_cos_q25",
+        "dec_cos_q75",
+        "dec_cos_min",
+        "dec_drift_per_step",
+        "enc_cos_mean",
+        "enc_cos_median",
+        "enc_drift_per_step",
+        "enc_dec_corr",
+        "n_features",
+        "d_step",
     ]
     .into_iter()
     .map(|n| (n, f64s(n)))
     .collect();
     // Our per-feature cosines, by transition.
     let fd = run_sql(&ctx, "SELECT chain, layer, k, stage_from, stage_to, feature, dec_cos, enc_cos FROM feature_drift ORDER BY feature").await.unwrap();
-    let mut drift: HashMap<(String, i64, i64, String, String), (Vec<f64>, Vec<f64>)> = HashMap::new();
+    let mut drift: HashMap<(String, i64, i64, String, String), (Vec<f64>, Vec<f64>)> =
+        HashMap::new();
     for b in &fd {
-        let s = |c: usize, i: usize| arrow::compute::cast(b.column(c), &DataType::Utf8).unwrap().as_string::<i32>().value(i).to_string();
+        let s = |c: usize, i: usize| {
+            arrow::compute::cast(b.column(c), &DataType::Utf8)
+                .unwrap()
+                .as_string::<i32>()
+                .value(i)
+                .to_string()
+        };
         let f = |c: usize, i: usize| b.column(c).as_primitive::<Float64Type>().value(i);
         for i in 0..b.num_rows() {
-            let key = (s(0, i), s(1, i).parse().unwrap(), s(2, i).parse().unwrap(), s(3, i), s(4, i));
+            let key = (
+                s(0, i),
+                s(1, i).parse().unwrap(),
+                s(2, i).parse().unwrap(),
+                s(3, i),
+                s(4, i),
+            );
             let e = drift.entry(key).or_default();
             e.0.push(f(6, i));
             e.1.push(f(7, i));
@@ -139,16 +255,31 @@ async fn decoder_drift_reproduces_every_transition_statistic() {
             t["from"].as_str().unwrap().to_string(),
             t["to"].as_str().unwrap().to_string(),
         );
-        let i = *index.get(&key).unwrap_or_else(|| panic!("no decoder_drift row for {key:?}"));
-        let dec: Vec<f64> = t["decoder_cos"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        let enc: Vec<f64> = t["encoder_cos"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let i = *index
+            .get(&key)
+            .unwrap_or_else(|| panic!("no decoder_drift row for {key:?}"));
+        let dec: Vec<f64> = t["decoder_cos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let enc: Vec<f64> = t["encoder_cos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         let d_step = (step_of(&key.4) - step_of(&key.3)).max(1) as f64;
         let want = [
             ("dec_cos_mean", mean(&dec)),
             ("dec_cos_median", quantile(&dec, 0.5)),
             ("dec_cos_q25", quantile(&dec, 0.25)),
             ("dec_cos_q75", quantile(&dec, 0.75)),
-            ("dec_cos_min", dec.iter().copied().fold(f64::INFINITY, f64::min)),
+            (
+                "dec_cos_min",
+                dec.iter().copied().fold(f64::INFINITY, f64::min),
+            ),
             ("dec_drift_per_step", (1.0 - mean(&dec)) / d_step),
             ("enc_cos_mean", mean(&enc)),
             ("enc_cos_median", quantile(&enc, 0.5)),
@@ -163,15 +294,46 @@ async fn decoder_drift_reproduces_every_transition_statistic() {
         // inherits an error of about ε/σ, so r is checked to that precision here, and exactly
         // against our own per-feature cosines below.
         let ours = &drift[&key];
-        let eps = ours.0.iter().zip(&dec).chain(ours.1.iter().zip(&enc)).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-        assert!(eps < 1e-6, "{key:?}: per-feature cosines differ from PyTorch's by {eps}");
-        let sd = |v: &[f64]| (v.iter().map(|x| (x - mean(v)).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        let eps = ours
+            .0
+            .iter()
+            .zip(&dec)
+            .chain(ours.1.iter().zip(&enc))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            eps < 1e-6,
+            "{key:?}: per-feature cosines differ from PyTorch's by {eps}"
+        );
+        let sd = |v: &[f64]| {
+            (v.iter().map(|x| (x - mean(v)).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+        };
         let tol = 1e-5 + 2.0 * eps * (1.0 / sd(&dec) + 1.0 / sd(&enc));
-        assert_close(&format!("{key:?} enc_dec_corr vs reference"), stat_cols["enc_dec_corr"][i], pearson(&dec, &enc), tol);
-        assert_close(&format!("{key:?} enc_dec_corr vs own cosines"), stat_cols["enc_dec_corr"][i], pearson(&ours.0, &ours.1), 1e-9);
+        assert_close(
+            &format!("{key:?} enc_dec_corr vs reference"),
+            stat_cols["enc_dec_corr"][i],
+            pearson(&dec, &enc),
+            tol,
+        );
+        assert_close(
+            &format!("{key:?} enc_dec_corr vs own cosines"),
+            stat_cols["enc_dec_corr"][i],
+            pearson(&ours.0, &ours.1),
+            1e-9,
+        );
         // The fixture's own summaries agree with ours (a check on the test itself).
-        assert_close("fixture mean", mean(&dec), t["decoder_cos_mean"].as_f64().unwrap(), 1e-6);
-        assert_close("fixture corr", pearson(&dec, &enc), t["corr_enc_dec_drift"].as_f64().unwrap(), 1e-5);
+        assert_close(
+            "fixture mean",
+            mean(&dec),
+            t["decoder_cos_mean"].as_f64().unwrap(),
+            1e-6,
+        );
+        assert_close(
+            "fixture corr",
+            pearson(&dec, &enc),
+            t["corr_enc_dec_drift"].as_f64().unwrap(),
+            1e-5,
+        );
     }
 }
 
@@ -186,7 +348,8 @@ async fn stages_get_steps_parents_and_study_defaults() {
     assert_eq!(b.num_rows(), 3);
     let s = |c: usize, i: usize| {
         let a = arrow::compute::cast(b.column(c), &DataType::Utf8).unwrap();
-        a.is_valid(i).then(|| a.as_string::<i32>().value(i).to_string())
+        a.is_valid(i)
+            .then(|| a.as_string::<i32>().value(i).to_string())
     };
     assert_eq!(s(0, 1).as_deref(), Some("ppo_step10"));
     assert_eq!(s(1, 2).as_deref(), Some("30"));
@@ -195,7 +358,12 @@ async fn stages_get_steps_parents_and_study_defaults() {
     assert_eq!(s(3, 0).as_deref(), Some("flexible"));
     assert_eq!(s(4, 0).as_deref(), Some("0.025"));
     // strict's two subfolders are one chain with two k at layer 23.
-    let ks = run_sql(&ctx, "SELECT DISTINCT k FROM saes WHERE chain = 'strict' AND layer = 23 ORDER BY k").await.unwrap();
+    let ks = run_sql(
+        &ctx,
+        "SELECT DISTINCT k FROM saes WHERE chain = 'strict' AND layer = 23 ORDER BY k",
+    )
+    .await
+    .unwrap();
     assert_eq!(ks[0].num_rows(), 2);
 }
 
@@ -203,7 +371,9 @@ async fn stages_get_steps_parents_and_study_defaults() {
 fn pt_written_by_saerl_reads_back_identically() {
     let (_dir, lake) = imported_lake();
     let lake = Lake::open(&lake).unwrap();
-    let key = lake.partitions(saerl::lake::Table::Saes).unwrap()[0].0.clone();
+    let key = lake.partitions(saerl::lake::Table::Saes).unwrap()[0]
+        .0
+        .clone();
     let sae = read_sae(&lake, &key).unwrap();
     let out = tempfile::tempdir().unwrap();
     let path = out.path().join("sae_x_layer1.pt");
@@ -211,7 +381,14 @@ fn pt_written_by_saerl_reads_back_identically() {
     let back = saerl::sae::pt::read(&path).unwrap();
     assert_eq!(back.sae, sae);
     let keys: Vec<&str> = back.config.iter().map(|(k, _)| k.as_str()).collect();
-    for k in ["d_model", "d_sae", "k", "source", "init_from_stage", "best_epoch"] {
+    for k in [
+        "d_model",
+        "d_sae",
+        "k",
+        "source",
+        "init_from_stage",
+        "best_epoch",
+    ] {
         assert!(keys.contains(&k), "config key {k} written");
     }
 }

@@ -18,7 +18,9 @@ pub struct DecoderCosine {
 
 impl DecoderCosine {
     pub fn new() -> Self {
-        Self { signature: Signature::user_defined(Volatility::Immutable) }
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
     }
 }
 
@@ -39,7 +41,10 @@ impl ScalarUDFImpl for DecoderCosine {
 
     fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
         if args.len() != 2 {
-            return plan_err!("decoder_cosine(a, b) takes 2 float-list arguments, got {}", args.len());
+            return plan_err!(
+                "decoder_cosine(a, b) takes 2 float-list arguments, got {}",
+                args.len()
+            );
         }
         check_float_list("decoder_cosine", "a", &args[0])?;
         check_float_list("decoder_cosine", "b", &args[1])?;
@@ -54,9 +59,14 @@ impl ScalarUDFImpl for DecoderCosine {
         let n = args.number_rows;
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         if arrays.iter().any(|a| a.data_type().is_null()) {
-            return Ok(ColumnarValue::Scalar(datafusion::scalar::ScalarValue::Float64(None)));
+            return Ok(ColumnarValue::Scalar(
+                datafusion::scalar::ScalarValue::Float64(None),
+            ));
         }
-        let (a, b) = (FloatLists::new("decoder_cosine", &arrays[0])?, FloatLists::new("decoder_cosine", &arrays[1])?);
+        let (a, b) = (
+            FloatLists::new("decoder_cosine", &arrays[0])?,
+            FloatLists::new("decoder_cosine", &arrays[1])?,
+        );
         let mut out = Float64Builder::with_capacity(n);
         for i in 0..n {
             match (a.row(i), b.row(i)) {

@@ -18,7 +18,9 @@ pub struct EffectiveCount {
 
 impl EffectiveCount {
     pub fn new() -> Self {
-        Self { signature: Signature::user_defined(Volatility::Immutable) }
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
     }
 }
 
@@ -40,8 +42,13 @@ impl AggregateUDFImpl for EffectiveCount {
     fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
         match args {
             [t] if t.is_numeric() || t.is_null() => Ok(vec![DataType::Float64]),
-            [t] => plan_err!("effective_count(w) expects one numeric argument (weights ≥ 0), got {t}"),
-            _ => plan_err!("effective_count(w) takes exactly one numeric argument, got {}", args.len()),
+            [t] => {
+                plan_err!("effective_count(w) expects one numeric argument (weights ≥ 0), got {t}")
+            }
+            _ => plan_err!(
+                "effective_count(w) takes exactly one numeric argument, got {}",
+                args.len()
+            ),
         }
     }
 
@@ -55,8 +62,16 @@ impl AggregateUDFImpl for EffectiveCount {
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
         Ok(vec![
-            Arc::new(Field::new(format!("{}_sum", args.name), DataType::Float64, true)),
-            Arc::new(Field::new(format!("{}_wlogw", args.name), DataType::Float64, true)),
+            Arc::new(Field::new(
+                format!("{}_sum", args.name),
+                DataType::Float64,
+                true,
+            )),
+            Arc::new(Field::new(
+                format!("{}_wlogw", args.name),
+                DataType::Float64,
+                true,
+            )),
         ])
     }
 }
@@ -101,11 +116,17 @@ impl Accumulator for EntropyAcc {
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![ScalarValue::Float64(Some(self.sum)), ScalarValue::Float64(Some(self.wlogw))])
+        Ok(vec![
+            ScalarValue::Float64(Some(self.sum)),
+            ScalarValue::Float64(Some(self.wlogw)),
+        ])
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let (s, t) = (states[0].as_primitive::<Float64Type>(), states[1].as_primitive::<Float64Type>());
+        let (s, t) = (
+            states[0].as_primitive::<Float64Type>(),
+            states[1].as_primitive::<Float64Type>(),
+        );
         for (s, t) in s.iter().zip(t.iter()) {
             self.sum += s.unwrap_or(0.0);
             self.wlogw += t.unwrap_or(0.0);

@@ -82,9 +82,15 @@ impl<'a> FloatLists<'a> {
         let values = match values.data_type() {
             DataType::Float32 => FloatSlice::F32(values.as_primitive::<Float32Type>().values()),
             DataType::Float64 => FloatSlice::F64(values.as_primitive::<Float64Type>().values()),
-            other => return exec_err!("{func}: list items must be Float32 or Float64, got {other}"),
+            other => {
+                return exec_err!("{func}: list items must be Float32 or Float64, got {other}")
+            }
         };
-        Ok(Self { array: array.as_ref(), values, offsets })
+        Ok(Self {
+            array: array.as_ref(),
+            values,
+            offsets,
+        })
     }
 
     /// The vector of row `i`, or None when the row is NULL.

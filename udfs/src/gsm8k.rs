@@ -30,18 +30,25 @@ pub fn gold_answer(answer: &str) -> String {
 /// 1.0 when the last `#### N` of the response's last 300 characters equals the ground truth.
 pub fn score_strict(response: &str, answer: &str) -> f64 {
     let n = response.chars().count();
-    let clipped = match response.char_indices().nth(n.saturating_sub(STRICT_CLIP_CHARS)) {
+    let clipped = match response
+        .char_indices()
+        .nth(n.saturating_sub(STRICT_CLIP_CHARS))
+    {
         Some((at, _)) if n > STRICT_CLIP_CHARS => &response[at..],
         _ => response,
     };
-    let Some(m) = STRICT.captures_iter(clipped).last() else { return 0.0 };
+    let Some(m) = STRICT.captures_iter(clipped).last() else {
+        return 0.0;
+    };
     let pred = m[1].replace([',', '$'], "");
     f64::from(pred == gold_answer(answer))
 }
 
 /// 1.0 when the last number in the response is within 1e-4 of the ground truth.
 pub fn score_flexible(response: &str, answer: &str) -> f64 {
-    let Some(m) = NUMBER.find_iter(response).last() else { return 0.0 };
+    let Some(m) = NUMBER.find_iter(response).last() else {
+        return 0.0;
+    };
     let pred: Option<f64> = m.as_str().replace(',', "").parse().ok();
     let gold: Option<f64> = gold_answer(answer).parse().ok();
     match (pred, gold) {
@@ -64,7 +71,10 @@ pub struct Gsm8kScore {
 
 impl Gsm8kScore {
     pub fn new(scorer: Gsm8kScorer) -> Self {
-        Self { scorer, signature: Signature::user_defined(Volatility::Immutable) }
+        Self {
+            scorer,
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
     }
 }
 
@@ -82,13 +92,19 @@ impl ScalarUDFImpl for Gsm8kScore {
 
     fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
         let texty = |t: &DataType| {
-            matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null)
+            matches!(
+                t,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null
+            )
         };
         if args.len() != 2 || !args.iter().all(texty) {
             return plan_err!(
                 "{}(response, answer) expects two strings, got ({})",
                 self.name(),
-                args.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+                args.iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         Ok(vec![DataType::Utf8, DataType::Utf8])
@@ -100,11 +116,18 @@ impl ScalarUDFImpl for Gsm8kScore {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let (r, a) = (cast(&arrays[0], &DataType::Utf8)?, cast(&arrays[1], &DataType::Utf8)?);
-        let (r, a) = (r.as_any().downcast_ref::<arrow::array::StringArray>().unwrap(), a
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .unwrap());
+        let (r, a) = (
+            cast(&arrays[0], &DataType::Utf8)?,
+            cast(&arrays[1], &DataType::Utf8)?,
+        );
+        let (r, a) = (
+            r.as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap(),
+            a.as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap(),
+        );
         let score = match self.scorer {
             Gsm8kScorer::Strict => score_strict,
             Gsm8kScorer::Flexible => score_flexible,

@@ -58,7 +58,10 @@ impl Hash for TopkEncode {
 
 impl TopkEncode {
     pub fn new(saes: Arc<dyn SaeSource>) -> Self {
-        Self { signature: Signature::user_defined(Volatility::Immutable), saes }
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+            saes,
+        }
     }
 
     fn item_fields() -> Fields {
@@ -86,7 +89,13 @@ impl ScalarUDFImpl for TopkEncode {
         }
         check_float_list("topk_encode", "x", &args[0])?;
         let stringy = |t: &DataType| {
-            matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _))
+            matches!(
+                t,
+                DataType::Utf8
+                    | DataType::LargeUtf8
+                    | DataType::Utf8View
+                    | DataType::Dictionary(_, _)
+            )
         };
         for (i, name) in [(1, "chain"), (2, "stage")] {
             if !stringy(&args[i]) {
@@ -173,7 +182,11 @@ impl ScalarUDFImpl for TopkEncode {
             None,
         );
         let list = ListArray::new(
-            Arc::new(Field::new("item", DataType::Struct(Self::item_fields()), true)),
+            Arc::new(Field::new(
+                "item",
+                DataType::Struct(Self::item_fields()),
+                true,
+            )),
             OffsetBuffer::new(offsets.into()),
             Arc::new(items),
             Some(nulls.into()),
