@@ -2,7 +2,10 @@
 //! Data flows one way: files → lake (Parquet) → SQL.
 
 pub mod commands;
+pub mod data;
 pub mod lake;
+pub mod model;
+pub mod project;
 pub mod sae;
 pub mod sql;
 pub mod study;

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use saerl::commands::{bench, demo, import, plot, sql};
+use saerl::commands::{bench, demo, import, ingest, init, plot, sql};
+use saerl::data::SplitKind;
 use saerl::lake::Lake;
 use saerl::sql::Format;
 
@@ -24,6 +25,53 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write a commented saerl.toml template (chains, rewards, KL coefficients, stages).
+    Init {
+        #[arg(long, default_value = "saerl.toml")]
+        path: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run a checkpoint over GSM8k questions and store residual-stream activations.
+    Ingest {
+        #[arg(long)]
+        chain: String,
+        #[arg(long)]
+        stage: String,
+        /// Hugging Face checkpoint directory (default: the stage's model in saerl.toml).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Project file declaring chains and stages.
+        #[arg(long, default_value = "saerl.toml")]
+        project: PathBuf,
+        /// Blocks whose output to store (0-based).
+        #[arg(long, value_delimiter = ',', default_value = "6,12,18,23")]
+        layers: Vec<usize>,
+        /// JSON lines with a "question" field (raw text, no chat template).
+        #[arg(long, default_value = "../shared/data/gsm8k/train.jsonl")]
+        data: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        max_len: usize,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Only the first N questions.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 0.2)]
+        val_frac: f64,
+        #[arg(long, value_enum, default_value = "random")]
+        split: SplitKind,
+        #[arg(long, default_value_t = 0)]
+        split_seed: u64,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long)]
+        overwrite: bool,
+        #[arg(long, default_value_t = 32, hide = true)]
+        chunk_batches: usize,
+        #[arg(long, hide = true)]
+        stop_after_chunks: Option<usize>,
+    },
     /// Import SAE checkpoints from other formats.
     Import {
         #[command(subcommand)]
@@ -47,10 +95,17 @@ enum Command {
         #[arg(short, long)]
         out: PathBuf,
     },
-    /// Build a synthetic study, run every saved query and draw the figures.
+    /// The whole pipeline on a tiny generated model and a synthetic study; figures in --out.
     Demo {
         #[arg(long, default_value = "./saerl-demo")]
         out: PathBuf,
+        #[arg(long, default_value = "../shared/data/gsm8k/train.jsonl")]
+        data: PathBuf,
+        #[arg(long, default_value = "../shared/fixtures/qwen-tokenizer/tokenizer.json")]
+        tokenizer: PathBuf,
+        /// Questions to ingest per stage.
+        #[arg(long, default_value_t = 300)]
+        prompts: usize,
     },
     /// Benchmarks (figures and ratios, not pass/fail).
     Bench {
@@ -78,6 +133,19 @@ enum ImportWhat {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Activation collection with a random model of Qwen2.5-0.5B's exact shape.
+    Ingest {
+        /// GSM8k train questions to run.
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        #[arg(long, default_value = "../shared/data/gsm8k/train.jsonl")]
+        data: PathBuf,
+        #[arg(long, default_value = "../shared/fixtures/qwen-tokenizer/tokenizer.json")]
+        tokenizer: PathBuf,
+        /// Keep (and reuse) the generated model in this directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
     /// Time decoder_drift.sql over a full-size synthetic chain.
     Sql {
         #[arg(long, default_value_t = 8)]
@@ -101,6 +169,16 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let lake = Lake::new(&cli.lake);
     let result = match cli.command {
+        Command::Init { path, force } => init::run(&path, force),
+        Command::Ingest {
+            chain, stage, model, project, layers, data, max_len, batch, limit, val_frac, split, split_seed, device, overwrite, chunk_batches, stop_after_chunks,
+        } => ingest::run(
+            &lake,
+            &ingest::Ingest {
+                chain, stage, model, project, layers, data, max_len, batch, limit, val_frac, split, split_seed, device, overwrite, chunk_batches, stop_after_chunks,
+            },
+        )
+        .map(|_| ()),
         Command::Import {
             what:
                 ImportWhat::Pt {
@@ -136,7 +214,10 @@ async fn main() -> ExitCode {
             .await
         }
         Command::Plot { file, out } => plot::run(&lake, &file, &out).await,
-        Command::Demo { out } => demo::run(&out).await,
+        Command::Demo { out, data, tokenizer, prompts } => demo::run(&demo::DemoArgs { out, data, tokenizer, prompts }).await,
+        Command::Bench { what: BenchWhat::Ingest { n, data, tokenizer, keep } } => {
+            bench::ingest(&bench::BenchIngest { n, data, tokenizer, keep })
+        }
         Command::Bench {
             what:
                 BenchWhat::Sql {

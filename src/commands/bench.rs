@@ -153,3 +153,84 @@ fn duckdb_seconds(lake: &std::path::Path, runs: usize) -> Result<f64> {
         .parse()
         .context("parsing DuckDB seconds")
 }
+
+pub struct BenchIngest {
+    pub n: usize,
+    pub data: PathBuf,
+    pub tokenizer: PathBuf,
+    pub keep: Option<PathBuf>,
+}
+
+/// Transformers' CPU f32 throughput on this machine kind (../shared/bench/README.md,
+/// `ref_ingest.py`, 2 threads): the target to meet.
+const TRANSFORMERS_TOKENS_PER_S: f64 = 135.0;
+
+/// GFLOP/s of one f32 matmul of the given shape through candle, best of a few runs.
+fn gemm_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
+    use candle_core::{Device, Tensor};
+    let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let c = a.matmul(&b.t()?)?;
+        c.sum_all()?.to_scalar::<f32>()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
+}
+
+/// `saerl bench ingest`: a random model with Qwen2.5-0.5B's shape over GSM8k questions.
+pub fn ingest(a: &BenchIngest) -> Result<()> {
+    use crate::commands::ingest::{run, Ingest};
+    use crate::data::{read_questions, SplitKind};
+    use crate::model::random::{write_model, write_tokenizer, TinyShape};
+
+    let tmp = tempfile::tempdir()?;
+    let model_dir = a.keep.clone().unwrap_or_else(|| tmp.path().join("model"));
+    let shape = TinyShape { hidden: 896, layers: 24, heads: 14, kv_heads: 2, intermediate: 4864 };
+    if !model_dir.join("model.safetensors").is_file() {
+        let texts: Vec<String> = read_questions(&a.data, Some(a.n))?.into_iter().map(|d| d.question).collect();
+        let t = Instant::now();
+        write_tokenizer(&model_dir, Some(&a.tokenizer), &texts)?;
+        write_model(&model_dir, &shape, 151_936, 0, None)?;
+        println!("wrote a random Qwen2.5-0.5B-shaped model to {} in {:.1} s", model_dir.display(), t.elapsed().as_secs_f64());
+    }
+    let lake = Lake::new(tmp.path().join("lake"));
+    reset_peak_rss();
+    let t = Instant::now();
+    let tokens = run(
+        &lake,
+        &Ingest {
+            chain: "bench".into(),
+            stage: "instruct_base".into(),
+            model: Some(model_dir.clone()),
+            project: tmp.path().join("saerl.toml"),
+            layers: vec![6, 12, 18, 23],
+            data: a.data.clone(),
+            max_len: 512,
+            batch: 16,
+            limit: Some(a.n),
+            val_frac: 0.2,
+            split: SplitKind::Random,
+            split_seed: 0,
+            device: "cpu".into(),
+            overwrite: false,
+            chunk_batches: 32,
+            stop_after_chunks: None,
+        },
+    )?;
+    let secs = t.elapsed().as_secs_f64();
+    let rss = peak_rss().unwrap_or(0);
+    let (h, i, kv) = (shape.hidden as f64, shape.intermediate as f64, (shape.kv_heads * shape.hidden / shape.heads) as f64);
+    // Linear layers of every block up to the deepest captured one (23 = all 24); attention's
+    // T×T products are small next to them at GSM8k lengths and are left out.
+    let flops_per_token = 24.0 * 2.0 * (2.0 * h * h + 2.0 * h * kv + 3.0 * h * i);
+    let tps = tokens as f64 / secs;
+    let achieved = tps * flops_per_token / 1e9;
+    let gemm = gemm_gflops(1024, 896, 4864)?;
+    println!("saerl ingest: {tokens} tokens in {secs:.1} s = {tps:.0} tokens/s; peak RSS {:.2} GiB", gib(rss));
+    println!("  model linear layers: {achieved:.1} GFLOP/s achieved vs candle f32 GEMM 1024×896×4864 at {gemm:.1} GFLOP/s ({:.0}%)", 100.0 * achieved / gemm);
+    println!("  transformers (PyTorch f32, 2 threads, same machine kind): {TRANSFORMERS_TOKENS_PER_S} tokens/s → saerl is {:.2}× (target ≥ 1)", tps / TRANSFORMERS_TOKENS_PER_S);
+    Ok(())
+}

@@ -1,13 +1,19 @@
-//! `saerl demo`: a synthetic study shaped like the published one (three chains, their stages,
-//! layers 6/12/18/23, small SAEs with planted drift), written through the lake's writers, then
-//! every saved query run and drawn into `./saerl-demo/`.
-//! (Until `saerl ingest` and `saerl train` exist, the SAEs are generated, not trained.)
+//! `saerl demo`: the pipeline on a tiny generated model, then a synthetic study shaped like the
+//! published one, every saved query run and drawn into `./saerl-demo/`.
+//!
+//! 1. A tiny random Qwen2 ("instruct_base") and a perturbed copy ("ppo_step10") are written in
+//!    Hugging Face layout and ingested over a few hundred GSM8k questions (chain `tiny`).
+//! 2. Until `saerl train` exists, the SAEs are synthetic: three chains with the study's stages
+//!    and layers, small SAEs with planted drift, written through the lake's writers.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::commands::ingest;
 use crate::commands::plot::plot_query;
+use crate::data::{read_questions, SplitKind};
+use crate::model::random::{write_model, write_tokenizer, TinyShape};
 use crate::lake::{Lake, Txn};
 use crate::sql::format::{print_batches, Format};
 use crate::sql::saved::QUERIES;
@@ -46,14 +52,76 @@ fn plans() -> Vec<ChainPlan> {
         .collect()
 }
 
-pub async fn run(out: &Path) -> Result<()> {
+/// Used when no GSM8k file is at hand, so the demo needs nothing outside the repository.
+const BUILTIN_PROMPTS: &[&str] = &[
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?",
+    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?",
+    "Betty is saving money for a new wallet which costs $100. Betty has only half of the money she needs. How much more money does Betty need?",
+    "James writes a 3-page letter to 2 different friends twice a week. How many pages does he write a year?",
+    "Randy has 60 mango trees on his farm. He also has 5 less than half as many coconut trees as mango trees. How many trees does Randy have in all?",
+    "Tina makes $18.00 an hour. If she works more than 8 hours per shift, she is eligible for overtime. How much money does she make in 10 hours?",
+];
+
+pub struct DemoArgs {
+    pub out: PathBuf,
+    /// GSM8k train questions (the built-in prompts are used when the file is missing).
+    pub data: PathBuf,
+    /// The Qwen2.5 tokenizer (a small BPE is trained when the file is missing).
+    pub tokenizer: PathBuf,
+    pub prompts: usize,
+}
+
+/// Generates the two tiny checkpoints and ingests them as chain `tiny`.
+fn tiny_model_stage(out: &Path, lake: &Lake, a: &DemoArgs) -> Result<()> {
+    let data = if a.data.is_file() {
+        a.data.clone()
+    } else {
+        let p = out.join("prompts.jsonl");
+        let lines: Vec<String> = BUILTIN_PROMPTS.iter().map(|q| serde_json::json!({ "question": q }).to_string()).collect();
+        std::fs::write(&p, lines.join("\n"))?;
+        println!("{} not found: using {} built-in prompts", a.data.display(), BUILTIN_PROMPTS.len());
+        p
+    };
+    let texts: Vec<String> = read_questions(&data, Some(a.prompts))?.into_iter().map(|d| d.question).collect();
+    let shape = TinyShape { hidden: D_MODEL, layers: 4, heads: 4, kv_heads: 2, intermediate: 160 };
+    let stages = [("instruct_base", None), ("ppo_step10", Some((1u64, 0.05f32)))];
+    for (stage, perturb) in stages {
+        let dir = out.join("models").join(stage);
+        let vocab = write_tokenizer(&dir, Some(&a.tokenizer), &texts)?;
+        write_model(&dir, &shape, vocab, 0, perturb)?;
+        let ingest = ingest::Ingest {
+            chain: "tiny".into(),
+            stage: stage.into(),
+            model: Some(dir),
+            project: out.join("saerl.toml"),
+            layers: vec![1, 2, 3],
+            data: data.clone(),
+            max_len: 128,
+            batch: 16,
+            limit: Some(a.prompts),
+            val_frac: 0.2,
+            split: SplitKind::Random,
+            split_seed: 0,
+            device: "cpu".into(),
+            overwrite: false,
+            chunk_batches: 32,
+            stop_after_chunks: None,
+        };
+        ingest::run(lake, &ingest).with_context(|| format!("ingesting the demo model {stage}"))?;
+    }
+    Ok(())
+}
+
+pub async fn run(a: &DemoArgs) -> Result<()> {
+    let out = a.out.as_path();
     let lake = Lake::new(out.join("lake"));
-    if lake.root().exists() {
-        std::fs::remove_dir_all(lake.root()).with_context(|| {
-            format!("clearing the previous demo lake {}", lake.root().display())
-        })?;
+    for old in [lake.root().to_path_buf(), out.join("models")] {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).with_context(|| format!("clearing the previous demo's {}", old.display()))?;
+        }
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    tiny_model_stage(out, &lake, a)?;
     let plans = plans();
     let total: usize = plans.iter().map(|p| p.saes.len() * p.steps.len()).sum();
     let bar = super::progress(total as u64, "synthetic SAEs");
@@ -69,6 +137,10 @@ pub async fn run(out: &Path) -> Result<()> {
     );
 
     let ctx = open_session(&lake).await?;
+    let summary = "SELECT stage, layer, count(*) AS tokens, sum(CASE WHEN split = 'val' THEN 1 ELSE 0 END) AS val_tokens \
+                   FROM activations GROUP BY stage, layer ORDER BY stage, layer";
+    println!("activations of the tiny model (chain `tiny`):");
+    print_batches(&run_sql(&ctx, summary).await?, Format::Table, &mut std::io::stdout().lock())?;
     for (name, sql) in QUERIES {
         let batches = run_sql(&ctx, sql)
             .await

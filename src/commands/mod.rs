@@ -3,6 +3,8 @@
 pub mod bench;
 pub mod demo;
 pub mod import;
+pub mod ingest;
+pub mod init;
 pub mod plot;
 pub mod sql;
 

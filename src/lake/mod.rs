@@ -2,6 +2,7 @@
 //! that knows paths, partition levels and schemas; everything else asks it.
 
 mod read;
+mod rows;
 mod saes;
 mod schema;
 mod stages;
@@ -13,12 +14,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-pub use read::{check_parquet, read_parquet};
+pub use read::{check_parquet, partition_files, read_parquet};
 pub use saes::{read_sae, sae_batches, write_sae};
 pub use schema::{vector_type, vector_width, PartCol, Table};
 pub use stages::{infer_step, StageRow};
 pub use transitions::Transition;
-pub use write::{PartitionWriter, Txn};
+pub use write::{writer_properties, PartitionWriter, Txn};
+pub use rows::{activation_batch, docs_batch, vocab_batch};
 
 /// Where a table's partition lives: the values of its partition columns.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -181,7 +183,7 @@ impl Lake {
     }
 
     /// Where writers stage their output before the rename that publishes it.
-    fn tmp_root(&self) -> PathBuf {
+    pub fn tmp_root(&self) -> PathBuf {
         self.root.join(".tmp")
     }
 

@@ -39,6 +39,19 @@ pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
         .with_context(|| corrupt(path))
 }
 
+/// The data files of a partition directory, in name order (`part-00000.parquet`, ...).
+pub fn partition_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "parquet") {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 impl Lake {
     /// Reads one partition; a missing partition is an error naming what exists instead.
     pub fn read_partition(&self, table: Table, key: &PartitionKey) -> Result<Vec<RecordBatch>> {
@@ -60,7 +73,11 @@ impl Lake {
                 }
             );
         }
-        read_parquet(&dir.join(PART_FILE))
+        let mut out = Vec::new();
+        for f in partition_files(&dir)? {
+            out.extend(read_parquet(&f)?);
+        }
+        Ok(out)
     }
 }
 

@@ -189,6 +189,21 @@ impl Txn {
         self.finish(w)
     }
 
+    /// Stages a partition made of files written elsewhere (e.g. a resumable run's chunks);
+    /// the files are moved, in order, and named `part-NNNNN.parquet`.
+    pub fn adopt(&mut self, table: Table, key: &PartitionKey, files: &[PathBuf]) -> Result<()> {
+        self.check_free(table, key)?;
+        let rel = key.rel_dir(table)?;
+        let tmp = self.dir.join(&rel);
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        for (i, f) in files.iter().enumerate() {
+            let dest = tmp.join(format!("part-{i:05}.parquet"));
+            std::fs::rename(f, &dest).with_context(|| format!("moving {} into the lake", f.display()))?;
+        }
+        self.staged.push(Staged { tmp, dest: self.lake.root().join(rel), replace: false, label: format!("{} {key}", table.name()) });
+        Ok(())
+    }
+
     /// Writes a partition that replaces the existing one even without `overwrite`
     /// (for tables derived from the others, such as `stages`).
     pub(super) fn write_replacing(

@@ -1,0 +1,314 @@
+//! Qwen2 forward pass with hooks on the residual stream (DESIGN.md, "Model").
+//!
+//! One small struct per block, each with `new(cfg, vb)` and `forward`; weights are named once,
+//! where they are loaded. Hooks are plain arguments: which block outputs to capture, one block
+//! output to rewrite, and whether logits are needed (if not, the pass stops after the deepest
+//! block asked for). Padding is on the right; a padding key is never attended to.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+
+use super::Qwen2Config;
+
+struct Linear {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    fn new(vb: VarBuilder, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        let w = vb.get((d_out, d_in), "weight")?;
+        let b = if bias { Some(vb.get(d_out, "bias")?) } else { None };
+        Ok(Self { w, b })
+    }
+
+    /// x [.., d_in] → [.., d_out]
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        let d_in = dims.pop().unwrap();
+        let rows: usize = dims.iter().product();
+        let mut y = x.reshape((rows, d_in))?.matmul(&self.w.t()?)?;
+        if let Some(b) = &self.b {
+            y = y.broadcast_add(b)?;
+        }
+        dims.push(self.w.dim(0)?);
+        Ok(y.reshape(dims)?)
+    }
+}
+
+struct RmsNorm {
+    w: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn new(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self { w: vb.get(size, "weight")?, eps: eps as f32 })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.w, self.eps)?)
+    }
+}
+
+/// cos/sin tables [T, head_dim/2] for rotate-half rotary embeddings.
+struct Rotary {
+    inv_freq: Vec<f32>,
+}
+
+impl Rotary {
+    fn new(cfg: &Qwen2Config) -> Self {
+        let hd = cfg.head_dim;
+        let inv_freq = (0..hd / 2).map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32).collect();
+        Self { inv_freq }
+    }
+
+    fn tables(&self, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut angles = Vec::with_capacity(t * half);
+        for pos in 0..t {
+            angles.extend(self.inv_freq.iter().map(|f| pos as f32 * f));
+        }
+        let a = Tensor::from_vec(angles, (t, half), device)?;
+        Ok((a.cos()?, a.sin()?))
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(cfg: &Qwen2Config, vb: VarBuilder) -> Result<Self> {
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        Ok(Self {
+            q: Linear::new(vb.pp("q_proj"), h, cfg.num_attention_heads * hd, true)?,
+            k: Linear::new(vb.pp("k_proj"), h, cfg.num_key_value_heads * hd, true)?,
+            v: Linear::new(vb.pp("v_proj"), h, cfg.num_key_value_heads * hd, true)?,
+            o: Linear::new(vb.pp("o_proj"), cfg.num_attention_heads * hd, h, false)?,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: hd,
+        })
+    }
+
+    /// Grouped-query: each key/value head serves `heads / kv_heads` query heads.
+    fn repeat_kv(&self, x: Tensor) -> Result<Tensor> {
+        let rep = self.heads / self.kv_heads;
+        if rep == 1 {
+            return Ok(x);
+        }
+        let (b, kv, t, d) = x.dims4()?;
+        Ok(x.unsqueeze(2)?.expand((b, kv, rep, t, d))?.reshape((b, kv * rep, t, d))?)
+    }
+
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let split = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()?) };
+        let q = split(self.q.forward(x)?, self.heads)?;
+        let k = split(self.k.forward(x)?, self.kv_heads)?;
+        let v = split(self.v.forward(x)?, self.kv_heads)?;
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let y = probs.matmul(&v.contiguous()?)?;
+        let y = y.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+        self.o.forward(&y)
+    }
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &Qwen2Config, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate: Linear::new(vb.pp("gate_proj"), h, i, false)?,
+            up: Linear::new(vb.pp("up_proj"), h, i, false)?,
+            down: Linear::new(vb.pp("down_proj"), i, h, false)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
+        self.down.forward(&(g * self.up.forward(x)?)?)
+    }
+}
+
+struct Block {
+    norm1: RmsNorm,
+    attn: Attention,
+    norm2: RmsNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn new(cfg: &Qwen2Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm1: RmsNorm::new(vb.pp("input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            norm2: RmsNorm::new(vb.pp("post_attention_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let h = (x + self.attn.forward(&self.norm1.forward(x)?, cos, sin, mask)?)?;
+        Ok((&h + self.mlp.forward(&self.norm2.forward(&h)?)?)?)
+    }
+}
+
+/// Rewrites a block's output [B,T,H] given the real-token mask [B,T].
+pub type Replace<'a> = &'a dyn Fn(&Tensor, &Tensor) -> Result<Tensor>;
+
+/// What a forward pass should capture, rewrite and return.
+#[derive(Default, Clone, Copy)]
+pub struct Hooks<'a> {
+    /// Blocks whose output (the residual stream after the block) to return.
+    pub capture: &'a [usize],
+    /// One block whose output is rewritten before the next block sees it.
+    pub replace: Option<(usize, Replace<'a>)>,
+    /// Compute the logits (runs every block, the final norm and the head).
+    pub logits: bool,
+}
+
+pub struct Output {
+    /// Captured block outputs [B,T,H], by block index.
+    pub blocks: BTreeMap<usize, Tensor>,
+    /// [B,T,V] when asked for.
+    pub logits: Option<Tensor>,
+}
+
+pub struct Qwen2 {
+    cfg: Qwen2Config,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    head: Tensor,
+    rotary: Rotary,
+}
+
+impl Qwen2 {
+    pub fn new(cfg: &Qwen2Config, vb: VarBuilder) -> Result<Self> {
+        let m = vb.pp("model");
+        let embed = m.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
+        let blocks = (0..cfg.num_hidden_layers)
+            .map(|i| Block::new(cfg, m.pp(format!("layers.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let head = if cfg.tie_word_embeddings { embed.clone() } else { vb.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")? };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            blocks,
+            norm: RmsNorm::new(m.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            head,
+            rotary: Rotary::new(cfg),
+        })
+    }
+
+    pub fn config(&self) -> &Qwen2Config {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    /// Additive attention mask [B,1,T,T]: causal, and padding keys excluded.
+    fn attention_mask(mask: &Tensor) -> Result<Tensor> {
+        let (b, t) = mask.dims2()?;
+        let keys: Vec<u8> = mask.to_dtype(DType::U8)?.flatten_all()?.to_vec1()?;
+        let mut m = vec![0f32; b * t * t];
+        for r in 0..b {
+            for i in 0..t {
+                for j in 0..t {
+                    if j > i || keys[r * t + j] == 0 {
+                        // Finite, so a row with no visible key stays finite (it is padding anyway).
+                        m[(r * t + i) * t + j] = -1e30;
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (b, 1, t, t), mask.device())?)
+    }
+
+    /// ids [B,T] (u32), mask [B,T] (1 = real token, right padding).
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor, hooks: &Hooks) -> Result<Output> {
+        let (b, t) = ids.dims2()?;
+        let n = self.blocks.len();
+        if let Some(&bad) = hooks.capture.iter().chain(hooks.replace.iter().map(|(i, _)| i)).find(|&&i| i >= n) {
+            bail!("block {bad} requested, but the model has {n} blocks (0..{})", n - 1);
+        }
+        let deepest = if hooks.logits {
+            n - 1
+        } else {
+            match hooks.capture.iter().chain(hooks.replace.iter().map(|(i, _)| i)).max() {
+                Some(&d) => d,
+                None => bail!("a forward pass needs a block to capture or logits"),
+            }
+        };
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
+        let (cos, sin) = self.rotary.tables(t, ids.device())?;
+        let att_mask = Self::attention_mask(mask)?;
+        let mut blocks = BTreeMap::new();
+        for (i, block) in self.blocks.iter().enumerate().take(deepest + 1) {
+            x = block.forward(&x, &cos, &sin, &att_mask)?;
+            if let Some((r, f)) = hooks.replace {
+                if r == i {
+                    x = f(&x, mask)?;
+                }
+            }
+            if hooks.capture.contains(&i) {
+                blocks.insert(i, x.clone());
+            }
+        }
+        let logits = if hooks.logits {
+            let h = self.norm.forward(&x)?;
+            let v = self.cfg.vocab_size;
+            Some(h.reshape((b * t, self.cfg.hidden_size))?.matmul(&self.head.t()?)?.reshape((b, t, v))?)
+        } else {
+            None
+        };
+        Ok(Output { blocks, logits })
+    }
+}
+
+/// log p(ids[t+1] | ids[..=t]) for t < T-1, zero where the target is padding [B,T-1], and the
+/// sum and count of the real targets' negative log-likelihoods (Hugging Face's loss = sum/count).
+pub fn next_token_logprobs(logits: &Tensor, ids: &Tensor, mask: &Tensor) -> Result<(Tensor, f64, usize)> {
+    let (_, t, _) = logits.dims3()?;
+    if t < 2 {
+        bail!("need at least two positions to score next tokens");
+    }
+    let lp = candle_nn::ops::log_softmax(&logits.narrow(1, 0, t - 1)?, D::Minus1)?;
+    let targets = ids.narrow(1, 1, t - 1)?.to_dtype(DType::U32)?.contiguous()?;
+    let picked = lp.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?;
+    let real = mask.narrow(1, 1, t - 1)?.to_dtype(DType::F32)?;
+    let picked = (picked * &real)?;
+    let sum = -(picked.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+    let count = real.sum_all()?.to_scalar::<f32>()? as usize;
+    Ok((picked, sum, count))
+}
+
+/// Replaces real-token positions of a block output with one vector (mean ablation).
+pub fn replace_real_with(h: &Tensor, mask: &Tensor, vector: &Tensor) -> Result<Tensor> {
+    let m = mask.to_dtype(DType::U8)?.unsqueeze(D::Minus1)?.broadcast_as(h.shape())?;
+    let v = vector.reshape((1, 1, vector.elem_count()))?.broadcast_as(h.shape())?;
+    Ok(m.where_cond(&v, h)?)
+}

@@ -1,0 +1,84 @@
+//! The forward pass against transformers 5.24 (float32 from the checkpoint's weights).
+
+use candle_core::{DType, Device, Tensor};
+use saerl::model::qwen2::{next_token_logprobs, replace_real_with};
+use saerl::model::{load_model, Hooks, TextTokenizer};
+
+use crate::*;
+
+fn reference() -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(tiny().join("reference.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn tokenizer_reproduces_the_reference_input_ids() {
+    let r = reference();
+    let ids: Vec<Vec<i64>> = r["input_ids"].to_vec2().unwrap();
+    let mask: Vec<Vec<i64>> = r["attention_mask"].to_vec2().unwrap();
+    let tok = TextTokenizer::from_file(&tiny().join("tokenizer.json")).unwrap();
+    for (i, q) in reference_questions().iter().enumerate() {
+        let got: Vec<i64> = tok.encode(q, max_len()).unwrap().into_iter().map(i64::from).collect();
+        let n = mask[i].iter().filter(|&&m| m == 1).count();
+        assert_eq!(got, ids[i][..n].to_vec(), "row {i}");
+    }
+    assert_eq!(tok.pad_id() as i64, reference_json()["pad_token_id"].as_i64().unwrap());
+}
+
+#[test]
+fn blocks_logprobs_logits_and_losses_match_transformers() {
+    let r = reference();
+    let model = load_model(&tiny(), &Device::Cpu).unwrap();
+    let n = model.config().num_hidden_layers;
+    let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
+    let mask = r["attention_mask"].to_dtype(DType::U8).unwrap();
+    let all: Vec<usize> = (0..n).collect();
+    let out = model.forward(&ids, &mask, &Hooks { capture: &all, logits: true, ..Default::default() }).unwrap();
+    let real = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
+    for i in 0..n {
+        let want = r[&format!("resid.{i}")].broadcast_mul(&real).unwrap();
+        let got = out.blocks[&i].broadcast_mul(&real).unwrap();
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 1e-4, "block {i}: max |Δ| = {d} at real positions");
+    }
+    let logits = out.logits.unwrap();
+    let (tlp, sum, count) = next_token_logprobs(&logits, &ids, &mask).unwrap();
+    let d = max_abs_diff(&tlp, &r["token_logprob"]);
+    assert!(d < 1e-4, "token_logprob max |Δ| = {d}");
+    let lens: Vec<u8> = mask.sum(1).unwrap().to_vec1::<u8>().unwrap();
+    for (b, &len) in lens.iter().enumerate() {
+        let got = logits.get(b).unwrap().get(len as usize - 1).unwrap();
+        let d = max_abs_diff(&got, &r["logits_last"].get(b).unwrap());
+        assert!(d < 1e-4, "logits_last row {b}: max |Δ| = {d}");
+    }
+    let losses = &reference_json()["losses"];
+    let rel = |got: f64, want: f64| (got - want).abs() / want.abs();
+    let base = sum / count as f64;
+    assert!(rel(base, losses["base"].as_f64().unwrap()) < 1e-4, "base loss {base} vs {}", losses["base"]);
+    for i in 0..n {
+        let mean = r[&format!("mean.{i}")].clone();
+        let f = |h: &Tensor, m: &Tensor| replace_real_with(h, m, &mean);
+        let out = model.forward(&ids, &mask, &Hooks { replace: Some((i, &f)), logits: true, ..Default::default() }).unwrap();
+        let (_, sum, count) = next_token_logprobs(&out.logits.unwrap(), &ids, &mask).unwrap();
+        let want = losses[format!("mean_ablate.{i}")].as_f64().unwrap();
+        assert!(rel(sum / count as f64, want) < 1e-4, "mean-ablation loss of block {i}: {} vs {want}", sum / count as f64);
+    }
+}
+
+#[test]
+fn stopping_early_gives_the_same_blocks() {
+    let r = reference();
+    let model = load_model(&tiny(), &Device::Cpu).unwrap();
+    let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
+    let mask = r["attention_mask"].to_dtype(DType::U8).unwrap();
+    let full = model.forward(&ids, &mask, &Hooks { capture: &[1], logits: true, ..Default::default() }).unwrap();
+    let early = model.forward(&ids, &mask, &Hooks { capture: &[1], ..Default::default() }).unwrap();
+    assert!(early.logits.is_none());
+    assert_eq!(max_abs_diff(&full.blocks[&1], &early.blocks[&1]), 0.0);
+    let n = model.config().num_hidden_layers;
+    let err = model.forward(&ids, &mask, &Hooks { capture: &[n], ..Default::default() }).err().unwrap();
+    assert!(err.to_string().contains("blocks"), "{err}");
+}

@@ -1,0 +1,213 @@
+//! `saerl ingest` on the fixture model: rows equal the reference residuals, the split is the
+//! documented seeded permutation, an interrupted run resumes to the same table, bad input
+//! changes nothing.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use arrow::array::AsArray;
+use arrow::datatypes::{Float32Type, Int32Type, Int64Type};
+use candle_core::Device;
+use saerl::lake::{Lake, PartitionKey, Table};
+
+use crate::*;
+
+fn saerl(lake: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_saerl")).arg("--lake").arg(lake).args(args).output().unwrap()
+}
+
+fn questions_file(dir: &Path) -> PathBuf {
+    let path = dir.join("questions.jsonl");
+    let lines: Vec<String> = reference_questions().iter().map(|q| serde_json::json!({ "question": q }).to_string()).collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+fn ingest_args(data: &Path, stage: &str, layers: &str, batch: usize) -> Vec<String> {
+    [
+        "ingest", "--chain", "tiny", "--stage", stage, "--model", tiny().to_str().unwrap(), "--layers", layers,
+        "--data", data.to_str().unwrap(), "--max-len", &max_len().to_string(), "--batch", &batch.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn run_ok(lake: &Path, args: &[String]) {
+    let o = saerl(lake, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "saerl {args:?}:\n{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, u64> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::fs::read(&p).unwrap().hash(&mut h);
+                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), h.finish());
+            }
+        }
+    }
+    out
+}
+
+/// The split as documented: SplitMix64, Fisher–Yates from the end, the first floor(f·n) of the
+/// permutation are validation rows. Written out here, independently of the code under test.
+fn documented_val_rows(n: usize, frac: f64, seed: u64) -> Vec<bool> {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    };
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (((next() >> 32) * (i as u64 + 1)) >> 32) as usize;
+        p.swap(i, j);
+    }
+    let mut val = vec![false; n];
+    for &i in p.iter().take((frac * n as f64).floor() as usize) {
+        val[i] = true;
+    }
+    val
+}
+
+#[test]
+fn activations_equal_the_reference_residuals() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let data = questions_file(dir.path());
+    let r = candle_core::safetensors::load(tiny().join("reference.safetensors"), &Device::Cpu).unwrap();
+    let mask: Vec<Vec<i64>> = r["attention_mask"].to_vec2().unwrap();
+    let ids: Vec<Vec<i64>> = r["input_ids"].to_vec2().unwrap();
+    let n_blocks = r.keys().filter(|k| k.starts_with("resid.")).count();
+    let layers: Vec<String> = (0..n_blocks).map(|i| i.to_string()).collect();
+    let batch = reference_json()["args"]["batch"].as_u64().unwrap() as usize;
+    run_ok(&lake, &ingest_args(&data, "instruct_base", &layers.join(","), batch));
+
+    let lake = Lake::open(&lake).unwrap();
+    let real: usize = mask.iter().flatten().filter(|&&m| m == 1).count();
+    for l in 0..n_blocks {
+        let resid: Vec<Vec<Vec<f32>>> = r[&format!("resid.{l}")].to_vec3().unwrap();
+        let batches = lake.read_partition(Table::Activations, &PartitionKey::layer("tiny", "instruct_base", l as i32)).unwrap();
+        let mut flags = Vec::new();
+        let mut rows = 0;
+        for b in &batches {
+            let doc = b.column_by_name("doc_id").unwrap().as_primitive::<Int64Type>();
+            let pos = b.column_by_name("pos").unwrap().as_primitive::<Int32Type>();
+            let tok = b.column_by_name("token_id").unwrap().as_primitive::<Int32Type>();
+            let split = b.column_by_name("split").unwrap().as_string::<i32>();
+            let x = b.column_by_name("x").unwrap().as_fixed_size_list();
+            for i in 0..b.num_rows() {
+                let (d, p) = (doc.value(i) as usize, pos.value(i) as usize);
+                assert_eq!(mask[d][p], 1, "only real tokens are stored");
+                assert_eq!(tok.value(i) as i64, ids[d][p]);
+                let v = x.value(i);
+                let v = v.as_primitive::<Float32Type>();
+                for (j, want) in resid[d][p].iter().enumerate() {
+                    assert!((v.value(j) - want).abs() < 1e-4, "block {l} doc {d} pos {p} dim {j}: {} vs {want}", v.value(j));
+                }
+                flags.push(split.value(i) == "val");
+                rows += 1;
+            }
+        }
+        assert_eq!(rows, real, "block {l}: one row per real token");
+        assert_eq!(flags, documented_val_rows(real, 0.2, 0), "block {l}: rows in (doc, pos) order, split by the seeded permutation");
+    }
+}
+
+#[test]
+fn an_interrupted_ingest_resumes_to_the_same_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = questions_file(dir.path());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let mut args = ingest_args(&data, "ppo_step10", "1,3", 1);
+    args.extend(["--chunk-batches", "1"].map(String::from));
+    run_ok(&b, &args);
+
+    let mut stop = args.clone();
+    stop.extend(["--stop-after-chunks", "2"].map(String::from));
+    let o = saerl(&a, &stop.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("rerun to resume"));
+    assert!(!a.join("activations").exists(), "nothing is published before the end");
+    run_ok(&a, &args);
+    let strip = |s: BTreeMap<PathBuf, u64>| -> BTreeMap<PathBuf, u64> { s.into_iter().filter(|(p, _)| !p.starts_with("stages")).collect() };
+    assert_eq!(strip(snapshot(&a)), strip(snapshot(&b)), "resumed and uninterrupted runs write the same files");
+    assert!(!a.join(".tmp").exists(), "the staging directory is removed");
+}
+
+#[test]
+fn bad_input_is_refused_and_the_lake_is_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let data = questions_file(dir.path());
+    run_ok(&lake, &ingest_args(&data, "instruct_base", "1", 4));
+    let before = snapshot(&lake);
+    let check = |args: Vec<String>, needle: &str| {
+        let o = saerl(&lake, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(err.contains(needle), "{args:?}: stderr should mention {needle:?}:\n{err}");
+        assert_eq!(snapshot(&lake), before, "{args:?} changed the lake");
+    };
+    let model_copy = |name: &str| -> PathBuf {
+        let m = dir.path().join(name);
+        std::fs::create_dir_all(&m).unwrap();
+        for f in ["config.json", "tokenizer.json"] {
+            std::fs::copy(tiny().join(f), m.join(f)).unwrap();
+        }
+        m
+    };
+    let with_model = |m: &Path, layers: &str| {
+        let mut a = ingest_args(&data, "ppo_step10", layers, 4);
+        let i = a.iter().position(|x| x == "--model").unwrap();
+        a[i + 1] = m.display().to_string();
+        a
+    };
+
+    // A sharded checkpoint whose second shard is missing.
+    let sharded = model_copy("sharded");
+    std::fs::copy(tiny().join("model.safetensors"), sharded.join("model-00001-of-00002.safetensors")).unwrap();
+    let index = serde_json::json!({"weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors", "model.norm.weight": "model-00002-of-00002.safetensors"}});
+    std::fs::write(sharded.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    check(with_model(&sharded, "1"), "model-00002-of-00002.safetensors");
+
+    // config.json that disagrees with the weights.
+    let wrong = model_copy("wrong");
+    std::os::unix::fs::symlink(tiny().join("model.safetensors"), wrong.join("model.safetensors")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tiny().join("config.json")).unwrap()).unwrap();
+    cfg["intermediate_size"] = serde_json::json!(cfg["intermediate_size"].as_u64().unwrap() + 8);
+    std::fs::write(wrong.join("config.json"), cfg.to_string()).unwrap();
+    check(with_model(&wrong, "1"), "shape");
+
+    // An unsupported architecture.
+    let llama = model_copy("llama");
+    cfg["model_type"] = serde_json::json!("llama");
+    cfg["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    std::fs::write(llama.join("config.json"), cfg.to_string()).unwrap();
+    check(with_model(&llama, "1"), "unsupported architecture");
+
+    // Blocks the model does not have.
+    let n = reference_json()["args"]["layers"].as_u64().unwrap();
+    check(ingest_args(&data, "ppo_step10", &n.to_string(), 4), "beyond the model");
+
+    // Empty data, and a line that is not UTF-8.
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    check(ingest_args(&empty, "ppo_step10", "1", 4), "holds no questions");
+    let binary = dir.path().join("binary.jsonl");
+    std::fs::write(&binary, b"{\"question\": \"ok\"}\n\xff\xfe{\n").unwrap();
+    check(ingest_args(&binary, "ppo_step10", "1", 4), "line 2: not UTF-8");
+
+    // An existing partition without --overwrite.
+    check(ingest_args(&data, "instruct_base", "1", 4), "already exists");
+}
