@@ -19,16 +19,21 @@ pub fn read_questions(path: &Path, limit: Option<usize>) -> Result<Vec<Doc>> {
         if limit.is_some_and(|n| docs.len() >= n) {
             break;
         }
-        let line = std::str::from_utf8(line).with_context(|| format!("{} line {}: not UTF-8 text", path.display(), i + 1))?;
+        let line = std::str::from_utf8(line)
+            .with_context(|| format!("{} line {}: not UTF-8 text", path.display(), i + 1))?;
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{} line {}: not a JSON object", path.display(), i + 1))?;
-        let question = v["question"]
-            .as_str()
-            .with_context(|| format!("{} line {}: no \"question\" string", path.display(), i + 1))?;
-        docs.push(Doc { doc_id: docs.len() as i64, question: question.to_string(), answer: v["answer"].as_str().map(str::to_string) });
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}: not a JSON object", path.display(), i + 1))?;
+        let question = v["question"].as_str().with_context(|| {
+            format!("{} line {}: no \"question\" string", path.display(), i + 1)
+        })?;
+        docs.push(Doc {
+            doc_id: docs.len() as i64,
+            question: question.to_string(),
+            answer: v["answer"].as_str().map(str::to_string),
+        });
     }
     if docs.is_empty() {
         bail!("{} holds no questions", path.display());
@@ -36,7 +41,9 @@ pub fn read_questions(path: &Path, limit: Option<usize>) -> Result<Vec<Doc>> {
     Ok(docs)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SplitKind {
     /// A seeded random permutation of rows.
@@ -87,7 +94,10 @@ pub fn val_rows(n: usize, frac: f64, kind: SplitKind, seed: u64) -> Result<Vec<b
     let mut val = vec![false; n];
     match kind {
         SplitKind::Tail => val[n - n_val..].iter_mut().for_each(|v| *v = true),
-        SplitKind::Random => permutation(n, seed).into_iter().take(n_val).for_each(|i| val[i] = true),
+        SplitKind::Random => permutation(n, seed)
+            .into_iter()
+            .take(n_val)
+            .for_each(|i| val[i] = true),
     }
     Ok(val)
 }

@@ -101,7 +101,10 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value = "../shared/data/gsm8k/train.jsonl")]
         data: PathBuf,
-        #[arg(long, default_value = "../shared/fixtures/qwen-tokenizer/tokenizer.json")]
+        #[arg(
+            long,
+            default_value = "../shared/fixtures/qwen-tokenizer/tokenizer.json"
+        )]
         tokenizer: PathBuf,
         /// Questions to ingest per stage.
         #[arg(long, default_value_t = 300)]
@@ -140,7 +143,10 @@ enum BenchWhat {
         n: usize,
         #[arg(long, default_value = "../shared/data/gsm8k/train.jsonl")]
         data: PathBuf,
-        #[arg(long, default_value = "../shared/fixtures/qwen-tokenizer/tokenizer.json")]
+        #[arg(
+            long,
+            default_value = "../shared/fixtures/qwen-tokenizer/tokenizer.json"
+        )]
         tokenizer: PathBuf,
         /// Keep (and reuse) the generated model in this directory.
         #[arg(long)]
@@ -171,11 +177,41 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init { path, force } => init::run(&path, force),
         Command::Ingest {
-            chain, stage, model, project, layers, data, max_len, batch, limit, val_frac, split, split_seed, device, overwrite, chunk_batches, stop_after_chunks,
+            chain,
+            stage,
+            model,
+            project,
+            layers,
+            data,
+            max_len,
+            batch,
+            limit,
+            val_frac,
+            split,
+            split_seed,
+            device,
+            overwrite,
+            chunk_batches,
+            stop_after_chunks,
         } => ingest::run(
             &lake,
             &ingest::Ingest {
-                chain, stage, model, project, layers, data, max_len, batch, limit, val_frac, split, split_seed, device, overwrite, chunk_batches, stop_after_chunks,
+                chain,
+                stage,
+                model,
+                project,
+                layers,
+                data,
+                max_len,
+                batch,
+                limit,
+                val_frac,
+                split,
+                split_seed,
+                device,
+                overwrite,
+                chunk_batches,
+                stop_after_chunks,
             },
         )
         .map(|_| ()),
@@ -214,10 +250,34 @@ async fn main() -> ExitCode {
             .await
         }
         Command::Plot { file, out } => plot::run(&lake, &file, &out).await,
-        Command::Demo { out, data, tokenizer, prompts } => demo::run(&demo::DemoArgs { out, data, tokenizer, prompts }).await,
-        Command::Bench { what: BenchWhat::Ingest { n, data, tokenizer, keep } } => {
-            bench::ingest(&bench::BenchIngest { n, data, tokenizer, keep })
+        Command::Demo {
+            out,
+            data,
+            tokenizer,
+            prompts,
+        } => {
+            demo::run(&demo::DemoArgs {
+                out,
+                data,
+                tokenizer,
+                prompts,
+            })
+            .await
         }
+        Command::Bench {
+            what:
+                BenchWhat::Ingest {
+                    n,
+                    data,
+                    tokenizer,
+                    keep,
+                },
+        } => bench::ingest(&bench::BenchIngest {
+            n,
+            data,
+            tokenizer,
+            keep,
+        }),
         Command::Bench {
             what:
                 BenchWhat::Sql {

@@ -35,23 +35,40 @@ pub struct StageConfig {
 
 impl Project {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {} (create one with `saerl init`)", path.display()))?;
-        let mut p: Project = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("reading {} (create one with `saerl init`)", path.display())
+        })?;
+        let mut p: Project =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         p.dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(p)
     }
 
     /// Loads `path` if it exists; an absent project file is an empty project.
     pub fn load_or_default(path: &Path) -> Result<Self> {
-        if path.exists() { Self::load(path) } else { Ok(Self::default()) }
+        if path.exists() {
+            Self::load(path)
+        } else {
+            Ok(Self::default())
+        }
     }
 
     pub fn stage(&self, chain: &str, stage: &str) -> Result<(&ChainConfig, &StageConfig)> {
         let c = self.chains.get(chain).with_context(|| {
-            format!("chain {chain:?} is not in saerl.toml (chains: {})", self.chains.keys().cloned().collect::<Vec<_>>().join(", "))
+            format!(
+                "chain {chain:?} is not in saerl.toml (chains: {})",
+                self.chains.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
         })?;
         let s = c.stages.iter().find(|s| s.name == stage).with_context(|| {
-            format!("stage {stage:?} is not a stage of chain {chain} in saerl.toml (stages: {})", c.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "))
+            format!(
+                "stage {stage:?} is not a stage of chain {chain} in saerl.toml (stages: {})",
+                c.stages
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         })?;
         Ok((c, s))
     }

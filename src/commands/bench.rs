@@ -165,7 +165,8 @@ pub struct BenchIngest {
 /// `ref_ingest.py`, 2 threads): the target to meet.
 const TRANSFORMERS_TOKENS_PER_S: f64 = 135.0;
 
-/// GFLOP/s of one f32 matmul of the given shape through candle, best of a few runs.
+/// GFLOP/s of one f32 x·wᵀ of the given shape through the model's GEMM path (OpenBLAS with
+/// the `openblas` feature, else candle), best of a few runs.
 fn gemm_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
     use candle_core::{Device, Tensor};
     let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
@@ -173,7 +174,7 @@ fn gemm_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         let t = Instant::now();
-        let c = a.matmul(&b.t()?)?;
+        let c = crate::model::blas::linear(&a, &b)?;
         c.sum_all()?.to_scalar::<f32>()?;
         best = best.min(t.elapsed().as_secs_f64());
     }
@@ -188,13 +189,26 @@ pub fn ingest(a: &BenchIngest) -> Result<()> {
 
     let tmp = tempfile::tempdir()?;
     let model_dir = a.keep.clone().unwrap_or_else(|| tmp.path().join("model"));
-    let shape = TinyShape { hidden: 896, layers: 24, heads: 14, kv_heads: 2, intermediate: 4864 };
+    let shape = TinyShape {
+        hidden: 896,
+        layers: 24,
+        heads: 14,
+        kv_heads: 2,
+        intermediate: 4864,
+    };
     if !model_dir.join("model.safetensors").is_file() {
-        let texts: Vec<String> = read_questions(&a.data, Some(a.n))?.into_iter().map(|d| d.question).collect();
+        let texts: Vec<String> = read_questions(&a.data, Some(a.n))?
+            .into_iter()
+            .map(|d| d.question)
+            .collect();
         let t = Instant::now();
         write_tokenizer(&model_dir, Some(&a.tokenizer), &texts)?;
         write_model(&model_dir, &shape, 151_936, 0, None)?;
-        println!("wrote a random Qwen2.5-0.5B-shaped model to {} in {:.1} s", model_dir.display(), t.elapsed().as_secs_f64());
+        println!(
+            "wrote a random Qwen2.5-0.5B-shaped model to {} in {:.1} s",
+            model_dir.display(),
+            t.elapsed().as_secs_f64()
+        );
     }
     let lake = Lake::new(tmp.path().join("lake"));
     reset_peak_rss();
@@ -222,15 +236,27 @@ pub fn ingest(a: &BenchIngest) -> Result<()> {
     )?;
     let secs = t.elapsed().as_secs_f64();
     let rss = peak_rss().unwrap_or(0);
-    let (h, i, kv) = (shape.hidden as f64, shape.intermediate as f64, (shape.kv_heads * shape.hidden / shape.heads) as f64);
+    let (h, i, kv) = (
+        shape.hidden as f64,
+        shape.intermediate as f64,
+        (shape.kv_heads * shape.hidden / shape.heads) as f64,
+    );
     // Linear layers of every block up to the deepest captured one (23 = all 24); attention's
     // T×T products are small next to them at GSM8k lengths and are left out.
     let flops_per_token = 24.0 * 2.0 * (2.0 * h * h + 2.0 * h * kv + 3.0 * h * i);
     let tps = tokens as f64 / secs;
     let achieved = tps * flops_per_token / 1e9;
     let gemm = gemm_gflops(1024, 896, 4864)?;
-    println!("saerl ingest: {tokens} tokens in {secs:.1} s = {tps:.0} tokens/s; peak RSS {:.2} GiB", gib(rss));
-    println!("  model linear layers: {achieved:.1} GFLOP/s achieved vs candle f32 GEMM 1024×896×4864 at {gemm:.1} GFLOP/s ({:.0}%)", 100.0 * achieved / gemm);
+    println!(
+        "saerl ingest: {tokens} tokens in {secs:.1} s = {tps:.0} tokens/s; peak RSS {:.2} GiB",
+        gib(rss)
+    );
+    let path = if cfg!(feature = "openblas") {
+        "OpenBLAS"
+    } else {
+        "candle (build with --features openblas for the BLAS path)"
+    };
+    println!("  model linear layers: {achieved:.1} GFLOP/s achieved vs f32 GEMM 1024×896×4864 at {gemm:.1} GFLOP/s via {path} ({:.0}%)", 100.0 * achieved / gemm);
     println!("  transformers (PyTorch f32, 2 threads, same machine kind): {TRANSFORMERS_TOKENS_PER_S} tokens/s → saerl is {:.2}× (target ≥ 1)", tps / TRANSFORMERS_TOKENS_PER_S);
     Ok(())
 }

@@ -13,8 +13,8 @@ use anyhow::{Context, Result};
 use crate::commands::ingest;
 use crate::commands::plot::plot_query;
 use crate::data::{read_questions, SplitKind};
-use crate::model::random::{write_model, write_tokenizer, TinyShape};
 use crate::lake::{Lake, Txn};
+use crate::model::random::{write_model, write_tokenizer, TinyShape};
 use crate::sql::format::{print_batches, Format};
 use crate::sql::saved::QUERIES;
 use crate::sql::{open_session, run_sql};
@@ -77,14 +77,33 @@ fn tiny_model_stage(out: &Path, lake: &Lake, a: &DemoArgs) -> Result<()> {
         a.data.clone()
     } else {
         let p = out.join("prompts.jsonl");
-        let lines: Vec<String> = BUILTIN_PROMPTS.iter().map(|q| serde_json::json!({ "question": q }).to_string()).collect();
+        let lines: Vec<String> = BUILTIN_PROMPTS
+            .iter()
+            .map(|q| serde_json::json!({ "question": q }).to_string())
+            .collect();
         std::fs::write(&p, lines.join("\n"))?;
-        println!("{} not found: using {} built-in prompts", a.data.display(), BUILTIN_PROMPTS.len());
+        println!(
+            "{} not found: using {} built-in prompts",
+            a.data.display(),
+            BUILTIN_PROMPTS.len()
+        );
         p
     };
-    let texts: Vec<String> = read_questions(&data, Some(a.prompts))?.into_iter().map(|d| d.question).collect();
-    let shape = TinyShape { hidden: D_MODEL, layers: 4, heads: 4, kv_heads: 2, intermediate: 160 };
-    let stages = [("instruct_base", None), ("ppo_step10", Some((1u64, 0.05f32)))];
+    let texts: Vec<String> = read_questions(&data, Some(a.prompts))?
+        .into_iter()
+        .map(|d| d.question)
+        .collect();
+    let shape = TinyShape {
+        hidden: D_MODEL,
+        layers: 4,
+        heads: 4,
+        kv_heads: 2,
+        intermediate: 160,
+    };
+    let stages = [
+        ("instruct_base", None),
+        ("ppo_step10", Some((1u64, 0.05f32))),
+    ];
     for (stage, perturb) in stages {
         let dir = out.join("models").join(stage);
         let vocab = write_tokenizer(&dir, Some(&a.tokenizer), &texts)?;
@@ -117,7 +136,8 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
     let lake = Lake::new(out.join("lake"));
     for old in [lake.root().to_path_buf(), out.join("models")] {
         if old.exists() {
-            std::fs::remove_dir_all(&old).with_context(|| format!("clearing the previous demo's {}", old.display()))?;
+            std::fs::remove_dir_all(&old)
+                .with_context(|| format!("clearing the previous demo's {}", old.display()))?;
         }
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -140,7 +160,11 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
     let summary = "SELECT stage, layer, count(*) AS tokens, sum(CASE WHEN split = 'val' THEN 1 ELSE 0 END) AS val_tokens \
                    FROM activations GROUP BY stage, layer ORDER BY stage, layer";
     println!("activations of the tiny model (chain `tiny`):");
-    print_batches(&run_sql(&ctx, summary).await?, Format::Table, &mut std::io::stdout().lock())?;
+    print_batches(
+        &run_sql(&ctx, summary).await?,
+        Format::Table,
+        &mut std::io::stdout().lock(),
+    )?;
     for (name, sql) in QUERIES {
         let batches = run_sql(&ctx, sql)
             .await

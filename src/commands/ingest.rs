@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{read_questions, val_rows, SplitKind};
 use crate::lake::{
-    activation_batch, check_name, docs_batch, infer_step, vocab_batch, writer_properties, Lake, PartitionKey,
-    StageRow, Table, Txn,
+    activation_batch, check_name, docs_batch, infer_step, vocab_batch, writer_properties, Lake,
+    PartitionKey, StageRow, Table, Txn,
 };
 use crate::model::{device, load_model, Hooks, PaddedBatch, Qwen2Config, TextTokenizer};
 use crate::project::Project;
@@ -61,7 +61,9 @@ struct Manifest {
 }
 
 fn chunk_path(staging: &Path, layer: usize, chunk: usize) -> PathBuf {
-    staging.join(format!("layer={layer}")).join(format!("part-{chunk:05}.parquet"))
+    staging
+        .join(format!("layer={layer}"))
+        .join(format!("part-{chunk:05}.parquet"))
 }
 
 /// Returns the number of activation rows (real tokens) per layer.
@@ -74,7 +76,9 @@ pub fn run(lake: &Lake, a: &Ingest) -> Result<usize> {
     let project = Project::load_or_default(&a.project)?;
     let model_dir = match &a.model {
         Some(m) => m.clone(),
-        None => project.model_dir(&a.chain, &a.stage).context("pass --model DIR or declare the stage in saerl.toml")?,
+        None => project
+            .model_dir(&a.chain, &a.stage)
+            .context("pass --model DIR or declare the stage in saerl.toml")?,
     };
     let cfg = Qwen2Config::from_file(&model_dir.join("config.json"))?;
     let mut layers = a.layers.clone();
@@ -84,13 +88,20 @@ pub fn run(lake: &Lake, a: &Ingest) -> Result<usize> {
         bail!("--layers is empty");
     }
     if let Some(&l) = layers.iter().find(|&&l| l >= cfg.num_hidden_layers) {
-        bail!("--layers {l} is beyond the model: {} has blocks 0..{}", model_dir.display(), cfg.num_hidden_layers - 1);
+        bail!(
+            "--layers {l} is beyond the model: {} has blocks 0..{}",
+            model_dir.display(),
+            cfg.num_hidden_layers - 1
+        );
     }
     let tok = TextTokenizer::from_file(&model_dir.join("tokenizer.json"))?;
     let dev = device(&a.device)?;
     let model = load_model(&model_dir, &dev)?;
     let docs = read_questions(&a.data, a.limit)?;
-    let rows: Vec<Vec<u32>> = docs.iter().map(|d| tok.encode(&d.question, a.max_len)).collect::<Result<_>>()?;
+    let rows: Vec<Vec<u32>> = docs
+        .iter()
+        .map(|d| tok.encode(&d.question, a.max_len))
+        .collect::<Result<_>>()?;
     let n_rows: usize = rows.iter().map(Vec::len).sum();
     if n_rows == 0 {
         bail!("{}: the questions tokenize to no tokens", a.data.display());
@@ -120,7 +131,9 @@ pub fn run(lake: &Lake, a: &Ingest) -> Result<usize> {
         n_docs: docs.len(),
         n_rows,
     };
-    let staging = lake.tmp_root().join(format!("ingest-{}-{}", a.chain, a.stage));
+    let staging = lake
+        .tmp_root()
+        .join(format!("ingest-{}-{}", a.chain, a.stage));
     let manifest_path = staging.join("manifest.json");
     if manifest_path.is_file() {
         let old: Manifest = serde_json::from_str(&std::fs::read_to_string(&manifest_path)?)
@@ -134,17 +147,29 @@ pub fn run(lake: &Lake, a: &Ingest) -> Result<usize> {
             );
         }
     } else {
-        std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+        std::fs::create_dir_all(&staging)
+            .with_context(|| format!("creating {}", staging.display()))?;
         std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest)?)?;
     }
 
     let d = cfg.hidden_size;
     let pad = tok.pad_id();
     // Row offset of each document, to find its tokens' split flags.
-    let offsets: Vec<usize> = rows.iter().scan(0, |acc, r| Some(std::mem::replace(acc, *acc + r.len()))).collect();
-    let batches: Vec<std::ops::Range<usize>> = (0..docs.len()).step_by(a.batch).map(|s| s..(s + a.batch).min(docs.len())).collect();
+    let offsets: Vec<usize> = rows
+        .iter()
+        .scan(0, |acc, r| Some(std::mem::replace(acc, *acc + r.len())))
+        .collect();
+    let batches: Vec<std::ops::Range<usize>> = (0..docs.len())
+        .step_by(a.batch)
+        .map(|s| s..(s + a.batch).min(docs.len()))
+        .collect();
     let chunks: Vec<&[std::ops::Range<usize>]> = batches.chunks(a.chunk_batches).collect();
-    let tokens_of = |c: &[std::ops::Range<usize>]| -> u64 { c.iter().flat_map(|r| rows[r.clone()].iter()).map(|r| r.len() as u64).sum() };
+    let tokens_of = |c: &[std::ops::Range<usize>]| -> u64 {
+        c.iter()
+            .flat_map(|r| rows[r.clone()].iter())
+            .map(|r| r.len() as u64)
+            .sum()
+    };
 
     let bar = super::progress(n_rows as u64, "tokens");
     let mut written = 0;
@@ -161,17 +186,30 @@ pub fn run(lake: &Lake, a: &Ingest) -> Result<usize> {
             let path = chunk_path(&staging, l, c);
             std::fs::create_dir_all(path.parent().unwrap())?;
             let tmp = path.with_extension("parquet.tmp");
-            let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            let file = std::fs::File::create(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
             let schema = Table::Activations.file_schema(Some(d as i32));
-            writers.push((ArrowWriter::try_new(file, schema, Some(writer_properties(Table::Activations)))?, tmp, path));
+            writers.push((
+                ArrowWriter::try_new(file, schema, Some(writer_properties(Table::Activations)))?,
+                tmp,
+                path,
+            ));
         }
         for range in chunk.iter() {
             let batch = PaddedBatch::new(rows[range.clone()].to_vec(), pad, &dev)?;
-            let out = model.forward(&batch.ids, &batch.mask, &Hooks { capture: &layers, ..Default::default() })?;
+            let out = model.forward(
+                &batch.ids,
+                &batch.mask,
+                &Hooks {
+                    capture: &layers,
+                    ..Default::default()
+                },
+            )?;
             for (&l, (w, _, _)) in layers.iter().zip(writers.iter_mut()) {
                 let h: Vec<f32> = out.blocks[&l].flatten_all()?.to_vec1()?;
                 let t = batch.ids.dim(1)?;
-                let (mut doc_id, mut pos, mut token, mut flags, mut x) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                let (mut doc_id, mut pos, mut token, mut flags, mut x) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
                 for (i, doc) in range.clone().enumerate() {
                     for (p, &id) in rows[doc].iter().enumerate() {
                         let v = &h[(i * t + p) * d..(i * t + p + 1) * d];
@@ -199,18 +237,38 @@ pub fn run(lake: &Lake, a: &Ingest) -> Result<usize> {
     bar.finish_and_clear();
 
     for &l in &layers {
-        let files: Vec<PathBuf> = (0..chunks.len()).map(|c| chunk_path(&staging, l, c)).collect();
+        let files: Vec<PathBuf> = (0..chunks.len())
+            .map(|c| chunk_path(&staging, l, c))
+            .collect();
         txn.adopt(Table::Activations, &layer_key(l), &files)?;
     }
-    let dataset_split = if a.data.file_stem().is_some_and(|s| s.to_string_lossy().contains("test")) { "test" } else { "train" };
-    txn.write(Table::Docs, &stage_key, &[docs_batch(&docs, dataset_split)?])?;
-    let vocab: Vec<(u32, String)> = (0..tok.vocab_size() as u32).filter_map(|id| tok.id_to_token(id).map(|t| (id, t))).collect();
+    let dataset_split = if a
+        .data
+        .file_stem()
+        .is_some_and(|s| s.to_string_lossy().contains("test"))
+    {
+        "test"
+    } else {
+        "train"
+    };
+    txn.write(
+        Table::Docs,
+        &stage_key,
+        &[docs_batch(&docs, dataset_split)?],
+    )?;
+    let vocab: Vec<(u32, String)> = (0..tok.vocab_size() as u32)
+        .filter_map(|id| tok.id_to_token(id).map(|t| (id, t)))
+        .collect();
     txn.write(Table::Vocab, &stage_key, &[vocab_batch(&vocab)?])?;
     let (reward, kl_coef) = match project.stage(&a.chain, &a.stage) {
         Ok((c, _)) => (c.reward.clone(), c.kl_coef),
         Err(_) => chain_defaults(&a.chain),
     };
-    let step = project.stage(&a.chain, &a.stage).ok().and_then(|(_, s)| s.step).map_or_else(|| infer_step(&a.stage), Ok)?;
+    let step = project
+        .stage(&a.chain, &a.stage)
+        .ok()
+        .and_then(|(_, s)| s.step)
+        .map_or_else(|| infer_step(&a.stage), Ok)?;
     txn.upsert_stages(&[StageRow {
         chain: a.chain.clone(),
         stage: a.stage.clone(),

@@ -3,14 +3,23 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use arrow::array::{FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{
+    FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray,
+};
 use arrow::datatypes::{DataType, Field};
 
 use super::Table;
 use crate::data::Doc;
 
 /// Activation rows: `x` holds `doc_id.len()` vectors of width `d`, row-major.
-pub fn activation_batch(doc_id: Vec<i64>, pos: Vec<i32>, token_id: Vec<i32>, val: &[bool], x: Vec<f32>, d: usize) -> Result<RecordBatch> {
+pub fn activation_batch(
+    doc_id: Vec<i64>,
+    pos: Vec<i32>,
+    token_id: Vec<i32>,
+    val: &[bool],
+    x: Vec<f32>,
+    d: usize,
+) -> Result<RecordBatch> {
     let item = Arc::new(Field::new("item", DataType::Float32, false));
     let split = StringArray::from_iter_values(val.iter().map(|&v| if v { "val" } else { "train" }));
     Ok(RecordBatch::try_new(
@@ -20,7 +29,12 @@ pub fn activation_batch(doc_id: Vec<i64>, pos: Vec<i32>, token_id: Vec<i32>, val
             Arc::new(Int32Array::from(pos)),
             Arc::new(Int32Array::from(token_id)),
             Arc::new(split),
-            Arc::new(FixedSizeListArray::try_new(item, d as i32, Arc::new(Float32Array::from(x)), None)?),
+            Arc::new(FixedSizeListArray::try_new(
+                item,
+                d as i32,
+                Arc::new(Float32Array::from(x)),
+                None,
+            )?),
         ],
     )?)
 }
@@ -30,9 +44,15 @@ pub fn docs_batch(docs: &[Doc], dataset_split: &str) -> Result<RecordBatch> {
         Table::Docs.file_schema(None),
         vec![
             Arc::new(Int64Array::from_iter_values(docs.iter().map(|d| d.doc_id))),
-            Arc::new(StringArray::from_iter_values(docs.iter().map(|_| dataset_split))),
-            Arc::new(StringArray::from_iter_values(docs.iter().map(|d| d.question.as_str()))),
-            Arc::new(StringArray::from(docs.iter().map(|d| d.answer.as_deref()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from_iter_values(
+                docs.iter().map(|_| dataset_split),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                docs.iter().map(|d| d.question.as_str()),
+            )),
+            Arc::new(StringArray::from(
+                docs.iter().map(|d| d.answer.as_deref()).collect::<Vec<_>>(),
+            )),
         ],
     )?)
 }
@@ -41,8 +61,12 @@ pub fn vocab_batch(tokens: &[(u32, String)]) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(
         Table::Vocab.file_schema(None),
         vec![
-            Arc::new(Int32Array::from_iter_values(tokens.iter().map(|t| t.0 as i32))),
-            Arc::new(StringArray::from_iter_values(tokens.iter().map(|t| t.1.as_str()))),
+            Arc::new(Int32Array::from_iter_values(
+                tokens.iter().map(|t| t.0 as i32),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                tokens.iter().map(|t| t.1.as_str()),
+            )),
         ],
     )?)
 }

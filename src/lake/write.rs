@@ -198,9 +198,15 @@ impl Txn {
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         for (i, f) in files.iter().enumerate() {
             let dest = tmp.join(format!("part-{i:05}.parquet"));
-            std::fs::rename(f, &dest).with_context(|| format!("moving {} into the lake", f.display()))?;
+            std::fs::rename(f, &dest)
+                .with_context(|| format!("moving {} into the lake", f.display()))?;
         }
-        self.staged.push(Staged { tmp, dest: self.lake.root().join(rel), replace: false, label: format!("{} {key}", table.name()) });
+        self.staged.push(Staged {
+            tmp,
+            dest: self.lake.root().join(rel),
+            replace: false,
+            label: format!("{} {key}", table.name()),
+        });
         Ok(())
     }
 

@@ -45,14 +45,20 @@ pub struct Qwen2Config {
 
 impl Qwen2Config {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
     pub fn parse(text: &str) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_str(text).context("config.json is not a Qwen2 config")?;
+        let raw: RawConfig =
+            serde_json::from_str(text).context("config.json is not a Qwen2 config")?;
         let arch_ok = raw.model_type.as_deref() == Some("qwen2")
-            || raw.architectures.iter().flatten().any(|a| a == "Qwen2ForCausalLM" || a == "Qwen2Model");
+            || raw
+                .architectures
+                .iter()
+                .flatten()
+                .any(|a| a == "Qwen2ForCausalLM" || a == "Qwen2Model");
         if !arch_ok {
             bail!(
                 "unsupported architecture (model_type {:?}, architectures {:?}): saerl runs Qwen2 models",

@@ -18,16 +18,27 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join("model.safetensors.index.json");
     if !index.is_file() {
-        bail!("{}: neither model.safetensors nor model.safetensors.index.json found", dir.display());
+        bail!(
+            "{}: neither model.safetensors nor model.safetensors.index.json found",
+            dir.display()
+        );
     }
-    let text = std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", index.display()))?;
-    let map = v["weight_map"].as_object().with_context(|| format!("{}: no weight_map", index.display()))?;
+    let text =
+        std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", index.display()))?;
+    let map = v["weight_map"]
+        .as_object()
+        .with_context(|| format!("{}: no weight_map", index.display()))?;
     let shards: BTreeSet<&str> = map.values().filter_map(|s| s.as_str()).collect();
     let files: Vec<PathBuf> = shards.into_iter().map(|s| dir.join(s)).collect();
     for f in &files {
         if !f.is_file() {
-            bail!("shard {} listed in {} is missing", f.display(), index.display());
+            bail!(
+                "shard {} listed in {} is missing",
+                f.display(),
+                index.display()
+            );
         }
     }
     Ok(files)
@@ -43,5 +54,10 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<Qwen2> {
     // SAFETY: the files are memory-mapped read-only and not modified while loaded.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device) }
         .with_context(|| format!("opening the weights of {}", dir.display()))?;
-    Qwen2::new(&cfg, vb).with_context(|| format!("loading {} (do config.json and the weights agree?)", dir.display()))
+    Qwen2::new(&cfg, vb).with_context(|| {
+        format!(
+            "loading {} (do config.json and the weights agree?)",
+            dir.display()
+        )
+    })
 }

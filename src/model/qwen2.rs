@@ -21,7 +21,11 @@ struct Linear {
 impl Linear {
     fn new(vb: VarBuilder, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
         let w = vb.get((d_out, d_in), "weight")?;
-        let b = if bias { Some(vb.get(d_out, "bias")?) } else { None };
+        let b = if bias {
+            Some(vb.get(d_out, "bias")?)
+        } else {
+            None
+        };
         Ok(Self { w, b })
     }
 
@@ -30,7 +34,7 @@ impl Linear {
         let mut dims = x.dims().to_vec();
         let d_in = dims.pop().unwrap();
         let rows: usize = dims.iter().product();
-        let mut y = x.reshape((rows, d_in))?.matmul(&self.w.t()?)?;
+        let mut y = super::blas::linear(&x.reshape((rows, d_in))?, &self.w)?;
         if let Some(b) = &self.b {
             y = y.broadcast_add(b)?;
         }
@@ -46,11 +50,18 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn new(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
-        Ok(Self { w: vb.get(size, "weight")?, eps: eps as f32 })
+        Ok(Self {
+            w: vb.get(size, "weight")?,
+            eps: eps as f32,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.w, self.eps)?)
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            &self.w,
+            self.eps,
+        )?)
     }
 }
 
@@ -62,7 +73,9 @@ struct Rotary {
 impl Rotary {
     fn new(cfg: &Qwen2Config) -> Self {
         let hd = cfg.head_dim;
-        let inv_freq = (0..hd / 2).map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32).collect();
+        let inv_freq = (0..hd / 2)
+            .map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
+            .collect();
         Self { inv_freq }
     }
 
@@ -108,12 +121,18 @@ impl Attention {
             return Ok(x);
         }
         let (b, kv, t, d) = x.dims4()?;
-        Ok(x.unsqueeze(2)?.expand((b, kv, rep, t, d))?.reshape((b, kv * rep, t, d))?)
+        Ok(x.unsqueeze(2)?
+            .expand((b, kv, rep, t, d))?
+            .reshape((b, kv * rep, t, d))?)
     }
 
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let split = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()?) };
+        let split = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
         let q = split(self.q.forward(x)?, self.heads)?;
         let k = split(self.k.forward(x)?, self.kv_heads)?;
         let v = split(self.v.forward(x)?, self.kv_heads)?;
@@ -124,7 +143,9 @@ impl Attention {
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let y = probs.matmul(&v.contiguous()?)?;
-        let y = y.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b, t, self.heads * self.head_dim))?;
         self.o.forward(&y)
     }
 }
@@ -163,7 +184,11 @@ impl Block {
         Ok(Self {
             norm1: RmsNorm::new(vb.pp("input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
             attn: Attention::new(cfg, vb.pp("self_attn"))?,
-            norm2: RmsNorm::new(vb.pp("post_attention_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            norm2: RmsNorm::new(
+                vb.pp("post_attention_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
         })
     }
@@ -211,7 +236,11 @@ impl Qwen2 {
         let blocks = (0..cfg.num_hidden_layers)
             .map(|i| Block::new(cfg, m.pp(format!("layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
-        let head = if cfg.tie_word_embeddings { embed.clone() } else { vb.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")? };
+        let head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            vb.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")?
+        };
         Ok(Self {
             cfg: cfg.clone(),
             embed,
@@ -252,18 +281,35 @@ impl Qwen2 {
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, hooks: &Hooks) -> Result<Output> {
         let (b, t) = ids.dims2()?;
         let n = self.blocks.len();
-        if let Some(&bad) = hooks.capture.iter().chain(hooks.replace.iter().map(|(i, _)| i)).find(|&&i| i >= n) {
-            bail!("block {bad} requested, but the model has {n} blocks (0..{})", n - 1);
+        if let Some(&bad) = hooks
+            .capture
+            .iter()
+            .chain(hooks.replace.iter().map(|(i, _)| i))
+            .find(|&&i| i >= n)
+        {
+            bail!(
+                "block {bad} requested, but the model has {n} blocks (0..{})",
+                n - 1
+            );
         }
         let deepest = if hooks.logits {
             n - 1
         } else {
-            match hooks.capture.iter().chain(hooks.replace.iter().map(|(i, _)| i)).max() {
+            match hooks
+                .capture
+                .iter()
+                .chain(hooks.replace.iter().map(|(i, _)| i))
+                .max()
+            {
                 Some(&d) => d,
                 None => bail!("a forward pass needs a block to capture or logits"),
             }
         };
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+            b,
+            t,
+            self.cfg.hidden_size,
+        ))?;
         let (cos, sin) = self.rotary.tables(t, ids.device())?;
         let att_mask = Self::attention_mask(mask)?;
         let mut blocks = BTreeMap::new();
@@ -281,7 +327,10 @@ impl Qwen2 {
         let logits = if hooks.logits {
             let h = self.norm.forward(&x)?;
             let v = self.cfg.vocab_size;
-            Some(h.reshape((b * t, self.cfg.hidden_size))?.matmul(&self.head.t()?)?.reshape((b, t, v))?)
+            Some(
+                super::blas::linear(&h.reshape((b * t, self.cfg.hidden_size))?, &self.head)?
+                    .reshape((b, t, v))?,
+            )
         } else {
             None
         };
@@ -291,14 +340,23 @@ impl Qwen2 {
 
 /// log p(ids[t+1] | ids[..=t]) for t < T-1, zero where the target is padding [B,T-1], and the
 /// sum and count of the real targets' negative log-likelihoods (Hugging Face's loss = sum/count).
-pub fn next_token_logprobs(logits: &Tensor, ids: &Tensor, mask: &Tensor) -> Result<(Tensor, f64, usize)> {
+pub fn next_token_logprobs(
+    logits: &Tensor,
+    ids: &Tensor,
+    mask: &Tensor,
+) -> Result<(Tensor, f64, usize)> {
     let (_, t, _) = logits.dims3()?;
     if t < 2 {
         bail!("need at least two positions to score next tokens");
     }
     let lp = candle_nn::ops::log_softmax(&logits.narrow(1, 0, t - 1)?, D::Minus1)?;
-    let targets = ids.narrow(1, 1, t - 1)?.to_dtype(DType::U32)?.contiguous()?;
-    let picked = lp.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?;
+    let targets = ids
+        .narrow(1, 1, t - 1)?
+        .to_dtype(DType::U32)?
+        .contiguous()?;
+    let picked = lp
+        .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
+        .squeeze(D::Minus1)?;
     let real = mask.narrow(1, 1, t - 1)?.to_dtype(DType::F32)?;
     let picked = (picked * &real)?;
     let sum = -(picked.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
@@ -308,7 +366,12 @@ pub fn next_token_logprobs(logits: &Tensor, ids: &Tensor, mask: &Tensor) -> Resu
 
 /// Replaces real-token positions of a block output with one vector (mean ablation).
 pub fn replace_real_with(h: &Tensor, mask: &Tensor, vector: &Tensor) -> Result<Tensor> {
-    let m = mask.to_dtype(DType::U8)?.unsqueeze(D::Minus1)?.broadcast_as(h.shape())?;
-    let v = vector.reshape((1, 1, vector.elem_count()))?.broadcast_as(h.shape())?;
+    let m = mask
+        .to_dtype(DType::U8)?
+        .unsqueeze(D::Minus1)?
+        .broadcast_as(h.shape())?;
+    let v = vector
+        .reshape((1, 1, vector.elem_count()))?
+        .broadcast_as(h.shape())?;
     Ok(m.where_cond(&v, h)?)
 }

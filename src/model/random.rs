@@ -46,8 +46,10 @@ pub fn write_tokenizer(dir: &Path, real: Option<&Path>, texts: &[String]) -> Res
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build()
             .into();
-        tok.train(&mut trainer, texts.iter()).map_err(|e| anyhow::anyhow!("training a BPE tokenizer: {e}"))?;
-        tok.save(&out, false).map_err(|e| anyhow::anyhow!("saving {}: {e}", out.display()))?;
+        tok.train(&mut trainer, texts.iter())
+            .map_err(|e| anyhow::anyhow!("training a BPE tokenizer: {e}"))?;
+        tok.save(&out, false)
+            .map_err(|e| anyhow::anyhow!("saving {}: {e}", out.display()))?;
     }
     let tok = super::TextTokenizer::from_file(&out)?;
     Ok(tok.vocab_size())
@@ -56,7 +58,13 @@ pub fn write_tokenizer(dir: &Path, real: Option<&Path>, texts: &[String]) -> Res
 /// Writes config.json and model.safetensors of a random Qwen2 with tied embeddings.
 /// `perturb` = (noise seed, scale) adds relative noise of that scale to the weights drawn from
 /// `seed`, giving a "fine-tuned" copy of the same base model.
-pub fn write_model(dir: &Path, shape: &TinyShape, vocab: usize, seed: u64, perturb: Option<(u64, f32)>) -> Result<Qwen2Config> {
+pub fn write_model(
+    dir: &Path,
+    shape: &TinyShape,
+    vocab: usize,
+    seed: u64,
+    perturb: Option<(u64, f32)>,
+) -> Result<Qwen2Config> {
     std::fs::create_dir_all(dir)?;
     let config = serde_json::json!({
         "architectures": ["Qwen2ForCausalLM"],
@@ -72,11 +80,17 @@ pub fn write_model(dir: &Path, shape: &TinyShape, vocab: usize, seed: u64, pertu
         "tie_word_embeddings": true,
         "torch_dtype": "float32",
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
     let cfg = Qwen2Config::parse(&config.to_string())?;
     let (h, i, hd) = (shape.hidden, shape.intermediate, h_dim(shape));
     let kv = shape.kv_heads * hd;
-    let mut names: Vec<(String, Vec<usize>)> = vec![("model.embed_tokens.weight".into(), vec![vocab, h]), ("model.norm.weight".into(), vec![h])];
+    let mut names: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![vocab, h]),
+        ("model.norm.weight".into(), vec![h]),
+    ];
     for l in 0..shape.layers {
         let p = format!("model.layers.{l}");
         for (n, s) in [
@@ -117,7 +131,11 @@ pub fn write_model(dir: &Path, shape: &TinyShape, vocab: usize, seed: u64, pertu
                 }
             })
             .collect();
-        data.push((name, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
+        data.push((
+            name,
+            shape,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ));
     }
     let views: Vec<(String, TensorView)> = data
         .iter()

@@ -23,7 +23,8 @@ pub struct PaddedBatch {
 
 impl TextTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = Tokenizer::from_file(path).map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
+        let inner = Tokenizer::from_file(path)
+            .map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
         Ok(Self { inner })
     }
 
@@ -32,7 +33,10 @@ impl TextTokenizer {
     }
 
     pub fn encode(&self, text: &str, max_len: usize) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
         let mut ids = enc.get_ids().to_vec();
         ids.truncate(max_len);
         Ok(ids)

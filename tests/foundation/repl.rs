@@ -144,3 +144,28 @@ fn demo_builds_the_synthetic_study_and_every_figure() {
     assert_eq!(rows.len(), 6, "layers 6/12/18 × two transitions");
     assert!(rows.iter().all(|r| (0.3..3.0).contains(r)), "{rows:?}");
 }
+
+#[test]
+fn demo_needs_nothing_outside_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let missing = dir.path().join("missing");
+    let o = Command::new(env!("CARGO_BIN_EXE_saerl"))
+        .args(["demo", "--out", out.to_str().unwrap(), "--prompts", "6"])
+        .args(["--data", missing.join("train.jsonl").to_str().unwrap()])
+        .args([
+            "--tokenizer",
+            missing.join("tokenizer.json").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "demo failed:\n{}", stderr(&o));
+    assert!(stdout(&o).contains("built-in prompts"), "{}", stdout(&o));
+    // A BPE tokenizer was trained for the generated model.
+    let tok: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("models/instruct_base/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(tok["model"]["type"], "BPE");
+    assert!(out.join("decoder_drift.png").is_file());
+}

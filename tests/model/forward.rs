@@ -11,7 +11,16 @@ fn reference() -> std::collections::HashMap<String, Tensor> {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -21,11 +30,19 @@ fn tokenizer_reproduces_the_reference_input_ids() {
     let mask: Vec<Vec<i64>> = r["attention_mask"].to_vec2().unwrap();
     let tok = TextTokenizer::from_file(&tiny().join("tokenizer.json")).unwrap();
     for (i, q) in reference_questions().iter().enumerate() {
-        let got: Vec<i64> = tok.encode(q, max_len()).unwrap().into_iter().map(i64::from).collect();
+        let got: Vec<i64> = tok
+            .encode(q, max_len())
+            .unwrap()
+            .into_iter()
+            .map(i64::from)
+            .collect();
         let n = mask[i].iter().filter(|&&m| m == 1).count();
         assert_eq!(got, ids[i][..n].to_vec(), "row {i}");
     }
-    assert_eq!(tok.pad_id() as i64, reference_json()["pad_token_id"].as_i64().unwrap());
+    assert_eq!(
+        tok.pad_id() as i64,
+        reference_json()["pad_token_id"].as_i64().unwrap()
+    );
 }
 
 #[test]
@@ -36,7 +53,17 @@ fn blocks_logprobs_logits_and_losses_match_transformers() {
     let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
     let mask = r["attention_mask"].to_dtype(DType::U8).unwrap();
     let all: Vec<usize> = (0..n).collect();
-    let out = model.forward(&ids, &mask, &Hooks { capture: &all, logits: true, ..Default::default() }).unwrap();
+    let out = model
+        .forward(
+            &ids,
+            &mask,
+            &Hooks {
+                capture: &all,
+                logits: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let real = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
     for i in 0..n {
         let want = r[&format!("resid.{i}")].broadcast_mul(&real).unwrap();
@@ -57,14 +84,32 @@ fn blocks_logprobs_logits_and_losses_match_transformers() {
     let losses = &reference_json()["losses"];
     let rel = |got: f64, want: f64| (got - want).abs() / want.abs();
     let base = sum / count as f64;
-    assert!(rel(base, losses["base"].as_f64().unwrap()) < 1e-4, "base loss {base} vs {}", losses["base"]);
+    assert!(
+        rel(base, losses["base"].as_f64().unwrap()) < 1e-4,
+        "base loss {base} vs {}",
+        losses["base"]
+    );
     for i in 0..n {
         let mean = r[&format!("mean.{i}")].clone();
         let f = |h: &Tensor, m: &Tensor| replace_real_with(h, m, &mean);
-        let out = model.forward(&ids, &mask, &Hooks { replace: Some((i, &f)), logits: true, ..Default::default() }).unwrap();
+        let out = model
+            .forward(
+                &ids,
+                &mask,
+                &Hooks {
+                    replace: Some((i, &f)),
+                    logits: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         let (_, sum, count) = next_token_logprobs(&out.logits.unwrap(), &ids, &mask).unwrap();
         let want = losses[format!("mean_ablate.{i}")].as_f64().unwrap();
-        assert!(rel(sum / count as f64, want) < 1e-4, "mean-ablation loss of block {i}: {} vs {want}", sum / count as f64);
+        assert!(
+            rel(sum / count as f64, want) < 1e-4,
+            "mean-ablation loss of block {i}: {} vs {want}",
+            sum / count as f64
+        );
     }
 }
 
@@ -74,11 +119,40 @@ fn stopping_early_gives_the_same_blocks() {
     let model = load_model(&tiny(), &Device::Cpu).unwrap();
     let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
     let mask = r["attention_mask"].to_dtype(DType::U8).unwrap();
-    let full = model.forward(&ids, &mask, &Hooks { capture: &[1], logits: true, ..Default::default() }).unwrap();
-    let early = model.forward(&ids, &mask, &Hooks { capture: &[1], ..Default::default() }).unwrap();
+    let full = model
+        .forward(
+            &ids,
+            &mask,
+            &Hooks {
+                capture: &[1],
+                logits: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let early = model
+        .forward(
+            &ids,
+            &mask,
+            &Hooks {
+                capture: &[1],
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert!(early.logits.is_none());
     assert_eq!(max_abs_diff(&full.blocks[&1], &early.blocks[&1]), 0.0);
     let n = model.config().num_hidden_layers;
-    let err = model.forward(&ids, &mask, &Hooks { capture: &[n], ..Default::default() }).err().unwrap();
+    let err = model
+        .forward(
+            &ids,
+            &mask,
+            &Hooks {
+                capture: &[n],
+                ..Default::default()
+            },
+        )
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("blocks"), "{err}");
 }

@@ -15,20 +15,41 @@ use saerl::lake::{Lake, PartitionKey, Table};
 use crate::*;
 
 fn saerl(lake: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_saerl")).arg("--lake").arg(lake).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_saerl"))
+        .arg("--lake")
+        .arg(lake)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn questions_file(dir: &Path) -> PathBuf {
     let path = dir.join("questions.jsonl");
-    let lines: Vec<String> = reference_questions().iter().map(|q| serde_json::json!({ "question": q }).to_string()).collect();
+    let lines: Vec<String> = reference_questions()
+        .iter()
+        .map(|q| serde_json::json!({ "question": q }).to_string())
+        .collect();
     std::fs::write(&path, lines.join("\n")).unwrap();
     path
 }
 
 fn ingest_args(data: &Path, stage: &str, layers: &str, batch: usize) -> Vec<String> {
     [
-        "ingest", "--chain", "tiny", "--stage", stage, "--model", tiny().to_str().unwrap(), "--layers", layers,
-        "--data", data.to_str().unwrap(), "--max-len", &max_len().to_string(), "--batch", &batch.to_string(),
+        "ingest",
+        "--chain",
+        "tiny",
+        "--stage",
+        stage,
+        "--model",
+        tiny().to_str().unwrap(),
+        "--layers",
+        layers,
+        "--data",
+        data.to_str().unwrap(),
+        "--max-len",
+        &max_len().to_string(),
+        "--batch",
+        &batch.to_string(),
     ]
     .map(String::from)
     .to_vec()
@@ -36,14 +57,20 @@ fn ingest_args(data: &Path, stage: &str, layers: &str, batch: usize) -> Vec<Stri
 
 fn run_ok(lake: &Path, args: &[String]) {
     let o = saerl(lake, &args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(o.status.success(), "saerl {args:?}:\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "saerl {args:?}:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, u64> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries {
             let p = e.unwrap().path();
             if p.is_dir() {
@@ -86,25 +113,40 @@ fn activations_equal_the_reference_residuals() {
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
     let data = questions_file(dir.path());
-    let r = candle_core::safetensors::load(tiny().join("reference.safetensors"), &Device::Cpu).unwrap();
+    let r =
+        candle_core::safetensors::load(tiny().join("reference.safetensors"), &Device::Cpu).unwrap();
     let mask: Vec<Vec<i64>> = r["attention_mask"].to_vec2().unwrap();
     let ids: Vec<Vec<i64>> = r["input_ids"].to_vec2().unwrap();
     let n_blocks = r.keys().filter(|k| k.starts_with("resid.")).count();
     let layers: Vec<String> = (0..n_blocks).map(|i| i.to_string()).collect();
     let batch = reference_json()["args"]["batch"].as_u64().unwrap() as usize;
-    run_ok(&lake, &ingest_args(&data, "instruct_base", &layers.join(","), batch));
+    run_ok(
+        &lake,
+        &ingest_args(&data, "instruct_base", &layers.join(","), batch),
+    );
 
     let lake = Lake::open(&lake).unwrap();
     let real: usize = mask.iter().flatten().filter(|&&m| m == 1).count();
     for l in 0..n_blocks {
         let resid: Vec<Vec<Vec<f32>>> = r[&format!("resid.{l}")].to_vec3().unwrap();
-        let batches = lake.read_partition(Table::Activations, &PartitionKey::layer("tiny", "instruct_base", l as i32)).unwrap();
+        let batches = lake
+            .read_partition(
+                Table::Activations,
+                &PartitionKey::layer("tiny", "instruct_base", l as i32),
+            )
+            .unwrap();
         let mut flags = Vec::new();
         let mut rows = 0;
         for b in &batches {
-            let doc = b.column_by_name("doc_id").unwrap().as_primitive::<Int64Type>();
+            let doc = b
+                .column_by_name("doc_id")
+                .unwrap()
+                .as_primitive::<Int64Type>();
             let pos = b.column_by_name("pos").unwrap().as_primitive::<Int32Type>();
-            let tok = b.column_by_name("token_id").unwrap().as_primitive::<Int32Type>();
+            let tok = b
+                .column_by_name("token_id")
+                .unwrap()
+                .as_primitive::<Int32Type>();
             let split = b.column_by_name("split").unwrap().as_string::<i32>();
             let x = b.column_by_name("x").unwrap().as_fixed_size_list();
             for i in 0..b.num_rows() {
@@ -114,14 +156,22 @@ fn activations_equal_the_reference_residuals() {
                 let v = x.value(i);
                 let v = v.as_primitive::<Float32Type>();
                 for (j, want) in resid[d][p].iter().enumerate() {
-                    assert!((v.value(j) - want).abs() < 1e-4, "block {l} doc {d} pos {p} dim {j}: {} vs {want}", v.value(j));
+                    assert!(
+                        (v.value(j) - want).abs() < 1e-4,
+                        "block {l} doc {d} pos {p} dim {j}: {} vs {want}",
+                        v.value(j)
+                    );
                 }
                 flags.push(split.value(i) == "val");
                 rows += 1;
             }
         }
         assert_eq!(rows, real, "block {l}: one row per real token");
-        assert_eq!(flags, documented_val_rows(real, 0.2, 0), "block {l}: rows in (doc, pos) order, split by the seeded permutation");
+        assert_eq!(
+            flags,
+            documented_val_rows(real, 0.2, 0),
+            "block {l}: rows in (doc, pos) order, split by the seeded permutation"
+        );
     }
 }
 
@@ -138,10 +188,21 @@ fn an_interrupted_ingest_resumes_to_the_same_table() {
     stop.extend(["--stop-after-chunks", "2"].map(String::from));
     let o = saerl(&a, &stop.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("rerun to resume"));
-    assert!(!a.join("activations").exists(), "nothing is published before the end");
+    assert!(
+        !a.join("activations").exists(),
+        "nothing is published before the end"
+    );
     run_ok(&a, &args);
-    let strip = |s: BTreeMap<PathBuf, u64>| -> BTreeMap<PathBuf, u64> { s.into_iter().filter(|(p, _)| !p.starts_with("stages")).collect() };
-    assert_eq!(strip(snapshot(&a)), strip(snapshot(&b)), "resumed and uninterrupted runs write the same files");
+    let strip = |s: BTreeMap<PathBuf, u64>| -> BTreeMap<PathBuf, u64> {
+        s.into_iter()
+            .filter(|(p, _)| !p.starts_with("stages"))
+            .collect()
+    };
+    assert_eq!(
+        strip(snapshot(&a)),
+        strip(snapshot(&b)),
+        "resumed and uninterrupted runs write the same files"
+    );
     assert!(!a.join(".tmp").exists(), "the staging directory is removed");
 }
 
@@ -156,7 +217,10 @@ fn bad_input_is_refused_and_the_lake_is_unchanged() {
         let o = saerl(&lake, &args.iter().map(String::as_str).collect::<Vec<_>>());
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{args:?} should fail");
-        assert!(err.contains(needle), "{args:?}: stderr should mention {needle:?}:\n{err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: stderr should mention {needle:?}:\n{err}"
+        );
         assert_eq!(snapshot(&lake), before, "{args:?} changed the lake");
     };
     let model_copy = |name: &str| -> PathBuf {
@@ -176,15 +240,32 @@ fn bad_input_is_refused_and_the_lake_is_unchanged() {
 
     // A sharded checkpoint whose second shard is missing.
     let sharded = model_copy("sharded");
-    std::fs::copy(tiny().join("model.safetensors"), sharded.join("model-00001-of-00002.safetensors")).unwrap();
+    std::fs::copy(
+        tiny().join("model.safetensors"),
+        sharded.join("model-00001-of-00002.safetensors"),
+    )
+    .unwrap();
     let index = serde_json::json!({"weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors", "model.norm.weight": "model-00002-of-00002.safetensors"}});
-    std::fs::write(sharded.join("model.safetensors.index.json"), index.to_string()).unwrap();
-    check(with_model(&sharded, "1"), "model-00002-of-00002.safetensors");
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    check(
+        with_model(&sharded, "1"),
+        "model-00002-of-00002.safetensors",
+    );
 
     // config.json that disagrees with the weights.
     let wrong = model_copy("wrong");
-    std::os::unix::fs::symlink(tiny().join("model.safetensors"), wrong.join("model.safetensors")).unwrap();
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tiny().join("config.json")).unwrap()).unwrap();
+    std::os::unix::fs::symlink(
+        tiny().join("model.safetensors"),
+        wrong.join("model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny().join("config.json")).unwrap())
+            .unwrap();
     cfg["intermediate_size"] = serde_json::json!(cfg["intermediate_size"].as_u64().unwrap() + 8);
     std::fs::write(wrong.join("config.json"), cfg.to_string()).unwrap();
     check(with_model(&wrong, "1"), "shape");
@@ -198,16 +279,28 @@ fn bad_input_is_refused_and_the_lake_is_unchanged() {
 
     // Blocks the model does not have.
     let n = reference_json()["args"]["layers"].as_u64().unwrap();
-    check(ingest_args(&data, "ppo_step10", &n.to_string(), 4), "beyond the model");
+    check(
+        ingest_args(&data, "ppo_step10", &n.to_string(), 4),
+        "beyond the model",
+    );
 
     // Empty data, and a line that is not UTF-8.
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();
-    check(ingest_args(&empty, "ppo_step10", "1", 4), "holds no questions");
+    check(
+        ingest_args(&empty, "ppo_step10", "1", 4),
+        "holds no questions",
+    );
     let binary = dir.path().join("binary.jsonl");
     std::fs::write(&binary, b"{\"question\": \"ok\"}\n\xff\xfe{\n").unwrap();
-    check(ingest_args(&binary, "ppo_step10", "1", 4), "line 2: not UTF-8");
+    check(
+        ingest_args(&binary, "ppo_step10", "1", 4),
+        "line 2: not UTF-8",
+    );
 
     // An existing partition without --overwrite.
-    check(ingest_args(&data, "instruct_base", "1", 4), "already exists");
+    check(
+        ingest_args(&data, "instruct_base", "1", 4),
+        "already exists",
+    );
 }

@@ -10,7 +10,11 @@ pub fn fixtures() -> PathBuf {
     let p = std::env::var_os("SAERL_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
-    assert!(p.is_dir(), "fixtures not found at {} (set SAERL_FIXTURES)", p.display());
+    assert!(
+        p.is_dir(),
+        "fixtures not found at {} (set SAERL_FIXTURES)",
+        p.display()
+    );
     p
 }
 
@@ -29,15 +33,28 @@ pub fn reference_questions() -> Vec<String> {
     // Recorded relative to shared/ (e.g. data/gsm8k/test.jsonl), or as a bare file name.
     let name = Path::new(args["gsm8k"].as_str().unwrap());
     let shared = fixtures().join("..");
-    let file = [shared.join(name), shared.join("data/gsm8k").join(name.file_name().unwrap())]
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("the reference's GSM8k file {name:?} is not under {}", shared.display()));
+    let file = [
+        shared.join(name),
+        shared.join("data/gsm8k").join(name.file_name().unwrap()),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| {
+        panic!(
+            "the reference's GSM8k file {name:?} is not under {}",
+            shared.display()
+        )
+    });
     let seed = args["seed"].as_u64().unwrap() as usize;
     let batch = args["batch"].as_u64().unwrap() as usize;
     let text = std::fs::read_to_string(file).unwrap();
     text.lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["question"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["question"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .skip(seed * 7)
         .take(batch)
         .collect()
