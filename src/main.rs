@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use saerl::commands::{bench, demo, import, ingest, init, plot, sql};
-use saerl::data::SplitKind;
 use saerl::lake::Lake;
 use saerl::sql::Format;
 
@@ -33,45 +32,7 @@ enum Command {
         force: bool,
     },
     /// Run a checkpoint over GSM8k questions and store residual-stream activations.
-    Ingest {
-        #[arg(long)]
-        chain: String,
-        #[arg(long)]
-        stage: String,
-        /// Hugging Face checkpoint directory (default: the stage's model in saerl.toml).
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Project file declaring chains and stages.
-        #[arg(long, default_value = "saerl.toml")]
-        project: PathBuf,
-        /// Blocks whose output to store (0-based).
-        #[arg(long, value_delimiter = ',', default_value = "6,12,18,23")]
-        layers: Vec<usize>,
-        /// JSON lines with a "question" field (raw text, no chat template).
-        #[arg(long, default_value = "../shared/data/gsm8k/train.jsonl")]
-        data: PathBuf,
-        #[arg(long, default_value_t = 512)]
-        max_len: usize,
-        #[arg(long, default_value_t = 16)]
-        batch: usize,
-        /// Only the first N questions.
-        #[arg(long)]
-        limit: Option<usize>,
-        #[arg(long, default_value_t = 0.2)]
-        val_frac: f64,
-        #[arg(long, value_enum, default_value = "random")]
-        split: SplitKind,
-        #[arg(long, default_value_t = 0)]
-        split_seed: u64,
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        #[arg(long)]
-        overwrite: bool,
-        #[arg(long, default_value_t = 32, hide = true)]
-        chunk_batches: usize,
-        #[arg(long, hide = true)]
-        stop_after_chunks: Option<usize>,
-    },
+    Ingest(ingest::Ingest),
     /// Import SAE checkpoints from other formats.
     Import {
         #[command(subcommand)]
@@ -176,45 +137,7 @@ async fn main() -> ExitCode {
     let lake = Lake::new(&cli.lake);
     let result = match cli.command {
         Command::Init { path, force } => init::run(&path, force),
-        Command::Ingest {
-            chain,
-            stage,
-            model,
-            project,
-            layers,
-            data,
-            max_len,
-            batch,
-            limit,
-            val_frac,
-            split,
-            split_seed,
-            device,
-            overwrite,
-            chunk_batches,
-            stop_after_chunks,
-        } => ingest::run(
-            &lake,
-            &ingest::Ingest {
-                chain,
-                stage,
-                model,
-                project,
-                layers,
-                data,
-                max_len,
-                batch,
-                limit,
-                val_frac,
-                split,
-                split_seed,
-                device,
-                overwrite,
-                chunk_batches,
-                stop_after_chunks,
-            },
-        )
-        .map(|_| ()),
+        Command::Ingest(args) => ingest::run(&lake, &args).map(|_| ()),
         Command::Import {
             what:
                 ImportWhat::Pt {

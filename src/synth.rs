@@ -25,7 +25,8 @@ pub struct ChainPlan {
     pub rate: f64,
 }
 
-fn normal(rng: &mut SmallRng) -> f32 {
+/// A standard normal sample.
+pub fn normal(rng: &mut SmallRng) -> f32 {
     // Box–Muller; avoids a distribution crate for one function.
     let u1: f64 = rng.random::<f64>().max(1e-300);
     let u2: f64 = rng.random();

@@ -184,7 +184,7 @@ fn gemm_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
 /// `saerl bench ingest`: a random model with Qwen2.5-0.5B's shape over GSM8k questions.
 pub fn ingest(a: &BenchIngest) -> Result<()> {
     use crate::commands::ingest::{run, Ingest};
-    use crate::data::{read_questions, SplitKind};
+    use crate::data::read_questions;
     use crate::model::random::{write_model, write_tokenizer, TinyShape};
 
     let tmp = tempfile::tempdir()?;
@@ -213,27 +213,17 @@ pub fn ingest(a: &BenchIngest) -> Result<()> {
     let lake = Lake::new(tmp.path().join("lake"));
     reset_peak_rss();
     let t = Instant::now();
-    let tokens = run(
-        &lake,
-        &Ingest {
-            chain: "bench".into(),
-            stage: "instruct_base".into(),
-            model: Some(model_dir.clone()),
-            project: tmp.path().join("saerl.toml"),
-            layers: vec![6, 12, 18, 23],
-            data: a.data.clone(),
-            max_len: 512,
-            batch: 16,
-            limit: Some(a.n),
-            val_frac: 0.2,
-            split: SplitKind::Random,
-            split_seed: 0,
-            device: "cpu".into(),
-            overwrite: false,
-            chunk_batches: 32,
-            stop_after_chunks: None,
-        },
-    )?;
+    let mut args = Ingest::from_flags([
+        "--chain",
+        "bench",
+        "--stage",
+        "instruct_base",
+        "--layers",
+        "6,12,18,23",
+    ])?;
+    (args.model, args.data, args.limit) = (Some(model_dir.clone()), a.data.clone(), Some(a.n));
+    args.project = tmp.path().join("saerl.toml");
+    let tokens = run(&lake, &args)?;
     let secs = t.elapsed().as_secs_f64();
     let rss = peak_rss().unwrap_or(0);
     let (h, i, kv) = (

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 
 use crate::commands::ingest;
 use crate::commands::plot::plot_query;
-use crate::data::{read_questions, SplitKind};
+use crate::data::read_questions;
 use crate::lake::{Lake, Txn};
 use crate::model::random::{write_model, write_tokenizer, TinyShape};
 use crate::sql::format::{print_batches, Format};
@@ -108,24 +108,19 @@ fn tiny_model_stage(out: &Path, lake: &Lake, a: &DemoArgs) -> Result<()> {
         let dir = out.join("models").join(stage);
         let vocab = write_tokenizer(&dir, Some(&a.tokenizer), &texts)?;
         write_model(&dir, &shape, vocab, 0, perturb)?;
-        let ingest = ingest::Ingest {
-            chain: "tiny".into(),
-            stage: stage.into(),
-            model: Some(dir),
-            project: out.join("saerl.toml"),
-            layers: vec![1, 2, 3],
-            data: data.clone(),
-            max_len: 128,
-            batch: 16,
-            limit: Some(a.prompts),
-            val_frac: 0.2,
-            split: SplitKind::Random,
-            split_seed: 0,
-            device: "cpu".into(),
-            overwrite: false,
-            chunk_batches: 32,
-            stop_after_chunks: None,
-        };
+        let flags = [
+            "--chain",
+            "tiny",
+            "--stage",
+            stage,
+            "--layers",
+            "1,2,3",
+            "--max-len",
+            "128",
+        ];
+        let mut ingest = ingest::Ingest::from_flags(flags)?;
+        (ingest.model, ingest.data, ingest.limit) = (Some(dir), data.clone(), Some(a.prompts));
+        ingest.project = out.join("saerl.toml");
         ingest::run(lake, &ingest).with_context(|| format!("ingesting the demo model {stage}"))?;
     }
     Ok(())

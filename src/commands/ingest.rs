@@ -22,25 +22,62 @@ use crate::model::{device, load_model, Hooks, PaddedBatch, Qwen2Config, TextToke
 use crate::project::Project;
 use crate::study::chain_defaults;
 
+/// The flags of `saerl ingest` (the demo and benchmarks build it the same way).
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "ingest")]
 pub struct Ingest {
+    #[arg(long)]
     pub chain: String,
+    #[arg(long)]
     pub stage: String,
+    /// Hugging Face checkpoint directory (default: the stage's model in saerl.toml).
+    #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Project file declaring chains and stages.
+    #[arg(long, default_value = "saerl.toml")]
     pub project: PathBuf,
+    /// Blocks whose output to store (0-based).
+    #[arg(long, value_delimiter = ',', default_value = "6,12,18,23")]
     pub layers: Vec<usize>,
+    /// JSON lines with a "question" field (raw text, no chat template).
+    #[arg(long, default_value = "../shared/data/gsm8k/train.jsonl")]
     pub data: PathBuf,
+    #[arg(long, default_value_t = 512)]
     pub max_len: usize,
+    #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Only the first N questions.
+    #[arg(long)]
     pub limit: Option<usize>,
+    #[arg(long, default_value_t = 0.2)]
     pub val_frac: f64,
+    #[arg(long, value_enum, default_value = "random")]
     pub split: SplitKind,
+    #[arg(long, default_value_t = 0)]
     pub split_seed: u64,
+    #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Replace partitions that already exist.
+    #[arg(long)]
     pub overwrite: bool,
     /// Forward batches per chunk file (the unit of resumption).
+    #[arg(long, default_value_t = 32, hide = true)]
     pub chunk_batches: usize,
     /// Stop after this many new chunks, as an interruption would (for tests).
+    #[arg(long, hide = true)]
     pub stop_after_chunks: Option<usize>,
+}
+
+impl Ingest {
+    /// Parses ingest flags given as words, e.g. from the demo.
+    pub fn from_flags<I: IntoIterator<Item = S>, S: Into<std::ffi::OsString> + Clone>(
+        flags: I,
+    ) -> Result<Self> {
+        use clap::Parser;
+        Ok(Self::try_parse_from(
+            std::iter::once("ingest".into()).chain(flags.into_iter().map(Into::into)),
+        )?)
+    }
 }
 
 /// Everything that determines the table; a resumed run must match it exactly.

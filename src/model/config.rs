@@ -89,3 +89,34 @@ impl Qwen2Config {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Qwen2Config;
+
+    const V5: &str = r#"{"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 160,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
+        "rms_norm_eps": 1e-6, "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}}"#;
+
+    #[test]
+    fn reads_rope_theta_from_either_place() {
+        let c = Qwen2Config::parse(V5).unwrap();
+        assert_eq!(
+            (c.rope_theta, c.head_dim, c.tie_word_embeddings),
+            (10000.0, 16, false)
+        );
+        let v4 = V5.replace(
+            r#""rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}"#,
+            r#""rope_theta": 500.0"#,
+        );
+        assert_eq!(Qwen2Config::parse(&v4).unwrap().rope_theta, 500.0);
+        let none = V5.replace(
+            r#""rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}"#,
+            r#""x": 1"#,
+        );
+        assert!(Qwen2Config::parse(&none)
+            .unwrap_err()
+            .to_string()
+            .contains("rope_theta"));
+    }
+}

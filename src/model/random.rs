@@ -6,11 +6,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 use super::Qwen2Config;
+use crate::synth::normal;
 
 pub struct TinyShape {
     pub hidden: usize,
@@ -18,12 +19,6 @@ pub struct TinyShape {
     pub heads: usize,
     pub kv_heads: usize,
     pub intermediate: usize,
-}
-
-fn normal(rng: &mut SmallRng) -> f32 {
-    let u1: f64 = rng.random::<f64>().max(1e-300);
-    let u2: f64 = rng.random();
-    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
 }
 
 /// Writes `tokenizer.json` into `dir`: a copy of `real` if it exists, else a BPE trained on `texts`.

@@ -9,6 +9,8 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
+use plotters::chart::{ChartContext, SeriesAnno};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -266,6 +268,61 @@ fn range(values: impl Iterator<Item = f64>, include_zero: bool) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// The label of category index `v` when `v` sits on an integer position, else nothing.
+fn category_label(labels: &[String], v: f64) -> String {
+    let i = v.round();
+    if (v - i).abs() < 1e-6 && i >= 0.0 {
+        labels.get(i as usize).cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
+type Panel<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One facet's chart area with its caption and axis ranges.
+fn panel<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    y_label_area: u32,
+) -> Result<Panel<'a, DB>>
+where
+    DB::ErrorType: 'static,
+{
+    ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(y_label_area)
+        .build_cartesian_2d(x, y)
+        .map_err(plot_err)
+}
+
+/// Gives a drawn series its legend entry (unnamed series get none).
+fn label_series<'a, DB: DrawingBackend + 'a>(drawn: &mut SeriesAnno<'a, DB>, name: &str, c: RGBColor) {
+    if !name.is_empty() {
+        drawn
+            .label(name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 14, y + 4)], c.filled()));
+    }
+}
+
+fn draw_legend<'a, DB: DrawingBackend + 'a>(ch: &mut Panel<'a, DB>, names: &[String]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    if names.iter().any(|n| !n.is_empty()) {
+        ch.configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err)?;
+    }
+    Ok(())
+}
+
 fn series_names(cols: &Columns, rows: &[usize]) -> Vec<String> {
     sorted_labels(
         &rows
@@ -306,23 +363,12 @@ where
     };
     let (x0, x1) = range(xs.iter().copied(), false);
     let (y0, y1) = range(rows.iter().filter_map(|&i| cols.y[i]), false);
-    let mut ch = ChartBuilder::on(area)
-        .caption(caption, ("sans-serif", 16))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(plot_err)?;
+    let mut ch = panel(area, caption, x0..x1, y0..y1, 70)?;
     let label_fmt = |x: &f64| -> String {
         if labels.is_empty() {
             format!("{x}")
         } else {
-            let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 {
-                labels.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
+            category_label(&labels, *x)
         }
     };
     ch.configure_mesh()
@@ -350,23 +396,12 @@ where
             ch.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
                 .map_err(plot_err)?;
         }
-        let drawn = ch
+        let mut drawn = ch
             .draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
             .map_err(plot_err)?;
-        if !name.is_empty() {
-            drawn
-                .label(name.clone())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 14, y + 4)], c.filled()));
-        }
+        label_series(&mut drawn, name, c);
     }
-    if names.iter().any(|n| !n.is_empty()) {
-        ch.configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_err)?;
-    }
-    Ok(())
+    draw_legend(&mut ch, &names)
 }
 
 fn bars<DB: DrawingBackend>(
@@ -385,21 +420,8 @@ where
     let cats = sorted_labels(&rows.iter().map(|&i| xv[i].clone()).collect::<Vec<_>>());
     let names = series_names(cols, rows);
     let (y0, y1) = range(rows.iter().filter_map(|&i| cols.y[i]), true);
-    let mut ch = ChartBuilder::on(area)
-        .caption(caption, ("sans-serif", 16))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(-0.5f64..cats.len() as f64 - 0.5, y0..y1)
-        .map_err(plot_err)?;
-    let label_fmt = |x: &f64| -> String {
-        let i = x.round();
-        if (x - i).abs() < 1e-6 && i >= 0.0 {
-            cats.get(i as usize).cloned().unwrap_or_default()
-        } else {
-            String::new()
-        }
-    };
+    let mut ch = panel(area, caption, -0.5f64..cats.len() as f64 - 0.5, y0..y1, 70)?;
+    let label_fmt = |x: &f64| category_label(&cats, *x);
     ch.configure_mesh()
         .disable_x_mesh()
         .x_desc(h.x.clone().unwrap_or_default())
@@ -423,21 +445,10 @@ where
                 ))
             })
             .collect();
-        let drawn = ch.draw_series(bars).map_err(plot_err)?;
-        if !name.is_empty() {
-            drawn
-                .label(name.clone())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 14, y + 4)], c.filled()));
-        }
+        let mut drawn = ch.draw_series(bars).map_err(plot_err)?;
+        label_series(&mut drawn, name, c);
     }
-    if names.iter().any(|n| !n.is_empty()) {
-        ch.configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_err)?;
-    }
-    Ok(())
+    draw_legend(&mut ch, &names)
 }
 
 /// Blue (low) through white to red (high).
@@ -482,30 +493,19 @@ where
         if caption.is_empty() { "" } else { " — " },
         h.value.clone().unwrap_or_default()
     );
-    let mut ch = ChartBuilder::on(area)
-        .caption(caption, ("sans-serif", 15))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(90)
-        .build_cartesian_2d(
-            -0.5f64..xs.len() as f64 - 0.5,
-            -0.5f64..ys.len() as f64 - 0.5,
-        )
-        .map_err(plot_err)?;
-    let fmt = |labels: &[String], v: f64| -> String {
-        let i = v.round();
-        if (v - i).abs() < 1e-6 && i >= 0.0 {
-            labels.get(i as usize).cloned().unwrap_or_default()
-        } else {
-            String::new()
-        }
-    };
+    let mut ch = panel(
+        area,
+        &caption,
+        -0.5f64..xs.len() as f64 - 0.5,
+        -0.5f64..ys.len() as f64 - 0.5,
+        90,
+    )?;
     ch.configure_mesh()
         .disable_mesh()
         .x_desc(h.x.clone().unwrap_or_default())
         .y_desc(h.y.clone().unwrap_or_default())
-        .x_label_formatter(&|v| fmt(&xs, *v))
-        .y_label_formatter(&|v| fmt(&ys, *v))
+        .x_label_formatter(&|v| category_label(&xs, *v))
+        .y_label_formatter(&|v| category_label(&ys, *v))
         .x_labels(xs.len().max(2))
         .y_labels(ys.len().max(2))
         .draw()

@@ -1,25 +1,12 @@
 //! Shared helpers: fixture paths, running the CLI, and lake snapshots.
 
-use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use datafusion::prelude::SessionContext;
 use saerl::lake::Lake;
 
-/// The reference fixtures (`SAERL_FIXTURES`, default `../shared/fixtures`).
-pub fn fixtures() -> PathBuf {
-    let p = std::env::var_os("SAERL_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
-    assert!(
-        p.is_dir(),
-        "fixtures not found at {} (set SAERL_FIXTURES)",
-        p.display()
-    );
-    p
-}
+pub use crate::shared::{fixtures, snapshot};
 
 pub fn saerl(lake: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_saerl"))
@@ -61,25 +48,6 @@ pub async fn session(lake: &Path) -> SessionContext {
     saerl::sql::open_session(&Lake::open(lake).unwrap())
         .await
         .unwrap()
-}
-
-/// Every file under `dir` with a hash of its bytes: equal snapshots mean an untouched lake.
-pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, u64> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                std::fs::read(&p).unwrap().hash(&mut h);
-                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), h.finish());
-            }
-        }
-    }
-    out
 }
 
 pub fn json(path: &Path) -> serde_json::Value {

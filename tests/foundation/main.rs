@@ -6,4 +6,6 @@ mod common;
 mod import_pt;
 mod repl;
 mod rewards;
+#[path = "../common/mod.rs"]
+mod shared;
 mod udfs;

@@ -156,3 +156,52 @@ fn stopping_early_gives_the_same_blocks() {
         .unwrap();
     assert!(err.to_string().contains("blocks"), "{err}");
 }
+
+#[test]
+fn a_sharded_checkpoint_loads_like_the_single_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(tiny().join(f), dir.path().join(f)).unwrap();
+    }
+    // Split the tensors over two shards and index them.
+    let tensors =
+        candle_core::safetensors::load(tiny().join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (part, shard) in [
+        (first, "model-00001-of-00002.safetensors"),
+        (second, "model-00002-of-00002.safetensors"),
+    ] {
+        let sub: std::collections::HashMap<String, Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), tensors[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&sub, dir.path().join(shard)).unwrap();
+        for n in part {
+            map.insert((*n).clone(), serde_json::json!(shard));
+        }
+    }
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        serde_json::json!({ "weight_map": map }).to_string(),
+    )
+    .unwrap();
+    let r = reference();
+    let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
+    let mask = r["attention_mask"].to_dtype(DType::U8).unwrap();
+    let hooks = Hooks {
+        capture: &[0],
+        ..Default::default()
+    };
+    let a = load_model(&tiny(), &Device::Cpu)
+        .unwrap()
+        .forward(&ids, &mask, &hooks)
+        .unwrap();
+    let b = load_model(dir.path(), &Device::Cpu)
+        .unwrap()
+        .forward(&ids, &mask, &hooks)
+        .unwrap();
+    assert_eq!(max_abs_diff(&a.blocks[&0], &b.blocks[&0]), 0.0);
+}

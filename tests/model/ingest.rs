@@ -3,7 +3,6 @@
 //! changes nothing.
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -62,27 +61,6 @@ fn run_ok(lake: &Path, args: &[String]) {
         "saerl {args:?}:\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, u64> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                std::fs::read(&p).unwrap().hash(&mut h);
-                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), h.finish());
-            }
-        }
-    }
-    out
 }
 
 /// The split as documented: SplitMix64, Fisher–Yates from the end, the first floor(f·n) of the
@@ -302,5 +280,39 @@ fn bad_input_is_refused_and_the_lake_is_unchanged() {
     check(
         ingest_args(&data, "instruct_base", "1", 4),
         "already exists",
+    );
+}
+
+#[test]
+fn init_writes_a_template_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("saerl.toml");
+    let args = ["init", "--path", path.to_str().unwrap()];
+    let o = saerl(&dir.path().join("lake"), &args);
+    assert!(o.status.success());
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("[chains.kl0p025]") && text.contains("kl_coef = 0.025"));
+    let o = saerl(&dir.path().join("lake"), &args);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--force"));
+    // A stage named in the project file but without a model directory on disk.
+    let data = questions_file(dir.path());
+    let o = saerl(
+        &dir.path().join("lake"),
+        &[
+            "ingest",
+            "--project",
+            path.to_str().unwrap(),
+            "--chain",
+            "flexible",
+            "--stage",
+            "ppo_step10",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("checkpoints/flexible/global_step_10"),
+        "{err}"
     );
 }

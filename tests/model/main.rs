@@ -3,20 +3,12 @@
 
 mod forward;
 mod ingest;
+#[path = "../common/mod.rs"]
+mod shared;
+
+pub use shared::{fixtures, snapshot};
 
 use std::path::{Path, PathBuf};
-
-pub fn fixtures() -> PathBuf {
-    let p = std::env::var_os("SAERL_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
-    assert!(
-        p.is_dir(),
-        "fixtures not found at {} (set SAERL_FIXTURES)",
-        p.display()
-    );
-    p
-}
 
 pub fn tiny() -> PathBuf {
     fixtures().join("tiny-qwen2")
