@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use saerl::commands::{bench, demo, import, ingest, init, plot, sql};
 use saerl::lake::Lake;
+use saerl::study as saerl_study;
 use saerl::sql::Format;
 
 #[derive(Parser)]
@@ -60,12 +61,9 @@ enum Command {
     Demo {
         #[arg(long, default_value = "./saerl-demo")]
         out: PathBuf,
-        #[arg(long, default_value = "../shared/data/gsm8k/train.jsonl")]
+        #[arg(long, default_value = saerl_study::GSM8K_TRAIN)]
         data: PathBuf,
-        #[arg(
-            long,
-            default_value = "../shared/fixtures/qwen-tokenizer/tokenizer.json"
-        )]
+        #[arg(long, default_value = saerl_study::QWEN_TOKENIZER)]
         tokenizer: PathBuf,
         /// Questions to ingest per stage.
         #[arg(long, default_value_t = 300)]
@@ -102,12 +100,9 @@ enum BenchWhat {
         /// GSM8k train questions to run.
         #[arg(long, default_value_t = 64)]
         n: usize,
-        #[arg(long, default_value = "../shared/data/gsm8k/train.jsonl")]
+        #[arg(long, default_value = saerl_study::GSM8K_TRAIN)]
         data: PathBuf,
-        #[arg(
-            long,
-            default_value = "../shared/fixtures/qwen-tokenizer/tokenizer.json"
-        )]
+        #[arg(long, default_value = saerl_study::QWEN_TOKENIZER)]
         tokenizer: PathBuf,
         /// Keep (and reuse) the generated model in this directory.
         #[arg(long)]

@@ -40,7 +40,7 @@ pub struct Ingest {
     #[arg(long, value_delimiter = ',', default_value = "6,12,18,23")]
     pub layers: Vec<usize>,
     /// JSON lines with a "question" field (raw text, no chat template).
-    #[arg(long, default_value = "../shared/data/gsm8k/train.jsonl")]
+    #[arg(long, default_value = crate::study::GSM8K_TRAIN)]
     pub data: PathBuf,
     #[arg(long, default_value_t = 512)]
     pub max_len: usize,
