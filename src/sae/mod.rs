@@ -2,7 +2,8 @@
 
 pub mod pickle;
 pub mod pt;
-mod topk;
+pub mod train;
+pub mod topk;
 pub mod zip_store;
 
 pub use topk::{Activation, Sae, SaeMeta};
