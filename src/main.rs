@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use saerl::commands::{bench, demo, import, ingest, init, plot, sql};
+use saerl::commands::{bench, demo, export, import, ingest, init, plot, sql};
 use saerl::lake::Lake;
-use saerl::study as saerl_study;
 use saerl::sql::Format;
+use saerl::study as saerl_study;
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +38,11 @@ enum Command {
     Import {
         #[command(subcommand)]
         what: ImportWhat,
+    },
+    /// Export SAEs to other formats.
+    Export {
+        #[command(subcommand)]
+        what: ExportWhat,
     },
     /// SQL over the lake: an interactive shell, or -c / -f.
     Sql {
@@ -90,6 +95,17 @@ enum ImportWhat {
         /// Replace partitions that already exist.
         #[arg(long)]
         overwrite: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExportWhat {
+    /// The published `.pt` format, as a tree that `saerl import pt` reads back.
+    Pt {
+        out: PathBuf,
+        /// Only this chain.
+        #[arg(long)]
+        chain: Option<String>,
     },
 }
 
@@ -152,6 +168,9 @@ async fn main() -> ExitCode {
                 overwrite,
             },
         ),
+        Command::Export {
+            what: ExportWhat::Pt { out, chain },
+        } => export::run(&lake, &out, chain.as_deref()),
         Command::Sql {
             command,
             file,

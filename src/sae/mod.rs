@@ -2,8 +2,8 @@
 
 pub mod pickle;
 pub mod pt;
-pub mod train;
 pub mod topk;
+pub mod train;
 pub mod zip_store;
 
 pub use topk::{Activation, Sae, SaeMeta};

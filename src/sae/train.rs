@@ -27,7 +27,14 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     /// The study's settings.
     fn default() -> Self {
-        Self { epochs: 20, lr: 1e-4, batch: 512, aux_coeff: 1.0 / 32.0, dead_threshold: 1e-4, clip_grad_norm: 1.0 }
+        Self {
+            epochs: 20,
+            lr: 1e-4,
+            batch: 512,
+            aux_coeff: 1.0 / 32.0,
+            dead_threshold: 1e-4,
+            clip_grad_norm: 1.0,
+        }
     }
 }
 
@@ -70,16 +77,34 @@ struct Params {
 impl Params {
     fn zeros(s: &Sae) -> Self {
         let (d, n) = (s.d_model, s.d_sae);
-        Self { b_pre: vec![0.0; d], w_enc: vec![0.0; n * d], b_enc: vec![0.0; n], w_dec: vec![0.0; n * d], b_dec: vec![0.0; d] }
+        Self {
+            b_pre: vec![0.0; d],
+            w_enc: vec![0.0; n * d],
+            b_enc: vec![0.0; n],
+            w_dec: vec![0.0; n * d],
+            b_dec: vec![0.0; d],
+        }
     }
 
     fn parts(&mut self) -> [&mut Vec<f32>; 5] {
-        [&mut self.b_pre, &mut self.w_enc, &mut self.b_enc, &mut self.w_dec, &mut self.b_dec]
+        [
+            &mut self.b_pre,
+            &mut self.w_enc,
+            &mut self.b_enc,
+            &mut self.w_dec,
+            &mut self.b_dec,
+        ]
     }
 }
 
 fn sae_parts(s: &mut Sae) -> [&mut Vec<f32>; 5] {
-    [&mut s.b_pre, &mut s.w_enc, &mut s.b_enc, &mut s.w_dec, &mut s.b_dec]
+    [
+        &mut s.b_pre,
+        &mut s.w_enc,
+        &mut s.b_enc,
+        &mut s.w_dec,
+        &mut s.b_dec,
+    ]
 }
 
 /// Mean squared reconstruction error of `rows` (row-major, d_model wide).
@@ -88,7 +113,11 @@ pub fn mse(sae: &Sae, rows: &[f32]) -> f64 {
     let mut sum = 0f64;
     for x in rows.chunks_exact(d) {
         let x_hat = sae.decode(&sae.encode(x));
-        sum += x.iter().zip(&x_hat).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
+        sum += x
+            .iter()
+            .zip(&x_hat)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>();
     }
     sum / rows.len() as f64
 }
@@ -115,7 +144,12 @@ impl Adam {
         let bc1 = 1.0 - B1.powi(self.t);
         let bc2_sqrt = (1.0 - B2.powi(self.t)).sqrt();
         let step = lr as f32 / bc1;
-        for (((p, g), m), v) in sae_parts(sae).into_iter().zip(g.parts()).zip(self.m.parts()).zip(self.v.parts()) {
+        for (((p, g), m), v) in sae_parts(sae)
+            .into_iter()
+            .zip(g.parts())
+            .zip(self.m.parts())
+            .zip(self.v.parts())
+        {
             for i in 0..p.len() {
                 m[i] = B1 * m[i] + (1.0 - B1) * g[i];
                 v[i] = B2 * v[i] + (1.0 - B2) * g[i] * g[i];
@@ -134,7 +168,14 @@ fn normalize_decoder(sae: &mut Sae) {
 
 /// One batch: forward, losses, and the sparse backward into `g` (zeroed here).
 /// Returns (recon, aux) and adds each feature's firing count to `fired`.
-fn batch_grads(sae: &Sae, x: &[f32], dead: Option<&[u32]>, cfg: &TrainConfig, g: &mut Params, fired: &mut [u64]) -> (f64, Option<f64>) {
+fn batch_grads(
+    sae: &Sae,
+    x: &[f32],
+    dead: Option<&[u32]>,
+    cfg: &TrainConfig,
+    g: &mut Params,
+    fired: &mut [u64],
+) -> (f64, Option<f64>) {
     let (d, n) = (sae.d_model, sae.d_sae);
     let rows = x.len() / d;
     for p in g.parts() {
@@ -164,14 +205,21 @@ fn batch_grads(sae: &Sae, x: &[f32], dead: Option<&[u32]>, cfg: &TrainConfig, g:
         x_hats.push(x_hat);
         if let (Some(dead), true) = (dead, k_aux > 0) {
             let zd: Vec<f32> = dead.iter().map(|&i| z[i as usize]).collect();
-            let picked: Vec<(u32, f32)> = top_k(&zd, k_aux).into_iter().map(|(j, v)| (dead[j as usize], v)).collect();
+            let picked: Vec<(u32, f32)> = top_k(&zd, k_aux)
+                .into_iter()
+                .map(|(j, v)| (dead[j as usize], v))
+                .collect();
             x_hats.push(sae.decode(&picked));
             terms.extend(picked.iter().map(|&(i, v)| (i, v, 1)));
         }
         // dL/dx̂ for the reconstruction (term 0) and the aux reconstruction (term 1).
         let mut dx: Vec<Vec<f32>> = Vec::with_capacity(2);
         for (t, x_hat) in x_hats.iter().enumerate() {
-            let scale = if t == 0 { 2.0 / elems } else { cfg.aux_coeff * 2.0 / elems };
+            let scale = if t == 0 {
+                2.0 / elems
+            } else {
+                cfg.aux_coeff * 2.0 / elems
+            };
             let mut err = 0f64;
             let grad: Vec<f32> = x_hat
                 .iter()
@@ -182,7 +230,11 @@ fn batch_grads(sae: &Sae, x: &[f32], dead: Option<&[u32]>, cfg: &TrainConfig, g:
                     scale * r
                 })
                 .collect();
-            if t == 0 { recon += err } else { aux += err }
+            if t == 0 {
+                recon += err
+            } else {
+                aux += err
+            }
             for j in 0..d {
                 g.b_dec[j] += grad[j];
             }
@@ -215,7 +267,12 @@ fn batch_grads(sae: &Sae, x: &[f32], dead: Option<&[u32]>, cfg: &TrainConfig, g:
 
 /// Scales the gradients so their global L2 norm is at most `max` (PyTorch's clip_grad_norm_).
 fn clip(g: &mut Params, max: f32) {
-    let total = g.parts().iter().map(|p| p.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>()).sum::<f64>().sqrt() as f32;
+    let total = g
+        .parts()
+        .iter()
+        .map(|p| p.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>())
+        .sum::<f64>()
+        .sqrt() as f32;
     let coef = (max / (total + 1e-6)).min(1.0);
     if coef < 1.0 {
         for p in g.parts() {
@@ -239,7 +296,11 @@ pub fn train(init: &Sae, train: &[f32], val: &[f32], cfg: &TrainConfig) -> Resul
     let total = cfg.epochs * steps_per_epoch;
     let mut sae = init.clone();
     let mut g = Params::zeros(&sae);
-    let mut adam = Adam { m: Params::zeros(&sae), v: Params::zeros(&sae), t: 0 };
+    let mut adam = Adam {
+        m: Params::zeros(&sae),
+        v: Params::zeros(&sae),
+        t: 0,
+    };
     let mut prev_dead: Option<Vec<u32>> = None;
     let (mut steps, mut epochs) = (Vec::new(), Vec::new());
     let (mut best, mut best_epoch) = (None::<(f64, Sae)>, 0);
@@ -249,7 +310,9 @@ pub fn train(init: &Sae, train: &[f32], val: &[f32], cfg: &TrainConfig) -> Resul
         let (mut tot, mut aux_tot, mut aux_n) = (0f64, 0f64, 0usize);
         let mut lr = cfg.lr;
         for batch in train.chunks(cfg.batch * d) {
-            let dead = prev_dead.as_deref().filter(|dd| !dd.is_empty() && cfg.aux_coeff > 0.0);
+            let dead = prev_dead
+                .as_deref()
+                .filter(|dd| !dd.is_empty() && cfg.aux_coeff > 0.0);
             let (recon, aux) = batch_grads(&sae, batch, dead, cfg, &mut g, &mut fired);
             if !recon.is_finite() || aux.is_some_and(|a| !a.is_finite()) {
                 bail!("the loss became non-finite at epoch {} step {t}", ep + 1);
@@ -264,9 +327,14 @@ pub fn train(init: &Sae, train: &[f32], val: &[f32], cfg: &TrainConfig) -> Resul
                 aux_tot += a;
                 aux_n += 1;
             }
-            steps.push(StepLog { recon_loss: recon, aux_loss: aux });
+            steps.push(StepLog {
+                recon_loss: recon,
+                aux_loss: aux,
+            });
         }
-        let dead: Vec<u32> = (0..sae.d_sae as u32).filter(|&i| (fired[i as usize] as f64 / n_rows as f64) < cfg.dead_threshold).collect();
+        let dead: Vec<u32> = (0..sae.d_sae as u32)
+            .filter(|&i| (fired[i as usize] as f64 / n_rows as f64) < cfg.dead_threshold)
+            .collect();
         let val_mse = mse(&sae, val);
         epochs.push(EpochLog {
             train_mse: tot / steps_per_epoch as f64,
@@ -284,5 +352,10 @@ pub fn train(init: &Sae, train: &[f32], val: &[f32], cfg: &TrainConfig) -> Resul
     let (_, mut best_sae) = best.expect("at least one epoch");
     best_sae.meta.best_epoch = Some(best_epoch as i32);
     best_sae.meta.best_val_mse = epochs.get(best_epoch - 1).map(|e| e.val_mse);
-    Ok(TrainResult { sae: best_sae, best_epoch, steps, epochs })
+    Ok(TrainResult {
+        sae: best_sae,
+        best_epoch,
+        steps,
+        epochs,
+    })
 }

@@ -301,7 +301,11 @@ where
 }
 
 /// Gives a drawn series its legend entry (unnamed series get none).
-fn label_series<'a, DB: DrawingBackend + 'a>(drawn: &mut SeriesAnno<'a, DB>, name: &str, c: RGBColor) {
+fn label_series<'a, DB: DrawingBackend + 'a>(
+    drawn: &mut SeriesAnno<'a, DB>,
+    name: &str,
+    c: RGBColor,
+) {
     if !name.is_empty() {
         drawn
             .label(name)

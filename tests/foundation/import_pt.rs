@@ -392,3 +392,35 @@ fn pt_written_by_saerl_reads_back_identically() {
         assert!(keys.contains(&k), "config key {k} written");
     }
 }
+
+#[test]
+fn export_then_import_gives_identical_saes() {
+    let (dir, lake) = imported_lake();
+    let tree = dir.path().join("exported");
+    ok(&lake, &["export", "pt", tree.to_str().unwrap()]);
+    // strict holds two k, so it gets k-subfolders, as the published tree does.
+    assert!(tree
+        .join("sae_strict/k4/sae_ppo_step10_layer6.pt")
+        .is_file());
+    assert!(tree.join("sae_flexible/sae_ppo_step10_layer6.pt").is_file());
+    let again = dir.path().join("again");
+    ok(&again, &["import", "pt", tree.to_str().unwrap()]);
+    let (a, b) = (Lake::open(&lake).unwrap(), Lake::open(&again).unwrap());
+    let keys: Vec<_> = a
+        .partitions(saerl::lake::Table::Saes)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        keys,
+        b.partitions(saerl::lake::Table::Saes)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>()
+    );
+    for k in keys {
+        assert_eq!(read_sae(&a, &k).unwrap(), read_sae(&b, &k).unwrap(), "{k}");
+    }
+}

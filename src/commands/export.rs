@@ -1,0 +1,60 @@
+//! `saerl export pt OUT_DIR`: every SAE of the lake (or of one chain) as published `.pt`
+//! checkpoints, in the layout `saerl import pt` reads: `sae_<chain>/[k<K>/]sae_{stage}_layer{N}.pt`
+//! (the `k<K>/` level only for chains where one layer has SAEs of several k).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::lake::{read_sae, Lake, Table};
+use crate::sae::pt;
+
+pub fn run(lake: &Lake, out: &Path, chain: Option<&str>) -> Result<()> {
+    let lake = Lake::open(lake.root())?;
+    let keys: Vec<_> = lake
+        .partitions(Table::Saes)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| chain.is_none_or(|c| k.chain == c))
+        .collect();
+    if keys.is_empty() {
+        anyhow::bail!(
+            "no SAEs{} in {}",
+            chain.map(|c| format!(" of chain {c}")).unwrap_or_default(),
+            lake.root().display()
+        );
+    }
+    // SAEs per (chain, layer): a chain needs k-folders when any of its layers has several.
+    let mut per_layer: BTreeMap<(&str, Option<i32>), BTreeSet<Option<i32>>> = BTreeMap::new();
+    for k in &keys {
+        per_layer
+            .entry((k.chain.as_str(), k.layer))
+            .or_default()
+            .insert(k.k);
+    }
+    let split_by_k = |chain: &str| {
+        per_layer
+            .iter()
+            .any(|((c, _), ks)| *c == chain && ks.len() > 1)
+    };
+    let bar = super::progress(keys.len() as u64, "export");
+    for key in &keys {
+        let sae = read_sae(&lake, key)?;
+        let mut dir = out.join(format!("sae_{}", key.chain));
+        if split_by_k(&key.chain) {
+            dir.push(format!("k{}", sae.k));
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let file = dir.join(format!(
+            "sae_{}_layer{}.pt",
+            key.stage.as_deref().unwrap_or_default(),
+            key.layer.unwrap_or_default()
+        ));
+        pt::write(&file, &sae, &[])?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!("exported {} SAE(s) to {}", keys.len(), out.display());
+    Ok(())
+}
