@@ -22,6 +22,11 @@ pub struct TrainConfig {
     /// A feature is dead when it fired (z ≠ 0 after top-k) on fewer than this fraction of rows.
     pub dead_threshold: f64,
     pub clip_grad_norm: f32,
+    /// Resample dead features after every this many epochs (never after the last).
+    pub resample_every: Option<usize>,
+    /// Shuffle the rows each epoch (seeded); false keeps consecutive batches in order.
+    pub shuffle: bool,
+    pub seed: u64,
 }
 
 impl Default for TrainConfig {
@@ -34,7 +39,56 @@ impl Default for TrainConfig {
             aux_coeff: 1.0 / 32.0,
             dead_threshold: 1e-4,
             clip_grad_norm: 1.0,
+            resample_every: Some(10),
+            shuffle: true,
+            seed: 0,
         }
+    }
+}
+
+/// Rows drawn for resampling, as in the study.
+const RESAMPLE_ROWS: usize = 8192;
+
+/// Re-initialises `dead` features from badly reconstructed rows: among up to 8192 random
+/// training rows, those in the top quartile of reconstruction error; each dead feature gets one
+/// of them (drawn without replacement while they last), normalised, as its encoder row and
+/// decoder column, and b_enc = 0. b_dec is left untouched.
+pub fn resample(sae: &mut Sae, dead: &[u32], rows: &[f32], seed: u64) {
+    let d = sae.d_model;
+    let n = rows.len() / d;
+    if dead.is_empty() || n == 0 {
+        return;
+    }
+    let mut rng = crate::data::SplitMix64::new(seed);
+    let sample: Vec<usize> = if n <= RESAMPLE_ROWS {
+        (0..n).collect()
+    } else {
+        crate::data::permutation(n, seed).into_iter().take(RESAMPLE_ROWS).collect()
+    };
+    let mut errs: Vec<(f64, usize)> = sample
+        .iter()
+        .map(|&r| {
+            let x = &rows[r * d..(r + 1) * d];
+            let x_hat = sae.decode(&sae.encode(x));
+            (x.iter().zip(&x_hat).map(|(a, b)| ((a - b) as f64).powi(2)).sum(), r)
+        })
+        .collect();
+    errs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let top: Vec<usize> = errs[..errs.len().div_ceil(4)].iter().map(|&(_, r)| r).collect();
+    let mut pool = top.clone();
+    for &f in dead {
+        if pool.is_empty() {
+            pool = top.clone();
+        }
+        let r = pool.swap_remove(rng.below(pool.len()));
+        let x = &rows[r * d..(r + 1) * d];
+        let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        let f = f as usize;
+        for j in 0..d {
+            sae.w_enc[f * d + j] = x[j] / norm;
+            sae.w_dec[f * d + j] = x[j] / norm;
+        }
+        sae.b_enc[f] = 0.0;
     }
 }
 
@@ -309,7 +363,13 @@ pub fn train(init: &Sae, train: &[f32], val: &[f32], cfg: &TrainConfig) -> Resul
         let mut fired = vec![0u64; sae.d_sae];
         let (mut tot, mut aux_tot, mut aux_n) = (0f64, 0f64, 0usize);
         let mut lr = cfg.lr;
-        for batch in train.chunks(cfg.batch * d) {
+        let order: Option<Vec<f32>> = cfg.shuffle.then(|| {
+            crate::data::permutation(n_rows, cfg.seed.wrapping_add(ep as u64))
+                .into_iter()
+                .flat_map(|r| train[r * d..(r + 1) * d].iter().copied())
+                .collect()
+        });
+        for batch in order.as_deref().unwrap_or(train).chunks(cfg.batch * d) {
             let dead = prev_dead
                 .as_deref()
                 .filter(|dd| !dd.is_empty() && cfg.aux_coeff > 0.0);
@@ -346,6 +406,9 @@ pub fn train(init: &Sae, train: &[f32], val: &[f32], cfg: &TrainConfig) -> Resul
         if best.as_ref().is_none_or(|(b, _)| val_mse < *b) {
             best = Some((val_mse, sae.clone()));
             best_epoch = ep + 1;
+        }
+        if cfg.resample_every.is_some_and(|every| every > 0 && (ep + 1) % every == 0 && ep + 1 < cfg.epochs) {
+            resample(&mut sae, &dead, train, cfg.seed.wrapping_add(1000 + ep as u64));
         }
         prev_dead = Some(dead);
     }

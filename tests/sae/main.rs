@@ -129,6 +129,9 @@ fn training_follows_the_pytorch_trajectory_then_warm_starts() {
         aux_coeff: h["aux_coeff"].as_f64().unwrap() as f32,
         dead_threshold: h["dead_threshold"].as_f64().unwrap(),
         clip_grad_norm: h["clip_grad_norm"].as_f64().unwrap() as f32,
+        resample_every: h["resample_every"].as_u64().map(|e| e as usize),
+        shuffle: false,
+        seed: h["seed"].as_u64().unwrap(),
     };
     let init = sae(&t, "init", k);
     let final_ = sae(&t, "final", k);
@@ -151,4 +154,54 @@ fn training_follows_the_pytorch_trajectory_then_warm_starts() {
         &warm,
         &cfg,
     );
+}
+
+#[test]
+fn resampling_reinitialises_planted_dead_features_from_high_error_rows() {
+    let t = tensors();
+    let mut s = sae(&t, "init", 4);
+    let rows = flat(&t["train"]);
+    let d = s.d_model;
+    let dead: Vec<u32> = vec![1, 5, 9];
+    let before = s.clone();
+    saerl::sae::train::resample(&mut s, &dead, &rows, 7);
+    // Reconstruction error of every row under the SAE before resampling, from first principles.
+    let errs: Vec<f64> = rows
+        .chunks(d)
+        .map(|x| {
+            let z: Vec<f32> = (0..before.d_sae)
+                .map(|i| (0..d).map(|j| before.w_enc[i * d + j] * (x[j] - before.b_pre[j])).sum::<f32>() + before.b_enc[i])
+                .collect();
+            let mut idx: Vec<usize> = (0..z.len()).collect();
+            idx.sort_by(|&a, &b| z[b].total_cmp(&z[a]));
+            let mut x_hat = before.b_dec.clone();
+            for &i in &idx[..before.k] {
+                for j in 0..d {
+                    x_hat[j] += z[i] * before.w_dec[i * d + j];
+                }
+            }
+            x.iter().zip(&x_hat).map(|(a, b)| ((a - b) as f64).powi(2)).sum()
+        })
+        .collect();
+    let mut sorted = errs.clone();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let cutoff = sorted[sorted.len().div_ceil(4) - 1];
+    for &f in &dead {
+        let f = f as usize;
+        assert_eq!(s.b_enc[f], 0.0);
+        let enc = &s.w_enc[f * d..(f + 1) * d];
+        assert_eq!(enc, &s.w_dec[f * d..(f + 1) * d], "encoder row and decoder column are the same vector");
+        let r = rows
+            .chunks(d)
+            .position(|x| {
+                let n = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+                x.iter().zip(enc).all(|(a, b)| (a / n - b).abs() < 1e-6)
+            })
+            .expect("a normalised training row");
+        assert!(errs[r] >= cutoff, "feature {f} came from a row outside the top error quartile");
+    }
+    assert_eq!(s.b_dec, before.b_dec, "b_dec untouched");
+    for i in (0..s.d_sae).filter(|i| !dead.contains(&(*i as u32))) {
+        assert_eq!(s.enc_row(i), before.enc_row(i), "live feature {i} unchanged");
+    }
 }
