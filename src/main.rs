@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use saerl::commands::{bench, demo, export, import, ingest, init, plot, sql};
+use saerl::commands::{bench, demo, export, import, ingest, init, plot, sql, train};
 use saerl::lake::Lake;
 use saerl::sql::Format;
 use saerl::study as saerl_study;
@@ -39,6 +39,8 @@ enum Command {
         #[command(subcommand)]
         what: ImportWhat,
     },
+    /// Train TopK SAEs along a chain (warm-started stage to stage) from its activations.
+    Train(train::TrainArgs),
     /// Export SAEs to other formats.
     Export {
         #[command(subcommand)]
@@ -168,6 +170,7 @@ async fn main() -> ExitCode {
                 overwrite,
             },
         ),
+        Command::Train(args) => train::run(&lake, &args),
         Command::Export {
             what: ExportWhat::Pt { out, chain },
         } => export::run(&lake, &out, chain.as_deref()),

@@ -8,6 +8,7 @@ pub mod ingest;
 pub mod init;
 pub mod plot;
 pub mod sql;
+pub mod train;
 
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -70,3 +70,31 @@ pub fn vocab_batch(tokens: &[(u32, String)]) -> Result<RecordBatch> {
         ],
     )?)
 }
+
+/// One `train_log` row per epoch.
+pub fn train_log_batch(
+    epochs: &[crate::sae::train::EpochLog],
+    seconds: &[f64],
+) -> Result<RecordBatch> {
+    use arrow::array::Float64Array;
+    Ok(RecordBatch::try_new(
+        Table::TrainLog.file_schema(None),
+        vec![
+            Arc::new(Int32Array::from_iter_values(1..=epochs.len() as i32)),
+            Arc::new(Float64Array::from_iter_values(
+                epochs.iter().map(|e| e.train_mse),
+            )),
+            Arc::new(Float64Array::from(
+                epochs.iter().map(|e| Some(e.val_mse)).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                epochs.iter().map(|e| e.aux_loss).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                epochs.iter().map(|e| e.n_dead as i64),
+            )),
+            Arc::new(Float64Array::from_iter_values(epochs.iter().map(|e| e.lr))),
+            Arc::new(Float64Array::from_iter_values(seconds.iter().copied())),
+        ],
+    )?)
+}

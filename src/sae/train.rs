@@ -63,18 +63,30 @@ pub fn resample(sae: &mut Sae, dead: &[u32], rows: &[f32], seed: u64) {
     let sample: Vec<usize> = if n <= RESAMPLE_ROWS {
         (0..n).collect()
     } else {
-        crate::data::permutation(n, seed).into_iter().take(RESAMPLE_ROWS).collect()
+        crate::data::permutation(n, seed)
+            .into_iter()
+            .take(RESAMPLE_ROWS)
+            .collect()
     };
     let mut errs: Vec<(f64, usize)> = sample
         .iter()
         .map(|&r| {
             let x = &rows[r * d..(r + 1) * d];
             let x_hat = sae.decode(&sae.encode(x));
-            (x.iter().zip(&x_hat).map(|(a, b)| ((a - b) as f64).powi(2)).sum(), r)
+            (
+                x.iter()
+                    .zip(&x_hat)
+                    .map(|(a, b)| ((a - b) as f64).powi(2))
+                    .sum(),
+                r,
+            )
         })
         .collect();
     errs.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let top: Vec<usize> = errs[..errs.len().div_ceil(4)].iter().map(|&(_, r)| r).collect();
+    let top: Vec<usize> = errs[..errs.len().div_ceil(4)]
+        .iter()
+        .map(|&(_, r)| r)
+        .collect();
     let mut pool = top.clone();
     for &f in dead {
         if pool.is_empty() {
@@ -335,9 +347,46 @@ fn clip(g: &mut Params, max: f32) {
     }
 }
 
-/// Trains from `init` on `train` rows in order (consecutive batches, the last one short),
-/// validating on `val` after every epoch.
-pub fn train(init: &Sae, train: &[f32], val: &[f32], cfg: &TrainConfig) -> Result<TrainResult> {
+/// A cold start (PyTorch `nn.Linear` defaults): W_enc, b_enc ~ U(±1/√d), W_dec, b_dec ~
+/// U(±1/√d_sae) with W_dec's columns then normalised, and b_pre = the mean training row.
+pub fn cold_start(train: &[f32], d: usize, d_sae: usize, k: usize, seed: u64) -> Sae {
+    let mut rng = crate::data::SplitMix64::new(seed);
+    let mut uniform = |bound: f32, n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound)
+            .collect()
+    };
+    let (be, bd) = (1.0 / (d as f32).sqrt(), 1.0 / (d_sae as f32).sqrt());
+    let rows = (train.len() / d).max(1);
+    let mut b_pre = vec![0f64; d];
+    for x in train.chunks_exact(d) {
+        b_pre.iter_mut().zip(x).for_each(|(m, v)| *m += *v as f64);
+    }
+    let mut sae = Sae {
+        d_model: d,
+        d_sae,
+        k,
+        activation: super::Activation::TopK,
+        b_pre: b_pre.iter().map(|m| (m / rows as f64) as f32).collect(),
+        w_enc: uniform(be, d_sae * d),
+        b_enc: uniform(be, d_sae),
+        w_dec: uniform(bd, d_sae * d),
+        b_dec: uniform(bd, d),
+        meta: Default::default(),
+    };
+    normalize_decoder(&mut sae);
+    sae
+}
+
+/// Trains from `init` on `train` rows (consecutive batches, the last one short; shuffled per
+/// epoch when asked), validating on `val` after every epoch; `on_epoch` sees each epoch's log.
+pub fn train(
+    init: &Sae,
+    train: &[f32],
+    val: &[f32],
+    cfg: &TrainConfig,
+    on_epoch: &mut dyn FnMut(&EpochLog),
+) -> Result<TrainResult> {
     let d = init.d_model;
     if cfg.epochs == 0 || cfg.batch == 0 {
         bail!("epochs and batch size must be positive");
@@ -403,12 +452,21 @@ pub fn train(init: &Sae, train: &[f32], val: &[f32], cfg: &TrainConfig) -> Resul
             aux_loss: (aux_n > 0).then(|| aux_tot / aux_n as f64),
             lr,
         });
+        on_epoch(epochs.last().unwrap());
         if best.as_ref().is_none_or(|(b, _)| val_mse < *b) {
             best = Some((val_mse, sae.clone()));
             best_epoch = ep + 1;
         }
-        if cfg.resample_every.is_some_and(|every| every > 0 && (ep + 1) % every == 0 && ep + 1 < cfg.epochs) {
-            resample(&mut sae, &dead, train, cfg.seed.wrapping_add(1000 + ep as u64));
+        if cfg
+            .resample_every
+            .is_some_and(|every| every > 0 && (ep + 1) % every == 0 && ep + 1 < cfg.epochs)
+        {
+            resample(
+                &mut sae,
+                &dead,
+                train,
+                cfg.seed.wrapping_add(1000 + ep as u64),
+            );
         }
         prev_dead = Some(dead);
     }

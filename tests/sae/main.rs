@@ -54,7 +54,7 @@ fn check_run(
     want: &Sae,
     cfg: &TrainConfig,
 ) {
-    let r = train(init, train_rows, val_rows, cfg).unwrap();
+    let r = train(init, train_rows, val_rows, cfg, &mut |_| {}).unwrap();
     let steps = log["steps"].as_array().unwrap();
     assert_eq!(r.steps.len(), steps.len(), "{name}: number of steps");
     for (i, (got, s)) in r.steps.iter().zip(steps).enumerate() {
@@ -170,7 +170,12 @@ fn resampling_reinitialises_planted_dead_features_from_high_error_rows() {
         .chunks(d)
         .map(|x| {
             let z: Vec<f32> = (0..before.d_sae)
-                .map(|i| (0..d).map(|j| before.w_enc[i * d + j] * (x[j] - before.b_pre[j])).sum::<f32>() + before.b_enc[i])
+                .map(|i| {
+                    (0..d)
+                        .map(|j| before.w_enc[i * d + j] * (x[j] - before.b_pre[j]))
+                        .sum::<f32>()
+                        + before.b_enc[i]
+                })
                 .collect();
             let mut idx: Vec<usize> = (0..z.len()).collect();
             idx.sort_by(|&a, &b| z[b].total_cmp(&z[a]));
@@ -180,7 +185,10 @@ fn resampling_reinitialises_planted_dead_features_from_high_error_rows() {
                     x_hat[j] += z[i] * before.w_dec[i * d + j];
                 }
             }
-            x.iter().zip(&x_hat).map(|(a, b)| ((a - b) as f64).powi(2)).sum()
+            x.iter()
+                .zip(&x_hat)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum()
         })
         .collect();
     let mut sorted = errs.clone();
@@ -190,7 +198,11 @@ fn resampling_reinitialises_planted_dead_features_from_high_error_rows() {
         let f = f as usize;
         assert_eq!(s.b_enc[f], 0.0);
         let enc = &s.w_enc[f * d..(f + 1) * d];
-        assert_eq!(enc, &s.w_dec[f * d..(f + 1) * d], "encoder row and decoder column are the same vector");
+        assert_eq!(
+            enc,
+            &s.w_dec[f * d..(f + 1) * d],
+            "encoder row and decoder column are the same vector"
+        );
         let r = rows
             .chunks(d)
             .position(|x| {
@@ -198,10 +210,66 @@ fn resampling_reinitialises_planted_dead_features_from_high_error_rows() {
                 x.iter().zip(enc).all(|(a, b)| (a / n - b).abs() < 1e-6)
             })
             .expect("a normalised training row");
-        assert!(errs[r] >= cutoff, "feature {f} came from a row outside the top error quartile");
+        assert!(
+            errs[r] >= cutoff,
+            "feature {f} came from a row outside the top error quartile"
+        );
     }
     assert_eq!(s.b_dec, before.b_dec, "b_dec untouched");
     for i in (0..s.d_sae).filter(|i| !dead.contains(&(*i as u32))) {
-        assert_eq!(s.enc_row(i), before.enc_row(i), "live feature {i} unchanged");
+        assert_eq!(
+            s.enc_row(i),
+            before.enc_row(i),
+            "live feature {i} unchanged"
+        );
     }
+}
+
+#[test]
+fn train_walks_a_chain_with_warm_starts_and_skips_what_is_done() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_saerl"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "saerl {args:?}:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    run(&["demo", "--out", out.to_str().unwrap(), "--prompts", "40"]);
+    let lake = out.join("lake");
+    let l = lake.to_str().unwrap();
+    let train = [
+        "--lake", l, "train", "--chain", "tiny", "--layers", "2", "--k", "4", "--d-sae", "32",
+        "--epochs", "2", "--batch", "64",
+    ];
+    run(&train);
+    let again = run(&train);
+    assert!(again.contains("already trained, skipped"), "{again}");
+    let q = "SELECT s.stage, s.init_from_stage, count(t.epoch) AS epochs FROM saes s JOIN train_log t USING (chain, stage, layer, k) \
+             WHERE s.chain = 'tiny' GROUP BY s.stage, s.init_from_stage ORDER BY s.stage";
+    let csv = run(&["--lake", l, "sql", "-c", q, "--format", "csv"]);
+    assert_eq!(
+        csv,
+        "stage,init_from_stage,epochs\ninstruct_base,,2\nppo_step10,instruct_base,2\n"
+    );
+    let drift = run(&[
+        "--lake",
+        l,
+        "sql",
+        "-c",
+        "SELECT count(*) AS n FROM feature_drift WHERE chain = 'tiny'",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(
+        drift, "n\n32\n",
+        "one drift row per feature of the warm-started pair"
+    );
 }
