@@ -3,15 +3,19 @@
 //!
 //! 1. A tiny random Qwen2 ("instruct_base") and a perturbed copy ("ppo_step10") are written in
 //!    Hugging Face layout and ingested over a few hundred GSM8k questions (chain `tiny`).
-//! 2. Until `saerl train` exists, the SAEs are synthetic: three chains with the study's stages
-//!    and layers, small SAEs with planted drift, written through the lake's writers.
+//! 2. SAEs are trained on those activations, the second stage warm-started from the first.
+//! 3. A synthetic study with the published shape (three chains, their stages and layers, small
+//!    SAEs with planted drift) gives the saved queries the whole study to work on.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use clap::Parser;
+
 use crate::commands::ingest;
 use crate::commands::plot::plot_query;
+use crate::commands::train::TrainArgs;
 use crate::data::read_questions;
 use crate::lake::{Lake, Txn};
 use crate::model::random::{write_model, write_tokenizer, TinyShape};
@@ -137,6 +141,12 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     tiny_model_stage(out, &lake, a)?;
+    // Real SAEs on the tiny chain: the base stage cold, the "ppo" stage warm-started from it.
+    let train = TrainArgs::parse_from([
+        "train", "--chain", "tiny", "--layers", "1,2,3", "--k", "8", "--d-sae", "256", "--epochs",
+        "4", "--batch", "256",
+    ]);
+    super::train::run(&lake, &train)?;
     let plans = plans();
     let total: usize = plans.iter().map(|p| p.saes.len() * p.steps.len()).sum();
     let bar = super::progress(total as u64, "synthetic SAEs");

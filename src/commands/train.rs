@@ -16,7 +16,8 @@ use crate::lake::{read_sae, train_log_batch, write_sae, Lake, PartitionKey, Tabl
 use crate::sae::train::{cold_start, train, TrainConfig};
 use crate::sae::Sae;
 
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "train")]
 pub struct TrainArgs {
     #[arg(long)]
     pub chain: String,

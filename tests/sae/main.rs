@@ -253,7 +253,7 @@ fn train_walks_a_chain_with_warm_starts_and_skips_what_is_done() {
     let again = run(&train);
     assert!(again.contains("already trained, skipped"), "{again}");
     let q = "SELECT s.stage, s.init_from_stage, count(t.epoch) AS epochs FROM saes s JOIN train_log t USING (chain, stage, layer, k) \
-             WHERE s.chain = 'tiny' GROUP BY s.stage, s.init_from_stage ORDER BY s.stage";
+             WHERE s.chain = 'tiny' AND s.k = 4 GROUP BY s.stage, s.init_from_stage ORDER BY s.stage";
     let csv = run(&["--lake", l, "sql", "-c", q, "--format", "csv"]);
     assert_eq!(
         csv,
@@ -264,7 +264,7 @@ fn train_walks_a_chain_with_warm_starts_and_skips_what_is_done() {
         l,
         "sql",
         "-c",
-        "SELECT count(*) AS n FROM feature_drift WHERE chain = 'tiny'",
+        "SELECT count(*) AS n FROM feature_drift WHERE chain = 'tiny' AND k = 4",
         "--format",
         "csv",
     ]);
