@@ -57,11 +57,11 @@ impl Lake {
     pub fn read_partition(&self, table: Table, key: &PartitionKey) -> Result<Vec<RecordBatch>> {
         let dir = self.partition_dir(table, key)?;
         if !dir.is_dir() {
-            let have: Vec<String> = self
-                .partitions(table)?
-                .into_iter()
-                .map(|(k, _)| k.to_string())
-                .collect();
+            let all = self.partitions(table)?;
+            let mut have: Vec<String> = all.iter().take(12).map(|(k, _)| k.to_string()).collect();
+            if all.len() > have.len() {
+                have.push(format!("… ({} in all)", all.len()));
+            }
             anyhow::bail!(
                 "no {} partition {key} in lake {}{}",
                 table.name(),
@@ -82,7 +82,7 @@ impl Lake {
 }
 
 impl Lake {
-    /// Reads only the named columns of one partition, as a single batch.
+    /// Reads only the named columns of a single-file partition (the SAE tables), as one batch.
     pub fn read_columns(
         &self,
         table: Table,
