@@ -113,6 +113,11 @@ enum ExportWhat {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// SAE training steps at the study's shape (d 896, d_sae 7168, k 64, batch 512).
+    Train {
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+    },
     /// Activation collection with a random model of Qwen2.5-0.5B's exact shape.
     Ingest {
         /// GSM8k train questions to run.
@@ -204,6 +209,9 @@ async fn main() -> ExitCode {
             })
             .await
         }
+        Command::Bench {
+            what: BenchWhat::Train { steps },
+        } => bench::train(steps),
         Command::Bench {
             what:
                 BenchWhat::Ingest {

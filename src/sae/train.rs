@@ -173,19 +173,47 @@ fn sae_parts(s: &mut Sae) -> [&mut Vec<f32>; 5] {
     ]
 }
 
-/// Mean squared reconstruction error of `rows` (row-major, d_model wide).
-pub fn mse(sae: &Sae, rows: &[f32]) -> f64 {
-    let d = sae.d_model;
-    let mut sum = 0f64;
-    for x in rows.chunks_exact(d) {
-        let x_hat = sae.decode(&sae.encode(x));
-        sum += x
-            .iter()
-            .zip(&x_hat)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum::<f64>();
+/// Pre-activations of a batch, Z = (X − b_pre)·W_encᵀ + b_enc [rows × d_sae], as one GEMM
+/// (the dominant cost of a step; OpenBLAS with the `openblas` feature, else candle's GEMM).
+pub fn encode_batch(sae: &Sae, x: &[f32]) -> Result<Vec<f32>> {
+    use candle_core::{Device, Tensor};
+    let (d, n) = (sae.d_model, sae.d_sae);
+    let rows = x.len() / d;
+    let xc: Vec<f32> = x
+        .chunks_exact(d)
+        .flat_map(|r| r.iter().zip(&sae.b_pre).map(|(a, b)| a - b))
+        .collect();
+    let xt = Tensor::from_vec(xc, (rows, d), &Device::Cpu)?;
+    let w = Tensor::from_slice(&sae.w_enc, (n, d), &Device::Cpu)?;
+    let mut z: Vec<f32> = crate::model::blas::linear(&xt, &w)?
+        .flatten_all()?
+        .to_vec1()?;
+    for row in z.chunks_exact_mut(n) {
+        row.iter_mut().zip(&sae.b_enc).for_each(|(v, b)| *v += b);
     }
-    sum / rows.len() as f64
+    Ok(z)
+}
+
+/// Mean squared reconstruction error of `rows` (row-major, d_model wide).
+pub fn mse(sae: &Sae, rows: &[f32]) -> Result<f64> {
+    let (d, n) = (sae.d_model, sae.d_sae);
+    let mut sum = 0f64;
+    for chunk in rows.chunks(512 * d) {
+        let z = encode_batch(sae, chunk)?;
+        for (x, z) in chunk.chunks_exact(d).zip(z.chunks_exact(n)) {
+            let mut top = top_k(z, sae.k);
+            if sae.activation == super::Activation::TopKRelu {
+                top.iter_mut().for_each(|(_, v)| *v = v.max(0.0));
+            }
+            let x_hat = sae.decode(&top);
+            sum += x
+                .iter()
+                .zip(&x_hat)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>();
+        }
+    }
+    Ok(sum / rows.len() as f64)
 }
 
 /// Cosine annealing from `lr` to `lr/10` over `total` steps, at step `t` (PyTorch's
@@ -241,25 +269,22 @@ fn batch_grads(
     cfg: &TrainConfig,
     g: &mut Params,
     fired: &mut [u64],
-) -> (f64, Option<f64>) {
+) -> Result<(f64, Option<f64>)> {
     let (d, n) = (sae.d_model, sae.d_sae);
     let rows = x.len() / d;
+    let z_all = encode_batch(sae, x)?;
     for p in g.parts() {
         p.iter_mut().for_each(|v| *v = 0.0);
     }
     let elems = (rows * d) as f32;
     let k_aux = dead.map_or(0, |dd| (16 * sae.k).min(dd.len()));
     let (mut recon, mut aux) = (0f64, 0f64);
-    let mut z = vec![0f32; n];
     let mut xc = vec![0f32; d];
-    for x in x.chunks_exact(d) {
+    for (x, z) in x.chunks_exact(d).zip(z_all.chunks_exact(n)) {
         for j in 0..d {
             xc[j] = x[j] - sae.b_pre[j];
         }
-        for (i, zi) in z.iter_mut().enumerate() {
-            *zi = dot(sae.enc_row(i), &xc) + sae.b_enc[i];
-        }
-        let top = top_k(&z, sae.k);
+        let top = top_k(z, sae.k);
         // (feature, value, dL/dx̂ of the reconstruction it contributes to)
         let mut terms: Vec<(u32, f32, usize)> = Vec::with_capacity(sae.k + k_aux);
         let mut x_hats: Vec<Vec<f32>> = Vec::with_capacity(2);
@@ -328,7 +353,7 @@ fn batch_grads(
         }
     }
     let aux = (k_aux > 0).then_some(aux / elems as f64);
-    (recon / elems as f64, aux)
+    Ok((recon / elems as f64, aux))
 }
 
 /// Scales the gradients so their global L2 norm is at most `max` (PyTorch's clip_grad_norm_).
@@ -422,7 +447,7 @@ pub fn train(
             let dead = prev_dead
                 .as_deref()
                 .filter(|dd| !dd.is_empty() && cfg.aux_coeff > 0.0);
-            let (recon, aux) = batch_grads(&sae, batch, dead, cfg, &mut g, &mut fired);
+            let (recon, aux) = batch_grads(&sae, batch, dead, cfg, &mut g, &mut fired)?;
             if !recon.is_finite() || aux.is_some_and(|a| !a.is_finite()) {
                 bail!("the loss became non-finite at epoch {} step {t}", ep + 1);
             }
@@ -444,7 +469,7 @@ pub fn train(
         let dead: Vec<u32> = (0..sae.d_sae as u32)
             .filter(|&i| (fired[i as usize] as f64 / n_rows as f64) < cfg.dead_threshold)
             .collect();
-        let val_mse = mse(&sae, val);
+        let val_mse = mse(&sae, val)?;
         epochs.push(EpochLog {
             train_mse: tot / steps_per_epoch as f64,
             val_mse,
