@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use super::{Lake, PartitionKey, Table, PART_FILE};
 
@@ -21,8 +20,6 @@ fn corrupt(path: &Path) -> String {
 /// Validates a file's footer and returns its Arrow schema (cheap: reads only metadata).
 pub fn check_parquet(path: &Path) -> Result<SchemaRef> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let reader = SerializedFileReader::new(file.try_clone()?).with_context(|| corrupt(path))?;
-    let _ = reader.metadata().num_row_groups();
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(|| corrupt(path))?;
     Ok(builder.schema().clone())
 }

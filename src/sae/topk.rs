@@ -112,7 +112,12 @@ impl Sae {
     pub fn encode(&self, x: &[f32]) -> Vec<(u32, f32)> {
         let mut z = Vec::with_capacity(self.d_sae);
         self.pre_activations(x, &mut z);
-        let mut top = top_k(&z, self.k);
+        self.activate(&z)
+    }
+
+    /// The k active latents given a row's pre-activations (top-k, then ReLU for `topk_relu`).
+    pub fn activate(&self, z: &[f32]) -> Vec<(u32, f32)> {
+        let mut top = top_k(z, self.k);
         if self.activation == Activation::TopKRelu {
             top.iter_mut().for_each(|(_, v)| *v = v.max(0.0));
         }

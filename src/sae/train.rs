@@ -201,11 +201,7 @@ pub fn mse(sae: &Sae, rows: &[f32]) -> Result<f64> {
     for chunk in rows.chunks(512 * d) {
         let z = encode_batch(sae, chunk)?;
         for (x, z) in chunk.chunks_exact(d).zip(z.chunks_exact(n)) {
-            let mut top = top_k(z, sae.k);
-            if sae.activation == super::Activation::TopKRelu {
-                top.iter_mut().for_each(|(_, v)| *v = v.max(0.0));
-            }
-            let x_hat = sae.decode(&top);
+            let x_hat = sae.decode(&sae.activate(z));
             sum += x
                 .iter()
                 .zip(&x_hat)
