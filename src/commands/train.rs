@@ -1,19 +1,16 @@
 //! `saerl train`: TopK SAEs along a chain, one per (stage, layer), each stage warm-started from
 //! the previous stage's SAE of the same layer and k so that feature indices stay aligned.
 //! Writes `saes`, `features` and `train_log`; an SAE already in the lake is skipped (and used as
-//! the next stage's parent).
-//!
-//! Not yet done (issue 4): streaming epochs from Parquet (rows are read into memory here),
-//! epoch checkpoints for resuming inside one SAE, and the GEMM/top-k speed work.
+//! the next stage's parent). Rows stream from Parquet unless `--in-memory`; after every epoch
+//! the trainer is checkpointed under `<lake>/.tmp/`, and an interrupted SAE resumes from there.
 
-use std::time::Instant;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use arrow::array::AsArray;
-use arrow::datatypes::Float32Type;
 
 use crate::lake::{read_sae, train_log_batch, write_sae, Lake, PartitionKey, Table, Txn};
-use crate::sae::train::{cold_start, train, TrainConfig};
+use crate::sae::rows::{mean_row, MemRows, Rows};
+use crate::sae::train::{cold_start, TrainConfig, Trainer};
 use crate::sae::Sae;
 
 #[derive(clap::Parser, Debug, Clone)]
@@ -39,44 +36,54 @@ pub struct TrainArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Resample dead features after every this many epochs (never after the last); 0 = never.
+    #[arg(long, default_value_t = 10)]
+    pub resample_every: usize,
     /// `shuffled` (seeded, per epoch) or `sequential` batches.
     #[arg(long, default_value = "shuffled", value_parser = ["shuffled", "sequential"])]
     pub batch_order: String,
+    /// Hold each partition's rows in memory (a full permutation per epoch) instead of streaming
+    /// them from Parquet through a shuffle buffer.
+    #[arg(long)]
+    pub in_memory: bool,
+    /// Rows in the streaming shuffle buffer (65,536 rows of width 896 take 235 MB).
+    #[arg(long, default_value_t = 65_536)]
+    pub shuffle_buffer: usize,
     #[arg(long)]
     pub overwrite: bool,
+    /// Stop (with an error) after this many epochs of an SAE, leaving its checkpoint: for the
+    /// resume test.
+    #[arg(long, hide = true)]
+    pub stop_after_epochs: Option<usize>,
 }
 
-/// The train and val rows of one activation partition.
-fn read_rows(lake: &Lake, key: &PartitionKey) -> Result<(usize, Vec<f32>, Vec<f32>)> {
-    let (mut train_rows, mut val_rows, mut d) = (Vec::new(), Vec::new(), 0);
-    for b in lake.read_partition(Table::Activations, key)? {
-        let x = b
-            .column_by_name("x")
-            .context("activations without x")?
-            .as_fixed_size_list();
-        let split = b
-            .column_by_name("split")
-            .context("activations without split")?
-            .as_string::<i32>();
-        d = x.value_length() as usize;
-        let values = x.values().as_primitive::<Float32Type>().values();
-        for i in 0..b.num_rows() {
-            let row = &values[i * d..(i + 1) * d];
-            if row.iter().any(|v| !v.is_finite()) {
-                bail!("non-finite activation in {key} (row {i}); re-ingest that partition");
-            }
-            if split.value(i) == "val" {
-                &mut val_rows
-            } else {
-                &mut train_rows
-            }
-            .extend_from_slice(row);
-        }
+/// One split of a partition, streamed or (with `--in-memory`) loaded.
+fn open_rows(lake: &Lake, key: &PartitionKey, split: &str, a: &TrainArgs) -> Result<Box<dyn Rows>> {
+    let rows = lake.activation_rows(key, split, a.shuffle_buffer)?;
+    if rows.is_empty() {
+        bail!("activations {key} hold no {split} rows; ingest with a validation fraction between 0 and 1");
     }
-    if train_rows.is_empty() {
-        bail!("activations {key} hold no training rows");
+    if !a.in_memory {
+        return Ok(Box::new(rows));
     }
-    Ok((d, train_rows, val_rows))
+    let mut all = Vec::with_capacity(rows.len() * rows.d_model());
+    rows.for_each_batch(8192, None, &mut |b| {
+        all.extend_from_slice(b);
+        Ok(())
+    })?;
+    Ok(Box::new(MemRows::new(rows.d_model(), all)))
+}
+
+fn checkpoint_path(lake: &Lake, key: &PartitionKey) -> PathBuf {
+    lake.tmp_root()
+        .join(format!(
+            "train-{}-{}-layer{}-k{}",
+            key.chain,
+            key.stage.as_deref().unwrap_or(""),
+            key.layer.unwrap_or(0),
+            key.k.unwrap_or(0)
+        ))
+        .join("checkpoint.safetensors")
 }
 
 pub fn run(lake: &Lake, a: &TrainArgs) -> Result<()> {
@@ -107,6 +114,7 @@ pub fn run(lake: &Lake, a: &TrainArgs) -> Result<()> {
         lr: a.lr,
         batch: a.batch,
         shuffle: a.batch_order == "shuffled",
+        resample_every: (a.resample_every > 0).then_some(a.resample_every),
         seed: a.seed,
         ..TrainConfig::default()
     };
@@ -127,7 +135,9 @@ pub fn run(lake: &Lake, a: &TrainArgs) -> Result<()> {
                 continue;
             }
             let act_key = PartitionKey::layer(&a.chain, &st.stage, layer);
-            let (d, train_rows, val_rows) = read_rows(&lake, &act_key)?;
+            let train_rows = open_rows(&lake, &act_key, "train", a)?;
+            let val_rows = open_rows(&lake, &act_key, "val", a)?;
+            let d = train_rows.d_model();
             let init = match &parent {
                 Some((p, sae)) => {
                     if sae.d_model != d {
@@ -144,47 +154,120 @@ pub fn run(lake: &Lake, a: &TrainArgs) -> Result<()> {
                 None if si > 0 && !a.stage.is_empty() => {
                     bail!("{key}: the parent stage's SAE is not in the lake; train the chain in order")
                 }
-                None => cold_start(&train_rows, d, a.d_sae.unwrap_or(8 * d), a.k, a.seed),
+                None => cold_start(
+                    mean_row(train_rows.as_ref())?,
+                    a.d_sae.unwrap_or(8 * d),
+                    a.k,
+                    a.seed,
+                ),
             };
-            let bar = super::progress(cfg.epochs as u64, &format!("{} layer {layer}", st.stage));
-            let rows = train_rows.len() / d;
-            let (start, mut seconds, mut last) = (Instant::now(), Vec::new(), Instant::now());
-            let result = train(&init, &train_rows, &val_rows, &cfg, &mut |e| {
-                seconds.push(last.elapsed().as_secs_f64());
-                last = Instant::now();
-                bar.set_message(format!(
-                    "val_mse {:.4e} dead {} ({:.0} rows/s)",
-                    e.val_mse,
-                    e.n_dead,
-                    rows as f64 / seconds.last().unwrap()
-                ));
-                bar.inc(1);
-            })
-            .with_context(|| format!("training {key}"))?;
-            bar.finish_and_clear();
-            let mut sae = result.sae;
-            sae.meta.source = Some(format!(
-                "saerl train {} {} layer {layer}",
-                a.chain, st.stage
-            ));
-            let mut txn = Txn::begin(&lake, a.overwrite)?;
-            write_sae(&mut txn, &key, &sae)?;
-            txn.write(
-                Table::TrainLog,
+            let sae = train_one(
+                &lake,
                 &key,
-                &[train_log_batch(&result.epochs, &seconds)?],
+                &init,
+                train_rows.as_ref(),
+                val_rows.as_ref(),
+                &cfg,
+                a,
             )?;
-            txn.commit()?;
-            println!(
-                "{key}: best epoch {} val_mse {:.4e} ({} train / {} val rows, {:.1} s)",
-                result.best_epoch,
-                sae.meta.best_val_mse.unwrap_or(f64::NAN),
-                rows,
-                val_rows.len() / d,
-                start.elapsed().as_secs_f64()
-            );
             parent = Some((st.stage.clone(), sae));
         }
     }
     Ok(())
+}
+
+/// Trains one SAE (resuming from its checkpoint when there is one) and commits it.
+fn train_one(
+    lake: &Lake,
+    key: &PartitionKey,
+    init: &Sae,
+    train: &dyn Rows,
+    val: &dyn Rows,
+    cfg: &TrainConfig,
+    a: &TrainArgs,
+) -> Result<Sae> {
+    let ckpt = checkpoint_path(lake, key);
+    // Everything the result depends on; a checkpoint of another run is not resumed.
+    let fingerprint = format!(
+        "{cfg:?} rows {}/{} d_sae {} k {} parent {:?} init {:016x}",
+        train.len(),
+        val.len(),
+        init.d_sae,
+        init.k,
+        init.meta.init_from_stage,
+        weights_hash(init)
+    );
+    let mut trainer = match Trainer::load(&ckpt, &fingerprint, cfg)? {
+        Some(t) => {
+            println!(
+                "{key}: resuming after epoch {} from {}",
+                t.epochs().len(),
+                ckpt.display()
+            );
+            t
+        }
+        None => Trainer::new(init, train.len(), cfg)?,
+    };
+    let stage = key.stage.as_deref().unwrap_or("");
+    let layer = key.layer.unwrap_or(0);
+    let bar = super::progress(
+        (cfg.epochs * train.len()) as u64,
+        &format!("{stage} layer {layer}"),
+    );
+    bar.set_position((trainer.epochs().len() * train.len()) as u64);
+    let started = std::time::Instant::now();
+    let mut ran = 0;
+    while !trainer.is_done() {
+        let epoch = trainer.epochs().len() + 1;
+        let e = trainer
+            .run_epoch(train, val, &mut |rows, loss| {
+                bar.inc(rows as u64);
+                bar.set_message(format!("epoch {epoch}/{} loss {loss:.4e}", cfg.epochs));
+            })
+            .with_context(|| format!("training {key}; nothing was written"))?;
+        bar.println(format!(
+            "{key} epoch {epoch}: train_mse {:.4e} val_mse {:.4e} dead {} ({:.1} s)",
+            e.train_mse, e.val_mse, e.n_dead, e.seconds
+        ));
+        trainer.save(&ckpt, &fingerprint)?;
+        ran += 1;
+        if a.stop_after_epochs == Some(ran) && !trainer.is_done() {
+            bail!(
+                "{key}: stopped after {ran} epochs as asked; run the same command again to resume from {}",
+                ckpt.display()
+            );
+        }
+    }
+    bar.finish_and_clear();
+    let result = trainer.finish()?;
+    let mut sae = result.sae;
+    sae.meta.source = Some(format!("saerl train {} {stage} layer {layer}", key.chain));
+    let mut txn = Txn::begin(lake, a.overwrite)?;
+    write_sae(&mut txn, key, &sae)?;
+    txn.write(Table::TrainLog, key, &[train_log_batch(&result.epochs)?])?;
+    txn.commit()?;
+    if let Some(dir) = ckpt.parent() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_dir(lake.tmp_root()); // only if nothing else is staged there
+    println!(
+        "{key}: best epoch {} val_mse {:.4e} ({} train / {} val rows, {:.1} s)",
+        result.best_epoch,
+        sae.meta.best_val_mse.unwrap_or(f64::NAN),
+        train.len(),
+        val.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(sae)
+}
+
+/// A cheap fingerprint of the starting weights (FNV-1a over a strided sample of their bits).
+fn weights_hash(s: &Sae) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for v in [&s.b_pre, &s.w_enc, &s.b_enc, &s.w_dec, &s.b_dec] {
+        for x in v.iter().step_by(97) {
+            h = (h ^ x.to_bits() as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    h
 }

@@ -1,6 +1,7 @@
 //! The lake: one directory of hive-partitioned Parquet tables. This module is the only place
 //! that knows paths, partition levels and schemas; everything else asks it.
 
+mod activation_rows;
 mod read;
 mod rows;
 mod saes;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+pub use activation_rows::ActivationRows;
 pub use read::{check_parquet, partition_files, read_parquet};
 pub use rows::{activation_batch, docs_batch, train_log_batch, vocab_batch};
 pub use saes::{read_sae, sae_batches, write_sae};

@@ -10,7 +10,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::{Lake, PartitionKey, Table, PART_FILE};
 
-fn corrupt(path: &Path) -> String {
+pub(super) fn corrupt(path: &Path) -> String {
     format!(
         "corrupt or truncated Parquet file {}; re-run the command that wrote it with --overwrite, or delete its partition directory",
         path.display()
@@ -54,21 +54,7 @@ impl Lake {
     pub fn read_partition(&self, table: Table, key: &PartitionKey) -> Result<Vec<RecordBatch>> {
         let dir = self.partition_dir(table, key)?;
         if !dir.is_dir() {
-            let all = self.partitions(table)?;
-            let mut have: Vec<String> = all.iter().take(12).map(|(k, _)| k.to_string()).collect();
-            if all.len() > have.len() {
-                have.push(format!("… ({} in all)", all.len()));
-            }
-            anyhow::bail!(
-                "no {} partition {key} in lake {}{}",
-                table.name(),
-                self.root().display(),
-                if have.is_empty() {
-                    " (the table is empty)".to_string()
-                } else {
-                    format!("; it has: {}", have.join(", "))
-                }
-            );
+            return Err(self.missing(table, key));
         }
         let mut out = Vec::new();
         for f in partition_files(&dir)? {
@@ -79,6 +65,25 @@ impl Lake {
 }
 
 impl Lake {
+    /// The error for a missing partition, naming what exists instead.
+    pub fn missing(&self, table: Table, key: &PartitionKey) -> anyhow::Error {
+        let all = self.partitions(table).unwrap_or_default();
+        let mut have: Vec<String> = all.iter().take(12).map(|(k, _)| k.to_string()).collect();
+        if all.len() > have.len() {
+            have.push(format!("… ({} in all)", all.len()));
+        }
+        anyhow::anyhow!(
+            "no {} partition {key} in lake {}{}",
+            table.name(),
+            self.root().display(),
+            if have.is_empty() {
+                " (the table is empty)".to_string()
+            } else {
+                format!("; it has: {}", have.join(", "))
+            }
+        )
+    }
+
     /// Reads only the named columns of a single-file partition (the SAE tables), as one batch.
     pub fn read_columns(
         &self,

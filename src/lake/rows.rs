@@ -72,10 +72,7 @@ pub fn vocab_batch(tokens: &[(u32, String)]) -> Result<RecordBatch> {
 }
 
 /// One `train_log` row per epoch.
-pub fn train_log_batch(
-    epochs: &[crate::sae::train::EpochLog],
-    seconds: &[f64],
-) -> Result<RecordBatch> {
+pub fn train_log_batch(epochs: &[crate::sae::train::EpochLog]) -> Result<RecordBatch> {
     use arrow::array::Float64Array;
     Ok(RecordBatch::try_new(
         Table::TrainLog.file_schema(None),
@@ -94,7 +91,9 @@ pub fn train_log_batch(
                 epochs.iter().map(|e| e.n_dead as i64),
             )),
             Arc::new(Float64Array::from_iter_values(epochs.iter().map(|e| e.lr))),
-            Arc::new(Float64Array::from_iter_values(seconds.iter().copied())),
+            Arc::new(Float64Array::from_iter_values(
+                epochs.iter().map(|e| e.seconds),
+            )),
         ],
     )?)
 }

@@ -1,7 +1,10 @@
 //! The TopK sparse autoencoder and its file formats.
 
+pub mod checkpoint;
 pub mod pickle;
 pub mod pt;
+pub mod rows;
+pub mod step;
 pub mod topk;
 pub mod train;
 pub mod zip_store;

@@ -1,16 +1,16 @@
 //! Training a TopK SAE exactly as the study did (DESIGN.md, "SAE semantics"): Adam
 //! (β 0.9/0.999, ε 1e-8), cosine annealing per step to lr/10, global grad-norm clip, decoder
 //! columns renormalised after every step, aux-k on the features dead in the previous epoch,
-//! validation MSE after each epoch and the best epoch's weights kept.
+//! dead-feature resampling, validation MSE after each epoch and the best epoch's weights kept.
 //!
-//! The backward pass is written out by hand and is sparse: a row touches only its k selected
-//! latents (and its k_aux auxiliary ones) in the decoder, and only their encoder rows.
-//! This module trains on rows in memory in a fixed batch order; the `saerl train` command
-//! (streaming, shuffling, resampling, checkpoints) builds on it.
+//! `Trainer` runs one epoch at a time over any `Rows` (memory or a streamed Parquet partition)
+//! and can be checkpointed between epochs (`checkpoint.rs`); the step itself is in `step.rs`.
 
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 
-use super::topk::{dot, top_k};
+use super::rows::{MemRows, Rows};
+use super::step::{self, Adam, Params, Scratch};
 use super::Sae;
 
 #[derive(Debug, Clone)]
@@ -49,37 +49,48 @@ impl Default for TrainConfig {
 /// Rows drawn for resampling, as in the study.
 const RESAMPLE_ROWS: usize = 8192;
 
-/// Re-initialises `dead` features from badly reconstructed rows: among up to 8192 random
-/// training rows, those in the top quartile of reconstruction error; each dead feature gets one
-/// of them (drawn without replacement while they last), normalised, as its encoder row and
-/// decoder column, and b_enc = 0. b_dec is left untouched.
+/// The training rows resampling looks at: all when there are at most 8192, else 8192 drawn
+/// from the seed (ascending).
+pub fn resample_candidates(n: usize, seed: u64) -> Vec<usize> {
+    if n <= RESAMPLE_ROWS {
+        return (0..n).collect();
+    }
+    let mut idx: Vec<usize> = crate::data::permutation(n, seed)
+        .into_iter()
+        .take(RESAMPLE_ROWS)
+        .collect();
+    idx.sort_unstable();
+    idx
+}
+
+/// Re-initialises `dead` features from badly reconstructed rows: among the candidate rows
+/// (`resample_candidates` of `rows`), those in the top quartile of reconstruction error; each
+/// dead feature gets one of them (drawn without replacement while they last), normalised, as its
+/// encoder row and decoder column, and b_enc = 0. b_dec is left untouched.
 pub fn resample(sae: &mut Sae, dead: &[u32], rows: &[f32], seed: u64) {
     let d = sae.d_model;
     let n = rows.len() / d;
     if dead.is_empty() || n == 0 {
         return;
     }
+    let idx = resample_candidates(n, seed);
+    let cand = MemRows::new(d, rows).gather(&idx).expect("in-memory rows");
+    resample_from(sae, dead, &cand, seed);
+}
+
+/// `resample` on the candidate rows themselves.
+fn resample_from(sae: &mut Sae, dead: &[u32], cand: &[f32], seed: u64) {
+    let d = sae.d_model;
     let mut rng = crate::data::SplitMix64::new(seed);
-    let sample: Vec<usize> = if n <= RESAMPLE_ROWS {
-        (0..n).collect()
-    } else {
-        crate::data::permutation(n, seed)
-            .into_iter()
-            .take(RESAMPLE_ROWS)
-            .collect()
-    };
-    let mut errs: Vec<(f64, usize)> = sample
-        .iter()
-        .map(|&r| {
-            let x = &rows[r * d..(r + 1) * d];
-            let x_hat = sae.decode(&sae.encode(x));
-            (
-                x.iter()
-                    .zip(&x_hat)
-                    .map(|(a, b)| ((a - b) as f64).powi(2))
-                    .sum(),
-                r,
-            )
+    let mut scratch = Scratch::default();
+    let mut errs: Vec<(f64, usize)> = cand
+        .chunks(512 * d)
+        .enumerate()
+        .flat_map(|(c, chunk)| {
+            step::row_sq_errors(sae, chunk, &mut scratch)
+                .into_iter()
+                .enumerate()
+                .map(move |(r, e)| (e, c * 512 + r))
         })
         .collect();
     errs.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -93,7 +104,7 @@ pub fn resample(sae: &mut Sae, dead: &[u32], rows: &[f32], seed: u64) {
             pool = top.clone();
         }
         let r = pool.swap_remove(rng.below(pool.len()));
-        let x = &rows[r * d..(r + 1) * d];
+        let x = &cand[r * d..(r + 1) * d];
         let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
         let f = f as usize;
         for j in 0..d {
@@ -110,7 +121,7 @@ pub struct StepLog {
     pub aux_loss: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochLog {
     /// Mean of the epoch's per-batch reconstruction losses.
     pub train_mse: f64,
@@ -120,6 +131,8 @@ pub struct EpochLog {
     pub aux_loss: Option<f64>,
     /// Learning rate at the epoch's last step.
     pub lr: f64,
+    /// Wall time of the epoch, validation and resampling included.
+    pub seconds: f64,
 }
 
 pub struct TrainResult {
@@ -130,88 +143,6 @@ pub struct TrainResult {
     pub epochs: Vec<EpochLog>,
 }
 
-/// Gradients (and Adam moments) in the SAE's own layout.
-#[derive(Clone)]
-struct Params {
-    b_pre: Vec<f32>,
-    w_enc: Vec<f32>,
-    b_enc: Vec<f32>,
-    w_dec: Vec<f32>,
-    b_dec: Vec<f32>,
-}
-
-impl Params {
-    fn zeros(s: &Sae) -> Self {
-        let (d, n) = (s.d_model, s.d_sae);
-        Self {
-            b_pre: vec![0.0; d],
-            w_enc: vec![0.0; n * d],
-            b_enc: vec![0.0; n],
-            w_dec: vec![0.0; n * d],
-            b_dec: vec![0.0; d],
-        }
-    }
-
-    fn parts(&mut self) -> [&mut Vec<f32>; 5] {
-        [
-            &mut self.b_pre,
-            &mut self.w_enc,
-            &mut self.b_enc,
-            &mut self.w_dec,
-            &mut self.b_dec,
-        ]
-    }
-}
-
-fn sae_parts(s: &mut Sae) -> [&mut Vec<f32>; 5] {
-    [
-        &mut s.b_pre,
-        &mut s.w_enc,
-        &mut s.b_enc,
-        &mut s.w_dec,
-        &mut s.b_dec,
-    ]
-}
-
-/// Pre-activations of a batch, Z = (X − b_pre)·W_encᵀ + b_enc [rows × d_sae], as one GEMM
-/// (the dominant cost of a step; OpenBLAS with the `openblas` feature, else candle's GEMM).
-pub fn encode_batch(sae: &Sae, x: &[f32]) -> Result<Vec<f32>> {
-    use candle_core::{Device, Tensor};
-    let (d, n) = (sae.d_model, sae.d_sae);
-    let rows = x.len() / d;
-    let xc: Vec<f32> = x
-        .chunks_exact(d)
-        .flat_map(|r| r.iter().zip(&sae.b_pre).map(|(a, b)| a - b))
-        .collect();
-    let xt = Tensor::from_vec(xc, (rows, d), &Device::Cpu)?;
-    let w = Tensor::from_slice(&sae.w_enc, (n, d), &Device::Cpu)?;
-    let mut z: Vec<f32> = crate::model::blas::linear(&xt, &w)?
-        .flatten_all()?
-        .to_vec1()?;
-    for row in z.chunks_exact_mut(n) {
-        row.iter_mut().zip(&sae.b_enc).for_each(|(v, b)| *v += b);
-    }
-    Ok(z)
-}
-
-/// Mean squared reconstruction error of `rows` (row-major, d_model wide).
-pub fn mse(sae: &Sae, rows: &[f32]) -> Result<f64> {
-    let (d, n) = (sae.d_model, sae.d_sae);
-    let mut sum = 0f64;
-    for chunk in rows.chunks(512 * d) {
-        let z = encode_batch(sae, chunk)?;
-        for (x, z) in chunk.chunks_exact(d).zip(z.chunks_exact(n)) {
-            let x_hat = sae.decode(&sae.activate(z));
-            sum += x
-                .iter()
-                .zip(&x_hat)
-                .map(|(a, b)| ((a - b) as f64).powi(2))
-                .sum::<f64>();
-        }
-    }
-    Ok(sum / rows.len() as f64)
-}
-
 /// Cosine annealing from `lr` to `lr/10` over `total` steps, at step `t` (PyTorch's
 /// CosineAnnealingLR, closed form).
 fn cosine_lr(lr: f64, t: usize, total: usize) -> f64 {
@@ -219,158 +150,11 @@ fn cosine_lr(lr: f64, t: usize, total: usize) -> f64 {
     min + (lr - min) * (1.0 + (std::f64::consts::PI * t as f64 / total as f64).cos()) / 2.0
 }
 
-struct Adam {
-    m: Params,
-    v: Params,
-    t: i32,
-}
-
-impl Adam {
-    fn step(&mut self, sae: &mut Sae, g: &mut Params, lr: f64) {
-        const B1: f32 = 0.9;
-        const B2: f32 = 0.999;
-        const EPS: f32 = 1e-8;
-        self.t += 1;
-        let bc1 = 1.0 - B1.powi(self.t);
-        let bc2_sqrt = (1.0 - B2.powi(self.t)).sqrt();
-        let step = lr as f32 / bc1;
-        for (((p, g), m), v) in sae_parts(sae)
-            .into_iter()
-            .zip(g.parts())
-            .zip(self.m.parts())
-            .zip(self.v.parts())
-        {
-            for i in 0..p.len() {
-                m[i] = B1 * m[i] + (1.0 - B1) * g[i];
-                v[i] = B2 * v[i] + (1.0 - B2) * g[i] * g[i];
-                p[i] -= step * m[i] / (v[i].sqrt() / bc2_sqrt + EPS);
-            }
-        }
-    }
-}
-
-fn normalize_decoder(sae: &mut Sae) {
-    for col in sae.w_dec.chunks_mut(sae.d_model) {
-        let n = col.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        col.iter_mut().for_each(|x| *x /= n);
-    }
-}
-
-/// One batch: forward, losses, and the sparse backward into `g` (zeroed here).
-/// Returns (recon, aux) and adds each feature's firing count to `fired`.
-fn batch_grads(
-    sae: &Sae,
-    x: &[f32],
-    dead: Option<&[u32]>,
-    cfg: &TrainConfig,
-    g: &mut Params,
-    fired: &mut [u64],
-) -> Result<(f64, Option<f64>)> {
-    let (d, n) = (sae.d_model, sae.d_sae);
-    let rows = x.len() / d;
-    let z_all = encode_batch(sae, x)?;
-    for p in g.parts() {
-        p.iter_mut().for_each(|v| *v = 0.0);
-    }
-    let elems = (rows * d) as f32;
-    let k_aux = dead.map_or(0, |dd| (16 * sae.k).min(dd.len()));
-    let (mut recon, mut aux) = (0f64, 0f64);
-    let mut xc = vec![0f32; d];
-    for (x, z) in x.chunks_exact(d).zip(z_all.chunks_exact(n)) {
-        for j in 0..d {
-            xc[j] = x[j] - sae.b_pre[j];
-        }
-        let top = top_k(z, sae.k);
-        // (feature, value, dL/dx̂ of the reconstruction it contributes to)
-        let mut terms: Vec<(u32, f32, usize)> = Vec::with_capacity(sae.k + k_aux);
-        let mut x_hats: Vec<Vec<f32>> = Vec::with_capacity(2);
-        let x_hat = sae.decode(&top);
-        terms.extend(top.iter().map(|&(i, v)| (i, v, 0)));
-        for &(i, _) in &top {
-            fired[i as usize] += 1;
-        }
-        x_hats.push(x_hat);
-        if let (Some(dead), true) = (dead, k_aux > 0) {
-            let zd: Vec<f32> = dead.iter().map(|&i| z[i as usize]).collect();
-            let picked: Vec<(u32, f32)> = top_k(&zd, k_aux)
-                .into_iter()
-                .map(|(j, v)| (dead[j as usize], v))
-                .collect();
-            x_hats.push(sae.decode(&picked));
-            terms.extend(picked.iter().map(|&(i, v)| (i, v, 1)));
-        }
-        // dL/dx̂ for the reconstruction (term 0) and the aux reconstruction (term 1).
-        let mut dx: Vec<Vec<f32>> = Vec::with_capacity(2);
-        for (t, x_hat) in x_hats.iter().enumerate() {
-            let scale = if t == 0 {
-                2.0 / elems
-            } else {
-                cfg.aux_coeff * 2.0 / elems
-            };
-            let mut err = 0f64;
-            let grad: Vec<f32> = x_hat
-                .iter()
-                .zip(x)
-                .map(|(h, xv)| {
-                    let r = h - xv;
-                    err += (r as f64) * (r as f64);
-                    scale * r
-                })
-                .collect();
-            if t == 0 {
-                recon += err
-            } else {
-                aux += err
-            }
-            for j in 0..d {
-                g.b_dec[j] += grad[j];
-            }
-            dx.push(grad);
-        }
-        let mut dxc = vec![0f32; d];
-        for &(i, v, t) in &terms {
-            let i = i as usize;
-            let col = sae.dec_col(i);
-            let gcol = &mut g.w_dec[i * d..(i + 1) * d];
-            for j in 0..d {
-                gcol[j] += v * dx[t][j];
-            }
-            let dz = dot(col, &dx[t]);
-            g.b_enc[i] += dz;
-            let row = sae.enc_row(i);
-            let grow = &mut g.w_enc[i * d..(i + 1) * d];
-            for j in 0..d {
-                grow[j] += dz * xc[j];
-                dxc[j] += dz * row[j];
-            }
-        }
-        for j in 0..d {
-            g.b_pre[j] -= dxc[j];
-        }
-    }
-    let aux = (k_aux > 0).then_some(aux / elems as f64);
-    Ok((recon / elems as f64, aux))
-}
-
-/// Scales the gradients so their global L2 norm is at most `max` (PyTorch's clip_grad_norm_).
-fn clip(g: &mut Params, max: f32) {
-    let total = g
-        .parts()
-        .iter()
-        .map(|p| p.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>())
-        .sum::<f64>()
-        .sqrt() as f32;
-    let coef = (max / (total + 1e-6)).min(1.0);
-    if coef < 1.0 {
-        for p in g.parts() {
-            p.iter_mut().for_each(|v| *v *= coef);
-        }
-    }
-}
-
 /// A cold start (PyTorch `nn.Linear` defaults): W_enc, b_enc ~ U(±1/√d), W_dec, b_dec ~
-/// U(±1/√d_sae) with W_dec's columns then normalised, and b_pre = the mean training row.
-pub fn cold_start(train: &[f32], d: usize, d_sae: usize, k: usize, seed: u64) -> Sae {
+/// U(±1/√d_sae) with W_dec's columns then normalised, and b_pre = the mean training row
+/// (`rows::mean_row`).
+pub fn cold_start(b_pre: Vec<f32>, d_sae: usize, k: usize, seed: u64) -> Sae {
+    let d = b_pre.len();
     let mut rng = crate::data::SplitMix64::new(seed);
     let mut uniform = |bound: f32, n: usize| -> Vec<f32> {
         (0..n)
@@ -378,29 +162,205 @@ pub fn cold_start(train: &[f32], d: usize, d_sae: usize, k: usize, seed: u64) ->
             .collect()
     };
     let (be, bd) = (1.0 / (d as f32).sqrt(), 1.0 / (d_sae as f32).sqrt());
-    let rows = (train.len() / d).max(1);
-    let mut b_pre = vec![0f64; d];
-    for x in train.chunks_exact(d) {
-        b_pre.iter_mut().zip(x).for_each(|(m, v)| *m += *v as f64);
-    }
     let mut sae = Sae {
         d_model: d,
         d_sae,
         k,
         activation: super::Activation::TopK,
-        b_pre: b_pre.iter().map(|m| (m / rows as f64) as f32).collect(),
+        b_pre,
         w_enc: uniform(be, d_sae * d),
         b_enc: uniform(be, d_sae),
         w_dec: uniform(bd, d_sae * d),
         b_dec: uniform(bd, d),
         meta: Default::default(),
     };
-    normalize_decoder(&mut sae);
+    step::normalize_decoder(&mut sae);
     sae
 }
 
-/// Trains from `init` on `train` rows (consecutive batches, the last one short; shuffled per
-/// epoch when asked), validating on `val` after every epoch; `on_epoch` sees each epoch's log.
+/// Mean squared reconstruction error over all of `rows`.
+pub fn mse(sae: &Sae, rows: &dyn Rows) -> Result<f64> {
+    let mut scratch = Scratch::default();
+    let mut sum = 0f64;
+    rows.for_each_batch(512, None, &mut |b| {
+        sum += step::row_sq_errors(sae, b, &mut scratch)
+            .iter()
+            .sum::<f64>();
+        Ok(())
+    })?;
+    Ok(sum / (rows.len() * sae.d_model) as f64)
+}
+
+/// Training in progress: the weights, Adam's state and what the finished epochs left behind
+/// (everything a checkpoint must hold to continue bit-identically).
+pub struct Trainer {
+    pub(super) cfg: TrainConfig,
+    pub(super) n_rows: usize,
+    pub(super) sae: Sae,
+    pub(super) adam: Adam,
+    /// Features dead in the last finished epoch (aux-k's targets in the next).
+    pub(super) prev_dead: Option<Vec<u32>>,
+    /// The best epoch so far (1-based) and its weights.
+    pub(super) best: Option<(usize, Sae)>,
+    pub(super) epochs: Vec<EpochLog>,
+    /// Steps of this process only (a resumed run does not have the earlier ones).
+    pub steps: Vec<StepLog>,
+    grads: Params,
+    scratch: Scratch,
+}
+
+impl Trainer {
+    pub fn new(init: &Sae, n_rows: usize, cfg: &TrainConfig) -> Result<Self> {
+        init.validate()?;
+        if cfg.epochs == 0 || cfg.batch == 0 {
+            bail!("epochs and batch size must be positive");
+        }
+        if n_rows == 0 {
+            bail!("there are no training rows");
+        }
+        Ok(Self::from_parts(cfg, n_rows, init.clone(), Adam::new(init)))
+    }
+
+    pub(super) fn from_parts(cfg: &TrainConfig, n_rows: usize, sae: Sae, adam: Adam) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            n_rows,
+            grads: Params::zeros(&sae),
+            sae,
+            adam,
+            prev_dead: None,
+            best: None,
+            epochs: Vec::new(),
+            steps: Vec::new(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    pub fn epochs(&self) -> &[EpochLog] {
+        &self.epochs
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.epochs.len() >= self.cfg.epochs
+    }
+
+    fn steps_per_epoch(&self) -> usize {
+        self.n_rows.div_ceil(self.cfg.batch)
+    }
+
+    /// Runs the next epoch over `train` (which must hold the `n_rows` rows given at the start),
+    /// validates on `val`, and resamples when due. `on_batch` sees each batch's rows and loss.
+    pub fn run_epoch(
+        &mut self,
+        train: &dyn Rows,
+        val: &dyn Rows,
+        on_batch: &mut dyn FnMut(usize, f64),
+    ) -> Result<&EpochLog> {
+        let started = std::time::Instant::now();
+        let (cfg, ep) = (self.cfg.clone(), self.epochs.len());
+        if train.len() != self.n_rows || train.d_model() != self.sae.d_model {
+            bail!(
+                "the training rows changed: {} rows of width {} now, {} of width {} when training started",
+                train.len(),
+                train.d_model(),
+                self.n_rows,
+                self.sae.d_model
+            );
+        }
+        if val.is_empty() || val.d_model() != self.sae.d_model {
+            bail!("validation needs rows of width {}", self.sae.d_model);
+        }
+        let total = cfg.epochs * self.steps_per_epoch();
+        let mut t = ep * self.steps_per_epoch();
+        let mut fired = vec![0u64; self.sae.d_sae];
+        let (mut tot, mut aux_tot, mut aux_n, mut lr) = (0f64, 0f64, 0usize, cfg.lr);
+        let dead = self
+            .prev_dead
+            .clone()
+            .filter(|dd| !dd.is_empty() && cfg.aux_coeff > 0.0);
+        let shuffle = cfg.shuffle.then(|| cfg.seed.wrapping_add(ep as u64));
+        train.for_each_batch(cfg.batch, shuffle, &mut |batch| {
+            lr = cosine_lr(cfg.lr, t, total);
+            let out = step::step(
+                &mut self.sae,
+                &mut self.adam,
+                &mut self.grads,
+                &mut self.scratch,
+                batch,
+                dead.as_deref(),
+                cfg.aux_coeff,
+                cfg.clip_grad_norm,
+                lr,
+                &mut fired,
+            );
+            if !out.recon.is_finite() || out.aux.is_some_and(|a| !a.is_finite()) {
+                bail!("the loss became non-finite at epoch {} step {t}", ep + 1);
+            }
+            t += 1;
+            tot += out.recon;
+            if let Some(a) = out.aux {
+                aux_tot += a;
+                aux_n += 1;
+            }
+            on_batch(batch.len() / self.sae.d_model, out.recon);
+            self.steps.push(StepLog {
+                recon_loss: out.recon,
+                aux_loss: out.aux,
+            });
+            Ok(())
+        })?;
+        let dead: Vec<u32> = (0..self.sae.d_sae as u32)
+            .filter(|&i| (fired[i as usize] as f64 / self.n_rows as f64) < cfg.dead_threshold)
+            .collect();
+        let val_mse = mse(&self.sae, val)?;
+        if !val_mse.is_finite() {
+            bail!("the validation MSE is not finite after epoch {}", ep + 1);
+        }
+        if self
+            .best
+            .as_ref()
+            .is_none_or(|(b, _)| val_mse < self.epochs[b - 1].val_mse)
+        {
+            self.best = Some((ep + 1, self.sae.clone()));
+        }
+        if cfg
+            .resample_every
+            .is_some_and(|every| every > 0 && (ep + 1) % every == 0 && ep + 1 < cfg.epochs)
+        {
+            let seed = cfg.seed.wrapping_add(1000 + ep as u64);
+            let cand = train.gather(&resample_candidates(self.n_rows, seed))?;
+            resample_from(&mut self.sae, &dead, &cand, seed);
+        }
+        self.epochs.push(EpochLog {
+            train_mse: tot / self.steps_per_epoch() as f64,
+            val_mse,
+            n_dead: dead.len(),
+            aux_loss: (aux_n > 0).then(|| aux_tot / aux_n as f64),
+            lr,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        self.prev_dead = Some(dead);
+        Ok(self.epochs.last().unwrap())
+    }
+
+    /// The best epoch's weights and the logs.
+    pub fn finish(self) -> Result<TrainResult> {
+        let Some((best_epoch, mut sae)) = self.best else {
+            bail!("no epoch was trained");
+        };
+        sae.meta.best_epoch = Some(best_epoch as i32);
+        sae.meta.best_val_mse = Some(self.epochs[best_epoch - 1].val_mse);
+        Ok(TrainResult {
+            sae,
+            best_epoch,
+            steps: self.steps,
+            epochs: self.epochs,
+        })
+    }
+}
+
+/// Trains from `init` on in-memory `train` rows, validating on `val` after every epoch;
+/// `on_epoch` sees each epoch's log.
 pub fn train(
     init: &Sae,
     train: &[f32],
@@ -409,95 +369,13 @@ pub fn train(
     on_epoch: &mut dyn FnMut(&EpochLog),
 ) -> Result<TrainResult> {
     let d = init.d_model;
-    if cfg.epochs == 0 || cfg.batch == 0 {
-        bail!("epochs and batch size must be positive");
+    if train.len() % d != 0 || val.len() % d != 0 {
+        bail!("rows must be multiples of d_model = {d}");
     }
-    if train.is_empty() || train.len() % d != 0 || val.len() % d != 0 {
-        bail!("training rows must be non-empty multiples of d_model = {d}");
+    let (train, val) = (MemRows::new(d, train), MemRows::new(d, val));
+    let mut trainer = Trainer::new(init, train.len(), cfg)?;
+    while !trainer.is_done() {
+        on_epoch(trainer.run_epoch(&train, &val, &mut |_, _| {})?);
     }
-    let n_rows = train.len() / d;
-    let steps_per_epoch = n_rows.div_ceil(cfg.batch);
-    let total = cfg.epochs * steps_per_epoch;
-    let mut sae = init.clone();
-    let mut g = Params::zeros(&sae);
-    let mut adam = Adam {
-        m: Params::zeros(&sae),
-        v: Params::zeros(&sae),
-        t: 0,
-    };
-    let mut prev_dead: Option<Vec<u32>> = None;
-    let (mut steps, mut epochs) = (Vec::new(), Vec::new());
-    let (mut best, mut best_epoch) = (None::<(f64, Sae)>, 0);
-    let mut t = 0;
-    for ep in 0..cfg.epochs {
-        let mut fired = vec![0u64; sae.d_sae];
-        let (mut tot, mut aux_tot, mut aux_n) = (0f64, 0f64, 0usize);
-        let mut lr = cfg.lr;
-        let order: Option<Vec<f32>> = cfg.shuffle.then(|| {
-            crate::data::permutation(n_rows, cfg.seed.wrapping_add(ep as u64))
-                .into_iter()
-                .flat_map(|r| train[r * d..(r + 1) * d].iter().copied())
-                .collect()
-        });
-        for batch in order.as_deref().unwrap_or(train).chunks(cfg.batch * d) {
-            let dead = prev_dead
-                .as_deref()
-                .filter(|dd| !dd.is_empty() && cfg.aux_coeff > 0.0);
-            let (recon, aux) = batch_grads(&sae, batch, dead, cfg, &mut g, &mut fired)?;
-            if !recon.is_finite() || aux.is_some_and(|a| !a.is_finite()) {
-                bail!("the loss became non-finite at epoch {} step {t}", ep + 1);
-            }
-            clip(&mut g, cfg.clip_grad_norm);
-            lr = cosine_lr(cfg.lr, t, total);
-            adam.step(&mut sae, &mut g, lr);
-            normalize_decoder(&mut sae);
-            t += 1;
-            tot += recon;
-            if let Some(a) = aux {
-                aux_tot += a;
-                aux_n += 1;
-            }
-            steps.push(StepLog {
-                recon_loss: recon,
-                aux_loss: aux,
-            });
-        }
-        let dead: Vec<u32> = (0..sae.d_sae as u32)
-            .filter(|&i| (fired[i as usize] as f64 / n_rows as f64) < cfg.dead_threshold)
-            .collect();
-        let val_mse = mse(&sae, val)?;
-        epochs.push(EpochLog {
-            train_mse: tot / steps_per_epoch as f64,
-            val_mse,
-            n_dead: dead.len(),
-            aux_loss: (aux_n > 0).then(|| aux_tot / aux_n as f64),
-            lr,
-        });
-        on_epoch(epochs.last().unwrap());
-        if best.as_ref().is_none_or(|(b, _)| val_mse < *b) {
-            best = Some((val_mse, sae.clone()));
-            best_epoch = ep + 1;
-        }
-        if cfg
-            .resample_every
-            .is_some_and(|every| every > 0 && (ep + 1) % every == 0 && ep + 1 < cfg.epochs)
-        {
-            resample(
-                &mut sae,
-                &dead,
-                train,
-                cfg.seed.wrapping_add(1000 + ep as u64),
-            );
-        }
-        prev_dead = Some(dead);
-    }
-    let (_, mut best_sae) = best.expect("at least one epoch");
-    best_sae.meta.best_epoch = Some(best_epoch as i32);
-    best_sae.meta.best_val_mse = epochs.get(best_epoch - 1).map(|e| e.val_mse);
-    Ok(TrainResult {
-        sae: best_sae,
-        best_epoch,
-        steps,
-        epochs,
-    })
+    trainer.finish()
 }

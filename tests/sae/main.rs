@@ -4,6 +4,8 @@
 #[path = "../common/mod.rs"]
 mod shared;
 
+mod resume;
+
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};

@@ -1,0 +1,259 @@
+//! One split of an `activations` partition as training rows, streamed from Parquet a row group
+//! at a time, so an epoch needs memory for a shuffle buffer, not for the partition.
+//!
+//! Shuffled order (seeded): the row groups in a random order feed a buffer of `buffer_rows`
+//! rows; each time it fills, its rows are permuted and all whole batches leave it, the rest
+//! stays to mix with the next row groups. With the buffer at least as large as the split this
+//! is a uniform permutation. Reading runs on its own thread, one batch ahead of training.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::mpsc::sync_channel;
+
+use anyhow::{bail, Context, Result};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Float32Type;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+
+use super::read::{corrupt, partition_files};
+use super::{Lake, PartitionKey, Table};
+use crate::data::{permutation, SplitMix64};
+use crate::sae::rows::Rows;
+
+/// A row group and how many of its rows belong to the split.
+struct Piece {
+    file: PathBuf,
+    row_group: usize,
+    rows: usize,
+}
+
+pub struct ActivationRows {
+    key: PartitionKey,
+    split: String,
+    d: usize,
+    pieces: Vec<Piece>,
+    n: usize,
+    buffer_rows: usize,
+}
+
+impl Lake {
+    /// The `split` rows ("train" or "val") of activation partition `key`; only the `split`
+    /// column is read here.
+    pub fn activation_rows(
+        &self,
+        key: &PartitionKey,
+        split: &str,
+        buffer_rows: usize,
+    ) -> Result<ActivationRows> {
+        let dir = self.partition_dir(Table::Activations, key)?;
+        if !dir.is_dir() {
+            return Err(self.missing(Table::Activations, key));
+        }
+        let (mut pieces, mut n, mut d) = (Vec::new(), 0, 0);
+        for file in partition_files(&dir)? {
+            let b = builder(&file)?;
+            let x = b
+                .schema()
+                .field_with_name("x")
+                .with_context(|| format!("{} has no column x", file.display()))?;
+            d = super::vector_width(x.data_type())
+                .with_context(|| format!("{}: column x is not a vector", file.display()))?
+                as usize;
+            let groups = b.metadata().num_row_groups();
+            for row_group in 0..groups {
+                let mut rows = 0;
+                for batch in read_group(&file, row_group, &["split"])? {
+                    let s = batch.column(0).as_string::<i32>();
+                    rows += (0..s.len()).filter(|&i| s.value(i) == split).count();
+                }
+                if rows > 0 {
+                    pieces.push(Piece {
+                        file: file.clone(),
+                        row_group,
+                        rows,
+                    });
+                    n += rows;
+                }
+            }
+        }
+        Ok(ActivationRows {
+            key: key.clone(),
+            split: split.to_string(),
+            d,
+            pieces,
+            n,
+            buffer_rows: buffer_rows.max(1),
+        })
+    }
+}
+
+fn builder(file: &std::path::Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+    let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    ParquetRecordBatchReaderBuilder::try_new(f).with_context(|| corrupt(file))
+}
+
+fn read_group(
+    file: &std::path::Path,
+    row_group: usize,
+    columns: &[&str],
+) -> Result<Vec<arrow::array::RecordBatch>> {
+    let b = builder(file)?;
+    let mask = ProjectionMask::columns(b.parquet_schema(), columns.iter().copied());
+    b.with_row_groups(vec![row_group])
+        .with_projection(mask)
+        .with_batch_size(super::write::ROW_GROUP_ROWS)
+        .build()
+        .with_context(|| corrupt(file))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| corrupt(file))
+}
+
+impl ActivationRows {
+    pub fn key(&self) -> &PartitionKey {
+        &self.key
+    }
+
+    /// The split's rows of one row group, checked to be finite.
+    fn read_piece(&self, p: &Piece) -> Result<Vec<f32>> {
+        let d = self.d;
+        let mut out = Vec::with_capacity(p.rows * d);
+        for batch in read_group(&p.file, p.row_group, &["x", "split"])? {
+            // Projected columns come in file order, so look them up by name.
+            let col = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .with_context(|| format!("{} has no column {name}", p.file.display()))
+            };
+            let (x, s) = (
+                col("x")?.as_fixed_size_list(),
+                col("split")?.as_string::<i32>(),
+            );
+            let values = x.values().as_primitive::<Float32Type>().values();
+            for i in 0..batch.num_rows() {
+                if s.value(i) != self.split {
+                    continue;
+                }
+                let row = &values[i * d..(i + 1) * d];
+                if row.iter().any(|v| !v.is_finite()) {
+                    bail!(
+                        "non-finite activation in {} ({} row group {}); re-ingest that partition with --overwrite",
+                        self.key,
+                        p.file.display(),
+                        p.row_group
+                    );
+                }
+                out.extend_from_slice(row);
+            }
+        }
+        if out.len() != p.rows * d {
+            bail!(
+                "{} changed while it was being read; run again",
+                p.file.display()
+            );
+        }
+        Ok(out)
+    }
+
+    /// All batches of one pass, sent to `emit` (see the module comment for the order).
+    fn produce(
+        &self,
+        batch: usize,
+        shuffle: Option<u64>,
+        emit: &mut dyn FnMut(Vec<f32>) -> bool,
+    ) -> Result<()> {
+        let d = self.d;
+        let order = match shuffle {
+            Some(seed) => permutation(self.pieces.len(), seed),
+            None => (0..self.pieces.len()).collect(),
+        };
+        let cap = if shuffle.is_some() {
+            self.buffer_rows.max(batch)
+        } else {
+            batch
+        };
+        let mut rng = SplitMix64::new(shuffle.unwrap_or(0) ^ 0x5EED_0F_B0FFE2);
+        let mut buf: Vec<f32> = Vec::new();
+        for (i, &p) in order.iter().enumerate() {
+            buf.extend(self.read_piece(&self.pieces[p])?);
+            let last = i + 1 == order.len();
+            let rows = buf.len() / d;
+            if rows < cap && !last {
+                continue;
+            }
+            if shuffle.is_some() {
+                buf = permutation(rows, rng.next_u64())
+                    .into_iter()
+                    .flat_map(|r| buf[r * d..(r + 1) * d].iter().copied())
+                    .collect();
+            }
+            let out = if last { rows } else { rows / batch * batch };
+            for chunk in buf[..out * d].chunks(batch * d) {
+                if !emit(chunk.to_vec()) {
+                    return Ok(());
+                }
+            }
+            buf.drain(..out * d);
+        }
+        Ok(())
+    }
+}
+
+impl Rows for ActivationRows {
+    fn d_model(&self) -> usize {
+        self.d
+    }
+
+    fn len(&self) -> usize {
+        self.n
+    }
+
+    fn for_each_batch(
+        &self,
+        batch: usize,
+        shuffle: Option<u64>,
+        f: &mut dyn FnMut(&[f32]) -> Result<()>,
+    ) -> Result<()> {
+        std::thread::scope(|scope| {
+            let (tx, rx) = sync_channel::<Result<Vec<f32>>>(1);
+            scope.spawn(move || {
+                let mut send = |b: Vec<f32>| tx.send(Ok(b)).is_ok();
+                if let Err(e) = self.produce(batch, shuffle, &mut send) {
+                    let _ = tx.send(Err(e));
+                }
+            });
+            // Returning early drops the receiver, which stops the reader at its next send.
+            for b in rx {
+                f(&b?)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn gather(&self, idx: &[usize]) -> Result<Vec<f32>> {
+        let d = self.d;
+        let mut out = Vec::with_capacity(idx.len() * d);
+        let (mut start, mut next) = (0, 0);
+        for p in &self.pieces {
+            let end = start + p.rows;
+            if next < idx.len() && idx[next] < end {
+                let rows = self.read_piece(p)?;
+                while next < idx.len() && idx[next] < end {
+                    let r = idx[next] - start;
+                    out.extend_from_slice(&rows[r * d..(r + 1) * d]);
+                    next += 1;
+                }
+            }
+            start = end;
+        }
+        if next < idx.len() {
+            bail!(
+                "row {} is beyond the {} rows of {}",
+                idx[next],
+                self.n,
+                self.key
+            );
+        }
+        Ok(out)
+    }
+}

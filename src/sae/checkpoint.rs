@@ -1,0 +1,170 @@
+//! Epoch checkpoints of a training run: one safetensors file with the weights, Adam's moments
+//! and the best epoch's weights, plus JSON metadata for the rest of the trainer's state. Written
+//! to a temporary name and renamed, so a crash leaves the previous checkpoint intact.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use super::step::{Adam, Params};
+use super::train::{EpochLog, TrainConfig, Trainer};
+use super::{Activation, Sae};
+
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    /// Whatever identifies the run (settings, data, parent); a mismatch discards the checkpoint.
+    fingerprint: String,
+    n_rows: usize,
+    d_model: usize,
+    d_sae: usize,
+    k: usize,
+    activation: String,
+    init_from_stage: Option<String>,
+    adam_t: i32,
+    prev_dead: Option<Vec<u32>>,
+    best_epoch: Option<usize>,
+    epochs: Vec<EpochLog>,
+}
+
+const NAMES: [&str; 5] = ["b_pre", "w_enc", "b_enc", "w_dec", "b_dec"];
+
+fn sae_parts(s: &Sae) -> [&Vec<f32>; 5] {
+    [&s.b_pre, &s.w_enc, &s.b_enc, &s.w_dec, &s.b_dec]
+}
+
+fn param_parts(p: &Params) -> [&Vec<f32>; 5] {
+    [&p.b_pre, &p.w_enc, &p.b_enc, &p.w_dec, &p.b_dec]
+}
+
+impl Trainer {
+    /// Writes the state after the last finished epoch to `path`.
+    pub fn save(&self, path: &Path, fingerprint: &str) -> Result<()> {
+        let meta = Meta {
+            fingerprint: fingerprint.to_string(),
+            n_rows: self.n_rows,
+            d_model: self.sae.d_model,
+            d_sae: self.sae.d_sae,
+            k: self.sae.k,
+            activation: self.sae.activation.name().to_string(),
+            init_from_stage: self.sae.meta.init_from_stage.clone(),
+            adam_t: self.adam.t,
+            prev_dead: self.prev_dead.clone(),
+            best_epoch: self.best.as_ref().map(|b| b.0),
+            epochs: self.epochs.clone(),
+        };
+        let mut groups = vec![
+            ("sae", sae_parts(&self.sae)),
+            ("m", param_parts(&self.adam.m)),
+            ("v", param_parts(&self.adam.v)),
+        ];
+        if let Some((_, best)) = &self.best {
+            groups.push(("best", sae_parts(best)));
+        }
+        let mut views = Vec::new();
+        for (prefix, parts) in groups {
+            for (name, v) in NAMES.iter().zip(parts) {
+                let view = TensorView::new(Dtype::F32, vec![v.len()], bytemuck::cast_slice(v))?;
+                views.push((format!("{prefix}.{name}"), view));
+            }
+        }
+        let info = HashMap::from([("saerl".to_string(), serde_json::to_string(&meta)?)]);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let tmp = path.with_extension("tmp");
+        safetensors::serialize_to_file(views, Some(info), &tmp)
+            .with_context(|| format!("writing the checkpoint {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
+        Ok(())
+    }
+
+    /// The trainer saved at `path`, or None when there is none or it belongs to another run
+    /// (other settings, rows or parent), in which case training starts over.
+    pub fn load(path: &Path, fingerprint: &str, cfg: &TrainConfig) -> Result<Option<Trainer>> {
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let fix = || {
+            format!(
+                "reading the checkpoint {} (delete it to start this SAE over)",
+                path.display()
+            )
+        };
+        let bytes = std::fs::read(path).with_context(fix)?;
+        let (_, header) = SafeTensors::read_metadata(&bytes).with_context(fix)?;
+        let meta: Meta = serde_json::from_str(
+            header
+                .metadata()
+                .as_ref()
+                .and_then(|m| m.get("saerl"))
+                .context("no saerl metadata")
+                .with_context(fix)?,
+        )
+        .with_context(fix)?;
+        if meta.fingerprint != fingerprint {
+            return Ok(None);
+        }
+        let st = SafeTensors::deserialize(&bytes).with_context(fix)?;
+        let get = |name: String, len: usize| -> Result<Vec<f32>> {
+            let t = st.tensor(&name).with_context(fix)?;
+            if t.dtype() != Dtype::F32 || t.data().len() != len * 4 {
+                bail!(
+                    "{}: tensor {name} has the wrong type or size",
+                    path.display()
+                );
+            }
+            Ok(t.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect())
+        };
+        let (d, n) = (meta.d_model, meta.d_sae);
+        let lens = [d, n * d, n, n * d, d];
+        let read = |prefix: &str| -> Result<[Vec<f32>; 5]> {
+            let mut out: [Vec<f32>; 5] = Default::default();
+            for (i, name) in NAMES.iter().enumerate() {
+                out[i] = get(format!("{prefix}.{name}"), lens[i])?;
+            }
+            Ok(out)
+        };
+        let sae_from = |[b_pre, w_enc, b_enc, w_dec, b_dec]: [Vec<f32>; 5]| -> Result<Sae> {
+            let mut sae = Sae {
+                d_model: d,
+                d_sae: n,
+                k: meta.k,
+                activation: Activation::parse(&meta.activation)?,
+                b_pre,
+                w_enc,
+                b_enc,
+                w_dec,
+                b_dec,
+                meta: Default::default(),
+            };
+            sae.meta.init_from_stage = meta.init_from_stage.clone();
+            Ok(sae)
+        };
+        let params_from = |[b_pre, w_enc, b_enc, w_dec, b_dec]: [Vec<f32>; 5]| Params {
+            b_pre,
+            w_enc,
+            b_enc,
+            w_dec,
+            b_dec,
+        };
+        let adam = Adam {
+            m: params_from(read("m")?),
+            v: params_from(read("v")?),
+            t: meta.adam_t,
+        };
+        let mut trainer = Trainer::from_parts(cfg, meta.n_rows, sae_from(read("sae")?)?, adam);
+        if let Some(e) = meta.best_epoch {
+            trainer.best = Some((e, sae_from(read("best")?)?));
+        }
+        trainer.prev_dead = meta.prev_dead;
+        trainer.epochs = meta.epochs;
+        Ok(Some(trainer))
+    }
+}

@@ -1,0 +1,258 @@
+//! `saerl train` on a real (demo) lake: streaming equals in-memory, an interrupted run resumes
+//! to the same weights, and bad rows stop training without writing anything.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use saerl::lake::{read_sae, Lake, PartitionKey};
+use saerl::sae::rows::Rows;
+
+fn saerl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_saerl"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = saerl(args);
+    assert!(
+        o.status.success(),
+        "saerl {args:?}:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A demo lake (tiny model, both stages ingested, nothing trained by us yet).
+fn demo_lake(dir: &Path) -> std::path::PathBuf {
+    let out = dir.join("demo");
+    ok(&["demo", "--out", out.to_str().unwrap(), "--prompts", "40"]);
+    out.join("lake")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+const TRAIN: &[&str] = &[
+    "train",
+    "--chain",
+    "tiny",
+    "--layers",
+    "2",
+    "--k",
+    "4",
+    "--d-sae",
+    "48",
+    "--epochs",
+    "4",
+    "--batch",
+    "32",
+    "--resample-every",
+    "2",
+];
+
+fn key(stage: &str) -> PartitionKey {
+    PartitionKey::sae("tiny", stage, 2, 4)
+}
+
+#[test]
+fn streamed_batches_cover_every_row_once_and_match_memory_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(demo_lake(dir.path())).unwrap();
+    let act = PartitionKey::layer("tiny", "instruct_base", 2);
+    let small = lake.activation_rows(&act, "train", 50).unwrap();
+    let d = small.d_model();
+    let collect = |rows: &dyn Rows, batch: usize, seed: Option<u64>| {
+        let mut out: Vec<Vec<f32>> = Vec::new();
+        let mut sizes = Vec::new();
+        rows.for_each_batch(batch, seed, &mut |b| {
+            sizes.push(b.len() / d);
+            out.extend(b.chunks(d).map(|r| r.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        (out, sizes)
+    };
+    let (stored, _) = collect(&small, 7, None);
+    assert_eq!(stored.len(), small.len());
+    assert!(small.len() > 100, "the demo should give a few hundred rows");
+    // The same rows as a plain read of the partition's train split, in file order.
+    let mut want = Vec::new();
+    for b in lake
+        .read_partition(saerl::lake::Table::Activations, &act)
+        .unwrap()
+    {
+        use arrow::array::AsArray;
+        let x = b.column_by_name("x").unwrap().as_fixed_size_list();
+        let s = b.column_by_name("split").unwrap().as_string::<i32>();
+        let v = x
+            .values()
+            .as_primitive::<arrow::datatypes::Float32Type>()
+            .values();
+        for i in 0..b.num_rows() {
+            if s.value(i) == "train" {
+                want.push(v[i * d..(i + 1) * d].to_vec());
+            }
+        }
+    }
+    assert_eq!(stored, want);
+    let (shuffled, sizes) = collect(&small, 32, Some(3));
+    assert!(
+        sizes[..sizes.len() - 1].iter().all(|&s| s == 32),
+        "{sizes:?}"
+    );
+    assert_ne!(shuffled, stored, "a seeded shuffle changes the order");
+    let bits = |rows: &[Vec<f32>]| {
+        let mut v: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|r| r.iter().map(|x| x.to_bits()).collect())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(bits(&shuffled), bits(&stored), "every row exactly once");
+    assert_eq!(collect(&small, 32, Some(3)).0, shuffled, "seeded");
+    let idx = [0, 5, small.len() - 1];
+    let got = small.gather(&idx).unwrap();
+    for (j, &i) in idx.iter().enumerate() {
+        assert_eq!(&got[j * d..(j + 1) * d], &stored[i][..]);
+    }
+}
+
+#[test]
+fn sequential_streaming_trains_the_same_weights_as_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = demo_lake(dir.path());
+    let b = dir.path().join("b");
+    copy_dir(&a, &b);
+    let run = |lake: &Path, extra: &[&str]| {
+        let mut args = vec!["--lake", lake.to_str().unwrap()];
+        args.extend(TRAIN);
+        args.extend(["--batch-order", "sequential", "--stage", "instruct_base"]);
+        args.extend(extra);
+        ok(&args);
+        read_sae(&Lake::open(lake).unwrap(), &key("instruct_base")).unwrap()
+    };
+    let streamed = run(&a, &[]);
+    let memory = run(&b, &["--in-memory"]);
+    assert_eq!(streamed.w_enc, memory.w_enc);
+    assert_eq!(streamed.w_dec, memory.w_dec);
+    assert_eq!(streamed.b_pre, memory.b_pre);
+}
+
+#[test]
+fn an_interrupted_chain_resumes_to_the_weights_of_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = demo_lake(dir.path());
+    let b = dir.path().join("b");
+    copy_dir(&a, &b);
+    fn with_lake<'a>(lake: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["--lake", lake.to_str().unwrap()];
+        args.extend(TRAIN);
+        args.extend(extra);
+        args
+    }
+
+    // Uninterrupted: both stages, shuffled batches, resampling after epoch 2.
+    ok(&with_lake(&a, &[]));
+
+    // Interrupted after 2 of 4 epochs of the first SAE (just after its resampling): nothing is
+    // published, a checkpoint is left under .tmp.
+    let before = crate::shared::snapshot(&b.join("saes"));
+    let o = saerl(&with_lake(&b, &["--stop-after-epochs", "2"]));
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("run the same command again to resume"),
+        "{err}"
+    );
+    assert_eq!(crate::shared::snapshot(&b.join("saes")), before);
+    assert!(
+        b.join(".tmp").is_dir(),
+        "the checkpoint is kept beside the lake"
+    );
+
+    let out = ok(&with_lake(&b, &[]));
+    assert!(out.contains("resuming after epoch 2"), "{out}");
+    assert!(
+        !b.join(".tmp").exists(),
+        "checkpoints are removed once the SAEs are in the lake"
+    );
+    for stage in ["instruct_base", "ppo_step10"] {
+        let (x, y) = (
+            read_sae(&Lake::open(&a).unwrap(), &key(stage)).unwrap(),
+            read_sae(&Lake::open(&b).unwrap(), &key(stage)).unwrap(),
+        );
+        assert_eq!(x, y, "{stage}: resumed weights differ");
+    }
+    let log = |lake: &Path| {
+        ok(&[
+            "--lake",
+            lake.to_str().unwrap(),
+            "sql",
+            "-c",
+            "SELECT stage, epoch, train_mse, val_mse, n_dead FROM train_log WHERE k = 4 ORDER BY stage, epoch",
+            "--format",
+            "csv",
+        ])
+    };
+    assert_eq!(log(&a), log(&b));
+}
+
+#[test]
+fn non_finite_activations_stop_training_naming_the_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake_dir = demo_lake(dir.path());
+    let lake = Lake::open(&lake_dir).unwrap();
+    let d = 4;
+    let n = 40;
+    let mut x: Vec<f32> = (0..n * d).map(|i| (i as f32).sin()).collect();
+    x[17 * d + 1] = f32::NAN;
+    let val: Vec<bool> = (0..n).map(|i| i % 5 == 0).collect();
+    let batch =
+        saerl::lake::activation_batch(vec![0; n], (0..n as i32).collect(), vec![1; n], &val, x, d)
+            .unwrap();
+    let key = PartitionKey::layer("tiny", "instruct_base", 99);
+    let mut txn = saerl::lake::Txn::begin(&lake, false).unwrap();
+    txn.write(saerl::lake::Table::Activations, &key, &[batch])
+        .unwrap();
+    txn.commit().unwrap();
+    let before = crate::shared::snapshot(&lake_dir);
+    let o = saerl(&[
+        "--lake",
+        lake_dir.to_str().unwrap(),
+        "train",
+        "--chain",
+        "tiny",
+        "--stage",
+        "instruct_base",
+        "--layers",
+        "99",
+        "--k",
+        "2",
+        "--epochs",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("non-finite activation in chain=tiny stage=instruct_base layer=99"),
+        "{err}"
+    );
+    assert_eq!(
+        crate::shared::snapshot(&lake_dir),
+        before,
+        "nothing written"
+    );
+}
