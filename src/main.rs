@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use saerl::commands::{bench, demo, export, import, ingest, init, plot, sql, train};
+use saerl::commands::{bench, demo, eval, export, import, ingest, init, plot, sql, stats, train};
 use saerl::lake::Lake;
 use saerl::sql::Format;
 use saerl::study as saerl_study;
@@ -41,6 +41,10 @@ enum Command {
     },
     /// Train TopK SAEs along a chain (warm-started stage to stage) from its activations.
     Train(train::TrainArgs),
+    /// SAE quality: NMSE and L0 on val rows, CE loss recovered with the SAE spliced in.
+    Eval(eval::EvalArgs),
+    /// Per-feature statistics (density, counts, activations) and top examples of SAEs.
+    Stats(stats::StatsArgs),
     /// Export SAEs to other formats.
     Export {
         #[command(subcommand)]
@@ -176,6 +180,8 @@ async fn main() -> ExitCode {
             },
         ),
         Command::Train(args) => train::run(&lake, &args),
+        Command::Stats(args) => stats::run(&lake, &args),
+        Command::Eval(args) => eval::run(&lake, &args),
         Command::Export {
             what: ExportWhat::Pt { out, chain },
         } => export::run(&lake, &out, chain.as_deref()),

@@ -257,3 +257,64 @@ impl Rows for ActivationRows {
         Ok(out)
     }
 }
+
+/// A batch of activation rows with their provenance.
+pub struct ActivationBatch<'a> {
+    pub doc_id: &'a [i64],
+    pub pos: &'a [i32],
+    pub token_id: &'a [i32],
+    /// True for the `val` split.
+    pub val: Vec<bool>,
+    /// Rows of width d_model.
+    pub x: &'a [f32],
+}
+
+impl Lake {
+    /// Every row of an activation partition, in stored order, a batch at a time (all columns,
+    /// rows checked to be finite).
+    pub fn scan_activations(
+        &self,
+        key: &PartitionKey,
+        f: &mut dyn FnMut(&ActivationBatch) -> Result<()>,
+    ) -> Result<usize> {
+        use arrow::datatypes::{Int32Type, Int64Type};
+        let dir = self.partition_dir(Table::Activations, key)?;
+        if !dir.is_dir() {
+            return Err(self.missing(Table::Activations, key));
+        }
+        let mut d = 0;
+        for file in partition_files(&dir)? {
+            let reader = builder(&file)?
+                .with_batch_size(4096)
+                .build()
+                .with_context(|| corrupt(&file))?;
+            for batch in reader {
+                let batch = batch.with_context(|| corrupt(&file))?;
+                let col = |name: &str| {
+                    batch
+                        .column_by_name(name)
+                        .with_context(|| format!("{} has no column {name}", file.display()))
+                };
+                let x = col("x")?.as_fixed_size_list();
+                d = x.value_length() as usize;
+                let values = x.values().as_primitive::<Float32Type>().values();
+                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                    bail!(
+                        "non-finite activation in {key} ({} row {}); re-ingest that partition with --overwrite",
+                        file.display(),
+                        i / d
+                    );
+                }
+                let split = col("split")?.as_string::<i32>();
+                f(&ActivationBatch {
+                    doc_id: col("doc_id")?.as_primitive::<Int64Type>().values(),
+                    pos: col("pos")?.as_primitive::<Int32Type>().values(),
+                    token_id: col("token_id")?.as_primitive::<Int32Type>().values(),
+                    val: (0..batch.num_rows()).map(|i| split.value(i) == "val").collect(),
+                    x: &values[..batch.num_rows() * d],
+                })?;
+            }
+        }
+        Ok(d)
+    }
+}

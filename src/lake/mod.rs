@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-pub use activation_rows::ActivationRows;
+pub use activation_rows::{ActivationBatch, ActivationRows};
 pub use read::{check_parquet, partition_files, read_parquet};
 pub use rows::{activation_batch, docs_batch, train_log_batch, vocab_batch};
 pub use saes::{read_sae, sae_batches, write_sae};

@@ -158,6 +158,13 @@ impl Table {
                 n("frac_rec", Float64),
                 n("n_val_rows", Int64),
                 n("n_prompts", Int32),
+                // The conventions used (the study's: "var" and "mean"), and the KL-divergence
+                // score: mean KL(base ‖ spliced) over real next-token positions.
+                f("nmse_denom", Utf8),
+                f("ablation", Utf8),
+                n("kl_sae", Float64),
+                n("kl_ablation", Float64),
+                n("kl_rec", Float64),
             ],
             Table::FeatureStats => vec![
                 f("feature", Int32),

@@ -3,7 +3,9 @@
 pub mod checkpoint;
 pub mod pickle;
 pub mod pt;
+pub mod quality;
 pub mod rows;
+pub mod stats;
 pub mod step;
 pub mod topk;
 pub mod train;

@@ -119,6 +119,14 @@ pub struct Scratch {
 /// Features per parallel task in the per-feature passes.
 const FEATURES_PER_TASK: usize = 64;
 
+impl Scratch {
+    /// The pre-activations of `x` ([rows × d_sae]), in this scratch space.
+    pub fn encode(&mut self, sae: &Sae, x: &[f32]) -> &[f32] {
+        encode_into(sae, x, &mut self.xc, &mut self.z);
+        &self.z
+    }
+}
+
 /// What a step reports.
 pub struct StepOut {
     pub recon: f64,

@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod shared;
 
+mod quality;
 mod resume;
 
 use std::collections::HashMap;

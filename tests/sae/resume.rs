@@ -7,14 +7,14 @@ use std::process::{Command, Output};
 use saerl::lake::{read_sae, Lake, PartitionKey};
 use saerl::sae::rows::Rows;
 
-fn saerl(args: &[&str]) -> Output {
+pub fn saerl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_saerl"))
         .args(args)
         .output()
         .unwrap()
 }
 
-fn ok(args: &[&str]) -> String {
+pub fn ok(args: &[&str]) -> String {
     let o = saerl(args);
     assert!(
         o.status.success(),

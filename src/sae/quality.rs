@@ -1,0 +1,85 @@
+//! Reconstruction quality of an SAE over rows (DESIGN.md, "Quality metrics"), accumulated a
+//! batch at a time: NMSE = Σ(x − x̂)² / n_elements / Var(x) with Var one scalar over all elements
+//! (unbiased), or over the second moment E[x²] (`NmseDenom::SecondMoment`, other libraries'
+//! convention); mean L0 = non-zero latents per row.
+
+use rayon::prelude::*;
+
+use super::step::Scratch;
+use super::Sae;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NmseDenom {
+    /// The study's: unbiased variance of all elements.
+    Var,
+    /// Mean of x² (no centring).
+    SecondMoment,
+}
+
+impl NmseDenom {
+    pub fn name(self) -> &'static str {
+        match self {
+            NmseDenom::Var => "var",
+            NmseDenom::SecondMoment => "second-moment",
+        }
+    }
+}
+
+/// x̂ for every row of `x`.
+pub fn reconstruct(sae: &Sae, x: &[f32], scratch: &mut Scratch) -> (Vec<f32>, Vec<usize>) {
+    let n = sae.d_sae;
+    let z = scratch.encode(sae, x);
+    let rows: Vec<(Vec<f32>, usize)> = z
+        .par_chunks(n)
+        .map(|z| {
+            let lat = sae.activate(z);
+            let l0 = lat.iter().filter(|(_, v)| *v != 0.0).count();
+            (sae.decode(&lat), l0)
+        })
+        .collect();
+    let l0 = rows.iter().map(|r| r.1).collect();
+    (rows.into_iter().flat_map(|r| r.0).collect(), l0)
+}
+
+#[derive(Default)]
+pub struct Reconstruction {
+    rows: u64,
+    elems: u64,
+    sq_err: f64,
+    sum: f64,
+    sum_sq: f64,
+    l0: u64,
+    scratch: Scratch,
+}
+
+impl Reconstruction {
+    pub fn add(&mut self, sae: &Sae, x: &[f32]) {
+        let (x_hat, l0) = reconstruct(sae, x, &mut self.scratch);
+        for (a, b) in x.iter().zip(&x_hat) {
+            let (a, b) = (*a as f64, *b as f64);
+            self.sq_err += (a - b) * (a - b);
+            self.sum += a;
+            self.sum_sq += a * a;
+        }
+        self.rows += l0.len() as u64;
+        self.elems += x.len() as u64;
+        self.l0 += l0.iter().sum::<usize>() as u64;
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub fn nmse(&self, denom: NmseDenom) -> f64 {
+        let n = self.elems as f64;
+        let d = match denom {
+            NmseDenom::Var => (self.sum_sq - self.sum * self.sum / n) / (n - 1.0),
+            NmseDenom::SecondMoment => self.sum_sq / n,
+        };
+        self.sq_err / n / d
+    }
+
+    pub fn mean_l0(&self) -> f64 {
+        self.l0 as f64 / self.rows as f64
+    }
+}
