@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use saerl::commands::{bench, demo, eval, export, import, ingest, init, plot, sql, stats, train};
+use saerl::commands::{
+    bench, demo, eval, export, import, ingest, init, plot, report, sql, stats, train,
+};
 use saerl::lake::Lake;
 use saerl::sql::Format;
 use saerl::study as saerl_study;
@@ -67,6 +69,12 @@ enum Command {
         /// Output figure: .svg or .png.
         #[arg(short, long)]
         out: PathBuf,
+    },
+    /// Run every saved query into one HTML page (inline SVG figures, tables) and CSVs.
+    Report {
+        /// Output directory (report.html and one CSV per query).
+        #[arg(default_value = "report")]
+        dir: PathBuf,
     },
     /// The whole pipeline on a tiny generated model and a synthetic study; figures in --out.
     Demo {
@@ -201,6 +209,9 @@ async fn main() -> ExitCode {
             .await
         }
         Command::Plot { file, out } => plot::run(&lake, &file, &out).await,
+        Command::Report { dir } => report::run(&lake, &dir)
+            .await
+            .map(|page| println!("wrote {}", page.display())),
         Command::Demo {
             out,
             data,

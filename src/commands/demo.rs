@@ -4,8 +4,11 @@
 //! 1. A tiny random Qwen2 ("instruct_base") and a perturbed copy ("ppo_step10") are written in
 //!    Hugging Face layout and ingested over a few hundred GSM8k questions (chain `tiny`).
 //! 2. SAEs are trained on those activations, the second stage warm-started from the first.
-//! 3. A synthetic study with the published shape (three chains, their stages and layers, small
-//!    SAEs with planted drift) gives the saved queries the whole study to work on.
+//! 3. The SAEs are evaluated (NMSE, L0, CE loss recovered on GSM8k test questions) and their
+//!    feature statistics computed.
+//! 4. A synthetic study with the published shape (three chains, their stages and layers, small
+//!    SAEs with planted drift) gives the drift queries the whole study to work on.
+//! 5. Every saved query is run, drawn and gathered into `report/report.html`.
 
 use std::path::{Path, PathBuf};
 
@@ -75,8 +78,9 @@ pub struct DemoArgs {
     pub prompts: usize,
 }
 
-/// Generates the two tiny checkpoints and ingests them as chain `tiny`.
-fn tiny_model_stage(out: &Path, lake: &Lake, a: &DemoArgs) -> Result<()> {
+/// Generates the two tiny checkpoints and ingests them as chain `tiny`; returns the questions
+/// file used.
+fn tiny_model_stage(out: &Path, lake: &Lake, a: &DemoArgs) -> Result<PathBuf> {
     let data = if a.data.is_file() {
         a.data.clone()
     } else {
@@ -127,7 +131,7 @@ fn tiny_model_stage(out: &Path, lake: &Lake, a: &DemoArgs) -> Result<()> {
         ingest.project = out.join("saerl.toml");
         ingest::run(lake, &ingest).with_context(|| format!("ingesting the demo model {stage}"))?;
     }
-    Ok(())
+    Ok(data)
 }
 
 pub async fn run(a: &DemoArgs) -> Result<()> {
@@ -140,13 +144,32 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
         }
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    tiny_model_stage(out, &lake, a)?;
+    let data = tiny_model_stage(out, &lake, a)?;
     // Real SAEs on the tiny chain: the base stage cold, the "ppo" stage warm-started from it.
     let train = TrainArgs::parse_from([
         "train", "--chain", "tiny", "--layers", "1,2,3", "--k", "8", "--d-sae", "256", "--epochs",
         "4", "--batch", "256",
     ]);
     super::train::run(&lake, &train)?;
+    // Held-out questions for CE loss recovered: GSM8k test beside the train file when present.
+    let test = a.data.with_file_name("test.jsonl");
+    let test = if test.is_file() { test } else { data };
+    let eval = super::eval::EvalArgs::parse_from([
+        "eval",
+        "--chain",
+        "tiny",
+        "--prompts",
+        "16",
+        "--mean-prompts",
+        "8",
+        "--data",
+        test.to_str().context("a non-UTF-8 path")?,
+    ]);
+    super::eval::run(&lake, &eval)?;
+    super::stats::run(
+        &lake,
+        &super::stats::StatsArgs::parse_from(["stats", "--chain", "tiny"]),
+    )?;
     let plans = plans();
     let total: usize = plans.iter().map(|p| p.saes.len() * p.steps.len()).sum();
     let bar = super::progress(total as u64, "synthetic SAEs");
@@ -194,10 +217,12 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
     .await?;
     println!("\nKL ratio (kl0p025 / flexible per-step decoder drift):");
     print_batches(&kl, Format::Table, &mut std::io::stdout().lock())?;
+    let page = super::report::run(&lake, &out.join("report")).await?;
     println!(
-        "\nFigures and tables are in {}/. Explore further with:\n  saerl sql --lake {}",
+        "\nFigures and tables are in {}/. Explore further with:\n  saerl sql --lake {}\n\nThe report: {}",
         out.display(),
-        lake.root().display()
+        lake.root().display(),
+        page.display()
     );
     Ok(())
 }

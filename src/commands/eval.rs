@@ -15,8 +15,7 @@ use super::SaeSelection;
 use crate::data::read_questions;
 use crate::lake::{read_sae, Lake, PartitionKey, Table, Txn};
 use crate::model::{
-    device, load_model, next_token_logprobs, replace_real_with, Hooks, PaddedBatch, Qwen2,
-    TextTokenizer,
+    device, load_model, replace_real_with, Hooks, PaddedBatch, Qwen2, TextTokenizer,
 };
 use crate::project::Project;
 use crate::sae::quality::{reconstruct, NmseDenom, Reconstruction};
@@ -95,18 +94,31 @@ impl Ce {
 }
 
 pub fn run(lake: &Lake, a: &EvalArgs) -> Result<()> {
-    let keys = a.select.keys(lake)?;
+    let mut keys = a.select.keys(lake)?;
+    if !a.overwrite {
+        keys.retain(|key| match lake.has_partition(Table::Evals, key) {
+            Ok(true) => {
+                println!("{key}: already evaluated, skipped (--overwrite to redo)");
+                false
+            }
+            _ => true,
+        });
+    }
     let stages = lake.read_stages(&a.select.chain)?;
     let project = Project::load_or_default(&a.project)?;
+    // One model per stage: its SAEs share the untouched model's logits.
+    let mut by_stage: Vec<(String, Vec<PartitionKey>)> = Vec::new();
     for key in keys {
-        if !a.overwrite && lake.has_partition(Table::Evals, &key)? {
-            println!("{key}: already evaluated, skipped (--overwrite to redo)");
-            continue;
-        }
         let stage = key.stage.clone().unwrap_or_default();
+        match by_stage.iter_mut().find(|(s, _)| *s == stage) {
+            Some((_, v)) => v.push(key),
+            None => by_stage.push((stage, vec![key])),
+        }
+    }
+    for (stage, keys) in by_stage {
         let model_dir = match &a.model {
+            _ if a.prompts == 0 => None,
             Some(m) => Some(m.clone()),
-            None if a.prompts == 0 => None,
             None => Some(
                 match stages
                     .iter()
@@ -114,30 +126,48 @@ pub fn run(lake: &Lake, a: &EvalArgs) -> Result<()> {
                     .and_then(|s| s.model_path.clone())
                 {
                     Some(p) => PathBuf::from(p),
-                    None => project.model_dir(&key.chain, &stage).with_context(|| {
-                        format!("{key}: no model for the stage; pass --model DIR")
-                    })?,
+                    None => project
+                        .model_dir(&a.select.chain, &stage)
+                        .with_context(|| {
+                            format!("stage {stage}: no model recorded; pass --model DIR")
+                        })?,
                 },
             ),
         };
-        let e = evaluate(lake, &key, model_dir.as_deref(), a)
-            .with_context(|| format!("evaluating {key}; nothing was written"))?;
-        let mut txn = Txn::begin(lake, a.overwrite)?;
-        txn.write(Table::Evals, &key, &[eval_batch(&e, a)?])?;
-        txn.commit()?;
-        match &e.ce {
-            Some(ce) => println!(
-                "{key}: nmse {:.4} mean_l0 {:.1} frac_rec {:.4} (L_base {:.4}, L_sae {:.4}, L_{} {:.4}) kl_sae {:.4}",
-                e.nmse,
-                e.mean_l0,
-                ce.frac_rec(),
-                ce.l_base,
-                ce.l_sae,
-                a.ablation.name(),
-                ce.l_ablation,
-                ce.kl_sae
-            ),
-            None => println!("{key}: nmse {:.4} mean_l0 {:.1}", e.nmse, e.mean_l0),
+        let saes = keys
+            .iter()
+            .map(|k| read_sae(lake, k))
+            .collect::<Result<Vec<_>>>()?;
+        let layers: Vec<usize> = keys.iter().map(|k| k.layer.unwrap_or(0) as usize).collect();
+        let ces = match &model_dir {
+            Some(dir) => ce_recovered(dir, &saes, &layers, a)
+                .with_context(|| format!("CE loss of stage {stage}; nothing was written"))?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => vec![None; saes.len()],
+        };
+        for ((key, sae), ce) in keys.iter().zip(&saes).zip(ces) {
+            let mut e = reconstruction(lake, key, sae, a)
+                .with_context(|| format!("evaluating {key}; nothing was written"))?;
+            e.ce = ce;
+            let mut txn = Txn::begin(lake, a.overwrite)?;
+            txn.write(Table::Evals, key, &[eval_batch(&e, a)?])?;
+            txn.commit()?;
+            match &e.ce {
+                Some(ce) => println!(
+                    "{key}: nmse {:.4} mean_l0 {:.1} frac_rec {:.4} (L_base {:.4}, L_sae {:.4}, L_{} {:.4}) kl_sae {:.4}",
+                    e.nmse,
+                    e.mean_l0,
+                    ce.frac_rec(),
+                    ce.l_base,
+                    ce.l_sae,
+                    a.ablation.name(),
+                    ce.l_ablation,
+                    ce.kl_sae
+                ),
+                None => println!("{key}: nmse {:.4} mean_l0 {:.1}", e.nmse, e.mean_l0),
+            }
         }
     }
     Ok(())
@@ -152,13 +182,8 @@ impl Ablation {
     }
 }
 
-fn evaluate(
-    lake: &Lake,
-    key: &PartitionKey,
-    model_dir: Option<&std::path::Path>,
-    a: &EvalArgs,
-) -> Result<Eval> {
-    let sae = read_sae(lake, key)?;
+/// NMSE and mean L0 on the val rows of the SAE's own stage and layer.
+fn reconstruction(lake: &Lake, key: &PartitionKey, sae: &Sae, a: &EvalArgs) -> Result<Eval> {
     let layer = key.layer.unwrap_or(0);
     let act = PartitionKey::layer(&key.chain, key.stage.as_deref().unwrap_or(""), layer);
     let val = lake.activation_rows(&act, "val", 1)?;
@@ -174,29 +199,37 @@ fn evaluate(
     }
     let mut rec = Reconstruction::default();
     val.for_each_batch(1024, None, &mut |b| {
-        rec.add(&sae, b);
+        rec.add(sae, b);
         Ok(())
     })?;
-    let ce = match model_dir {
-        Some(dir) if a.prompts > 0 => Some(ce_recovered(dir, &sae, layer as usize, a)?),
-        _ => None,
-    };
     Ok(Eval {
         nmse: rec.nmse(a.nmse_denom),
         mean_l0: rec.mean_l0(),
         n_val_rows: rec.rows(),
-        ce,
+        ce: None,
     })
 }
 
-/// Mean over positions whose next token is real of KL(p_base ‖ p_other), per batch.
-fn kl(base: &Tensor, other: &Tensor, mask: &Tensor) -> Result<f64> {
-    let t = base.dim(1)?;
-    let lb = candle_nn::ops::log_softmax(&base.narrow(1, 0, t - 1)?, D::Minus1)?;
-    let lo = candle_nn::ops::log_softmax(&other.narrow(1, 0, t - 1)?, D::Minus1)?;
-    let per = (lb.exp()? * (&lb - &lo)?)?.sum(D::Minus1)?;
-    let real = mask.narrow(1, 1, t - 1)?.to_dtype(DType::F32)?;
-    let sum = (per * &real)?.sum_all()?.to_scalar::<f32>()? as f64;
+/// Next-token log-probabilities [B, T−1, V] of a forward pass.
+fn log_probs(logits: &Tensor) -> Result<Tensor> {
+    let t = logits.dim(1)?;
+    Ok(candle_nn::ops::log_softmax(
+        &logits.narrow(1, 0, t - 1)?,
+        D::Minus1,
+    )?)
+}
+
+/// The batch's loss (mean NLL of the real next tokens) from log-probabilities.
+fn nll(lp: &Tensor, targets: &Tensor, real: &Tensor) -> Result<f64> {
+    let picked = lp.gather(targets, D::Minus1)?.squeeze(D::Minus1)?;
+    let sum = (picked * real)?.sum_all()?.to_scalar::<f32>()? as f64;
+    Ok(-sum / real.sum_all()?.to_scalar::<f32>()? as f64)
+}
+
+/// Mean over real next-token positions of KL(p_base ‖ p_other).
+fn kl(lp_base: &Tensor, lp_other: &Tensor, real: &Tensor) -> Result<f64> {
+    let per = (lp_base.exp()? * (lp_base - lp_other)?)?.sum(D::Minus1)?;
+    let sum = (per * real)?.sum_all()?.to_scalar::<f32>()? as f64;
     Ok(sum / real.sum_all()?.to_scalar::<f32>()? as f64)
 }
 
@@ -211,17 +244,23 @@ fn sae_splice(sae: &Sae, h: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(x_hat, h.shape(), &Device::Cpu)?.to_device(h.device())?)
 }
 
-/// L_base, L_sae and the ablation's loss (and KL scores) on the first `a.prompts` questions.
-fn ce_recovered(dir: &std::path::Path, sae: &Sae, layer: usize, a: &EvalArgs) -> Result<Ce> {
+/// L_base, L_sae and the ablation's loss (and KL scores) on the first `a.prompts` questions,
+/// for each SAE (spliced at its layer) of one stage's model.
+fn ce_recovered(
+    dir: &std::path::Path,
+    saes: &[Sae],
+    layers: &[usize],
+    a: &EvalArgs,
+) -> Result<Vec<Ce>> {
     let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
     let dev = device(&a.device)?;
     let model = load_model(dir, &dev)?;
-    if sae.d_model != model.config().hidden_size {
+    let hidden = model.config().hidden_size;
+    if let Some(s) = saes.iter().find(|s| s.d_model != hidden) {
         bail!(
-            "the SAE has d_model {} but {} has hidden size {}",
-            sae.d_model,
-            dir.display(),
-            model.config().hidden_size
+            "an SAE has d_model {} but {} has hidden size {hidden}",
+            s.d_model,
+            dir.display()
         );
     }
     let docs = read_questions(&a.data, Some(a.prompts))?;
@@ -236,90 +275,128 @@ fn ce_recovered(dir: &std::path::Path, sae: &Sae, layer: usize, a: &EvalArgs) ->
         .iter()
         .map(|d| tok.encode(&d.question, a.max_len))
         .collect::<Result<_>>()?;
-    let batches: Vec<&[Vec<u32>]> = rows.chunks(a.batch.max(1)).collect();
     let pad = tok.pad_id();
-    let ablation = match a.ablation {
-        Ablation::Mean => mean_output(&model, &rows[..a.mean_prompts.min(rows.len())], layer, pad, a.batch, &dev)?,
-        Ablation::Zero => Tensor::zeros(sae.d_model, DType::F32, &dev)?,
+    let mut distinct = layers.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    let ablations: Vec<Tensor> = match a.ablation {
+        Ablation::Mean => {
+            let head = &rows[..a.mean_prompts.clamp(1, rows.len())];
+            let means = mean_outputs(&model, head, &distinct, pad, a.batch, &dev)?;
+            layers
+                .iter()
+                .map(|l| means[distinct.binary_search(l).unwrap()].clone())
+                .collect()
+        }
+        Ablation::Zero => vec![Tensor::zeros(hidden, DType::F32, &dev)?; saes.len()],
     };
-    let bar = super::progress(batches.len() as u64, &format!("CE loss, layer {layer}"));
-    let mut sums = [0f64; 5];
+    let batches: Vec<&[Vec<u32>]> = rows.chunks(a.batch.max(1)).collect();
+    let bar = super::progress(batches.len() as u64, "CE loss recovered");
+    // Per SAE: Σ over batches of (L_base, L_sae, L_ablation, KL_sae, KL_ablation).
+    let mut sums = vec![[0f64; 5]; saes.len()];
     for rows in &batches {
         let b = PaddedBatch::new(rows.to_vec(), pad, &dev)?;
-        let logits = |replace: Option<crate::model::Replace>| -> Result<Tensor> {
+        let t = b.ids.dim(1)?;
+        if t < 2 {
+            bail!("a batch of prompts is shorter than two tokens; nothing to score");
+        }
+        let targets = b
+            .ids
+            .narrow(1, 1, t - 1)?
+            .contiguous()?
+            .unsqueeze(D::Minus1)?;
+        let real = b.mask.narrow(1, 1, t - 1)?.to_dtype(DType::F32)?;
+        let forward = |replace: Option<(usize, crate::model::Replace)>| -> Result<Tensor> {
             let hooks = Hooks {
                 capture: &[],
-                replace: replace.map(|r| (layer, r)),
+                replace,
                 logits: true,
             };
-            model.forward(&b.ids, &b.mask, &hooks)?.logits.context("no logits")
+            log_probs(
+                &model
+                    .forward(&b.ids, &b.mask, &hooks)?
+                    .logits
+                    .context("no logits")?,
+            )
         };
-        let splice_sae = |h: &Tensor, m: &Tensor| -> Result<Tensor> {
-            let r = sae_splice(sae, h)?;
-            let m = m.to_dtype(DType::U8)?.unsqueeze(D::Minus1)?.broadcast_as(h.shape())?;
-            Ok(m.where_cond(&r, h)?)
-        };
-        let splice_abl = |h: &Tensor, m: &Tensor| replace_real_with(h, m, &ablation);
-        let base = logits(None)?;
-        let with_sae = logits(Some(&splice_sae))?;
-        let with_abl = logits(Some(&splice_abl))?;
-        let loss = |l: &Tensor| -> Result<f64> {
-            let (_, sum, count) = next_token_logprobs(l, &b.ids, &b.mask)?;
-            Ok(sum / count as f64)
-        };
-        sums[0] += loss(&base)?;
-        sums[1] += loss(&with_sae)?;
-        sums[2] += loss(&with_abl)?;
-        sums[3] += kl(&base, &with_sae, &b.mask)?;
-        sums[4] += kl(&base, &with_abl, &b.mask)?;
+        let base = forward(None)?;
+        let l_base = nll(&base, &targets, &real)?;
+        for (i, (sae, &layer)) in saes.iter().zip(layers).enumerate() {
+            let splice_sae = |h: &Tensor, m: &Tensor| -> Result<Tensor> {
+                let r = sae_splice(sae, h)?;
+                let m = m
+                    .to_dtype(DType::U8)?
+                    .unsqueeze(D::Minus1)?
+                    .broadcast_as(h.shape())?;
+                Ok(m.where_cond(&r, h)?)
+            };
+            let splice_abl = |h: &Tensor, m: &Tensor| replace_real_with(h, m, &ablations[i]);
+            let with_sae = forward(Some((layer, &splice_sae)))?;
+            let with_abl = forward(Some((layer, &splice_abl)))?;
+            let s = &mut sums[i];
+            s[0] += l_base;
+            s[1] += nll(&with_sae, &targets, &real)?;
+            s[2] += nll(&with_abl, &targets, &real)?;
+            s[3] += kl(&base, &with_sae, &real)?;
+            s[4] += kl(&base, &with_abl, &real)?;
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
     let n = batches.len() as f64;
-    Ok(Ce {
-        l_base: sums[0] / n,
-        l_sae: sums[1] / n,
-        l_ablation: sums[2] / n,
-        kl_sae: sums[3] / n,
-        kl_ablation: sums[4] / n,
-        n_prompts: rows.len(),
-    })
+    Ok(sums
+        .iter()
+        .map(|s| Ce {
+            l_base: s[0] / n,
+            l_sae: s[1] / n,
+            l_ablation: s[2] / n,
+            kl_sae: s[3] / n,
+            kl_ablation: s[4] / n,
+            n_prompts: rows.len(),
+        })
+        .collect())
 }
 
-/// The real-token mean of block `layer`'s output over `rows`, accumulated in f64.
-pub fn mean_output(
+/// The real-token means of the outputs of blocks `layers` over `rows`, accumulated in f64.
+pub fn mean_outputs(
     model: &Qwen2,
     rows: &[Vec<u32>],
-    layer: usize,
+    layers: &[usize],
     pad: u32,
     batch: usize,
     dev: &Device,
-) -> Result<Tensor> {
+) -> Result<Vec<Tensor>> {
     let h = model.config().hidden_size;
-    let (mut sum, mut count) = (vec![0f64; h], 0usize);
+    let (mut sums, mut count) = (vec![vec![0f64; h]; layers.len()], 0usize);
     for chunk in rows.chunks(batch.max(1)) {
         let b = PaddedBatch::new(chunk.to_vec(), pad, dev)?;
         let hooks = Hooks {
-            capture: &[layer],
+            capture: layers,
             replace: None,
             logits: false,
         };
         let out = model.forward(&b.ids, &b.mask, &hooks)?;
-        let x: Vec<f32> = out.blocks[&layer].flatten_all()?.to_vec1()?;
         let t = b.ids.dim(1)?;
-        for (r, len) in b.lengths.iter().enumerate() {
-            for p in 0..*len {
-                let row = &x[(r * t + p) * h..(r * t + p + 1) * h];
-                sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
-                count += 1;
+        for (sum, layer) in sums.iter_mut().zip(layers) {
+            let x: Vec<f32> = out.blocks[layer].flatten_all()?.to_vec1()?;
+            for (r, len) in b.lengths.iter().enumerate() {
+                for p in 0..*len {
+                    let row = &x[(r * t + p) * h..(r * t + p + 1) * h];
+                    sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
+                }
             }
         }
+        count += b.lengths.iter().sum::<usize>();
     }
     if count == 0 {
         bail!("no tokens to estimate the mean activation on");
     }
-    let mean: Vec<f32> = sum.iter().map(|s| (s / count as f64) as f32).collect();
-    Ok(Tensor::from_vec(mean, h, dev)?)
+    sums.iter()
+        .map(|s| {
+            let mean: Vec<f32> = s.iter().map(|v| (v / count as f64) as f32).collect();
+            Ok(Tensor::from_vec(mean, h, dev)?)
+        })
+        .collect()
 }
 
 fn eval_batch(e: &Eval, a: &EvalArgs) -> Result<RecordBatch> {

@@ -8,6 +8,7 @@ pub mod import;
 pub mod ingest;
 pub mod init;
 pub mod plot;
+pub mod report;
 pub mod sql;
 pub mod stats;
 pub mod train;
@@ -47,7 +48,12 @@ impl SaeSelection {
     pub fn keys(&self, lake: &crate::lake::Lake) -> anyhow::Result<Vec<crate::lake::PartitionKey>> {
         use crate::lake::Table;
         let stages = lake.read_stages(&self.chain)?;
-        let order = |s: &str| stages.iter().position(|r| r.stage == s).unwrap_or(usize::MAX);
+        let order = |s: &str| {
+            stages
+                .iter()
+                .position(|r| r.stage == s)
+                .unwrap_or(usize::MAX)
+        };
         let all: Vec<_> = lake
             .partitions(Table::Saes)?
             .into_iter()
@@ -81,13 +87,19 @@ impl SaeSelection {
                 anyhow::bail!(
                     "chain {} has no SAE at layer {l} (layers: {})",
                     self.chain,
-                    list(all.iter().filter_map(|k| k.layer.map(|l| l.to_string())).collect())
+                    list(
+                        all.iter()
+                            .filter_map(|k| k.layer.map(|l| l.to_string()))
+                            .collect()
+                    )
                 );
             }
         }
         let mut keys: Vec<_> = all
             .into_iter()
-            .filter(|k| self.stage.is_empty() || self.stage.iter().any(|s| k.stage.as_deref() == Some(s)))
+            .filter(|k| {
+                self.stage.is_empty() || self.stage.iter().any(|s| k.stage.as_deref() == Some(s))
+            })
             .filter(|k| self.layers.is_empty() || self.layers.contains(&k.layer.unwrap_or(-1)))
             .filter(|k| self.k.is_none_or(|want| k.k == Some(want)))
             .collect();

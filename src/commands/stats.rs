@@ -5,9 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use arrow::array::{
-    Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
-};
+use arrow::array::{Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
 
 use super::SaeSelection;
 use crate::lake::{read_sae, Lake, PartitionKey, Table, Txn};
@@ -55,25 +53,26 @@ pub fn compute(lake: &Lake, key: &PartitionKey) -> Result<FeatureStats> {
     );
     let bar = super::progress(0, &format!("stats {key}"));
     let mut stats = FeatureStats::new(sae.d_sae);
-    let d = lake.scan_activations(&act, &mut |b| {
-        if b.x.len() != b.val.len() * sae.d_model {
-            anyhow::bail!(
-                "activations {act} are {} wide but SAE {key} expects d_model {}",
-                b.x.len() / b.val.len().max(1),
-                sae.d_model
-            );
-        }
-        let info = RowInfo {
-            doc_id: b.doc_id,
-            pos: b.pos,
-            token_id: b.token_id,
-            val: &b.val,
-        };
-        stats.add(&sae, b.x, &info);
-        bar.inc(b.val.len() as u64);
-        Ok(())
-    })
-    .with_context(|| format!("statistics of {key}; nothing was written"))?;
+    let d = lake
+        .scan_activations(&act, &mut |b| {
+            if b.x.len() != b.val.len() * sae.d_model {
+                anyhow::bail!(
+                    "activations {act} are {} wide but SAE {key} expects d_model {}",
+                    b.x.len() / b.val.len().max(1),
+                    sae.d_model
+                );
+            }
+            let info = RowInfo {
+                doc_id: b.doc_id,
+                pos: b.pos,
+                token_id: b.token_id,
+                val: &b.val,
+            };
+            stats.add(&sae, b.x, &info);
+            bar.inc(b.val.len() as u64);
+            Ok(())
+        })
+        .with_context(|| format!("statistics of {key}; nothing was written"))?;
     bar.finish_and_clear();
     let _ = d;
     Ok(stats.finish())
@@ -82,12 +81,20 @@ pub fn compute(lake: &Lake, key: &PartitionKey) -> Result<FeatureStats> {
 fn stats_batch(s: &FeatureStats) -> Result<RecordBatch> {
     let n = s.train.fire_count.len();
     let splits: [(&str, &SplitStats); 2] = [("train", &s.train), ("val", &s.val)];
-    let rows = || splits.iter().flat_map(|&(name, st)| (0..n).map(move |i| (name, st, i)));
+    let rows = || {
+        splits
+            .iter()
+            .flat_map(|&(name, st)| (0..n).map(move |i| (name, st, i)))
+    };
     Ok(RecordBatch::try_new(
         Table::FeatureStats.file_schema(None),
         vec![
-            Arc::new(Int32Array::from_iter_values(rows().map(|(_, _, i)| i as i32))),
-            Arc::new(StringArray::from_iter_values(rows().map(|(s, _, _)| s))),
+            Arc::new(Int32Array::from_iter_values(
+                rows().map(|(_, _, i)| i as i32),
+            )),
+            Arc::new(StringArray::from(
+                rows().map(|(s, _, _)| s).collect::<Vec<_>>(),
+            )),
             Arc::new(Int64Array::from_iter_values(
                 rows().map(|(_, st, _)| st.n_tokens as i64),
             )),
@@ -103,7 +110,9 @@ fn stats_batch(s: &FeatureStats) -> Result<RecordBatch> {
             Arc::new(Float64Array::from_iter(
                 rows().map(|(_, st, i)| st.mean_act(i)),
             )),
-            Arc::new(Float32Array::from_iter(rows().map(|(_, st, i)| st.max_act[i]))),
+            Arc::new(Float32Array::from_iter(
+                rows().map(|(_, st, i)| st.max_act[i]),
+            )),
         ],
     )?)
 }
@@ -118,12 +127,22 @@ fn examples_batch(s: &FeatureStats) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(
         Table::TopExamples.file_schema(None),
         vec![
-            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.0 as i32))),
-            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1 as i32 + 1))),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2.doc_id))),
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|r| r.0 as i32),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|r| r.1 as i32 + 1),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.2.doc_id),
+            )),
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.2.pos))),
-            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.2.token_id))),
-            Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.2.value))),
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|r| r.2.token_id),
+            )),
+            Arc::new(Float32Array::from_iter_values(
+                rows.iter().map(|r| r.2.value),
+            )),
         ],
     )?)
 }

@@ -310,7 +310,9 @@ impl Lake {
                     doc_id: col("doc_id")?.as_primitive::<Int64Type>().values(),
                     pos: col("pos")?.as_primitive::<Int32Type>().values(),
                     token_id: col("token_id")?.as_primitive::<Int32Type>().values(),
-                    val: (0..batch.num_rows()).map(|i| split.value(i) == "val").collect(),
+                    val: (0..batch.num_rows())
+                        .map(|i| split.value(i) == "val")
+                        .collect(),
                     x: &values[..batch.num_rows() * d],
                 })?;
             }

@@ -1,5 +1,6 @@
 //! SQL over the lake: session setup, execution, output formats, the REPL and plots.
 
+pub mod best_match;
 pub mod drift;
 pub mod exec;
 pub mod format;
@@ -10,5 +11,5 @@ pub mod saved;
 pub mod session;
 
 pub use exec::run_sql;
-pub use format::Format;
+pub use format::{print_batches, Format};
 pub use session::open_session;

@@ -166,7 +166,16 @@ fn register_fonts() {
 }
 
 /// Draws `batch` to `out` (`.svg` or `.png`).
-pub fn draw(batch: &RecordBatch, h: &Header, out: &Path) -> Result<()> {
+/// What a figure needs: the columns, chart kind, facets, and the grid and pixel size.
+struct Layout {
+    cols: Columns,
+    chart: Chart,
+    facets: Vec<String>,
+    grid: (u32, u32),
+    size: (u32, u32),
+}
+
+fn layout(batch: &RecordBatch, h: &Header) -> Result<Layout> {
     register_fonts();
     let chart = h.chart.unwrap_or(Chart::Line);
     if batch.num_rows() == 0 {
@@ -177,23 +186,34 @@ pub fn draw(batch: &RecordBatch, h: &Header, out: &Path) -> Result<()> {
     let ncols = (facets.len() as f64).sqrt().ceil() as u32;
     let nrows = (facets.len() as u32).div_ceil(ncols);
     let size = ((PANEL_W * ncols).max(MIN_W), PANEL_H * nrows + TITLE_H);
+    Ok(Layout {
+        cols,
+        chart,
+        facets,
+        grid: (nrows, ncols),
+        size,
+    })
+}
+
+pub fn draw(batch: &RecordBatch, h: &Header, out: &Path) -> Result<()> {
+    let l = layout(batch, h)?;
     let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
     match ext {
         "svg" => render(
-            SVGBackend::new(out, size).into_drawing_area(),
-            &cols,
+            SVGBackend::new(out, l.size).into_drawing_area(),
+            &l.cols,
             h,
-            chart,
-            &facets,
-            (nrows, ncols),
+            l.chart,
+            &l.facets,
+            l.grid,
         ),
         "png" => render(
-            BitMapBackend::new(out, size).into_drawing_area(),
-            &cols,
+            BitMapBackend::new(out, l.size).into_drawing_area(),
+            &l.cols,
             h,
-            chart,
-            &facets,
-            (nrows, ncols),
+            l.chart,
+            &l.facets,
+            l.grid,
         ),
         _ => bail!(
             "unknown figure format {:?}: name the output .svg or .png",
@@ -201,6 +221,21 @@ pub fn draw(batch: &RecordBatch, h: &Header, out: &Path) -> Result<()> {
         ),
     }
     .with_context(|| format!("drawing {}", out.display()))
+}
+
+/// The figure as an SVG document (for inlining in HTML).
+pub fn draw_svg(batch: &RecordBatch, h: &Header) -> Result<String> {
+    let l = layout(batch, h)?;
+    let mut svg = String::new();
+    render(
+        SVGBackend::with_string(&mut svg, l.size).into_drawing_area(),
+        &l.cols,
+        h,
+        l.chart,
+        &l.facets,
+        l.grid,
+    )?;
+    Ok(svg)
 }
 
 fn render<DB: DrawingBackend>(

@@ -1,7 +1,8 @@
 //! The saved queries of `queries/`, shipped inside the binary.
 
-/// The saved questions, by file stem.
+/// The saved questions, by file stem, in the order a report shows them.
 pub const QUERIES: &[(&str, &str)] = &[
+    ("quality", include_str!("../../queries/quality.sql")),
     (
         "decoder_drift",
         include_str!("../../queries/decoder_drift.sql"),
@@ -12,7 +13,14 @@ pub const QUERIES: &[(&str, &str)] = &[
     ),
     ("kl_ratio", include_str!("../../queries/kl_ratio.sql")),
     (
+        "effective_count",
+        include_str!("../../queries/effective_count.sql"),
+    ),
+    ("lifecycle", include_str!("../../queries/lifecycle.sql")),
+    (
         "l18_quadrants",
         include_str!("../../queries/l18_quadrants.sql"),
     ),
+    ("best_match", include_str!("../../queries/best_match.sql")),
+    ("top_drifted", include_str!("../../queries/top_drifted.sql")),
 ];

@@ -41,6 +41,10 @@ pub async fn open_session(lake: &Lake) -> Result<SessionContext> {
         "feature_drift",
         Arc::new(super::drift::FeatureDrift::new(lake.clone(), transitions)),
     )?;
+    ctx.register_udtf(
+        "best_match",
+        Arc::new(super::best_match::BestMatch { lake: lake.clone() }),
+    );
     Ok(ctx)
 }
 

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use saerl::lake::{activation_batch, Lake, PartitionKey, Table, Txn};
 use serde_json::Value;
 
-use super::resume::{ok, saerl};
+use super::resume::ok;
 
 /// Writes `x` (rows × d) as an activation partition; `val[i]` marks val rows.
 fn write_activations(lake: &Path, key: &PartitionKey, x: Vec<f32>, d: usize, val: &[bool]) {
@@ -37,7 +37,12 @@ fn csv_rows(out: &str) -> Vec<HashMap<String, String>> {
         .map(str::to_string)
         .collect();
     lines
-        .map(|l| head.iter().cloned().zip(l.split(',').map(str::to_string)).collect())
+        .map(|l| {
+            head.iter()
+                .cloned()
+                .zip(l.split(',').map(str::to_string))
+                .collect()
+        })
         .collect()
 }
 
@@ -111,11 +116,227 @@ fn eval_reproduces_the_reference_nmse_l0_and_ce_loss_recovered() {
     ] {
         let w = want[key].as_f64().unwrap();
         let rel = (num(col) - w).abs() / w.abs().max(1e-12);
-        assert!(rel < 1e-4, "{col}: got {} want {w} (rel {rel:.2e})", num(col));
+        assert!(
+            rel < 1e-4,
+            "{col}: got {} want {w} (rel {rel:.2e})",
+            num(col)
+        );
     }
     assert_eq!(num("n_val_rows") as usize, rows);
     assert_eq!(num("n_prompts") as u64, n_prompts);
     assert_eq!(got["ablation"], "mean");
     // The spliced SAE moves the output distribution less than the ablation does.
     assert!(num("kl_sae") > 0.0 && num("kl_rec") > 0.0 && num("kl_rec") < 1.0);
+}
+
+/// Densities, effective counts and lifecycles of the sae-pt fixture on its probe rows: the
+/// expected values come from the reference encodings in expected.json, counted with plain loops.
+#[test]
+fn stats_density_effective_count_and_lifecycle_match_first_principles() {
+    let fx = crate::shared::fixtures().join("sae-pt");
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("expected.json")).unwrap()).unwrap();
+    let probe = candle_core::safetensors::load(fx.join("probe.safetensors"), &Device::Cpu).unwrap();
+    let x: &Tensor = &probe["x"];
+    let (rows, d) = x.dims2().unwrap();
+    let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let l = lake.to_str().unwrap();
+    ok(&["--lake", l, "import", "pt", fx.to_str().unwrap()]);
+
+    // Every (chain, stage, layer) gets the probe rows as its val split.
+    let files = expected["files"].as_object().unwrap();
+    let mut partitions = std::collections::BTreeSet::new();
+    for f in files.values() {
+        partitions.insert((
+            f["chain"].as_str().unwrap().to_string(),
+            f["stage"].as_str().unwrap().to_string(),
+            f["layer"].as_i64().unwrap() as i32,
+        ));
+    }
+    for (c, s, layer) in &partitions {
+        write_activations(
+            &lake,
+            &PartitionKey::layer(c, s, *layer),
+            xv.clone(),
+            d,
+            &vec![true; rows],
+        );
+    }
+    let chains: std::collections::BTreeSet<&str> =
+        partitions.iter().map(|p| p.0.as_str()).collect();
+    for c in &chains {
+        ok(&["--lake", l, "stats", "--chain", c]);
+    }
+
+    // Expected density per (chain, stage, layer, k) and feature, from the reference encodings.
+    type Key = (String, String, i64, i64);
+    let mut density: HashMap<Key, Vec<f64>> = HashMap::new();
+    let mut topk: HashMap<Key, Vec<i64>> = HashMap::new();
+    for f in files.values() {
+        let key = (
+            f["chain"].as_str().unwrap().to_string(),
+            f["stage"].as_str().unwrap().to_string(),
+            f["layer"].as_i64().unwrap(),
+            f["k"].as_i64().unwrap(),
+        );
+        let n_feat = f["encode_idx"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap())
+            .map(|i| i.as_i64().unwrap() as usize + 1)
+            .max()
+            .unwrap();
+        let mut fire = vec![0f64; n_feat.max(1)];
+        let mut sel = vec![0i64; n_feat.max(1)];
+        for (idx, val) in f["encode_idx"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(f["encode_val"].as_array().unwrap())
+        {
+            for (i, v) in idx.as_array().unwrap().iter().zip(val.as_array().unwrap()) {
+                let (i, v) = (i.as_u64().unwrap() as usize, v.as_f64().unwrap());
+                if v > 0.0 {
+                    fire[i] += 1.0;
+                }
+                if v != 0.0 {
+                    sel[i] += 1;
+                }
+            }
+        }
+        density.insert(key.clone(), fire.iter().map(|c| c / rows as f64).collect());
+        topk.insert(key, sel);
+    }
+
+    // feature_stats against the loops (features beyond the largest fired index have density 0).
+    let out = ok(&[
+        "--lake",
+        l,
+        "sql",
+        "-c",
+        "SELECT chain, stage, layer, k, feature, density, topk_count, n_tokens FROM feature_stats WHERE split = 'val'",
+        "--format",
+        "csv",
+    ]);
+    let got = csv_rows(&out);
+    // One row per feature of every SAE: features 0..d_sae, each once.
+    let mut per_key: HashMap<Key, Vec<usize>> = HashMap::new();
+    for r in &got {
+        let key = (
+            r["chain"].clone(),
+            r["stage"].clone(),
+            r["layer"].parse().unwrap(),
+            r["k"].parse().unwrap(),
+        );
+        per_key.entry(key).or_default().push(r["feature"].parse().unwrap());
+    }
+    assert_eq!(per_key.len(), files.len(), "every SAE has statistics");
+    let d_sae: HashMap<Key, usize> = per_key.iter().map(|(k, f)| (k.clone(), f.len())).collect();
+    for (key, mut f) in per_key {
+        f.sort();
+        assert!(f.iter().enumerate().all(|(i, &x)| i == x), "{key:?}: features 0..n once");
+        assert!(f.len() >= density[&key].len());
+    }
+    let mut seen = 0;
+    for r in &got {
+        let key = (
+            r["chain"].clone(),
+            r["stage"].clone(),
+            r["layer"].parse().unwrap(),
+            r["k"].parse().unwrap(),
+        );
+        let f: usize = r["feature"].parse().unwrap();
+        let want = density[&key].get(f).copied().unwrap_or(0.0);
+        let have: f64 = r["density"].parse().unwrap();
+        assert!((have - want).abs() < 1e-12, "{key:?} feature {f}: density {have} want {want}");
+        assert_eq!(
+            r["topk_count"].parse::<i64>().unwrap(),
+            topk[&key].get(f).copied().unwrap_or(0)
+        );
+        assert_eq!(r["n_tokens"].parse::<usize>().unwrap(), rows);
+        seen += 1;
+    }
+    assert!(seen > 0);
+
+    // Effective count: exp(H) of density / Σ density, zero entries dropped.
+    let queries = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
+    let saved = |name: &str| {
+        let file = queries.join(format!("{name}.sql"));
+        csv_rows(&ok(&[
+            "--lake",
+            l,
+            "sql",
+            "-f",
+            file.to_str().unwrap(),
+            "--format",
+            "csv",
+        ]))
+    };
+    let eff = saved("effective_count");
+    assert_eq!(eff.len(), density.len());
+    for r in &eff {
+        let key = (
+            r["chain"].clone(),
+            r["stage"].clone(),
+            r["layer"].parse().unwrap(),
+            r["k"].parse().unwrap(),
+        );
+        let dens = &density[&key];
+        let total: f64 = dens.iter().sum();
+        let mut h = 0.0;
+        for &p in dens {
+            if p > 0.0 {
+                h -= p / total * (p / total).ln();
+            }
+        }
+        let have: f64 = r["effective_count"].parse().unwrap();
+        assert!((have - h.exp()).abs() < 1e-9, "{key:?}: {have} vs {}", h.exp());
+        let alive = dens.iter().filter(|&&p| p > 1e-4).count();
+        assert_eq!(r["n_alive"].parse::<usize>().unwrap(), alive);
+    }
+
+    // Lifecycle across every consecutive-stage transition of the fixture.
+    let life = saved("lifecycle");
+    let transitions = expected["transitions"].as_array().unwrap();
+    assert_eq!(life.len(), transitions.len());
+    for t in transitions {
+        let (c, layer, k) = (
+            t["chain"].as_str().unwrap(),
+            t["layer"].as_i64().unwrap(),
+            t["k"].as_i64().unwrap(),
+        );
+        let (from, to) = (t["from"].as_str().unwrap(), t["to"].as_str().unwrap());
+        let a = &density[&(c.into(), from.into(), layer, k)];
+        let b = &density[&(c.into(), to.into(), layer, k)];
+        let n = d_sae[&(c.into(), from.into(), layer, k)];
+        let at = |v: &Vec<f64>, i: usize| v.get(i).copied().unwrap_or(0.0) > 1e-4;
+        let (mut died, mut born, mut stayed) = (0, 0, 0);
+        for i in 0..n {
+            match (at(a, i), at(b, i)) {
+                (true, false) => died += 1,
+                (false, true) => born += 1,
+                (true, true) => stayed += 1,
+                _ => {}
+            }
+        }
+        let row = life
+            .iter()
+            .find(|r| {
+                r["chain"] == c
+                    && r["layer"] == layer.to_string()
+                    && r["k"] == k.to_string()
+                    && r["stage_from"] == from
+                    && r["stage_to"] == to
+            })
+            .unwrap_or_else(|| panic!("no lifecycle row for {c} {layer} {from}->{to}"));
+        let num = |k: &str| row[k].parse::<i64>().unwrap();
+        assert_eq!(
+            (num("died"), num("born"), num("stayed")),
+            (died, born, stayed),
+            "{c} layer {layer} {from} -> {to}"
+        );
+    }
 }
