@@ -130,6 +130,12 @@ enum BenchWhat {
         #[arg(long, default_value_t = 8)]
         steps: usize,
     },
+    /// Feature statistics over synthetic rows at the study's shape (d 896, d_sae 7168, k 64).
+    Stats {
+        /// Rows (the study's full train split of one stage and layer: 445,744).
+        #[arg(long, default_value_t = 445_744)]
+        rows: usize,
+    },
     /// Activation collection with a random model of Qwen2.5-0.5B's exact shape.
     Ingest {
         /// GSM8k train questions to run.
@@ -229,6 +235,9 @@ async fn main() -> ExitCode {
         Command::Bench {
             what: BenchWhat::Train { steps },
         } => bench::train(steps),
+        Command::Bench {
+            what: BenchWhat::Stats { rows },
+        } => bench::stats(rows),
         Command::Bench {
             what:
                 BenchWhat::Ingest {

@@ -119,12 +119,7 @@ fn demo_builds_the_synthetic_study_and_every_figure() {
         .output()
         .unwrap();
     assert!(o.status.success(), "demo failed:\n{}", stderr(&o));
-    for q in [
-        "decoder_drift",
-        "drift_by_step",
-        "kl_ratio",
-        "l18_quadrants",
-    ] {
+    for (q, _) in saerl::sql::saved::QUERIES {
         for ext in ["csv", "svg", "png"] {
             assert!(
                 out.join(format!("{q}.{ext}")).is_file(),
@@ -132,6 +127,24 @@ fn demo_builds_the_synthetic_study_and_every_figure() {
             );
         }
     }
+    // The report has every query's section, a figure for each and no failed query.
+    let page = std::fs::read_to_string(out.join("report/report.html")).unwrap();
+    for (q, _) in saerl::sql::saved::QUERIES {
+        assert!(
+            page.contains(&format!("<section id=\"{q}\">")),
+            "{q} in the report"
+        );
+    }
+    assert_eq!(
+        page.matches("<figure><svg").count(),
+        saerl::sql::saved::QUERIES.len(),
+        "one inline figure per query"
+    );
+    assert!(!page.contains("class=err"), "no query failed");
+    assert!(
+        stdout(&o).contains("report.html"),
+        "the demo prints the report's path"
+    );
     // The planted KL effect: ratios in the study's range, not the KL coefficients' 5×.
     let csv = std::fs::read_to_string(out.join("kl_ratio.csv")).unwrap();
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();

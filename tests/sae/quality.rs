@@ -231,13 +231,19 @@ fn stats_density_effective_count_and_lifecycle_match_first_principles() {
             r["layer"].parse().unwrap(),
             r["k"].parse().unwrap(),
         );
-        per_key.entry(key).or_default().push(r["feature"].parse().unwrap());
+        per_key
+            .entry(key)
+            .or_default()
+            .push(r["feature"].parse().unwrap());
     }
     assert_eq!(per_key.len(), files.len(), "every SAE has statistics");
     let d_sae: HashMap<Key, usize> = per_key.iter().map(|(k, f)| (k.clone(), f.len())).collect();
     for (key, mut f) in per_key {
         f.sort();
-        assert!(f.iter().enumerate().all(|(i, &x)| i == x), "{key:?}: features 0..n once");
+        assert!(
+            f.iter().enumerate().all(|(i, &x)| i == x),
+            "{key:?}: features 0..n once"
+        );
         assert!(f.len() >= density[&key].len());
     }
     let mut seen = 0;
@@ -251,7 +257,10 @@ fn stats_density_effective_count_and_lifecycle_match_first_principles() {
         let f: usize = r["feature"].parse().unwrap();
         let want = density[&key].get(f).copied().unwrap_or(0.0);
         let have: f64 = r["density"].parse().unwrap();
-        assert!((have - want).abs() < 1e-12, "{key:?} feature {f}: density {have} want {want}");
+        assert!(
+            (have - want).abs() < 1e-12,
+            "{key:?} feature {f}: density {have} want {want}"
+        );
         assert_eq!(
             r["topk_count"].parse::<i64>().unwrap(),
             topk[&key].get(f).copied().unwrap_or(0)
@@ -293,7 +302,11 @@ fn stats_density_effective_count_and_lifecycle_match_first_principles() {
             }
         }
         let have: f64 = r["effective_count"].parse().unwrap();
-        assert!((have - h.exp()).abs() < 1e-9, "{key:?}: {have} vs {}", h.exp());
+        assert!(
+            (have - h.exp()).abs() < 1e-9,
+            "{key:?}: {have} vs {}",
+            h.exp()
+        );
         let alive = dens.iter().filter(|&&p| p > 1e-4).count();
         assert_eq!(r["n_alive"].parse::<usize>().unwrap(), alive);
     }
