@@ -28,6 +28,18 @@ fn write_activations(lake: &Path, key: &PartitionKey, x: Vec<f32>, d: usize, val
     txn.commit().unwrap();
 }
 
+/// (chain, stage, layer, k) of an SAE.
+type Key = (String, String, i64, i64);
+
+fn sae_key(r: &HashMap<String, String>) -> Key {
+    (
+        r["chain"].clone(),
+        r["stage"].clone(),
+        r["layer"].parse().unwrap(),
+        r["k"].parse().unwrap(),
+    )
+}
+
 fn csv_rows(out: &str) -> Vec<HashMap<String, String>> {
     let mut lines = out.lines();
     let head: Vec<String> = lines
@@ -171,7 +183,6 @@ fn stats_density_effective_count_and_lifecycle_match_first_principles() {
     }
 
     // Expected density per (chain, stage, layer, k) and feature, from the reference encodings.
-    type Key = (String, String, i64, i64);
     let mut density: HashMap<Key, Vec<f64>> = HashMap::new();
     let mut topk: HashMap<Key, Vec<i64>> = HashMap::new();
     for f in files.values() {
@@ -225,12 +236,7 @@ fn stats_density_effective_count_and_lifecycle_match_first_principles() {
     // One row per feature of every SAE: features 0..d_sae, each once.
     let mut per_key: HashMap<Key, Vec<usize>> = HashMap::new();
     for r in &got {
-        let key = (
-            r["chain"].clone(),
-            r["stage"].clone(),
-            r["layer"].parse().unwrap(),
-            r["k"].parse().unwrap(),
-        );
+        let key = sae_key(r);
         per_key
             .entry(key)
             .or_default()
@@ -248,12 +254,7 @@ fn stats_density_effective_count_and_lifecycle_match_first_principles() {
     }
     let mut seen = 0;
     for r in &got {
-        let key = (
-            r["chain"].clone(),
-            r["stage"].clone(),
-            r["layer"].parse().unwrap(),
-            r["k"].parse().unwrap(),
-        );
+        let key = sae_key(r);
         let f: usize = r["feature"].parse().unwrap();
         let want = density[&key].get(f).copied().unwrap_or(0.0);
         let have: f64 = r["density"].parse().unwrap();
@@ -287,12 +288,7 @@ fn stats_density_effective_count_and_lifecycle_match_first_principles() {
     let eff = saved("effective_count");
     assert_eq!(eff.len(), density.len());
     for r in &eff {
-        let key = (
-            r["chain"].clone(),
-            r["stage"].clone(),
-            r["layer"].parse().unwrap(),
-            r["k"].parse().unwrap(),
-        );
+        let key = sae_key(r);
         let dens = &density[&key];
         let total: f64 = dens.iter().sum();
         let mut h = 0.0;
