@@ -230,23 +230,9 @@ fn resampling_reinitialises_planted_dead_features_from_high_error_rows() {
 
 #[test]
 fn train_walks_a_chain_with_warm_starts_and_skips_what_is_done() {
-    use std::process::Command;
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("demo");
-    let run = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_saerl"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "saerl {args:?}:\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    run(&["demo", "--out", out.to_str().unwrap(), "--prompts", "40"]);
-    let lake = out.join("lake");
+    let lake = resume::demo_lake(dir.path());
+    let run = resume::ok;
     let l = lake.to_str().unwrap();
     let train = [
         "--lake", l, "train", "--chain", "tiny", "--layers", "2", "--k", "4", "--d-sae", "32",

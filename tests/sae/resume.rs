@@ -24,11 +24,20 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// A demo lake (tiny model, both stages ingested, nothing trained by us yet).
-fn demo_lake(dir: &Path) -> std::path::PathBuf {
-    let out = dir.join("demo");
-    ok(&["demo", "--out", out.to_str().unwrap(), "--prompts", "40"]);
-    out.join("lake")
+/// A private copy, under `dir`, of a demo lake (tiny model, both stages ingested, its own SAEs
+/// trained) that is built once per run of this test binary.
+pub fn demo_lake(dir: &Path) -> std::path::PathBuf {
+    static DEMO: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let built = DEMO.get_or_init(|| {
+        let out =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sae-demo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        ok(&["demo", "--out", out.to_str().unwrap(), "--prompts", "40"]);
+        out.join("lake")
+    });
+    let lake = dir.join("lake");
+    copy_dir(built, &lake);
+    lake
 }
 
 fn copy_dir(from: &Path, to: &Path) {
