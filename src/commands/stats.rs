@@ -51,30 +51,28 @@ pub fn compute(lake: &Lake, key: &PartitionKey) -> Result<FeatureStats> {
         key.stage.as_deref().unwrap_or(""),
         key.layer.unwrap_or(0),
     );
-    let bar = super::progress(0, &format!("stats {key}"));
+    let bar = super::progress(lake.activation_count(&act)? as u64, &format!("stats {key}"));
     let mut stats = FeatureStats::new(sae.d_sae);
-    let d = lake
-        .scan_activations(&act, &mut |b| {
-            if b.x.len() != b.val.len() * sae.d_model {
-                anyhow::bail!(
-                    "activations {act} are {} wide but SAE {key} expects d_model {}",
-                    b.x.len() / b.val.len().max(1),
-                    sae.d_model
-                );
-            }
-            let info = RowInfo {
-                doc_id: b.doc_id,
-                pos: b.pos,
-                token_id: b.token_id,
-                val: &b.val,
-            };
-            stats.add(&sae, b.x, &info);
-            bar.inc(b.val.len() as u64);
-            Ok(())
-        })
-        .with_context(|| format!("statistics of {key}; nothing was written"))?;
+    lake.scan_activations(&act, &mut |b| {
+        if b.x.len() != b.val.len() * sae.d_model {
+            anyhow::bail!(
+                "activations {act} are {} wide but SAE {key} expects d_model {}",
+                b.x.len() / b.val.len().max(1),
+                sae.d_model
+            );
+        }
+        let info = RowInfo {
+            doc_id: b.doc_id,
+            pos: b.pos,
+            token_id: b.token_id,
+            val: &b.val,
+        };
+        stats.add(&sae, b.x, &info);
+        bar.inc(b.val.len() as u64);
+        Ok(())
+    })
+    .with_context(|| format!("statistics of {key}; nothing was written"))?;
     bar.finish_and_clear();
-    let _ = d;
     Ok(stats.finish())
 }
 

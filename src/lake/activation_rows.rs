@@ -270,6 +270,19 @@ pub struct ActivationBatch<'a> {
 }
 
 impl Lake {
+    /// The number of rows of an activation partition (from the Parquet footers).
+    pub fn activation_count(&self, key: &PartitionKey) -> Result<usize> {
+        let dir = self.partition_dir(Table::Activations, key)?;
+        if !dir.is_dir() {
+            return Err(self.missing(Table::Activations, key));
+        }
+        let mut n = 0;
+        for file in partition_files(&dir)? {
+            n += builder(&file)?.metadata().file_metadata().num_rows() as usize;
+        }
+        Ok(n)
+    }
+
     /// Every row of an activation partition, in stored order, a batch at a time (all columns,
     /// rows checked to be finite).
     pub fn scan_activations(
