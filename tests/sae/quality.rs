@@ -348,4 +348,68 @@ fn stats_density_effective_count_and_lifecycle_match_first_principles() {
             "{c} layer {layer} {from} -> {to}"
         );
     }
+
+    // best_match: the aligned cosine is the reference's per-feature decoder cosine, and no
+    // column of the next stage matches better than the best.
+    let bm = csv_rows(&ok(&[
+        "--lake",
+        l,
+        "sql",
+        "-c",
+        "SELECT chain, layer, k, stage_from, stage_to, feature, best_feature, best_cos, aligned_cos, renaming_gap FROM best_match()",
+        "--format",
+        "csv",
+    ]));
+    let mut checked = 0;
+    for t in transitions {
+        let cos = t["decoder_cos"].as_array().unwrap();
+        for r in bm.iter().filter(|r| {
+            r["chain"] == t["chain"].as_str().unwrap()
+                && r["layer"] == t["layer"].to_string()
+                && r["k"] == t["k"].to_string()
+                && r["stage_from"] == t["from"].as_str().unwrap()
+                && r["stage_to"] == t["to"].as_str().unwrap()
+        }) {
+            let f: usize = r["feature"].parse().unwrap();
+            let num = |k: &str| r[k].parse::<f64>().unwrap();
+            let want = cos[f].as_f64().unwrap();
+            assert!((num("aligned_cos") - want).abs() < 1e-5, "{t:?} feature {f}");
+            assert!(num("best_cos") >= num("aligned_cos") - 1e-6);
+            assert!((num("renaming_gap") - (num("best_cos") - num("aligned_cos"))).abs() < 1e-9);
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, bm.len(), "every best_match row belongs to a reference transition");
+    assert_eq!(
+        checked,
+        transitions
+            .iter()
+            .map(|t| t["decoder_cos"].as_array().unwrap().len())
+            .sum::<usize>()
+    );
+}
+
+#[test]
+fn stats_and_eval_name_what_is_missing_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = super::resume::demo_lake(dir.path());
+    let l = lake.to_str().unwrap();
+    let before = crate::shared::snapshot(&lake);
+    for (args, want) in [
+        (vec!["stats", "--chain", "nope"], "no SAEs of chain nope"),
+        (vec!["stats", "--chain", "tiny", "--layers", "9"], "no SAE at layer 9"),
+        (vec!["eval", "--chain", "tiny", "--stage", "ppo_step99"], "no SAE at stage ppo_step99"),
+        (
+            vec!["eval", "--chain", "tiny", "--model", "/nonexistent", "--overwrite"],
+            "/nonexistent",
+        ),
+    ] {
+        let mut full = vec!["--lake", l];
+        full.extend(args.iter().copied());
+        let o = super::resume::saerl(&full);
+        assert!(!o.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert_eq!(crate::shared::snapshot(&lake), before, "nothing written");
 }
