@@ -275,6 +275,9 @@ fn ce_recovered(
         .iter()
         .map(|d| tok.encode(&d.question, a.max_len))
         .collect::<Result<_>>()?;
+    if rows.is_empty() {
+        bail!("{} holds no questions to score", a.data.display());
+    }
     let pad = tok.pad_id();
     let mut distinct = layers.to_vec();
     distinct.sort();
