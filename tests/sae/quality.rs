@@ -373,13 +373,20 @@ fn stats_density_effective_count_and_lifecycle_match_first_principles() {
             let f: usize = r["feature"].parse().unwrap();
             let num = |k: &str| r[k].parse::<f64>().unwrap();
             let want = cos[f].as_f64().unwrap();
-            assert!((num("aligned_cos") - want).abs() < 1e-5, "{t:?} feature {f}");
+            assert!(
+                (num("aligned_cos") - want).abs() < 1e-5,
+                "{t:?} feature {f}"
+            );
             assert!(num("best_cos") >= num("aligned_cos") - 1e-6);
             assert!((num("renaming_gap") - (num("best_cos") - num("aligned_cos"))).abs() < 1e-9);
             checked += 1;
         }
     }
-    assert_eq!(checked, bm.len(), "every best_match row belongs to a reference transition");
+    assert_eq!(
+        checked,
+        bm.len(),
+        "every best_match row belongs to a reference transition"
+    );
     assert_eq!(
         checked,
         transitions
@@ -397,10 +404,23 @@ fn stats_and_eval_name_what_is_missing_and_write_nothing() {
     let before = crate::shared::snapshot(&lake);
     for (args, want) in [
         (vec!["stats", "--chain", "nope"], "no SAEs of chain nope"),
-        (vec!["stats", "--chain", "tiny", "--layers", "9"], "no SAE at layer 9"),
-        (vec!["eval", "--chain", "tiny", "--stage", "ppo_step99"], "no SAE at stage ppo_step99"),
         (
-            vec!["eval", "--chain", "tiny", "--model", "/nonexistent", "--overwrite"],
+            vec!["stats", "--chain", "tiny", "--layers", "9"],
+            "no SAE at layer 9",
+        ),
+        (
+            vec!["eval", "--chain", "tiny", "--stage", "ppo_step99"],
+            "no SAE at stage ppo_step99",
+        ),
+        (
+            vec![
+                "eval",
+                "--chain",
+                "tiny",
+                "--model",
+                "/nonexistent",
+                "--overwrite",
+            ],
             "/nonexistent",
         ),
     ] {
