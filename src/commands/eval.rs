@@ -198,10 +198,13 @@ fn reconstruction(lake: &Lake, key: &PartitionKey, sae: &Sae, a: &EvalArgs) -> R
         );
     }
     let mut rec = Reconstruction::default();
+    let bar = super::progress(val.len() as u64, &format!("NMSE {key}"));
     val.for_each_batch(1024, None, &mut |b| {
         rec.add(sae, b);
+        bar.inc((b.len() / sae.d_model) as u64);
         Ok(())
     })?;
+    bar.finish_and_clear();
     Ok(Eval {
         nmse: rec.nmse(a.nmse_denom),
         mean_l0: rec.mean_l0(),
