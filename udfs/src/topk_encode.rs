@@ -31,6 +31,10 @@ pub trait Encoder: Send + Sync {
     fn d_model(&self) -> usize;
     /// The top-k latents of `x`, largest first, as (feature, value).
     fn encode(&self, x: &[f32]) -> Vec<(u32, f32)>;
+    /// `encode` of each row of `x` (row-major, d_model wide); implementations may batch it.
+    fn encode_rows(&self, x: &[f32]) -> Vec<Vec<(u32, f32)>> {
+        x.chunks(self.d_model()).map(|r| self.encode(r)).collect()
+    }
 }
 
 /// Resolves SAE keys to encoders (backed by the lake in the binary).
@@ -130,18 +134,27 @@ impl ScalarUDFImpl for TopkEncode {
         let layer = arrays[3].as_primitive::<Int32Type>();
         let k = arrays.get(4).map(|a| a.as_primitive::<Int32Type>());
 
-        let mut offsets = vec![0i32];
-        let (mut features, mut values) = (Vec::new(), Vec::new());
-        let mut nulls = Vec::with_capacity(args.number_rows);
-        let mut row_buf = Vec::new();
-        // Consecutive rows almost always name the same SAE: resolve once per run of keys.
+        // Rows are encoded a run of equal keys at a time (consecutive rows almost always name
+        // the same SAE), so an encoder can batch them.
+        let mut encoded: Vec<Option<Vec<(u32, f32)>>> = vec![None; args.number_rows];
+        let (mut run, mut buf, mut row_buf) = (Vec::new(), Vec::new(), Vec::new());
         let mut current: Option<(SaeKey, Arc<dyn Encoder>)> = None;
+        let flush = |enc: &Option<(SaeKey, Arc<dyn Encoder>)>,
+                     run: &mut Vec<usize>,
+                     buf: &mut Vec<f32>,
+                     encoded: &mut Vec<Option<Vec<(u32, f32)>>>| {
+            if let Some((_, enc)) = enc {
+                for (&i, lat) in run.iter().zip(enc.encode_rows(buf)) {
+                    encoded[i] = Some(lat);
+                }
+            }
+            run.clear();
+            buf.clear();
+        };
         for i in 0..args.number_rows {
             let xi = x.row(i);
             let key_null = chain.is_null(i) || stage.is_null(i) || layer.is_null(i);
             let (Some(xi), false) = (xi, key_null) else {
-                nulls.push(false);
-                offsets.push(features.len() as i32);
                 continue;
             };
             let key = SaeKey {
@@ -151,6 +164,7 @@ impl ScalarUDFImpl for TopkEncode {
                 k: k.and_then(|k| (!k.is_null(i)).then(|| k.value(i))),
             };
             if current.as_ref().is_none_or(|(c, _)| *c != key) {
+                flush(&current, &mut run, &mut buf, &mut encoded);
                 let enc = self
                     .saes
                     .encoder(&key)
@@ -166,11 +180,21 @@ impl ScalarUDFImpl for TopkEncode {
                 );
             }
             xi.to_f32(&mut row_buf);
-            for (f, v) in enc.encode(&row_buf) {
-                features.push(f as i32);
-                values.push(v);
+            buf.extend_from_slice(&row_buf);
+            run.push(i);
+        }
+        flush(&current, &mut run, &mut buf, &mut encoded);
+        let mut offsets = vec![0i32];
+        let (mut features, mut values) = (Vec::new(), Vec::new());
+        let mut nulls = Vec::with_capacity(args.number_rows);
+        for lat in &encoded {
+            if let Some(lat) = lat {
+                for &(f, v) in lat {
+                    features.push(f as i32);
+                    values.push(v);
+                }
             }
-            nulls.push(true);
+            nulls.push(lat.is_some());
             offsets.push(features.len() as i32);
         }
         let items = StructArray::new(
