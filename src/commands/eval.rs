@@ -15,7 +15,8 @@ use super::SaeSelection;
 use crate::data::read_questions;
 use crate::lake::{read_sae, Lake, PartitionKey, Table, Txn};
 use crate::model::{
-    device, load_model, replace_real_with, Hooks, PaddedBatch, Qwen2, TextTokenizer,
+    device, load_model, next_token_log_softmax, replace_real_with, splice_real, target_logprobs,
+    Hooks, PaddedBatch, Qwen2, TextTokenizer,
 };
 use crate::project::Project;
 use crate::sae::quality::{reconstruct, NmseDenom, Reconstruction};
@@ -184,8 +185,7 @@ impl Ablation {
 
 /// NMSE and mean L0 on the val rows of the SAE's own stage and layer.
 fn reconstruction(lake: &Lake, key: &PartitionKey, sae: &Sae, a: &EvalArgs) -> Result<Eval> {
-    let layer = key.layer.unwrap_or(0);
-    let act = PartitionKey::layer(&key.chain, key.stage.as_deref().unwrap_or(""), layer);
+    let act = key.activations();
     let val = lake.activation_rows(&act, "val", 1)?;
     if val.is_empty() {
         bail!("activations {act} hold no val rows to measure NMSE on");
@@ -213,20 +213,10 @@ fn reconstruction(lake: &Lake, key: &PartitionKey, sae: &Sae, a: &EvalArgs) -> R
     })
 }
 
-/// Next-token log-probabilities [B, T−1, V] of a forward pass.
-fn log_probs(logits: &Tensor) -> Result<Tensor> {
-    let t = logits.dim(1)?;
-    Ok(candle_nn::ops::log_softmax(
-        &logits.narrow(1, 0, t - 1)?,
-        D::Minus1,
-    )?)
-}
-
-/// The batch's loss (mean NLL of the real next tokens) from log-probabilities.
-fn nll(lp: &Tensor, targets: &Tensor, real: &Tensor) -> Result<f64> {
-    let picked = lp.gather(targets, D::Minus1)?.squeeze(D::Minus1)?;
-    let sum = (picked * real)?.sum_all()?.to_scalar::<f32>()? as f64;
-    Ok(-sum / real.sum_all()?.to_scalar::<f32>()? as f64)
+/// The batch's loss (mean NLL of the real next tokens) from next-token log-probabilities.
+fn nll(lp: &Tensor, b: &PaddedBatch) -> Result<f64> {
+    let (_, sum, count) = target_logprobs(lp, &b.ids, &b.mask)?;
+    Ok(sum / count as f64)
 }
 
 /// Mean over real next-token positions of KL(p_base ‖ p_other).
@@ -237,7 +227,7 @@ fn kl(lp_base: &Tensor, lp_other: &Tensor, real: &Tensor) -> Result<f64> {
 }
 
 /// The SAE's reconstruction of a block output [B,T,H] at every position.
-fn sae_splice(sae: &Sae, h: &Tensor) -> Result<Tensor> {
+fn sae_reconstruction(sae: &Sae, h: &Tensor) -> Result<Tensor> {
     let x: Vec<f32> = h
         .to_device(&Device::Cpu)?
         .to_dtype(DType::F32)?
@@ -306,11 +296,6 @@ fn ce_recovered(
         if t < 2 {
             bail!("a batch of prompts is shorter than two tokens; nothing to score");
         }
-        let targets = b
-            .ids
-            .narrow(1, 1, t - 1)?
-            .contiguous()?
-            .unsqueeze(D::Minus1)?;
         let real = b.mask.narrow(1, 1, t - 1)?.to_dtype(DType::F32)?;
         let forward = |replace: Option<(usize, crate::model::Replace)>| -> Result<Tensor> {
             let hooks = Hooks {
@@ -318,7 +303,7 @@ fn ce_recovered(
                 replace,
                 logits: true,
             };
-            log_probs(
+            next_token_log_softmax(
                 &model
                     .forward(&b.ids, &b.mask, &hooks)?
                     .logits
@@ -326,23 +311,17 @@ fn ce_recovered(
             )
         };
         let base = forward(None)?;
-        let l_base = nll(&base, &targets, &real)?;
+        let l_base = nll(&base, &b)?;
         for (i, (sae, &layer)) in saes.iter().zip(layers).enumerate() {
-            let splice_sae = |h: &Tensor, m: &Tensor| -> Result<Tensor> {
-                let r = sae_splice(sae, h)?;
-                let m = m
-                    .to_dtype(DType::U8)?
-                    .unsqueeze(D::Minus1)?
-                    .broadcast_as(h.shape())?;
-                Ok(m.where_cond(&r, h)?)
-            };
+            let splice_sae =
+                |h: &Tensor, m: &Tensor| splice_real(h, m, &sae_reconstruction(sae, h)?);
             let splice_abl = |h: &Tensor, m: &Tensor| replace_real_with(h, m, &ablations[i]);
             let with_sae = forward(Some((layer, &splice_sae)))?;
             let with_abl = forward(Some((layer, &splice_abl)))?;
             let s = &mut sums[i];
             s[0] += l_base;
-            s[1] += nll(&with_sae, &targets, &real)?;
-            s[2] += nll(&with_abl, &targets, &real)?;
+            s[1] += nll(&with_sae, &b)?;
+            s[2] += nll(&with_abl, &b)?;
             s[3] += kl(&base, &with_sae, &real)?;
             s[4] += kl(&base, &with_abl, &real)?;
         }

@@ -46,11 +46,7 @@ pub fn run(lake: &Lake, a: &StatsArgs) -> Result<()> {
 /// The statistics of SAE `key` over its stage's activations at its layer.
 pub fn compute(lake: &Lake, key: &PartitionKey) -> Result<FeatureStats> {
     let sae = read_sae(lake, key)?;
-    let act = PartitionKey::layer(
-        &key.chain,
-        key.stage.as_deref().unwrap_or(""),
-        key.layer.unwrap_or(0),
-    );
+    let act = key.activations();
     let bar = super::progress(lake.activation_count(&act)? as u64, &format!("stats {key}"));
     let mut stats = FeatureStats::new(sae.d_sae);
     lake.scan_activations(&act, &mut |b| {

@@ -7,11 +7,11 @@
 //! is a uniform permutation. Reading runs on its own thread, one batch ahead of training.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 
 use anyhow::{bail, Context, Result};
-use arrow::array::{Array, AsArray};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::Float32Type;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
@@ -38,6 +38,16 @@ pub struct ActivationRows {
 }
 
 impl Lake {
+    /// The data files of activation partition `key`; a missing partition is an error naming
+    /// what exists.
+    fn activation_files(&self, key: &PartitionKey) -> Result<Vec<PathBuf>> {
+        let dir = self.partition_dir(Table::Activations, key)?;
+        if !dir.is_dir() {
+            return Err(self.missing(Table::Activations, key));
+        }
+        partition_files(&dir)
+    }
+
     /// The `split` rows ("train" or "val") of activation partition `key`; only the `split`
     /// column is read here.
     pub fn activation_rows(
@@ -46,12 +56,8 @@ impl Lake {
         split: &str,
         buffer_rows: usize,
     ) -> Result<ActivationRows> {
-        let dir = self.partition_dir(Table::Activations, key)?;
-        if !dir.is_dir() {
-            return Err(self.missing(Table::Activations, key));
-        }
         let (mut pieces, mut n, mut d) = (Vec::new(), 0, 0);
-        for file in partition_files(&dir)? {
+        for file in self.activation_files(key)? {
             let b = builder(&file)?;
             let x = b
                 .schema()
@@ -88,16 +94,19 @@ impl Lake {
     }
 }
 
-fn builder(file: &std::path::Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+/// A column by name (projected columns come in file order, not in the order asked for).
+fn column<'b>(batch: &'b RecordBatch, name: &str, file: &Path) -> Result<&'b ArrayRef> {
+    batch
+        .column_by_name(name)
+        .with_context(|| format!("{} has no column {name}", file.display()))
+}
+
+fn builder(file: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
     let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
     ParquetRecordBatchReaderBuilder::try_new(f).with_context(|| corrupt(file))
 }
 
-fn read_group(
-    file: &std::path::Path,
-    row_group: usize,
-    columns: &[&str],
-) -> Result<Vec<arrow::array::RecordBatch>> {
+fn read_group(file: &Path, row_group: usize, columns: &[&str]) -> Result<Vec<RecordBatch>> {
     let b = builder(file)?;
     let mask = ProjectionMask::columns(b.parquet_schema(), columns.iter().copied());
     b.with_row_groups(vec![row_group])
@@ -119,12 +128,7 @@ impl ActivationRows {
         let d = self.d;
         let mut out = Vec::with_capacity(p.rows * d);
         for batch in read_group(&p.file, p.row_group, &["x", "split"])? {
-            // Projected columns come in file order, so look them up by name.
-            let col = |name: &str| {
-                batch
-                    .column_by_name(name)
-                    .with_context(|| format!("{} has no column {name}", p.file.display()))
-            };
+            let col = |name: &str| column(&batch, name, &p.file);
             let (x, s) = (
                 col("x")?.as_fixed_size_list(),
                 col("split")?.as_string::<i32>(),
@@ -272,12 +276,8 @@ pub struct ActivationBatch<'a> {
 impl Lake {
     /// The number of rows of an activation partition (from the Parquet footers).
     pub fn activation_count(&self, key: &PartitionKey) -> Result<usize> {
-        let dir = self.partition_dir(Table::Activations, key)?;
-        if !dir.is_dir() {
-            return Err(self.missing(Table::Activations, key));
-        }
         let mut n = 0;
-        for file in partition_files(&dir)? {
+        for file in self.activation_files(key)? {
             n += builder(&file)?.metadata().file_metadata().num_rows() as usize;
         }
         Ok(n)
@@ -289,27 +289,18 @@ impl Lake {
         &self,
         key: &PartitionKey,
         f: &mut dyn FnMut(&ActivationBatch) -> Result<()>,
-    ) -> Result<usize> {
+    ) -> Result<()> {
         use arrow::datatypes::{Int32Type, Int64Type};
-        let dir = self.partition_dir(Table::Activations, key)?;
-        if !dir.is_dir() {
-            return Err(self.missing(Table::Activations, key));
-        }
-        let mut d = 0;
-        for file in partition_files(&dir)? {
+        for file in self.activation_files(key)? {
             let reader = builder(&file)?
                 .with_batch_size(4096)
                 .build()
                 .with_context(|| corrupt(&file))?;
             for batch in reader {
                 let batch = batch.with_context(|| corrupt(&file))?;
-                let col = |name: &str| {
-                    batch
-                        .column_by_name(name)
-                        .with_context(|| format!("{} has no column {name}", file.display()))
-                };
+                let col = |name: &str| column(&batch, name, &file);
                 let x = col("x")?.as_fixed_size_list();
-                d = x.value_length() as usize;
+                let d = x.value_length() as usize;
                 let values = x.values().as_primitive::<Float32Type>().values();
                 if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                     bail!(
@@ -330,6 +321,6 @@ impl Lake {
                 })?;
             }
         }
-        Ok(d)
+        Ok(())
     }
 }

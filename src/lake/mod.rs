@@ -68,6 +68,14 @@ impl PartitionKey {
         }
     }
 
+    /// The activation partition of an SAE's key: the same chain, stage and layer, without k.
+    pub fn activations(&self) -> Self {
+        Self {
+            k: None,
+            ..self.clone()
+        }
+    }
+
     fn value(&self, col: PartCol) -> Option<String> {
         match col {
             PartCol::Chain => Some(self.chain.clone()),

@@ -10,7 +10,10 @@ pub mod tokenizer;
 
 pub use config::Qwen2Config;
 pub use load::load_model;
-pub use qwen2::{next_token_logprobs, replace_real_with, Hooks, Output, Qwen2, Replace};
+pub use qwen2::{
+    next_token_log_softmax, next_token_logprobs, replace_real_with, splice_real, target_logprobs,
+    Hooks, Output, Qwen2, Replace,
+};
 pub use tokenizer::{PaddedBatch, TextTokenizer};
 
 use anyhow::{bail, Result};

@@ -338,18 +338,23 @@ impl Qwen2 {
     }
 }
 
-/// log p(ids[t+1] | ids[..=t]) for t < T-1, zero where the target is padding [B,T-1], and the
-/// sum and count of the real targets' negative log-likelihoods (Hugging Face's loss = sum/count).
-pub fn next_token_logprobs(
-    logits: &Tensor,
-    ids: &Tensor,
-    mask: &Tensor,
-) -> Result<(Tensor, f64, usize)> {
+/// log p(· | ids[..=t]) for t < T-1: the next-token log-probabilities [B,T-1,V].
+pub fn next_token_log_softmax(logits: &Tensor) -> Result<Tensor> {
     let (_, t, _) = logits.dims3()?;
     if t < 2 {
         bail!("need at least two positions to score next tokens");
     }
-    let lp = candle_nn::ops::log_softmax(&logits.narrow(1, 0, t - 1)?, D::Minus1)?;
+    Ok(candle_nn::ops::log_softmax(
+        &logits.narrow(1, 0, t - 1)?,
+        D::Minus1,
+    )?)
+}
+
+/// Given next-token log-probabilities `lp` [B,T-1,V]: log p(ids[t+1]), zero where the target is
+/// padding [B,T-1], and the sum and count of the real targets' negative log-likelihoods
+/// (Hugging Face's loss = sum/count).
+pub fn target_logprobs(lp: &Tensor, ids: &Tensor, mask: &Tensor) -> Result<(Tensor, f64, usize)> {
+    let t = lp.dim(1)? + 1;
     let targets = ids
         .narrow(1, 1, t - 1)?
         .to_dtype(DType::U32)?
@@ -364,14 +369,26 @@ pub fn next_token_logprobs(
     Ok((picked, sum, count))
 }
 
-/// Replaces real-token positions of a block output with one vector (mean ablation).
-pub fn replace_real_with(h: &Tensor, mask: &Tensor, vector: &Tensor) -> Result<Tensor> {
+/// `target_logprobs` straight from the logits [B,T,V].
+pub fn next_token_logprobs(
+    logits: &Tensor,
+    ids: &Tensor,
+    mask: &Tensor,
+) -> Result<(Tensor, f64, usize)> {
+    target_logprobs(&next_token_log_softmax(logits)?, ids, mask)
+}
+
+/// Replaces the real-token positions of a block output `h` [B,T,H] with those of `values`
+/// (broadcastable to h's shape); padding positions keep h.
+pub fn splice_real(h: &Tensor, mask: &Tensor, values: &Tensor) -> Result<Tensor> {
     let m = mask
         .to_dtype(DType::U8)?
         .unsqueeze(D::Minus1)?
         .broadcast_as(h.shape())?;
-    let v = vector
-        .reshape((1, 1, vector.elem_count()))?
-        .broadcast_as(h.shape())?;
-    Ok(m.where_cond(&v, h)?)
+    Ok(m.where_cond(&values.broadcast_as(h.shape())?, h)?)
+}
+
+/// Replaces real-token positions of a block output with one vector (mean ablation).
+pub fn replace_real_with(h: &Tensor, mask: &Tensor, vector: &Tensor) -> Result<Tensor> {
+    splice_real(h, mask, &vector.reshape((1, 1, vector.elem_count()))?)
 }

@@ -41,6 +41,16 @@ pub fn reconstruct(sae: &Sae, x: &[f32], scratch: &mut Scratch) -> (Vec<f32>, Ve
     (rows.into_iter().flat_map(|r| r.0).collect(), l0)
 }
 
+/// Each row's squared reconstruction error (rows of `x`, d_model wide).
+pub fn row_sq_errors(sae: &Sae, x: &[f32], scratch: &mut Scratch) -> Vec<f64> {
+    let d = sae.d_model;
+    let (x_hat, _) = reconstruct(sae, x, scratch);
+    x.chunks(d)
+        .zip(x_hat.chunks(d))
+        .map(|(x, h)| x.iter().zip(h).map(|(a, b)| ((a - b) as f64).powi(2)).sum())
+        .collect()
+}
+
 #[derive(Default)]
 pub struct Reconstruction {
     rows: u64,

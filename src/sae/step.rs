@@ -149,22 +149,6 @@ pub fn encode_into(sae: &Sae, x: &[f32], xc: &mut Vec<f32>, z: &mut Vec<f32>) {
     crate::model::blas::sgemm_nt(rows, n, d, xc, &sae.w_enc, z, true);
 }
 
-/// Each row's squared reconstruction error (rows of `x`, d_model wide, in parallel).
-pub fn row_sq_errors(sae: &Sae, x: &[f32], scratch: &mut Scratch) -> Vec<f64> {
-    let (d, n) = (sae.d_model, sae.d_sae);
-    encode_into(sae, x, &mut scratch.xc, &mut scratch.z);
-    (x.par_chunks(d), scratch.z.par_chunks(n))
-        .into_par_iter()
-        .map(|(x, z)| {
-            let x_hat = sae.decode(&sae.activate(z));
-            x.iter()
-                .zip(&x_hat)
-                .map(|(a, b)| ((a - b) as f64).powi(2))
-                .sum::<f64>()
-        })
-        .collect()
-}
-
 /// `out = scale·(b_dec + Σ v·W_dec[i] − x)`, returning Σ(x̂ − x)².
 fn residual(sae: &Sae, latents: &[(u32, f32)], x: &[f32], scale: f32, out: &mut [f32]) -> f64 {
     out.copy_from_slice(&sae.b_dec);
@@ -349,8 +333,7 @@ pub fn step(
             let touched = w[1] > w[0];
             h.apply(pe, me, ve, touched.then_some(ge));
             h.apply(pd, md, vd, touched.then_some(gd));
-            let norm = pd.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-            pd.iter_mut().for_each(|x| *x /= norm);
+            unit_norm(pd);
         });
     h.apply(&mut sae.b_enc, &mut m.b_enc, &mut v.b_enc, Some(&g.b_enc));
     h.apply(&mut sae.b_pre, &mut m.b_pre, &mut v.b_pre, Some(&g.b_pre));
@@ -364,10 +347,13 @@ pub fn step(
     }
 }
 
-/// Unit-norm decoder columns (after a cold start or resampling; steps renormalise themselves).
+/// Scales a decoder column to unit norm (as torch's `normalize`, ε 1e-12).
+fn unit_norm(col: &mut [f32]) {
+    let n = col.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    col.iter_mut().for_each(|x| *x /= n);
+}
+
+/// Unit-norm decoder columns (after a cold start; steps renormalise their own).
 pub fn normalize_decoder(sae: &mut Sae) {
-    sae.w_dec.par_chunks_mut(sae.d_model).for_each(|col| {
-        let n = col.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        col.iter_mut().for_each(|x| *x /= n);
-    });
+    sae.w_dec.par_chunks_mut(sae.d_model).for_each(unit_norm);
 }

@@ -9,6 +9,7 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use super::quality::row_sq_errors;
 use super::rows::{MemRows, Rows};
 use super::step::{self, Adam, Params, Scratch};
 use super::Sae;
@@ -87,7 +88,7 @@ fn resample_from(sae: &mut Sae, dead: &[u32], cand: &[f32], seed: u64) {
         .chunks(512 * d)
         .enumerate()
         .flat_map(|(c, chunk)| {
-            step::row_sq_errors(sae, chunk, &mut scratch)
+            row_sq_errors(sae, chunk, &mut scratch)
                 .into_iter()
                 .enumerate()
                 .map(move |(r, e)| (e, c * 512 + r))
@@ -183,9 +184,7 @@ pub fn mse(sae: &Sae, rows: &dyn Rows) -> Result<f64> {
     let mut scratch = Scratch::default();
     let mut sum = 0f64;
     rows.for_each_batch(512, None, &mut |b| {
-        sum += step::row_sq_errors(sae, b, &mut scratch)
-            .iter()
-            .sum::<f64>();
+        sum += row_sq_errors(sae, b, &mut scratch).iter().sum::<f64>();
         Ok(())
     })?;
     Ok(sum / (rows.len() * sae.d_model) as f64)
