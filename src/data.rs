@@ -4,6 +4,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use crate::rng::permutation;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Doc {
     pub doc_id: i64,
@@ -11,32 +13,116 @@ pub struct Doc {
     pub answer: Option<String>,
 }
 
-/// Reads `{"question": ..., "answer": ...}` lines; `limit` keeps the first N.
+/// The GSM8k sample built into saerl (`data/gsm8k-sample/`, MIT): the demo's and the
+/// benchmarks' default, so they run with nothing beside the binary.
+pub const SAMPLE_TRAIN: &str = include_str!("../data/gsm8k-sample/train.jsonl");
+pub const SAMPLE_TEST: &str = include_str!("../data/gsm8k-sample/test.jsonl");
+
+/// Reads questions from GSM8k-style JSON lines (`{"question": ..., "answer": ...}`) or from a
+/// Hugging Face Parquet file (columns `question`, `answer`); `limit` keeps the first N.
 pub fn read_questions(path: &Path, limit: Option<usize>) -> Result<Vec<Doc>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let docs = if path.extension().is_some_and(|e| e == "parquet") {
+        parquet_questions(path, limit)?
+    } else {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        jsonl_questions(&bytes, &path.display().to_string(), limit)?
+    };
+    if docs.is_empty() {
+        bail!("{} holds no questions", path.display());
+    }
+    Ok(docs)
+}
+
+/// The questions of the built-in sample (`SAMPLE_TRAIN` or `SAMPLE_TEST`).
+pub fn sample_questions(text: &str, limit: Option<usize>) -> Vec<Doc> {
+    jsonl_questions(text.as_bytes(), "the built-in GSM8k sample", limit)
+        .expect("the built-in sample is valid JSON lines")
+}
+
+fn jsonl_questions(bytes: &[u8], name: &str, limit: Option<usize>) -> Result<Vec<Doc>> {
     let mut docs = Vec::new();
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         if limit.is_some_and(|n| docs.len() >= n) {
             break;
         }
         let line = std::str::from_utf8(line)
-            .with_context(|| format!("{} line {}: not UTF-8 text", path.display(), i + 1))?;
+            .with_context(|| format!("{name} line {}: not UTF-8 text", i + 1))?;
         if line.trim().is_empty() {
             continue;
         }
         let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{} line {}: not a JSON object", path.display(), i + 1))?;
-        let question = v["question"].as_str().with_context(|| {
-            format!("{} line {}: no \"question\" string", path.display(), i + 1)
-        })?;
+            .with_context(|| format!("{name} line {}: not a JSON object", i + 1))?;
+        let question = v["question"]
+            .as_str()
+            .with_context(|| format!("{name} line {}: no \"question\" string", i + 1))?;
         docs.push(Doc {
             doc_id: docs.len() as i64,
             question: question.to_string(),
             answer: v["answer"].as_str().map(str::to_string),
         });
     }
-    if docs.is_empty() {
-        bail!("{} holds no questions", path.display());
+    Ok(docs)
+}
+
+/// The `question` (and, if present, `answer`) column of a Parquet file, in row order.
+fn parquet_questions(path: &Path, limit: Option<usize>) -> Result<Vec<Doc>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::DataType;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let fix = || {
+        format!(
+            "{} is not a readable Parquet file with a `question` column",
+            path.display()
+        )
+    };
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(fix)?;
+    let schema = builder.schema().clone();
+    let wanted: Vec<usize> = ["question", "answer"]
+        .iter()
+        .filter_map(|c| schema.index_of(c).ok())
+        .collect();
+    if schema.index_of("question").is_err() {
+        bail!(
+            "{}: no `question` column (columns: {})",
+            path.display(),
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), wanted);
+    let mut docs = Vec::new();
+    for batch in builder.with_projection(mask).build().with_context(fix)? {
+        let batch = batch.with_context(fix)?;
+        let text = |name: &str| -> Result<Option<arrow::array::StringArray>> {
+            let Some(col) = batch.column_by_name(name) else {
+                return Ok(None);
+            };
+            let col = arrow::compute::cast(col, &DataType::Utf8)
+                .with_context(|| format!("{}: column {name} is not text", path.display()))?;
+            Ok(Some(col.as_string::<i32>().clone()))
+        };
+        let (q, a) = (text("question")?.unwrap(), text("answer")?);
+        for i in 0..batch.num_rows() {
+            if limit.is_some_and(|n| docs.len() >= n) {
+                return Ok(docs);
+            }
+            if q.is_null(i) {
+                bail!("{}: row {} has no question", path.display(), docs.len());
+            }
+            docs.push(Doc {
+                doc_id: docs.len() as i64,
+                question: q.value(i).to_string(),
+                answer: a
+                    .as_ref()
+                    .filter(|a| a.is_valid(i))
+                    .map(|a| a.value(i).to_string()),
+            });
+        }
     }
     Ok(docs)
 }
@@ -52,43 +138,11 @@ pub enum SplitKind {
     Tail,
 }
 
-/// SplitMix64: tiny, fully specified, easy to reproduce elsewhere.
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in 0..n (multiply-shift; the bias is below 2^-32 for any n that fits memory).
-    pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
-    }
-}
-
-/// The permutation of 0..n by Fisher–Yates (i from n−1 down to 1, swap with j = below(i+1)).
-pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
-    let mut p: Vec<usize> = (0..n).collect();
-    let mut rng = SplitMix64::new(seed);
-    for i in (1..n).rev() {
-        p.swap(i, rng.below(i + 1));
-    }
-    p
-}
-
 /// Which of `n` rows are validation rows: floor(frac·n) of them, either the first
 /// floor(frac·n) entries of the seeded permutation, or the last rows.
 pub fn val_rows(n: usize, frac: f64, kind: SplitKind, seed: u64) -> Result<Vec<bool>> {
-    if !(0.0..1.0).contains(&frac) {
-        bail!("--val-frac must be in [0, 1), got {frac}");
+    if !(0.0..=1.0).contains(&frac) {
+        bail!("--val-frac must be in [0, 1], got {frac}");
     }
     let n_val = (frac * n as f64).floor() as usize;
     let mut val = vec![false; n];
@@ -112,15 +166,5 @@ mod tests {
         assert_eq!(v.iter().filter(|&&x| x).count(), 89_148);
         let t = val_rows(10, 0.1, SplitKind::Tail, 0).unwrap();
         assert_eq!(t, [vec![false; 9], vec![true]].concat());
-    }
-
-    #[test]
-    fn permutation_is_a_seeded_shuffle() {
-        let p = permutation(1000, 7);
-        let mut s = p.clone();
-        s.sort();
-        assert_eq!(s, (0..1000).collect::<Vec<_>>());
-        assert_eq!(p, permutation(1000, 7));
-        assert_ne!(p, permutation(1000, 8));
     }
 }

@@ -3,9 +3,11 @@
 
 pub mod commands;
 pub mod data;
+pub mod kernels;
 pub mod lake;
 pub mod model;
 pub mod project;
+pub mod rng;
 pub mod sae;
 pub mod sql;
 pub mod study;

@@ -12,8 +12,20 @@ use serde::Deserialize;
 pub struct Project {
     #[serde(default)]
     pub chains: BTreeMap<String, ChainConfig>,
+    #[serde(default)]
+    pub data: DataConfig,
     #[serde(skip)]
     pub dir: PathBuf,
+}
+
+/// The prompt sets: JSON lines or Hugging Face Parquet with a `question` column.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Questions `saerl ingest` runs the checkpoints on (GSM8k train).
+    pub train: Option<PathBuf>,
+    /// Held-out questions `saerl eval` measures CE loss recovered on (GSM8k test).
+    pub test: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,12 +95,45 @@ impl Project {
     }
 }
 
+/// Which prompt set a command reads.
+#[derive(Debug, Clone, Copy)]
+pub enum DataSet {
+    Train,
+    Test,
+}
+
+impl Project {
+    /// The prompt file: `flag` when given, else the project's `[data]` entry (relative to the
+    /// project file), else an error saying how to name one.
+    pub fn data_file(&self, flag: Option<&Path>, set: DataSet) -> Result<PathBuf> {
+        if let Some(f) = flag {
+            return Ok(f.to_path_buf());
+        }
+        let (entry, key) = match set {
+            DataSet::Train => (&self.data.train, "train"),
+            DataSet::Test => (&self.data.test, "test"),
+        };
+        match entry {
+            Some(p) => Ok(self.dir.join(p)),
+            None => bail!(
+                "no prompt file: pass --data FILE (GSM8k {key} as .jsonl or Hugging Face .parquet), or set `{key} = \"...\"` under [data] in saerl.toml (`saerl init` writes one)"
+            ),
+        }
+    }
+}
+
 /// The commented template `saerl init` writes: the published study's three chains.
 pub const TEMPLATE: &str = r#"# saerl project file: the chains of PPO checkpoints to analyse.
 # A chain is one fine-tuning run (same base model and data, one reward function and KL
 # coefficient); its stages are checkpoints, ordered by PPO step. `model` is a Hugging Face
 # checkpoint directory (config.json, model.safetensors or shards, tokenizer.json), relative to
 # this file. `saerl ingest --chain C --stage S` reads the model from here.
+
+# The prompts: GSM8k as JSON lines or the Hugging Face Parquet files (columns `question`,
+# `answer`), relative to this file. `--data` on a command overrides them.
+[data]
+train = "data/gsm8k/train.jsonl"   # saerl ingest runs the checkpoints on these questions
+test = "data/gsm8k/test.jsonl"     # saerl eval measures CE loss recovered on the first 100
 
 [chains.flexible]
 reward = "flexible"     # 1 if the last number in the response equals the answer
@@ -134,5 +179,6 @@ mod tests {
         assert_eq!(p.chains.len(), 3);
         assert_eq!(p.chains["flexible"].stages.len(), 8);
         assert_eq!(p.chains["kl0p025"].kl_coef, Some(0.025));
+        assert!(p.data.train.is_some() && p.data.test.is_some());
     }
 }

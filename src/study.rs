@@ -31,11 +31,6 @@ pub const CHAINS: &[ChainSpec] = &[
 
 pub const LAYERS: &[i32] = &[6, 12, 18, 23];
 
-/// Where the study's data and the Qwen2.5 tokenizer sit beside a checkout (flag defaults).
-pub const GSM8K_TRAIN: &str = "../shared/data/gsm8k/train.jsonl";
-pub const GSM8K_TEST: &str = "../shared/data/gsm8k/test.jsonl";
-pub const QWEN_TOKENIZER: &str = "../shared/fixtures/qwen-tokenizer/tokenizer.json";
-
 /// Stage name of a step: `instruct_base` for 0, `ppo_stepN` otherwise.
 pub fn stage_name(step: i64) -> String {
     if step == 0 {

@@ -8,7 +8,9 @@ use anyhow::Result;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::kernels::unit_norm;
 use crate::lake::{write_sae, PartitionKey, StageRow, Txn};
+use crate::rng::normal;
 use crate::sae::{Activation, Sae, SaeMeta};
 use crate::study::stage_name;
 
@@ -25,28 +27,13 @@ pub struct ChainPlan {
     pub rate: f64,
 }
 
-/// A standard normal sample.
-pub fn normal(rng: &mut SmallRng) -> f32 {
-    // Box–Muller; avoids a distribution crate for one function.
-    let u1: f64 = rng.random::<f64>().max(1e-300);
-    let u2: f64 = rng.random();
-    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-}
-
-fn normalize(v: &mut [f32]) {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if n > 0.0 {
-        v.iter_mut().for_each(|x| *x /= n);
-    }
-}
-
 /// A cold-start SAE: the same for every chain (the chains share their base model).
 pub fn base_sae(layer: i32, k: usize, d: usize, n: usize) -> Sae {
     let mut rng = SmallRng::seed_from_u64(layer as u64 * 1000 + k as u64);
     let scale = 1.0 / (d as f32).sqrt();
     let w_enc: Vec<f32> = (0..n * d).map(|_| normal(&mut rng) * scale).collect();
     let mut w_dec: Vec<f32> = (0..n * d).map(|_| normal(&mut rng)).collect();
-    w_dec.chunks_mut(d).for_each(normalize);
+    w_dec.chunks_mut(d).for_each(unit_norm);
     Sae {
         d_model: d,
         d_sae: n,
@@ -90,7 +77,7 @@ pub fn drift(prev: &Sae, seed: u64, layer: i32, d_step: i64, rate: f64, first: b
         let dec = &mut next.w_dec[i * d..(i + 1) * d];
         dec.iter_mut()
             .for_each(|x| *x += sd as f32 * normal(&mut rng) * noise_scale);
-        normalize(dec);
+        unit_norm(dec);
         let enc = &mut next.w_enc[i * d..(i + 1) * d];
         let norm = enc.iter().map(|x| x * x).sum::<f32>().sqrt();
         enc.iter_mut()

@@ -14,13 +14,54 @@ use crate::sql::{open_session, run_sql};
 use crate::study::{stage_name, CHAINS, LAYERS};
 use crate::synth::{write_chain, ChainPlan};
 
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum BenchWhat {
+    /// SAE training steps at the study's shape (d 896, d_sae 7168, k 64, batch 512).
+    Train {
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+    },
+    /// Feature statistics over synthetic rows at the study's shape (d 896, d_sae 7168, k 64).
+    Stats {
+        /// Rows (the study's full train split of one stage and layer: 445,744).
+        #[arg(long, default_value_t = 445_744)]
+        rows: usize,
+    },
+    /// Activation collection with a random model of Qwen2.5-0.5B's exact shape.
+    Ingest(BenchIngest),
+    /// Time decoder_drift.sql over a full-size synthetic chain.
+    Sql(BenchSql),
+}
+
+pub async fn run(a: &BenchArgs) -> Result<()> {
+    match &a.what {
+        BenchWhat::Train { steps } => train(*steps),
+        BenchWhat::Stats { rows } => stats(*rows),
+        BenchWhat::Ingest(b) => ingest(b),
+        BenchWhat::Sql(b) => sql(b).await,
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
 pub struct BenchSql {
+    #[arg(long, default_value_t = 8)]
     pub stages: usize,
+    #[arg(long, default_value_t = 896)]
     pub d_model: usize,
+    #[arg(long, default_value_t = 7168)]
     pub d_sae: usize,
+    #[arg(long, default_value_t = 64)]
     pub k: usize,
+    #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Keep the generated lake here instead of a temporary directory.
+    /// Keep (and reuse) the generated lake in this directory.
+    #[arg(long)]
     pub keep: Option<PathBuf>,
 }
 
@@ -155,10 +196,19 @@ fn duckdb_seconds(lake: &std::path::Path, runs: usize) -> Result<f64> {
         .context("parsing DuckDB seconds")
 }
 
+#[derive(clap::Args, Debug, Clone)]
 pub struct BenchIngest {
+    /// Questions to run.
+    #[arg(long, default_value_t = 64)]
     pub n: usize,
-    pub data: PathBuf,
-    pub tokenizer: PathBuf,
+    /// Questions (JSON lines or Parquet; default: the GSM8k sample built into saerl).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// A tokenizer.json (default: a byte-level BPE trained on the questions).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Keep (and reuse) the generated model in this directory.
+    #[arg(long)]
     pub keep: Option<PathBuf>,
 }
 
@@ -166,17 +216,15 @@ pub struct BenchIngest {
 /// `ref_ingest.py`, 2 threads): the target to meet.
 const TRANSFORMERS_TOKENS_PER_S: f64 = 135.0;
 
-/// GFLOP/s of one f32 x·wᵀ of the given shape through the model's GEMM path (OpenBLAS with
-/// the `openblas` feature, else candle), best of a few runs.
+/// GFLOP/s of one f32 C = A·Bᵀ of the given shape through the kernels' GEMM, best of a few runs.
 fn gemm_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
-    use candle_core::{Device, Tensor};
-    let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
-    let b = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?;
+    let a = vec![0.5f32; m * k];
+    let b = vec![0.25f32; n * k];
+    let mut c = vec![0f32; m * n];
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         let t = Instant::now();
-        let c = crate::model::blas::linear(&a, &b)?;
-        c.sum_all()?.to_scalar::<f32>()?;
+        crate::kernels::sgemm_nt(m, n, k, &a, &b, &mut c, false);
         best = best.min(t.elapsed().as_secs_f64());
     }
     Ok(2.0 * (m * k * n) as f64 / best / 1e9)
@@ -197,13 +245,21 @@ pub fn ingest(a: &BenchIngest) -> Result<()> {
         kv_heads: 2,
         intermediate: 4864,
     };
+    let data = match &a.data {
+        Some(d) => d.clone(),
+        None => {
+            let p = tmp.path().join("questions.jsonl");
+            std::fs::write(&p, crate::data::SAMPLE_TRAIN)?;
+            p
+        }
+    };
     if !model_dir.join("model.safetensors").is_file() {
-        let texts: Vec<String> = read_questions(&a.data, Some(a.n))?
+        let texts: Vec<String> = read_questions(&data, None)?
             .into_iter()
             .map(|d| d.question)
             .collect();
         let t = Instant::now();
-        write_tokenizer(&model_dir, Some(&a.tokenizer), &texts)?;
+        write_tokenizer(&model_dir, a.tokenizer.as_deref(), &texts)?;
         write_model(&model_dir, &shape, 151_936, 0, None)?;
         println!(
             "wrote a random Qwen2.5-0.5B-shaped model to {} in {:.1} s",
@@ -222,7 +278,7 @@ pub fn ingest(a: &BenchIngest) -> Result<()> {
         "--layers",
         "6,12,18,23",
     ])?;
-    (args.model, args.data, args.limit) = (Some(model_dir.clone()), a.data.clone(), Some(a.n));
+    (args.model, args.data, args.limit) = (Some(model_dir.clone()), Some(data), Some(a.n));
     args.project = tmp.path().join("saerl.toml");
     let tokens = run(&lake, &args)?;
     let secs = t.elapsed().as_secs_f64();
@@ -242,11 +298,7 @@ pub fn ingest(a: &BenchIngest) -> Result<()> {
         "saerl ingest: {tokens} tokens in {secs:.1} s = {tps:.0} tokens/s; peak RSS {:.2} GiB",
         gib(rss)
     );
-    let path = if cfg!(feature = "openblas") {
-        "OpenBLAS"
-    } else {
-        "candle (build with --features openblas for the BLAS path)"
-    };
+    let path = "the kernels' GEMM";
     println!("  model linear layers: {achieved:.1} GFLOP/s achieved vs f32 GEMM 1024×896×4864 at {gemm:.1} GFLOP/s via {path} ({:.0}%)", 100.0 * achieved / gemm);
     println!("  transformers (PyTorch f32, 2 threads, same machine kind): {TRANSFORMERS_TOKENS_PER_S} tokens/s → saerl is {:.2}× (target ≥ 1)", tps / TRANSFORMERS_TOKENS_PER_S);
     Ok(())
@@ -263,7 +315,7 @@ pub fn train(steps: usize) -> Result<()> {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(0);
     // One warm-up step (first touches of the gradient and moment buffers), then `steps`.
     let rows: Vec<f32> = (0..(steps + 1) * batch * d)
-        .map(|_| crate::synth::normal(&mut rng))
+        .map(|_| crate::rng::normal(&mut rng))
         .collect();
     let (train, val) = (
         MemRows::new(d, &rows[..]),
@@ -301,7 +353,7 @@ pub fn stats(rows: usize) -> Result<()> {
     let (d, n, k, batch) = (896, 7168, 64, 4096);
     let mut rng = rand::rngs::SmallRng::seed_from_u64(0);
     let mut gen =
-        |m: usize| -> Vec<f32> { (0..m * d).map(|_| crate::synth::normal(&mut rng)).collect() };
+        |m: usize| -> Vec<f32> { (0..m * d).map(|_| crate::rng::normal(&mut rng)).collect() };
     let sample = gen(1024);
     let sae = cold_start(mean_row(&MemRows::new(d, &sample[..]))?, n, k, 0);
     reset_peak_rss();

@@ -1,8 +1,11 @@
-//! `saerl demo`: the pipeline on a tiny generated model, then a synthetic study shaped like the
-//! published one, every saved query run and drawn into `./saerl-demo/`.
+//! `saerl demo`: the pipeline on a tiny model trained on the spot, then a synthetic study shaped
+//! like the published one, every saved query run and drawn into `./saerl-demo/`. It needs
+//! nothing beside the binary: the prompts are the GSM8k sample built into saerl.
 //!
-//! 1. A tiny random Qwen2 ("instruct_base") and a perturbed copy ("ppo_step10") are written in
-//!    Hugging Face layout and ingested over a few hundred GSM8k questions (chain `tiny`).
+//! 1. A tiny Qwen2 learns next-token prediction on GSM8k questions ("instruct_base"), a copy
+//!    learns a little more on the worked answers ("ppo_step10"); both are written in Hugging
+//!    Face layout, declared in `saerl.toml` and ingested over a few hundred questions (chain
+//!    `tiny`).
 //! 2. SAEs are trained on those activations, the second stage warm-started from the first.
 //! 3. The SAEs are evaluated (NMSE, L0, CE loss recovered on GSM8k test questions) and their
 //!    feature statistics computed.
@@ -19,9 +22,11 @@ use clap::Parser;
 use crate::commands::ingest;
 use crate::commands::plot::plot_query;
 use crate::commands::train::TrainArgs;
-use crate::data::read_questions;
+use crate::data::{read_questions, SAMPLE_TEST, SAMPLE_TRAIN};
 use crate::lake::{Lake, Txn};
+use crate::model::lm_train::{train_lm, LmTraining};
 use crate::model::random::{write_model, write_tokenizer, TinyShape};
+use crate::model::TextTokenizer;
 use crate::sql::format::{print_batches, Format};
 use crate::sql::saved::QUERIES;
 use crate::sql::{open_session, run_sql};
@@ -59,79 +64,148 @@ fn plans() -> Vec<ChainPlan> {
         .collect()
 }
 
-/// Used when no GSM8k file is at hand, so the demo needs nothing outside the repository.
-const BUILTIN_PROMPTS: &[&str] = &[
-    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?",
-    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?",
-    "Betty is saving money for a new wallet which costs $100. Betty has only half of the money she needs. How much more money does Betty need?",
-    "James writes a 3-page letter to 2 different friends twice a week. How many pages does he write a year?",
-    "Randy has 60 mango trees on his farm. He also has 5 less than half as many coconut trees as mango trees. How many trees does Randy have in all?",
-    "Tina makes $18.00 an hour. If she works more than 8 hours per shift, she is eligible for overtime. How much money does she make in 10 hours?",
-];
+/// The demo model's shape (that of the fixture in tests/): small enough to train in seconds.
+const TINY: TinyShape = TinyShape {
+    hidden: D_MODEL,
+    layers: 4,
+    heads: 4,
+    kv_heads: 2,
+    intermediate: 160,
+};
+/// The demo's SAEs (the study's recipe, shorter and at a higher learning rate for the small data).
+const SAE_K: &str = "8";
+const SAE_D: &str = "256";
+const SAE_EPOCHS: &str = "30";
+const SAE_LR: &str = "3e-3";
 
+/// Next-token training: the base model on the questions, the "fine-tuned" stage a little more
+/// on the worked answers (another distribution, so the SAEs have something to drift on).
+const BASE_STEPS: usize = 300;
+const TUNE_STEPS: usize = 60;
+const LM_LR: f64 = 3e-3;
+
+#[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
+    /// Where the models, the lake, the figures and the report go.
+    #[arg(long, default_value = "./saerl-demo")]
     pub out: PathBuf,
-    /// GSM8k train questions (the built-in prompts are used when the file is missing).
-    pub data: PathBuf,
-    /// The Qwen2.5 tokenizer (a small BPE is trained when the file is missing).
-    pub tokenizer: PathBuf,
+    /// Questions to train the tiny model on and ingest (JSON lines or Parquet with `question`,
+    /// `answer`); default: the GSM8k sample built into saerl.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Held-out questions for CE loss recovered; default: the built-in sample's test questions.
+    #[arg(long)]
+    pub test_data: Option<PathBuf>,
+    /// A tokenizer.json to use; default: a byte-level BPE trained on the questions.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Questions to ingest per stage.
+    #[arg(long, default_value_t = 300)]
     pub prompts: usize,
 }
 
-/// Generates the two tiny checkpoints and ingests them as chain `tiny`; returns the questions
-/// file used.
-fn tiny_model_stage(out: &Path, lake: &Lake, a: &DemoArgs) -> Result<PathBuf> {
-    let data = if a.data.is_file() {
-        a.data.clone()
-    } else {
-        let p = out.join("prompts.jsonl");
-        let lines: Vec<String> = BUILTIN_PROMPTS
-            .iter()
-            .map(|q| serde_json::json!({ "question": q }).to_string())
-            .collect();
-        std::fs::write(&p, lines.join("\n"))?;
-        println!(
-            "{} not found: using {} built-in prompts",
-            a.data.display(),
-            BUILTIN_PROMPTS.len()
-        );
-        p
+/// The demo's prompt files: the given ones, or the built-in sample written into `out/data/`.
+fn prompt_files(out: &Path, a: &DemoArgs) -> Result<(PathBuf, PathBuf)> {
+    let dir = std::path::absolute(out.join("data"))?;
+    std::fs::create_dir_all(&dir)?;
+    let file = |given: &Option<PathBuf>, name: &str, text: &str| -> Result<PathBuf> {
+        match given {
+            Some(p) => Ok(std::path::absolute(p)?),
+            None => {
+                let p = dir.join(name);
+                std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+                Ok(p)
+            }
+        }
     };
-    let texts: Vec<String> = read_questions(&data, Some(a.prompts))?
-        .into_iter()
-        .map(|d| d.question)
-        .collect();
-    let shape = TinyShape {
-        hidden: D_MODEL,
-        layers: 4,
-        heads: 4,
-        kv_heads: 2,
-        intermediate: 160,
+    Ok((
+        file(&a.data, "train.jsonl", SAMPLE_TRAIN)?,
+        file(&a.test_data, "test.jsonl", SAMPLE_TEST)?,
+    ))
+}
+
+/// A project file naming the tiny chain's two checkpoints and the prompt files, so the demo's
+/// ingest and eval read them as a user's would.
+fn write_project(out: &Path, train: &Path, test: &Path) -> Result<PathBuf> {
+    let path = out.join("saerl.toml");
+    let text = format!(
+        r#"# Written by `saerl demo`: the tiny chain it trains, ingests and analyses.
+[data]
+train = {train:?}
+test = {test:?}
+
+[chains.tiny]
+stages = [
+  {{ name = "instruct_base", step = 0,  model = "models/instruct_base" }},
+  {{ name = "ppo_step10",    step = 10, model = "models/ppo_step10" }},
+]
+"#
+    );
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Trains the tiny chain's checkpoints under `out/models/`: a random Qwen2 taught next-token
+/// prediction on the questions ("instruct_base"), then a copy trained further on the answers
+/// ("ppo_step10").
+fn tiny_models(out: &Path, train: &Path, a: &DemoArgs) -> Result<()> {
+    let docs = read_questions(train, None)?;
+    let questions: Vec<String> = docs.iter().map(|d| d.question.clone()).collect();
+    let answers: Vec<String> = docs.iter().filter_map(|d| d.answer.clone()).collect();
+    let base = out.join("models").join("instruct_base");
+    let tuned = out.join("models").join("ppo_step10");
+    let texts: Vec<String> = questions.iter().chain(&answers).cloned().collect();
+    let vocab = write_tokenizer(&base, a.tokenizer.as_deref(), &texts)?;
+    write_model(&base, &TINY, vocab, 0, None)?;
+    let tok = TextTokenizer::from_file(&base.join("tokenizer.json"))?;
+    let encode = |texts: &[String]| -> Result<Vec<Vec<u32>>> {
+        texts.iter().map(|t| tok.encode(t, 64)).collect()
     };
-    let stages = [
-        ("instruct_base", None),
-        ("ppo_step10", Some((1u64, 0.05f32))),
-    ];
-    for (stage, perturb) in stages {
-        let dir = out.join("models").join(stage);
-        let vocab = write_tokenizer(&dir, Some(&a.tokenizer), &texts)?;
-        write_model(&dir, &shape, vocab, 0, perturb)?;
-        let flags = [
-            "--chain",
-            "tiny",
-            "--stage",
-            stage,
-            "--layers",
-            "1,2,3",
-            "--max-len",
-            "128",
-        ];
-        let mut ingest = ingest::Ingest::from_flags(flags)?;
-        (ingest.model, ingest.data, ingest.limit) = (Some(dir), data.clone(), Some(a.prompts));
-        ingest.project = out.join("saerl.toml");
-        ingest::run(lake, &ingest).with_context(|| format!("ingesting the demo model {stage}"))?;
+    let steps = |dir: &Path, texts: &[Vec<u32>], n: usize, seed: u64, what: &str| -> Result<f32> {
+        let bar = super::progress(n as u64, what);
+        let t = LmTraining {
+            steps: n,
+            batch: 16,
+            lr: LM_LR,
+            seed,
+        };
+        let losses = train_lm(dir, texts, tok.pad_id(), &t, &mut |_, loss| {
+            bar.inc(1);
+            bar.set_message(format!("loss {loss:.3}"));
+        })?;
+        bar.finish_and_clear();
+        Ok(*losses.last().unwrap_or(&f32::NAN))
+    };
+    let loss = steps(
+        &base,
+        &encode(&questions)?,
+        BASE_STEPS,
+        0,
+        "training the base model",
+    )?;
+    println!(
+        "tiny model instruct_base: {BASE_STEPS} next-token steps on the questions, loss {loss:.3}"
+    );
+    std::fs::create_dir_all(&tuned)?;
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(base.join(f), tuned.join(f))?;
     }
-    Ok(data)
+    let answer_rows = if answers.is_empty() {
+        encode(&questions)?
+    } else {
+        encode(&answers)?
+    };
+    let loss = steps(
+        &tuned,
+        &answer_rows,
+        TUNE_STEPS,
+        1,
+        "fine-tuning on the answers",
+    )?;
+    println!(
+        "tiny model ppo_step10: {TUNE_STEPS} more steps on the worked answers, loss {loss:.3}"
+    );
+    Ok(())
 }
 
 pub async fn run(a: &DemoArgs) -> Result<()> {
@@ -144,26 +218,45 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
         }
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let data = tiny_model_stage(out, &lake, a)?;
+    let (train_file, test_file) = prompt_files(out, a)?;
+    let project = write_project(out, &train_file, &test_file)?;
+    tiny_models(out, &train_file, a)?;
+    let project = project.to_str().context("a non-UTF-8 path")?;
+    let prompts = a.prompts.to_string();
+    for stage in ["instruct_base", "ppo_step10"] {
+        let flags = [
+            "--chain",
+            "tiny",
+            "--stage",
+            stage,
+            "--project",
+            project,
+            "--layers",
+            "1,2,3",
+            "--max-len",
+            "128",
+            "--limit",
+            &prompts,
+        ];
+        ingest::run(&lake, &ingest::Ingest::from_flags(flags)?)
+            .with_context(|| format!("ingesting the demo model {stage}"))?;
+    }
     // Real SAEs on the tiny chain: the base stage cold, the "ppo" stage warm-started from it.
     let train = TrainArgs::parse_from([
-        "train", "--chain", "tiny", "--layers", "1,2,3", "--k", "8", "--d-sae", "256", "--epochs",
-        "4", "--batch", "256",
+        "train", "--chain", "tiny", "--layers", "1,2,3", "--k", SAE_K, "--d-sae", SAE_D,
+        "--epochs", SAE_EPOCHS, "--batch", "256", "--lr", SAE_LR,
     ]);
     super::train::run(&lake, &train)?;
-    // Held-out questions for CE loss recovered: GSM8k test beside the train file when present.
-    let test = a.data.with_file_name("test.jsonl");
-    let test = if test.is_file() { test } else { data };
     let eval = super::eval::EvalArgs::parse_from([
         "eval",
         "--chain",
         "tiny",
+        "--project",
+        project,
         "--prompts",
-        "16",
+        "32",
         "--mean-prompts",
-        "8",
-        "--data",
-        test.to_str().context("a non-UTF-8 path")?,
+        "16",
     ]);
     super::eval::run(&lake, &eval)?;
     super::stats::run(
@@ -217,7 +310,7 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
     .await?;
     println!("\nKL ratio (kl0p025 / flexible per-step decoder drift):");
     print_batches(&kl, Format::Table, &mut std::io::stdout().lock())?;
-    let page = super::report::run(&lake, &out.join("report")).await?;
+    let page = super::report::write_report(&lake, &out.join("report")).await?;
     println!(
         "\nFigures and tables are in {}/. Explore further with:\n  saerl sql --lake {}\n\nThe report: {}",
         out.display(),

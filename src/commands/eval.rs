@@ -4,24 +4,22 @@
 //! ablation (the layer's real-token mean over the first 32 prompts, or zero), plus the KL
 //! divergence from the untouched model. An SAE already evaluated is skipped unless `--overwrite`.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use arrow::array::{Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use candle_core::{DType, Device, Tensor, D};
 
 use super::SaeSelection;
 use crate::data::read_questions;
-use crate::lake::{read_sae, Lake, PartitionKey, Table, Txn};
+use crate::kernels::Encoded;
+use crate::lake::{evals_batch, read_sae, Lake, PartitionKey, Table, Txn};
 use crate::model::{
     device, load_model, next_token_log_softmax, replace_real_with, splice_real, target_logprobs,
-    Hooks, PaddedBatch, Qwen2, TextTokenizer,
+    Hooks, PaddedBatch, Qwen2, Replace, TextTokenizer,
 };
-use crate::project::Project;
-use crate::sae::quality::{reconstruct, NmseDenom, Reconstruction};
+use crate::project::{DataSet, Project};
+use crate::sae::quality::{reconstruct, Ce, Eval, NmseDenom, Reconstruction};
 use crate::sae::rows::Rows;
-use crate::sae::step::Scratch;
 use crate::sae::Sae;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -40,9 +38,10 @@ pub struct EvalArgs {
     /// The model directory (default: the stage's model_path in `stages`, else saerl.toml).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// GSM8k test questions (JSON lines with `question`).
-    #[arg(long, default_value = crate::study::GSM8K_TEST)]
-    pub data: PathBuf,
+    /// Held-out questions for CE loss recovered: JSON lines or Hugging Face Parquet with a
+    /// `question` column (default: `[data] test` in saerl.toml).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Prompts for CE loss recovered (the first N test questions); 0 skips it.
     #[arg(long, default_value_t = 100)]
     pub prompts: usize,
@@ -65,35 +64,6 @@ pub struct EvalArgs {
     pub overwrite: bool,
 }
 
-/// One row of `evals`.
-#[derive(Debug, Clone, Default)]
-pub struct Eval {
-    pub nmse: f64,
-    pub mean_l0: f64,
-    pub n_val_rows: u64,
-    pub ce: Option<Ce>,
-}
-
-/// Losses (mean per batch, then over batches) and KL scores on the prompts.
-#[derive(Debug, Clone, Default)]
-pub struct Ce {
-    pub l_base: f64,
-    pub l_sae: f64,
-    pub l_ablation: f64,
-    pub kl_sae: f64,
-    pub kl_ablation: f64,
-    pub n_prompts: usize,
-}
-
-impl Ce {
-    pub fn frac_rec(&self) -> f64 {
-        (self.l_ablation - self.l_sae) / (self.l_ablation - self.l_base)
-    }
-    pub fn kl_rec(&self) -> f64 {
-        1.0 - self.kl_sae / self.kl_ablation
-    }
-}
-
 pub fn run(lake: &Lake, a: &EvalArgs) -> Result<()> {
     let mut keys = a.select.keys(lake)?;
     if !a.overwrite {
@@ -105,7 +75,6 @@ pub fn run(lake: &Lake, a: &EvalArgs) -> Result<()> {
             _ => true,
         });
     }
-    let stages = lake.read_stages(&a.select.chain)?;
     let project = Project::load_or_default(&a.project)?;
     // One model per stage: its SAEs share the untouched model's logits.
     let mut by_stage: Vec<(String, Vec<PartitionKey>)> = Vec::new();
@@ -117,61 +86,68 @@ pub fn run(lake: &Lake, a: &EvalArgs) -> Result<()> {
         }
     }
     for (stage, keys) in by_stage {
-        let model_dir = match &a.model {
-            _ if a.prompts == 0 => None,
-            Some(m) => Some(m.clone()),
-            None => Some(
-                match stages
-                    .iter()
-                    .find(|s| s.stage == stage)
-                    .and_then(|s| s.model_path.clone())
-                {
-                    Some(p) => PathBuf::from(p),
-                    None => project
-                        .model_dir(&a.select.chain, &stage)
-                        .with_context(|| {
-                            format!("stage {stage}: no model recorded; pass --model DIR")
-                        })?,
-                },
-            ),
-        };
         let saes = keys
             .iter()
             .map(|k| read_sae(lake, k))
             .collect::<Result<Vec<_>>>()?;
         let layers: Vec<usize> = keys.iter().map(|k| k.layer.unwrap_or(0) as usize).collect();
-        let ces = match &model_dir {
-            Some(dir) => ce_recovered(dir, &saes, &layers, a)
-                .with_context(|| format!("CE loss of stage {stage}; nothing was written"))?
-                .into_iter()
-                .map(Some)
-                .collect(),
-            None => vec![None; saes.len()],
+        let ces = match a.prompts {
+            0 => vec![None; saes.len()],
+            _ => {
+                let dir = model_dir(lake, &project, &stage, a)?;
+                ce_recovered(&dir, &project, &saes, &layers, a)
+                    .with_context(|| format!("CE loss of stage {stage}; nothing was written"))?
+                    .into_iter()
+                    .map(Some)
+                    .collect()
+            }
         };
         for ((key, sae), ce) in keys.iter().zip(&saes).zip(ces) {
             let mut e = reconstruction(lake, key, sae, a)
                 .with_context(|| format!("evaluating {key}; nothing was written"))?;
             e.ce = ce;
             let mut txn = Txn::begin(lake, a.overwrite)?;
-            txn.write(Table::Evals, key, &[eval_batch(&e, a)?])?;
+            txn.write(Table::Evals, key, &[evals_batch(&e)?])?;
             txn.commit()?;
-            match &e.ce {
-                Some(ce) => println!(
-                    "{key}: nmse {:.4} mean_l0 {:.1} frac_rec {:.4} (L_base {:.4}, L_sae {:.4}, L_{} {:.4}) kl_sae {:.4}",
-                    e.nmse,
-                    e.mean_l0,
-                    ce.frac_rec(),
-                    ce.l_base,
-                    ce.l_sae,
-                    a.ablation.name(),
-                    ce.l_ablation,
-                    ce.kl_sae
-                ),
-                None => println!("{key}: nmse {:.4} mean_l0 {:.1}", e.nmse, e.mean_l0),
-            }
+            report(key, &e);
         }
     }
     Ok(())
+}
+
+/// The stage's model: `--model`, else the `stages` table's model_path, else saerl.toml.
+fn model_dir(lake: &Lake, project: &Project, stage: &str, a: &EvalArgs) -> Result<PathBuf> {
+    if let Some(m) = &a.model {
+        return Ok(m.clone());
+    }
+    let recorded = lake
+        .read_stages(&a.select.chain)?
+        .into_iter()
+        .find(|s| s.stage == stage)
+        .and_then(|s| s.model_path);
+    match recorded {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => project
+            .model_dir(&a.select.chain, stage)
+            .with_context(|| format!("stage {stage}: no model recorded; pass --model DIR")),
+    }
+}
+
+fn report(key: &PartitionKey, e: &Eval) {
+    match &e.ce {
+        Some(ce) => println!(
+            "{key}: nmse {:.4} mean_l0 {:.1} frac_rec {:.4} (L_base {:.4}, L_sae {:.4}, L_{} {:.4}) kl_sae {:.4}",
+            e.nmse,
+            e.mean_l0,
+            ce.frac_rec(),
+            ce.l_base,
+            ce.l_sae,
+            e.ablation,
+            ce.l_ablation,
+            ce.kl_sae
+        ),
+        None => println!("{key}: nmse {:.4} mean_l0 {:.1}", e.nmse, e.mean_l0),
+    }
 }
 
 impl Ablation {
@@ -207,6 +183,8 @@ fn reconstruction(lake: &Lake, key: &PartitionKey, sae: &Sae, a: &EvalArgs) -> R
     bar.finish_and_clear();
     Ok(Eval {
         nmse: rec.nmse(a.nmse_denom),
+        nmse_denom: a.nmse_denom.name(),
+        ablation: a.ablation.name(),
         mean_l0: rec.mean_l0(),
         n_val_rows: rec.rows(),
         ce: None,
@@ -233,14 +211,15 @@ fn sae_reconstruction(sae: &Sae, h: &Tensor) -> Result<Tensor> {
         .to_dtype(DType::F32)?
         .flatten_all()?
         .to_vec1()?;
-    let (x_hat, _) = reconstruct(sae, &x, &mut Scratch::default());
+    let (x_hat, _) = reconstruct(sae, &x, &mut Encoded::default());
     Ok(Tensor::from_vec(x_hat, h.shape(), &Device::Cpu)?.to_device(h.device())?)
 }
 
-/// L_base, L_sae and the ablation's loss (and KL scores) on the first `a.prompts` questions,
-/// for each SAE (spliced at its layer) of one stage's model.
+/// L_base, L_sae and the ablation's loss (and KL scores) on the first `a.prompts` held-out
+/// questions, for each SAE (spliced at its layer) of one stage's model.
 fn ce_recovered(
-    dir: &std::path::Path,
+    dir: &Path,
+    project: &Project,
     saes: &[Sae],
     layers: &[usize],
     a: &EvalArgs,
@@ -256,74 +235,20 @@ fn ce_recovered(
             dir.display()
         );
     }
-    let docs = read_questions(&a.data, Some(a.prompts))?;
-    if docs.len() < a.prompts {
-        eprintln!(
-            "note: {} has only {} questions; using them all",
-            a.data.display(),
-            docs.len()
-        );
-    }
-    let rows: Vec<Vec<u32>> = docs
-        .iter()
-        .map(|d| tok.encode(&d.question, a.max_len))
-        .collect::<Result<_>>()?;
-    if rows.is_empty() {
-        bail!("{} holds no questions to score", a.data.display());
-    }
-    let pad = tok.pad_id();
-    let mut distinct = layers.to_vec();
-    distinct.sort();
-    distinct.dedup();
-    let ablations: Vec<Tensor> = match a.ablation {
-        Ablation::Mean => {
-            let head = &rows[..a.mean_prompts.clamp(1, rows.len())];
-            let means = mean_outputs(&model, head, &distinct, pad, a.batch, &dev)?;
-            layers
-                .iter()
-                .map(|l| means[distinct.binary_search(l).unwrap()].clone())
-                .collect()
-        }
-        Ablation::Zero => vec![Tensor::zeros(hidden, DType::F32, &dev)?; saes.len()],
-    };
+    let data = project.data_file(a.data.as_deref(), DataSet::Test)?;
+    let rows = prompt_rows(&tok, &data, a)?;
+    let ablations = ablation_vectors(&model, &rows, layers, tok.pad_id(), a, &dev)?;
     let batches: Vec<&[Vec<u32>]> = rows.chunks(a.batch.max(1)).collect();
     let bar = super::progress(batches.len() as u64, "CE loss recovered");
     // Per SAE: Σ over batches of (L_base, L_sae, L_ablation, KL_sae, KL_ablation).
     let mut sums = vec![[0f64; 5]; saes.len()];
     for rows in &batches {
-        let b = PaddedBatch::new(rows.to_vec(), pad, &dev)?;
-        let t = b.ids.dim(1)?;
-        if t < 2 {
-            bail!("a batch of prompts is shorter than two tokens; nothing to score");
-        }
-        let real = b.mask.narrow(1, 1, t - 1)?.to_dtype(DType::F32)?;
-        let forward = |replace: Option<(usize, crate::model::Replace)>| -> Result<Tensor> {
-            let hooks = Hooks {
-                capture: &[],
-                replace,
-                logits: true,
-            };
-            next_token_log_softmax(
-                &model
-                    .forward(&b.ids, &b.mask, &hooks)?
-                    .logits
-                    .context("no logits")?,
-            )
-        };
-        let base = forward(None)?;
-        let l_base = nll(&base, &b)?;
-        for (i, (sae, &layer)) in saes.iter().zip(layers).enumerate() {
-            let splice_sae =
-                |h: &Tensor, m: &Tensor| splice_real(h, m, &sae_reconstruction(sae, h)?);
-            let splice_abl = |h: &Tensor, m: &Tensor| replace_real_with(h, m, &ablations[i]);
-            let with_sae = forward(Some((layer, &splice_sae)))?;
-            let with_abl = forward(Some((layer, &splice_abl)))?;
-            let s = &mut sums[i];
-            s[0] += l_base;
-            s[1] += nll(&with_sae, &b)?;
-            s[2] += nll(&with_abl, &b)?;
-            s[3] += kl(&base, &with_sae, &real)?;
-            s[4] += kl(&base, &with_abl, &real)?;
+        let b = PaddedBatch::new(rows.to_vec(), tok.pad_id(), &dev)?;
+        for (s, batch) in sums
+            .iter_mut()
+            .zip(score_batch(&model, &b, saes, layers, &ablations)?)
+        {
+            s.iter_mut().zip(batch).for_each(|(s, v)| *s += v);
         }
         bar.inc(1);
     }
@@ -340,6 +265,94 @@ fn ce_recovered(
             n_prompts: rows.len(),
         })
         .collect())
+}
+
+/// The first `a.prompts` questions of `data`, tokenized (raw text, at most `a.max_len` tokens).
+fn prompt_rows(tok: &TextTokenizer, data: &Path, a: &EvalArgs) -> Result<Vec<Vec<u32>>> {
+    let docs = read_questions(data, Some(a.prompts))?;
+    if docs.len() < a.prompts {
+        eprintln!(
+            "note: {} has only {} questions; using them all",
+            data.display(),
+            docs.len()
+        );
+    }
+    docs.iter()
+        .map(|d| tok.encode(&d.question, a.max_len))
+        .collect()
+}
+
+/// Per SAE, the vector its layer's real-token outputs are replaced by in the ablation: the
+/// layer's real-token mean over the first `--mean-prompts` prompts, or zeros.
+fn ablation_vectors(
+    model: &Qwen2,
+    rows: &[Vec<u32>],
+    layers: &[usize],
+    pad: u32,
+    a: &EvalArgs,
+    dev: &Device,
+) -> Result<Vec<Tensor>> {
+    match a.ablation {
+        Ablation::Mean => {
+            let mut distinct = layers.to_vec();
+            distinct.sort();
+            distinct.dedup();
+            let head = &rows[..a.mean_prompts.clamp(1, rows.len())];
+            let means = mean_outputs(model, head, &distinct, pad, a.batch, dev)?;
+            Ok(layers
+                .iter()
+                .map(|l| means[distinct.binary_search(l).unwrap()].clone())
+                .collect())
+        }
+        Ablation::Zero => {
+            let zero = Tensor::zeros(model.config().hidden_size, DType::F32, dev)?;
+            Ok(vec![zero; layers.len()])
+        }
+    }
+}
+
+/// One batch of prompts: per SAE, (L_base, L_sae, L_ablation, KL_sae, KL_ablation).
+fn score_batch(
+    model: &Qwen2,
+    b: &PaddedBatch,
+    saes: &[Sae],
+    layers: &[usize],
+    ablations: &[Tensor],
+) -> Result<Vec<[f64; 5]>> {
+    let t = b.ids.dim(1)?;
+    if t < 2 {
+        bail!("a batch of prompts is shorter than two tokens; nothing to score");
+    }
+    let real = b.mask.narrow(1, 1, t - 1)?.to_dtype(DType::F32)?;
+    let forward = |replace: Option<(usize, Replace)>| -> Result<Tensor> {
+        let hooks = Hooks {
+            capture: &[],
+            replace,
+            logits: true,
+        };
+        let out = model.forward(&b.ids, &b.mask, &hooks)?;
+        next_token_log_softmax(&out.logits.context("no logits")?)
+    };
+    let base = forward(None)?;
+    let l_base = nll(&base, b)?;
+    saes.iter()
+        .zip(layers)
+        .zip(ablations)
+        .map(|((sae, &layer), ablation)| {
+            let splice_sae =
+                |h: &Tensor, m: &Tensor| splice_real(h, m, &sae_reconstruction(sae, h)?);
+            let splice_abl = |h: &Tensor, m: &Tensor| replace_real_with(h, m, ablation);
+            let with_sae = forward(Some((layer, &splice_sae)))?;
+            let with_abl = forward(Some((layer, &splice_abl)))?;
+            Ok([
+                l_base,
+                nll(&with_sae, b)?,
+                nll(&with_abl, b)?,
+                kl(&base, &with_sae, &real)?,
+                kl(&base, &with_abl, &real)?,
+            ])
+        })
+        .collect()
 }
 
 /// The real-token means of the outputs of blocks `layers` over `rows`, accumulated in f64.
@@ -382,27 +395,4 @@ pub fn mean_outputs(
             Ok(Tensor::from_vec(mean, h, dev)?)
         })
         .collect()
-}
-
-fn eval_batch(e: &Eval, a: &EvalArgs) -> Result<RecordBatch> {
-    let ce = e.ce.as_ref();
-    let f = |v: Option<f64>| Arc::new(Float64Array::from(vec![v]));
-    Ok(RecordBatch::try_new(
-        Table::Evals.file_schema(None),
-        vec![
-            f(Some(e.nmse)),
-            f(Some(e.mean_l0)),
-            f(ce.map(|c| c.l_base)),
-            f(ce.map(|c| c.l_sae)),
-            f(ce.map(|c| c.l_ablation)),
-            f(ce.map(Ce::frac_rec)),
-            Arc::new(Int64Array::from(vec![e.n_val_rows as i64])),
-            Arc::new(Int32Array::from(vec![ce.map(|c| c.n_prompts as i32)])),
-            Arc::new(StringArray::from(vec![a.nmse_denom.name()])),
-            Arc::new(StringArray::from(vec![a.ablation.name()])),
-            f(ce.map(|c| c.kl_sae)),
-            f(ce.map(|c| c.kl_ablation)),
-            f(ce.map(Ce::kl_rec)),
-        ],
-    )?)
 }

@@ -3,14 +3,37 @@
 //! (the `k<K>/` level only for chains where one layer has SAEs of several k).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use crate::lake::{read_sae, Lake, Table};
 use crate::sae::pt;
 
-pub fn run(lake: &Lake, out: &Path, chain: Option<&str>) -> Result<()> {
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExportArgs {
+    #[command(subcommand)]
+    pub what: ExportWhat,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum ExportWhat {
+    /// The published `.pt` format, as a tree that `saerl import pt` reads back.
+    Pt {
+        out: PathBuf,
+        /// Only this chain.
+        #[arg(long)]
+        chain: Option<String>,
+    },
+}
+
+pub fn run(lake: &Lake, a: &ExportArgs) -> Result<()> {
+    match &a.what {
+        ExportWhat::Pt { out, chain } => export_pt(lake, out, chain.as_deref()),
+    }
+}
+
+fn export_pt(lake: &Lake, out: &Path, chain: Option<&str>) -> Result<()> {
     let lake = Lake::open(lake.root())?;
     let keys: Vec<_> = lake
         .partitions(Table::Saes)?

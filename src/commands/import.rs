@@ -13,11 +13,29 @@ use crate::lake::{check_name, infer_step, write_sae, Lake, PartitionKey, StageRo
 use crate::sae::pt;
 use crate::study::chain_defaults;
 
+#[derive(clap::Args, Debug, Clone)]
+pub struct ImportArgs {
+    #[command(subcommand)]
+    pub what: ImportWhat,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum ImportWhat {
+    /// PyTorch `.pt` checkpoints: a tree of `sae_<chain>/[sub/]sae_{stage}_layer{N}.pt`, or one file.
+    Pt(ImportPt),
+}
+
+#[derive(clap::Args, Debug, Clone)]
 pub struct ImportPt {
     pub path: PathBuf,
+    #[arg(long)]
     pub chain: Option<String>,
+    #[arg(long)]
     pub stage: Option<String>,
+    #[arg(long)]
     pub layer: Option<i32>,
+    /// Replace partitions that already exist.
+    #[arg(long)]
     pub overwrite: bool,
 }
 
@@ -134,7 +152,13 @@ fn single(a: &ImportPt) -> Result<Job> {
     })
 }
 
-pub fn run(lake: &Lake, a: &ImportPt) -> Result<()> {
+pub fn run(lake: &Lake, a: &ImportArgs) -> Result<()> {
+    match &a.what {
+        ImportWhat::Pt(pt) => import_pt(lake, pt),
+    }
+}
+
+fn import_pt(lake: &Lake, a: &ImportPt) -> Result<()> {
     if !a.path.exists() {
         bail!("{} does not exist", a.path.display());
     }

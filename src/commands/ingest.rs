@@ -3,23 +3,25 @@
 //! and the `stages` row.
 //!
 //! Batches are written as they finish into chunk files in a resumable staging directory
-//! (`<lake>/.tmp/ingest-<chain>-<stage>/`); memory does not grow with the number of tokens.
-//! A rerun with the same parameters continues after the last complete chunk and yields the same
-//! table; at the end the chunks become the partitions in one commit.
+//! (`Lake::ingest_staging`); memory does not grow with the number of tokens. A rerun with the
+//! same parameters continues after the last complete chunk and yields the same table; at the end
+//! the chunks become the partitions in one commit. Layers whose partitions are already complete
+//! are skipped (with a line saying so) unless `--overwrite`.
 
-use std::path::{Path, PathBuf};
+use std::ops::Range;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{read_questions, val_rows, SplitKind};
+use crate::data::{read_questions, val_rows, Doc, SplitKind};
 use crate::lake::{
-    activation_batch, check_name, docs_batch, infer_step, vocab_batch, writer_properties, Lake,
-    PartitionKey, StageRow, Table, Txn,
+    activation_batch, check_name, docs_batch, infer_step, vocab_batch, writer_properties,
+    IngestStaging, Lake, PartitionKey, StageRow, Table, Txn,
 };
-use crate::model::{device, load_model, Hooks, PaddedBatch, Qwen2Config, TextTokenizer};
-use crate::project::Project;
+use crate::model::{device, load_model, Hooks, PaddedBatch, Qwen2, Qwen2Config, TextTokenizer};
+use crate::project::{DataSet, Project};
 use crate::study::chain_defaults;
 
 /// The flags of `saerl ingest` (the demo and benchmarks build it the same way).
@@ -33,15 +35,16 @@ pub struct Ingest {
     /// Hugging Face checkpoint directory (default: the stage's model in saerl.toml).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Project file declaring chains and stages.
+    /// Project file declaring chains, stages and data.
     #[arg(long, default_value = "saerl.toml")]
     pub project: PathBuf,
     /// Blocks whose output to store (0-based).
     #[arg(long, value_delimiter = ',', default_value = "6,12,18,23")]
     pub layers: Vec<usize>,
-    /// JSON lines with a "question" field (raw text, no chat template).
-    #[arg(long, default_value = crate::study::GSM8K_TRAIN)]
-    pub data: PathBuf,
+    /// Questions: JSON lines or Hugging Face Parquet with a `question` column (raw text, no chat
+    /// template). Default: `[data] train` in saerl.toml.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     #[arg(long, default_value_t = 512)]
     pub max_len: usize,
     #[arg(long, default_value_t = 16)]
@@ -49,6 +52,7 @@ pub struct Ingest {
     /// Only the first N questions.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Fraction of rows in the val split: 0 = all train, 1 = all val (a held-out prompt set).
     #[arg(long, default_value_t = 0.2)]
     pub val_frac: f64,
     #[arg(long, value_enum, default_value = "random")]
@@ -97,18 +101,106 @@ struct Manifest {
     n_rows: usize,
 }
 
-fn chunk_path(staging: &Path, layer: usize, chunk: usize) -> PathBuf {
-    staging
-        .join(format!("layer={layer}"))
-        .join(format!("part-{chunk:05}.parquet"))
+/// What one ingest will do: the questions as token rows, their split, and the blocks to store.
+struct Plan {
+    project: Project,
+    model_dir: PathBuf,
+    data: PathBuf,
+    tok: TextTokenizer,
+    docs: Vec<Doc>,
+    /// Token ids per question (truncated to --max-len).
+    rows: Vec<Vec<u32>>,
+    /// Per token, in document order: true for the val split.
+    val: Vec<bool>,
+    /// The blocks to collect now (the requested ones not yet in the lake, or all with
+    /// --overwrite), ascending.
+    layers: Vec<usize>,
+    /// Whether `docs`/`vocab` must be written.
+    write_docs: bool,
+    d_model: usize,
 }
 
-/// Returns the number of activation rows (real tokens) per layer.
+impl Plan {
+    fn n_rows(&self) -> usize {
+        self.val.len()
+    }
+
+    /// Forward batches of `--batch` questions, grouped into chunks of `--chunk-batches`.
+    fn chunks(&self, a: &Ingest) -> Vec<Vec<Range<usize>>> {
+        let batches: Vec<Range<usize>> = (0..self.docs.len())
+            .step_by(a.batch)
+            .map(|s| s..(s + a.batch).min(self.docs.len()))
+            .collect();
+        batches.chunks(a.chunk_batches).map(<[_]>::to_vec).collect()
+    }
+
+    fn tokens_in(&self, chunk: &[Range<usize>]) -> u64 {
+        chunk
+            .iter()
+            .flat_map(|r| self.rows[r.clone()].iter())
+            .map(|r| r.len() as u64)
+            .sum()
+    }
+
+    fn manifest(&self, a: &Ingest) -> Result<Manifest> {
+        Ok(Manifest {
+            model: std::path::absolute(&self.model_dir)?,
+            data: std::path::absolute(&self.data)?,
+            layers: self.layers.clone(),
+            max_len: a.max_len,
+            batch: a.batch,
+            limit: a.limit,
+            val_frac: a.val_frac,
+            split: a.split,
+            split_seed: a.split_seed,
+            chunk_batches: a.chunk_batches,
+            n_docs: self.docs.len(),
+            n_rows: self.n_rows(),
+        })
+    }
+}
+
+/// Returns the number of activation rows (real tokens) per layer; 0 when everything asked for
+/// was already in the lake.
 pub fn run(lake: &Lake, a: &Ingest) -> Result<usize> {
+    let Some(plan) = plan(lake, a)? else {
+        return Ok(0);
+    };
+    // The model loads before anything is staged, so a bad checkpoint leaves the lake untouched.
+    let model = match plan.layers.is_empty() {
+        true => None,
+        false => Some(load_model(&plan.model_dir, &device(&a.device)?)?),
+    };
+    let staging = lake.ingest_staging(&a.chain, &a.stage);
+    check_manifest(&staging, &plan.manifest(a)?, a)?;
+    let n_chunks = match &model {
+        Some(m) => collect(&plan, m, &staging, a)?,
+        None => plan.chunks(a).len(),
+    };
+    publish(lake, &plan, &staging, n_chunks, a)?;
+    println!(
+        "ingested {} docs, {} tokens ({} val) of {} {} at blocks {:?} into {}",
+        plan.docs.len(),
+        plan.n_rows(),
+        plan.val.iter().filter(|&&v| v).count(),
+        a.chain,
+        a.stage,
+        plan.layers,
+        lake.root().display()
+    );
+    Ok(plan.n_rows())
+}
+
+/// Checks the flags, reads and tokenizes the questions; None when every requested partition is
+/// complete already (and --overwrite is not given).
+fn plan(lake: &Lake, a: &Ingest) -> Result<Option<Plan>> {
     check_name("chain", &a.chain)?;
     check_name("stage", &a.stage)?;
     if a.batch == 0 || a.max_len == 0 || a.chunk_batches == 0 {
         bail!("--batch and --max-len must be positive");
+    }
+    if !(0.0..=1.0).contains(&a.val_frac) {
+        bail!("--val-frac must be between 0 and 1, got {}", a.val_frac);
     }
     let project = Project::load_or_default(&a.project)?;
     let model_dir = match &a.model {
@@ -118,213 +210,253 @@ pub fn run(lake: &Lake, a: &Ingest) -> Result<usize> {
             .context("pass --model DIR or declare the stage in saerl.toml")?,
     };
     let cfg = Qwen2Config::from_file(&model_dir.join("config.json"))?;
-    let mut layers = a.layers.clone();
-    layers.sort();
-    layers.dedup();
-    if layers.is_empty() {
+    let mut requested = a.layers.clone();
+    requested.sort();
+    requested.dedup();
+    if requested.is_empty() {
         bail!("--layers is empty");
     }
-    if let Some(&l) = layers.iter().find(|&&l| l >= cfg.num_hidden_layers) {
+    if let Some(&l) = requested.iter().find(|&&l| l >= cfg.num_hidden_layers) {
         bail!(
             "--layers {l} is beyond the model: {} has blocks 0..{}",
             model_dir.display(),
             cfg.num_hidden_layers - 1
         );
     }
+    let stage_key = PartitionKey::stage(&a.chain, &a.stage);
+    let mut layers = Vec::new();
+    for &l in &requested {
+        let key = PartitionKey::layer(&a.chain, &a.stage, l as i32);
+        if !a.overwrite && lake.has_partition(Table::Activations, &key)? {
+            println!("activations {key}: already ingested, skipped (--overwrite to replace)");
+        } else {
+            layers.push(l);
+        }
+    }
+    let have_docs = lake.has_partition(Table::Docs, &stage_key)?
+        && lake.has_partition(Table::Vocab, &stage_key)?;
+    if layers.is_empty() && have_docs {
+        return Ok(None);
+    }
+    let data = project.data_file(a.data.as_deref(), DataSet::Train)?;
     let tok = TextTokenizer::from_file(&model_dir.join("tokenizer.json"))?;
-    let dev = device(&a.device)?;
-    let model = load_model(&model_dir, &dev)?;
-    let docs = read_questions(&a.data, a.limit)?;
+    let docs = read_questions(&data, a.limit)?;
     let rows: Vec<Vec<u32>> = docs
         .iter()
         .map(|d| tok.encode(&d.question, a.max_len))
         .collect::<Result<_>>()?;
     let n_rows: usize = rows.iter().map(Vec::len).sum();
     if n_rows == 0 {
-        bail!("{}: the questions tokenize to no tokens", a.data.display());
+        bail!("{}: the questions tokenize to no tokens", data.display());
     }
-    let val = val_rows(n_rows, a.val_frac, a.split, a.split_seed)?;
-
-    let stage_key = PartitionKey::stage(&a.chain, &a.stage);
-    let layer_key = |l: usize| PartitionKey::layer(&a.chain, &a.stage, l as i32);
-    let mut txn = Txn::begin(lake, a.overwrite)?;
-    for &l in &layers {
-        txn.check_free(Table::Activations, &layer_key(l))?;
-    }
-    txn.check_free(Table::Docs, &stage_key)?;
-    txn.check_free(Table::Vocab, &stage_key)?;
-
-    let manifest = Manifest {
-        model: std::path::absolute(&model_dir)?,
-        data: std::path::absolute(&a.data)?,
-        layers: layers.clone(),
-        max_len: a.max_len,
-        batch: a.batch,
-        limit: a.limit,
-        val_frac: a.val_frac,
-        split: a.split,
-        split_seed: a.split_seed,
-        chunk_batches: a.chunk_batches,
-        n_docs: docs.len(),
-        n_rows,
-    };
-    let staging = lake
-        .tmp_root()
-        .join(format!("ingest-{}-{}", a.chain, a.stage));
-    let manifest_path = staging.join("manifest.json");
-    if manifest_path.is_file() {
-        let old: Manifest = serde_json::from_str(&std::fs::read_to_string(&manifest_path)?)
-            .with_context(|| format!("reading {}", manifest_path.display()))?;
-        if old != manifest {
+    let write_docs = a.overwrite || !have_docs;
+    if !write_docs {
+        // New layers of a stage already in the lake must come from the same questions.
+        let stored: usize = lake
+            .read_partition(Table::Docs, &stage_key)?
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        if stored != docs.len() {
             bail!(
+                "{stage_key} was ingested from {stored} questions, but {} gives {}; use the same --data/--limit, or --overwrite to replace the stage",
+                data.display(),
+                docs.len()
+            );
+        }
+    }
+    Ok(Some(Plan {
+        project,
+        model_dir,
+        data,
+        tok,
+        val: val_rows(n_rows, a.val_frac, a.split, a.split_seed)?,
+        docs,
+        rows,
+        layers,
+        write_docs,
+        d_model: cfg.hidden_size,
+    }))
+}
+
+/// A resumed run must have been started with the same parameters; a new one records them.
+fn check_manifest(staging: &IngestStaging, manifest: &Manifest, a: &Ingest) -> Result<()> {
+    let path = staging.manifest();
+    if path.is_file() {
+        let old: Option<Manifest> = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        match old {
+            Some(old) if old == *manifest => return Ok(()),
+            Some(_) => bail!(
                 "an interrupted ingest of {} {} with other parameters is staged in {}; rerun it with the same flags to resume, or delete that directory",
                 a.chain,
                 a.stage,
-                staging.display()
-            );
+                staging.dir().display()
+            ),
+            // Unreadable: written by a crashed writer before atomic manifests; start over.
+            None => std::fs::remove_dir_all(staging.dir())?,
         }
-    } else {
-        std::fs::create_dir_all(&staging)
-            .with_context(|| format!("creating {}", staging.display()))?;
-        std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest)?)?;
     }
+    staging.write_manifest(&serde_json::to_string_pretty(manifest)?)
+}
 
-    let d = cfg.hidden_size;
-    let pad = tok.pad_id();
+/// Runs the forward passes, writing each chunk's rows per layer into the staging directory;
+/// chunks finished by an earlier run are skipped. Returns the number of chunks.
+fn collect(plan: &Plan, model: &Qwen2, staging: &IngestStaging, a: &Ingest) -> Result<usize> {
+    let chunks = plan.chunks(a);
+    let dev = model.device().clone();
     // Row offset of each document, to find its tokens' split flags.
-    let offsets: Vec<usize> = rows
+    let offsets: Vec<usize> = plan
+        .rows
         .iter()
         .scan(0, |acc, r| Some(std::mem::replace(acc, *acc + r.len())))
         .collect();
-    let batches: Vec<std::ops::Range<usize>> = (0..docs.len())
-        .step_by(a.batch)
-        .map(|s| s..(s + a.batch).min(docs.len()))
-        .collect();
-    let chunks: Vec<&[std::ops::Range<usize>]> = batches.chunks(a.chunk_batches).collect();
-    let tokens_of = |c: &[std::ops::Range<usize>]| -> u64 {
-        c.iter()
-            .flat_map(|r| rows[r.clone()].iter())
-            .map(|r| r.len() as u64)
-            .sum()
-    };
-
-    let bar = super::progress(n_rows as u64, "tokens");
+    let bar = super::progress(plan.n_rows() as u64, "tokens");
     let mut written = 0;
     for (c, chunk) in chunks.iter().enumerate() {
-        if layers.iter().all(|&l| chunk_path(&staging, l, c).is_file()) {
-            bar.inc(tokens_of(chunk)); // done by an earlier, interrupted run
+        if plan.layers.iter().all(|&l| staging.chunk(l, c).is_file()) {
+            bar.inc(plan.tokens_in(chunk)); // done by an earlier, interrupted run
             continue;
         }
         if a.stop_after_chunks.is_some_and(|n| written >= n) {
             bail!("stopped after {written} chunk(s) as asked; rerun to resume");
         }
-        let mut writers = Vec::new();
-        for &l in &layers {
-            let path = chunk_path(&staging, l, c);
-            std::fs::create_dir_all(path.parent().unwrap())?;
-            let tmp = path.with_extension("parquet.tmp");
-            let file = std::fs::File::create(&tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            let schema = Table::Activations.file_schema(Some(d as i32));
-            writers.push((
-                ArrowWriter::try_new(file, schema, Some(writer_properties(Table::Activations)))?,
-                tmp,
-                path,
-            ));
-        }
-        for range in chunk.iter() {
-            let batch = PaddedBatch::new(rows[range.clone()].to_vec(), pad, &dev)?;
-            let out = model.forward(
-                &batch.ids,
-                &batch.mask,
-                &Hooks {
-                    capture: &layers,
-                    ..Default::default()
-                },
-            )?;
-            for (&l, (w, _, _)) in layers.iter().zip(writers.iter_mut()) {
-                let h: Vec<f32> = out.blocks[&l].flatten_all()?.to_vec1()?;
-                let t = batch.ids.dim(1)?;
-                let (mut doc_id, mut pos, mut token, mut flags, mut x) =
-                    (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-                for (i, doc) in range.clone().enumerate() {
-                    for (p, &id) in rows[doc].iter().enumerate() {
-                        let v = &h[(i * t + p) * d..(i * t + p + 1) * d];
-                        if v.iter().any(|x| !x.is_finite()) {
-                            bail!("non-finite activation at block {l}, doc {doc}, position {p}: the checkpoint {} is broken", model_dir.display());
-                        }
-                        doc_id.push(docs[doc].doc_id);
-                        pos.push(p as i32);
-                        token.push(id as i32);
-                        flags.push(val[offsets[doc] + p]);
-                        x.extend_from_slice(v);
-                    }
-                }
-                w.write(&activation_batch(doc_id, pos, token, &flags, x, d)?)?;
-            }
-            bar.inc(batch.lengths.iter().sum::<usize>() as u64);
-        }
-        // A chunk counts as complete once every layer's file has its final name.
-        for (w, tmp, path) in writers {
-            w.close()?;
-            std::fs::rename(&tmp, &path)?;
-        }
+        write_chunk(plan, model, staging, c, chunk, &offsets, &dev, &|n| {
+            bar.inc(n)
+        })?;
         written += 1;
     }
     bar.finish_and_clear();
+    Ok(chunks.len())
+}
 
-    for &l in &layers {
-        let files: Vec<PathBuf> = (0..chunks.len())
-            .map(|c| chunk_path(&staging, l, c))
-            .collect();
-        txn.adopt(Table::Activations, &layer_key(l), &files)?;
+/// One chunk: its forward batches, every layer's rows into a temporary file, renamed once all
+/// are complete (a chunk counts as done when every layer's file has its final name).
+#[allow(clippy::too_many_arguments)]
+fn write_chunk(
+    plan: &Plan,
+    model: &Qwen2,
+    staging: &IngestStaging,
+    c: usize,
+    chunk: &[Range<usize>],
+    offsets: &[usize],
+    dev: &candle_core::Device,
+    progress: &dyn Fn(u64),
+) -> Result<()> {
+    let d = plan.d_model;
+    let mut writers = Vec::new();
+    for &l in &plan.layers {
+        let path = staging.chunk(l, c);
+        std::fs::create_dir_all(path.parent().unwrap())?;
+        let tmp = path.with_extension("parquet.tmp");
+        let file =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let schema = Table::Activations.file_schema(Some(d as i32));
+        writers.push((
+            ArrowWriter::try_new(file, schema, Some(writer_properties(Table::Activations)))?,
+            tmp,
+            path,
+        ));
     }
-    let dataset_split = if a
-        .data
-        .file_stem()
-        .is_some_and(|s| s.to_string_lossy().contains("test"))
-    {
-        "test"
-    } else {
-        "train"
+    for range in chunk {
+        let batch = PaddedBatch::new(plan.rows[range.clone()].to_vec(), plan.tok.pad_id(), dev)?;
+        let out = model.forward(
+            &batch.ids,
+            &batch.mask,
+            &Hooks {
+                capture: &plan.layers,
+                ..Default::default()
+            },
+        )?;
+        let t = batch.ids.dim(1)?;
+        for (&l, (w, _, _)) in plan.layers.iter().zip(writers.iter_mut()) {
+            let h: Vec<f32> = out.blocks[&l].flatten_all()?.to_vec1()?;
+            let (mut doc_id, mut pos, mut token, mut flags, mut x) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (i, doc) in range.clone().enumerate() {
+                for (p, &id) in plan.rows[doc].iter().enumerate() {
+                    let v = &h[(i * t + p) * d..(i * t + p + 1) * d];
+                    if v.iter().any(|x| !x.is_finite()) {
+                        bail!(
+                            "non-finite activation at block {l}, doc {doc}, position {p}: the checkpoint {} is broken",
+                            plan.model_dir.display()
+                        );
+                    }
+                    doc_id.push(plan.docs[doc].doc_id);
+                    pos.push(p as i32);
+                    token.push(id as i32);
+                    flags.push(plan.val[offsets[doc] + p]);
+                    x.extend_from_slice(v);
+                }
+            }
+            w.write(&activation_batch(doc_id, pos, token, &flags, x, d)?)?;
+        }
+        progress(batch.lengths.iter().sum::<usize>() as u64);
+    }
+    for (w, tmp, path) in writers {
+        w.close()?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(())
+}
+
+/// Publishes the staged chunks as the layers' partitions, with `docs`, `vocab` and the `stages`
+/// row, in one commit; then removes the staging directory.
+fn publish(
+    lake: &Lake,
+    plan: &Plan,
+    staging: &IngestStaging,
+    n_chunks: usize,
+    a: &Ingest,
+) -> Result<()> {
+    let stage_key = PartitionKey::stage(&a.chain, &a.stage);
+    let mut txn = Txn::begin(lake, a.overwrite)?;
+    for &l in &plan.layers {
+        let files: Vec<PathBuf> = (0..n_chunks).map(|c| staging.chunk(l, c)).collect();
+        txn.adopt(
+            Table::Activations,
+            &PartitionKey::layer(&a.chain, &a.stage, l as i32),
+            &files,
+        )?;
+    }
+    if plan.write_docs {
+        let dataset_split = if plan
+            .data
+            .file_stem()
+            .is_some_and(|s| s.to_string_lossy().contains("test"))
+        {
+            "test"
+        } else {
+            "train"
+        };
+        txn.write(
+            Table::Docs,
+            &stage_key,
+            &[docs_batch(&plan.docs, dataset_split)?],
+        )?;
+        let vocab: Vec<(u32, String)> = (0..plan.tok.vocab_size() as u32)
+            .filter_map(|id| plan.tok.id_to_token(id).map(|t| (id, t)))
+            .collect();
+        txn.write(Table::Vocab, &stage_key, &[vocab_batch(&vocab)?])?;
+    }
+    let declared = plan.project.stage(&a.chain, &a.stage).ok();
+    let (reward, kl_coef) = match declared {
+        Some((c, _)) => (c.reward.clone(), c.kl_coef),
+        None => chain_defaults(&a.chain),
     };
-    txn.write(
-        Table::Docs,
-        &stage_key,
-        &[docs_batch(&docs, dataset_split)?],
-    )?;
-    let vocab: Vec<(u32, String)> = (0..tok.vocab_size() as u32)
-        .filter_map(|id| tok.id_to_token(id).map(|t| (id, t)))
-        .collect();
-    txn.write(Table::Vocab, &stage_key, &[vocab_batch(&vocab)?])?;
-    let (reward, kl_coef) = match project.stage(&a.chain, &a.stage) {
-        Ok((c, _)) => (c.reward.clone(), c.kl_coef),
-        Err(_) => chain_defaults(&a.chain),
+    let step = match declared.and_then(|(_, s)| s.step) {
+        Some(s) => s,
+        None => infer_step(&a.stage)?,
     };
-    let step = project
-        .stage(&a.chain, &a.stage)
-        .ok()
-        .and_then(|(_, s)| s.step)
-        .map_or_else(|| infer_step(&a.stage), Ok)?;
     txn.upsert_stages(&[StageRow {
         chain: a.chain.clone(),
         stage: a.stage.clone(),
         step,
         reward,
         kl_coef,
-        model_path: Some(manifest.model.display().to_string()),
+        model_path: Some(std::path::absolute(&plan.model_dir)?.display().to_string()),
     }])?;
     txn.commit()?;
-    std::fs::remove_dir_all(&staging).ok();
-    let _ = std::fs::remove_dir(lake.tmp_root()); // only if no other staging is in progress
-    println!(
-        "ingested {} docs, {n_rows} tokens ({} val) of {} {} at blocks {:?} into {}",
-        docs.len(),
-        val.iter().filter(|&&v| v).count(),
-        a.chain,
-        a.stage,
-        layers,
-        lake.root().display()
-    );
-    Ok(n_rows)
+    lake.clear_staging(staging.dir())
 }

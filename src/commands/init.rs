@@ -1,13 +1,23 @@
 //! `saerl init`: write a commented `saerl.toml` (the published study's chains as the example).
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
 use crate::project::TEMPLATE;
 
-pub fn run(path: &Path, force: bool) -> Result<()> {
-    if path.exists() && !force {
+#[derive(clap::Args, Debug, Clone)]
+pub struct InitArgs {
+    #[arg(long, default_value = "saerl.toml")]
+    pub path: PathBuf,
+    /// Replace an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn run(a: &InitArgs) -> Result<()> {
+    let path = &a.path;
+    if path.exists() && !a.force {
         bail!(
             "{} already exists; pass --force to replace it",
             path.display()

@@ -1,6 +1,6 @@
 //! `saerl plot FILE.sql -o OUT.svg|png`: run a saved query and draw it from its header.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use arrow::compute::concat_batches;
@@ -22,7 +22,17 @@ pub async fn plot_query(ctx: &SessionContext, sql: &str, out: &Path) -> Result<u
     Ok(batch.num_rows())
 }
 
-pub async fn run(lake: &Lake, file: &Path, out: &Path) -> Result<()> {
+#[derive(clap::Args, Debug, Clone)]
+pub struct PlotArgs {
+    /// A saved query (`queries/*.sql`) or any SQL file with a plot header.
+    pub file: PathBuf,
+    /// Output figure: .svg or .png.
+    #[arg(short, long)]
+    pub out: PathBuf,
+}
+
+pub async fn run(lake: &Lake, a: &PlotArgs) -> Result<()> {
+    let (file, out) = (&a.file, &a.out);
     let sql =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let ctx = open_session(&Lake::open(lake.root())?).await?;

@@ -61,8 +61,21 @@ fn table_html(batch: &RecordBatch, csv: &str) -> Result<String> {
     Ok(h)
 }
 
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Output directory (report.html and one CSV per query).
+    #[arg(default_value = "report")]
+    pub dir: PathBuf,
+}
+
+pub async fn run(lake: &Lake, a: &ReportArgs) -> Result<()> {
+    let page = write_report(lake, &a.dir).await?;
+    println!("wrote {}", page.display());
+    Ok(())
+}
+
 /// Writes the report; returns the page's path.
-pub async fn run(lake: &Lake, dir: &Path) -> Result<PathBuf> {
+pub async fn write_report(lake: &Lake, dir: &Path) -> Result<PathBuf> {
     let lake = Lake::open(lake.root())?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let ctx = open_session(&lake).await?;

@@ -4,8 +4,6 @@
 //! the next stage's parent). Rows stream from Parquet unless `--in-memory`; after every epoch
 //! the trainer is checkpointed under `<lake>/.tmp/`, and an interrupted SAE resumes from there.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Context, Result};
 
 use crate::lake::{read_sae, train_log_batch, write_sae, Lake, PartitionKey, Table, Txn};
@@ -72,18 +70,6 @@ fn open_rows(lake: &Lake, key: &PartitionKey, split: &str, a: &TrainArgs) -> Res
         Ok(())
     })?;
     Ok(Box::new(MemRows::new(rows.d_model(), all)))
-}
-
-fn checkpoint_path(lake: &Lake, key: &PartitionKey) -> PathBuf {
-    lake.tmp_root()
-        .join(format!(
-            "train-{}-{}-layer{}-k{}",
-            key.chain,
-            key.stage.as_deref().unwrap_or(""),
-            key.layer.unwrap_or(0),
-            key.k.unwrap_or(0)
-        ))
-        .join("checkpoint.safetensors")
 }
 
 pub fn run(lake: &Lake, a: &TrainArgs) -> Result<()> {
@@ -186,7 +172,7 @@ fn train_one(
     cfg: &TrainConfig,
     a: &TrainArgs,
 ) -> Result<Sae> {
-    let ckpt = checkpoint_path(lake, key);
+    let ckpt = lake.train_checkpoint(key);
     // Everything the result depends on; a checkpoint of another run is not resumed.
     let fingerprint = format!(
         "{cfg:?} rows {}/{} d_sae {} k {} parent {:?} init {:016x}",
@@ -247,9 +233,8 @@ fn train_one(
     txn.write(Table::TrainLog, key, &[train_log_batch(&result.epochs)?])?;
     txn.commit()?;
     if let Some(dir) = ckpt.parent() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        lake.clear_staging(dir)?;
     }
-    let _ = std::fs::remove_dir(lake.tmp_root()); // only if nothing else is staged there
     println!(
         "{key}: best epoch {} val_mse {:.4e} ({} train / {} val rows, {:.1} s)",
         result.best_epoch,

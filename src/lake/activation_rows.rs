@@ -18,7 +18,7 @@ use parquet::arrow::ProjectionMask;
 
 use super::read::{corrupt, partition_files};
 use super::{Lake, PartitionKey, Table};
-use crate::data::{permutation, SplitMix64};
+use crate::rng::{permutation, SplitMix64};
 use crate::sae::rows::Rows;
 
 /// A row group and how many of its rows belong to the split.

@@ -7,6 +7,7 @@ mod rows;
 mod saes;
 mod schema;
 mod stages;
+mod staging;
 mod transitions;
 mod write;
 
@@ -17,10 +18,14 @@ use anyhow::{bail, Context, Result};
 
 pub use activation_rows::{ActivationBatch, ActivationRows};
 pub use read::{check_parquet, partition_files, read_parquet};
-pub use rows::{activation_batch, docs_batch, train_log_batch, vocab_batch};
+pub use rows::{
+    activation_batch, docs_batch, evals_batch, feature_stats_batch, top_examples_batch,
+    train_log_batch, vocab_batch,
+};
 pub use saes::{read_sae, sae_batches, write_sae};
 pub use schema::{vector_type, vector_width, PartCol, Table};
 pub use stages::{infer_step, StageRow};
+pub use staging::IngestStaging;
 pub use transitions::Transition;
 pub use write::{writer_properties, PartitionWriter, Txn};
 

@@ -1,8 +1,8 @@
 //! The language model side: a Qwen2 forward pass in candle with hooks on the residual stream,
 //! loading of Hugging Face checkpoints, and tokenisation.
 
-pub mod blas;
 pub mod config;
+pub mod lm_train;
 pub mod load;
 pub mod qwen2;
 pub mod random;

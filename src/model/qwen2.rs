@@ -34,7 +34,7 @@ impl Linear {
         let mut dims = x.dims().to_vec();
         let d_in = dims.pop().unwrap();
         let rows: usize = dims.iter().product();
-        let mut y = super::blas::linear(&x.reshape((rows, d_in))?, &self.w)?;
+        let mut y = linear(&x.reshape((rows, d_in))?, &self.w)?;
         if let Some(b) = &self.b {
             y = y.broadcast_add(b)?;
         }
@@ -57,6 +57,9 @@ impl RmsNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if tracked(&[x, &self.w]) {
+            return Ok(candle_nn::ops::rms_norm_slow(x, &self.w, self.eps)?);
+        }
         Ok(candle_nn::ops::rms_norm(
             &x.contiguous()?,
             &self.w,
@@ -136,12 +139,20 @@ impl Attention {
         let q = split(self.q.forward(x)?, self.heads)?;
         let k = split(self.k.forward(x)?, self.kv_heads)?;
         let v = split(self.v.forward(x)?, self.kv_heads)?;
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let rope = if tracked(&[&q, &k]) {
+            candle_nn::rotary_emb::rope_slow
+        } else {
+            candle_nn::rotary_emb::rope
+        };
+        let (q, k) = (rope(&q, cos, sin)?, rope(&k, cos, sin)?);
         let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = if tracked(&[&scores]) {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
         let y = probs.matmul(&v.contiguous()?)?;
         let y = y
             .transpose(1, 2)?
@@ -328,7 +339,7 @@ impl Qwen2 {
             let h = self.norm.forward(&x)?;
             let v = self.cfg.vocab_size;
             Some(
-                super::blas::linear(&h.reshape((b * t, self.cfg.hidden_size))?, &self.head)?
+                linear(&h.reshape((b * t, self.cfg.hidden_size))?, &self.head)?
                     .reshape((b, t, v))?,
             )
         } else {
@@ -391,4 +402,49 @@ pub fn splice_real(h: &Tensor, mask: &Tensor, values: &Tensor) -> Result<Tensor>
 /// Replaces real-token positions of a block output with one vector (mean ablation).
 pub fn replace_real_with(h: &Tensor, mask: &Tensor, vector: &Tensor) -> Result<Tensor> {
     splice_real(h, mask, &vector.reshape((1, 1, vector.elem_count()))?)
+}
+
+/// Whether any of the tensors takes part in a gradient computation (the demo trains its model):
+/// candle's fused CPU ops (rms-norm, rope, last-dim softmax) and the slice GEMM have no
+/// backward, so tracked tensors take candle's composite, differentiable ops instead.
+fn tracked(ts: &[&Tensor]) -> bool {
+    ts.iter().any(|t| t.track_op())
+}
+
+/// x · wᵀ for x [m,k] and w [n,k] as contiguous f32 CPU tensors, or None when they are not
+/// (or when a gradient must flow through the product).
+fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    use candle_core::{CpuStorage, Storage};
+    let (Ok((m, k)), Ok((n, k2))) = (x.dims2(), w.dims2()) else {
+        return Ok(None);
+    };
+    if k != k2 || !x.is_contiguous() || !w.is_contiguous() || tracked(&[x, w]) {
+        return Ok(None);
+    }
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(xv)), Storage::Cpu(CpuStorage::F32(wv))) = (&*xs, &*ws)
+    else {
+        return Ok(None);
+    };
+    let mut out = vec![0f32; m * n];
+    crate::kernels::sgemm_nt(
+        m,
+        n,
+        k,
+        &xv[xl.start_offset()..xl.start_offset() + m * k],
+        &wv[wl.start_offset()..wl.start_offset() + n * k],
+        &mut out,
+        false,
+    );
+    Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
+}
+
+/// x · wᵀ: through the kernels' GEMM on the CPU (weights multiplied where they lie), else
+/// (CUDA, other dtypes) candle's matmul.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    match matmul_t(x, w)? {
+        Some(y) => Ok(y),
+        None => Ok(x.matmul(&w.t()?)?),
+    }
 }

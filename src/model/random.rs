@@ -11,7 +11,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 use super::Qwen2Config;
-use crate::synth::normal;
+use crate::rng::normal;
 
 pub struct TinyShape {
     pub hidden: usize,

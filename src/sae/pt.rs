@@ -25,36 +25,14 @@ pub fn read(path: &Path) -> Result<PtCheckpoint> {
 
 fn parse(bytes: Vec<u8>) -> Result<PtCheckpoint> {
     let zip = ZipStore::parse(bytes)?;
-    let pkl_name = zip
-        .names()
-        .find(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
-        .context("no data.pkl in the archive")?
-        .to_string();
-    let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
-    if let Some(order) = zip.get(&format!("{prefix}byteorder")) {
-        if order != b"little" {
-            bail!(
-                "byte order {:?} is not supported (only little-endian)",
-                String::from_utf8_lossy(order)
-            );
-        }
-    }
-    let root = pickle::load(zip.get(&pkl_name).unwrap())?;
+    let archive = Archive::open(&zip)?;
+    let root = pickle::load(zip.get(&archive.pickle).unwrap())?;
     let state = root
         .get("state_dict")
         .context("missing key \"state_dict\"")?;
-    let config = match root.get("config").context("missing key \"config\"")? {
-        Value::Dict(items) => items
-            .iter()
-            .map(|(k, v)| match k {
-                Value::Str(k) => Ok((k.clone(), v.clone())),
-                _ => bail!("config has a non-string key"),
-            })
-            .collect::<Result<Vec<_>>>()?,
-        other => bail!("\"config\" is a {}, expected a dict", other.type_name()),
-    };
+    let config = config_dict(&root)?;
     let cfg_int = |key: &str| -> Result<usize> {
-        match config.iter().find(|(k, _)| k == key).map(|(_, v)| v) {
+        match lookup(&config, key) {
             Some(Value::Int(v)) if *v > 0 => Ok(*v as usize),
             Some(v) => bail!(
                 "config[{key:?}] is a {}, expected a positive int",
@@ -64,7 +42,63 @@ fn parse(bytes: Vec<u8>) -> Result<PtCheckpoint> {
         }
     };
     let (d, n, k) = (cfg_int("d_model")?, cfg_int("d_sae")?, cfg_int("k")?);
-    let tensor = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+    let tensor = |name: &str, shape: &[usize]| archive.tensor(&zip, state, name, shape, (d, n));
+    let activation = match lookup(&config, "activation") {
+        Some(Value::Str(a)) => Activation::parse(a)?,
+        _ => Activation::TopK,
+    };
+    let sae = Sae {
+        d_model: d,
+        d_sae: n,
+        k,
+        activation,
+        b_pre: tensor("b_pre", &[d])?,
+        w_enc: tensor("encoder.weight", &[n, d])?,
+        b_enc: tensor("encoder.bias", &[n])?,
+        // Stored [d, d_sae]; the SAE keeps decoder columns feature-major.
+        w_dec: transpose(&tensor("decoder.weight", &[d, n])?, d, n),
+        b_dec: tensor("decoder.bias", &[d])?,
+        meta: meta(&config),
+    };
+    sae.validate()?;
+    Ok(PtCheckpoint { sae, config })
+}
+
+/// Where a torch.save archive keeps its pickle and storages (`<name>/data.pkl`,
+/// `<name>/data/<key>`).
+struct Archive {
+    pickle: String,
+    prefix: String,
+}
+
+impl Archive {
+    fn open(zip: &ZipStore) -> Result<Self> {
+        let pickle = zip
+            .names()
+            .find(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
+            .context("no data.pkl in the archive")?
+            .to_string();
+        let prefix = pickle[..pickle.len() - "data.pkl".len()].to_string();
+        if let Some(order) = zip.get(&format!("{prefix}byteorder")) {
+            if order != b"little" {
+                bail!(
+                    "byte order {:?} is not supported (only little-endian)",
+                    String::from_utf8_lossy(order)
+                );
+            }
+        }
+        Ok(Self { pickle, prefix })
+    }
+
+    /// `state[name]` as contiguous f32, checked to have `shape`.
+    fn tensor(
+        &self,
+        zip: &ZipStore,
+        state: &Value,
+        name: &str,
+        shape: &[usize],
+        (d, n): (usize, usize),
+    ) -> Result<Vec<f32>> {
         let t = match state.get(name) {
             Some(Value::Tensor(t)) => t,
             Some(v) => bail!(
@@ -77,7 +111,7 @@ fn parse(bytes: Vec<u8>) -> Result<PtCheckpoint> {
             bail!("state_dict[{name:?}] has shape {:?}, but the config (d_model {d}, d_sae {n}) implies {shape:?}", t.shape);
         }
         let data = zip
-            .get(&format!("{prefix}data/{}", t.storage.key))
+            .get(&format!("{}data/{}", self.prefix, t.storage.key))
             .with_context(|| {
                 format!(
                     "storage {} of {name:?} is missing from the archive",
@@ -85,50 +119,57 @@ fn parse(bytes: Vec<u8>) -> Result<PtCheckpoint> {
                 )
             })?;
         gather(t, data).with_context(|| format!("reading {name:?}"))
-    };
-    let w_dec_dn = tensor("decoder.weight", &[d, n])?;
-    let mut w_dec = vec![0f32; n * d];
-    for r in 0..d {
-        for c in 0..n {
-            w_dec[c * d + r] = w_dec_dn[r * n + c];
-        }
     }
-    let get = |key: &str| config.iter().find(|(k, _)| k == key).map(|(_, v)| v);
-    let opt_str = |key: &str| match get(key) {
+}
+
+/// The `config` dict of the checkpoint, as (key, value) pairs in stored order.
+fn config_dict(root: &Value) -> Result<Vec<(String, Value)>> {
+    match root.get("config").context("missing key \"config\"")? {
+        Value::Dict(items) => items
+            .iter()
+            .map(|(k, v)| match k {
+                Value::Str(k) => Ok((k.clone(), v.clone())),
+                _ => bail!("config has a non-string key"),
+            })
+            .collect(),
+        other => bail!("\"config\" is a {}, expected a dict", other.type_name()),
+    }
+}
+
+fn lookup<'a>(config: &'a [(String, Value)], key: &str) -> Option<&'a Value> {
+    config.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// The provenance the study's config records.
+fn meta(config: &[(String, Value)]) -> SaeMeta {
+    let text = |key: &str| match lookup(config, key) {
         Some(Value::Str(s)) => Some(s.clone()),
         _ => None,
     };
-    let meta = SaeMeta {
-        init_from_stage: opt_str("init_from_stage"),
-        best_epoch: match get("best_epoch") {
+    SaeMeta {
+        init_from_stage: text("init_from_stage"),
+        best_epoch: match lookup(config, "best_epoch") {
             Some(Value::Int(e)) => Some(*e as i32),
             _ => None,
         },
-        best_val_mse: match get("best_val_loss") {
+        best_val_mse: match lookup(config, "best_val_loss") {
             Some(Value::Float(v)) => Some(*v),
             Some(Value::Int(v)) => Some(*v as f64),
             _ => None,
         },
-        source: opt_str("source"),
-    };
-    let activation = match opt_str("activation") {
-        Some(a) => Activation::parse(&a)?,
-        None => Activation::TopK,
-    };
-    let sae = Sae {
-        d_model: d,
-        d_sae: n,
-        k,
-        activation,
-        b_pre: tensor("b_pre", &[d])?,
-        w_enc: tensor("encoder.weight", &[n, d])?,
-        b_enc: tensor("encoder.bias", &[n])?,
-        w_dec,
-        b_dec: tensor("decoder.bias", &[d])?,
-        meta,
-    };
-    sae.validate()?;
-    Ok(PtCheckpoint { sae, config })
+        source: text("source"),
+    }
+}
+
+/// A row-major [rows × cols] matrix transposed to [cols × rows].
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
 }
 
 /// Materialises a (possibly strided) tensor view as contiguous f32.
@@ -194,12 +235,7 @@ fn f16_to_f32(h: u16) -> f32 {
 /// `config` entries (besides d_model, d_sae, k, which always come from the SAE) are kept as given.
 pub fn write(path: &Path, sae: &Sae, extra_config: &[(String, Value)]) -> Result<()> {
     let (d, n) = (sae.d_model, sae.d_sae);
-    let mut w_dec_dn = vec![0f32; d * n];
-    for c in 0..n {
-        for r in 0..d {
-            w_dec_dn[r * n + c] = sae.w_dec[c * d + r];
-        }
-    }
+    let w_dec_dn = transpose(&sae.w_dec, n, d);
     let tensors: [(&str, &[f32], Vec<usize>); 5] = [
         ("b_pre", &sae.b_pre, vec![d]),
         ("encoder.weight", &sae.w_enc, vec![n, d]),

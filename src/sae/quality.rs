@@ -5,8 +5,8 @@
 
 use rayon::prelude::*;
 
-use super::step::Scratch;
 use super::Sae;
+use crate::kernels::Encoded;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum NmseDenom {
@@ -26,9 +26,9 @@ impl NmseDenom {
 }
 
 /// x̂ for every row of `x`.
-pub fn reconstruct(sae: &Sae, x: &[f32], scratch: &mut Scratch) -> (Vec<f32>, Vec<usize>) {
+pub fn reconstruct(sae: &Sae, x: &[f32], enc: &mut Encoded) -> (Vec<f32>, Vec<usize>) {
     let n = sae.d_sae;
-    let z = scratch.encode(sae, x);
+    let z = sae.encode_batch(x, enc);
     let rows: Vec<(Vec<f32>, usize)> = z
         .par_chunks(n)
         .map(|z| {
@@ -42,13 +42,45 @@ pub fn reconstruct(sae: &Sae, x: &[f32], scratch: &mut Scratch) -> (Vec<f32>, Ve
 }
 
 /// Each row's squared reconstruction error (rows of `x`, d_model wide).
-pub fn row_sq_errors(sae: &Sae, x: &[f32], scratch: &mut Scratch) -> Vec<f64> {
+pub fn row_sq_errors(sae: &Sae, x: &[f32], enc: &mut Encoded) -> Vec<f64> {
     let d = sae.d_model;
-    let (x_hat, _) = reconstruct(sae, x, scratch);
+    let (x_hat, _) = reconstruct(sae, x, enc);
     x.chunks(d)
         .zip(x_hat.chunks(d))
         .map(|(x, h)| x.iter().zip(h).map(|(a, b)| ((a - b) as f64).powi(2)).sum())
         .collect()
+}
+
+/// One row of `evals` (DESIGN.md, "Quality metrics").
+#[derive(Debug, Clone)]
+pub struct Eval {
+    pub nmse: f64,
+    /// The conventions used: `NmseDenom::name` and the ablation ("mean" or "zero").
+    pub nmse_denom: &'static str,
+    pub ablation: &'static str,
+    pub mean_l0: f64,
+    pub n_val_rows: u64,
+    pub ce: Option<Ce>,
+}
+
+/// Losses (mean per batch, then over batches) and KL scores on the prompts.
+#[derive(Debug, Clone, Default)]
+pub struct Ce {
+    pub l_base: f64,
+    pub l_sae: f64,
+    pub l_ablation: f64,
+    pub kl_sae: f64,
+    pub kl_ablation: f64,
+    pub n_prompts: usize,
+}
+
+impl Ce {
+    pub fn frac_rec(&self) -> f64 {
+        (self.l_ablation - self.l_sae) / (self.l_ablation - self.l_base)
+    }
+    pub fn kl_rec(&self) -> f64 {
+        1.0 - self.kl_sae / self.kl_ablation
+    }
 }
 
 #[derive(Default)]
@@ -59,12 +91,12 @@ pub struct Reconstruction {
     sum: f64,
     sum_sq: f64,
     l0: u64,
-    scratch: Scratch,
+    enc: Encoded,
 }
 
 impl Reconstruction {
     pub fn add(&mut self, sae: &Sae, x: &[f32]) {
-        let (x_hat, l0) = reconstruct(sae, x, &mut self.scratch);
+        let (x_hat, l0) = reconstruct(sae, x, &mut self.enc);
         for (a, b) in x.iter().zip(&x_hat) {
             let (a, b) = (*a as f64, *b as f64);
             self.sq_err += (a - b) * (a - b);

@@ -56,7 +56,7 @@ impl Rows for MemRows<'_> {
         match shuffle {
             None => self.rows.chunks(batch * self.d).try_for_each(f),
             Some(seed) => {
-                let perm = crate::data::permutation(self.len(), seed);
+                let perm = crate::rng::permutation(self.len(), seed);
                 perm.chunks(batch)
                     .try_for_each(|idx| f(&self.gather_unsorted(idx)))
             }

@@ -7,8 +7,8 @@
 
 use rayon::prelude::*;
 
-use super::step::Scratch;
 use super::Sae;
+use crate::kernels::Encoded;
 
 pub const TOP_EXAMPLES: usize = 20;
 
@@ -64,7 +64,7 @@ pub struct FeatureStats {
     pub top: Vec<Vec<Example>>,
     /// Per feature, the smallest value kept while its list is full.
     floor: Vec<f32>,
-    scratch: Scratch,
+    enc: Encoded,
 }
 
 /// The provenance of each row of a batch.
@@ -82,14 +82,14 @@ impl FeatureStats {
             val: SplitStats::new(d_sae),
             top: vec![Vec::new(); d_sae],
             floor: vec![f32::NEG_INFINITY; d_sae],
-            scratch: Scratch::default(),
+            enc: Encoded::default(),
         }
     }
 
     /// Adds the rows `x` (row-major, d_model wide) encoded by `sae`.
     pub fn add(&mut self, sae: &Sae, x: &[f32], info: &RowInfo) {
         let (d, n) = (sae.d_model, sae.d_sae);
-        let z = self.scratch.encode(sae, x);
+        let z = sae.encode_batch(x, &mut self.enc);
         let latents: Vec<Vec<(u32, f32)>> = z.par_chunks(n).map(|z| sae.activate(z)).collect();
         debug_assert_eq!(latents.len(), x.len() / d);
         let Self {

@@ -17,8 +17,8 @@
 
 use rayon::prelude::*;
 
-use super::topk::{dot, top_k};
 use super::Sae;
+use crate::kernels::{axpy, dot, top_k, unit_norm, unit_rows, Encoded};
 
 /// Gradients or Adam moments, in the SAE's own layout.
 #[derive(Clone)]
@@ -107,11 +107,11 @@ struct Term {
 /// Buffers reused from step to step.
 #[derive(Default)]
 pub struct Scratch {
-    xc: Vec<f32>,
-    z: Vec<f32>,
+    enc: Encoded,
     /// Per row: dL/dx̂ of the reconstruction, then of the aux reconstruction (2·d).
     dx: Vec<f32>,
     terms: Vec<Term>,
+    /// Terms grouped by feature: feature f's are `order[start[f]..start[f + 1]]`.
     start: Vec<u32>,
     order: Vec<u32>,
 }
@@ -122,8 +122,7 @@ const FEATURES_PER_TASK: usize = 64;
 impl Scratch {
     /// The pre-activations of `x` ([rows × d_sae]), in this scratch space.
     pub fn encode(&mut self, sae: &Sae, x: &[f32]) -> &[f32] {
-        encode_into(sae, x, &mut self.xc, &mut self.z);
-        &self.z
+        sae.encode_batch(x, &mut self.enc)
     }
 }
 
@@ -131,22 +130,6 @@ impl Scratch {
 pub struct StepOut {
     pub recon: f64,
     pub aux: Option<f64>,
-}
-
-/// Z = (X − b_pre)·W_encᵀ + b_enc into `z`, with X − b_pre left in `xc`.
-pub fn encode_into(sae: &Sae, x: &[f32], xc: &mut Vec<f32>, z: &mut Vec<f32>) {
-    let (d, n) = (sae.d_model, sae.d_sae);
-    let rows = x.len() / d;
-    xc.clear();
-    xc.extend(
-        x.chunks_exact(d)
-            .flat_map(|r| r.iter().zip(&sae.b_pre).map(|(a, b)| a - b)),
-    );
-    z.clear();
-    for _ in 0..rows {
-        z.extend_from_slice(&sae.b_enc);
-    }
-    crate::model::blas::sgemm_nt(rows, n, d, xc, &sae.w_enc, z, true);
 }
 
 /// `out = scale·(b_dec + Σ v·W_dec[i] − x)`, returning Σ(x̂ − x)².
@@ -164,9 +147,14 @@ fn residual(sae: &Sae, latents: &[(u32, f32)], x: &[f32], scale: f32, out: &mut 
     err
 }
 
-#[inline]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+/// The loss terms of one step: which latents each row selected and where the aux term applies.
+struct Shape {
+    k: usize,
+    /// Latents per row: k, plus k_aux when aux-k is on.
+    kt: usize,
+    k_aux: usize,
+    /// rows × d_model, the MSE's denominator.
+    elems: f32,
 }
 
 /// One training step on batch `x`: losses, sparse gradients into `g`, clipping, Adam and the
@@ -185,37 +173,59 @@ pub fn step(
     lr: f64,
     fired: &mut [u64],
 ) -> StepOut {
-    let (d, n, k) = (sae.d_model, sae.d_sae, sae.k);
-    let rows = x.len() / d;
+    let k = sae.k;
     let k_aux = dead.map_or(0, |dd| (16 * k).min(dd.len()));
-    let kt = k + k_aux;
-    let elems = (rows * d) as f32;
+    let shape = Shape {
+        k,
+        kt: k + k_aux,
+        k_aux,
+        elems: x.len() as f32,
+    };
+    let (recon, aux) = forward(sae, s, x, dead, aux_coeff, &shape);
+    group_by_feature(s, sae.d_sae, &shape, fired);
+    let sq = backward(sae, g, s, &shape);
+    update(sae, adam, g, s, (sq.sqrt() as f32, clip_norm), lr);
+    StepOut {
+        recon: recon / shape.elems as f64,
+        aux: (k_aux > 0).then_some(aux / shape.elems as f64),
+    }
+}
 
-    // Forward: top-k, x̂ and dL/dx̂ per row (rows in parallel).
-    encode_into(sae, x, &mut s.xc, &mut s.z);
+/// Encoder GEMM, then per row (in parallel) the top-k, x̂ and dL/dx̂, and the aux-k terms over
+/// the dead features. Returns the summed squared errors of the reconstruction and the aux term.
+fn forward(
+    sae: &Sae,
+    s: &mut Scratch,
+    x: &[f32],
+    dead: Option<&[u32]>,
+    aux_coeff: f32,
+    sh: &Shape,
+) -> (f64, f64) {
+    let (d, n) = (sae.d_model, sae.d_sae);
+    let rows = x.len() / d;
+    sae.encode_batch(x, &mut s.enc);
     s.dx.resize(rows * 2 * d, 0.0);
-    s.terms.resize(rows * kt, Term::default());
-    let sae_ref: &Sae = sae;
+    s.terms.resize(rows * sh.kt, Term::default());
     let errs: Vec<(f64, f64)> = (
         x.par_chunks(d),
-        s.z.par_chunks(n),
+        s.enc.z.par_chunks(n),
         s.dx.par_chunks_mut(2 * d),
-        s.terms.par_chunks_mut(kt),
+        s.terms.par_chunks_mut(sh.kt),
     )
         .into_par_iter()
         .map(|(x, z, dx, terms)| {
             let (dx0, dx1) = dx.split_at_mut(d);
-            let top = top_k(z, k);
-            let recon = residual(sae_ref, &top, x, 2.0 / elems, dx0);
+            let top = top_k(z, sh.k);
+            let recon = residual(sae, &top, x, 2.0 / sh.elems, dx0);
             let mut aux = 0.0;
             let mut picked = Vec::new();
-            if let Some(dead) = dead.filter(|_| k_aux > 0) {
+            if let Some(dead) = dead.filter(|_| sh.k_aux > 0) {
                 let zd: Vec<f32> = dead.iter().map(|&i| z[i as usize]).collect();
-                picked = top_k(&zd, k_aux)
+                picked = top_k(&zd, sh.k_aux)
                     .into_iter()
                     .map(|(j, v)| (dead[j as usize], v))
                     .collect();
-                aux = residual(sae_ref, &picked, x, aux_coeff * 2.0 / elems, dx1);
+                aux = residual(sae, &picked, x, aux_coeff * 2.0 / sh.elems, dx1);
             }
             for (t, &(feature, v)) in terms.iter_mut().zip(top.iter().chain(&picked)) {
                 *t = Term { feature, v };
@@ -223,21 +233,17 @@ pub fn step(
             (recon, aux)
         })
         .collect();
+    errs.iter().fold((0.0, 0.0), |(r, a), e| (r + e.0, a + e.1))
+}
 
-    // b_dec's gradient (summed in row order) and the terms grouped by feature.
-    g.b_dec.fill(0.0);
-    for r in 0..rows {
-        let dx = &s.dx[r * 2 * d..(r + 1) * 2 * d];
-        axpy(&mut g.b_dec, 1.0, &dx[..d]);
-        if k_aux > 0 {
-            axpy(&mut g.b_dec, 1.0, &dx[d..]);
-        }
-    }
+/// Groups the batch's terms by feature (a counting sort into `start`/`order`) and counts the
+/// rows that selected each feature by top-k.
+fn group_by_feature(s: &mut Scratch, n: usize, sh: &Shape, fired: &mut [u64]) {
     s.start.clear();
     s.start.resize(n + 1, 0);
     for (j, t) in s.terms.iter().enumerate() {
         s.start[t.feature as usize + 1] += 1;
-        if j % kt < k {
+        if j % sh.kt < sh.k {
             fired[t.feature as usize] += 1;
         }
     }
@@ -251,13 +257,26 @@ pub fn step(
         s.order[next[f] as usize] = j as u32;
         next[f] += 1;
     }
+}
 
-    // The rest of the backward, feature by feature, so each feature's encoder row and decoder
-    // column are read once per step: dz = ⟨W_dec[i], dL/dx̂⟩ per (row, feature), the W_enc,
-    // W_dec and b_enc gradient rows, and b_pre's gradient −Σ_i ∂b_enc[i]·W_enc[i] (b_pre enters
-    // every row's pre-activation through W_enc). Each task returns its share of b_pre's
-    // gradient and of the squared norm; they are summed in task order.
-    let (terms, order, start, dx, xc) = (&s.terms, &s.order, &s.start, &s.dx, &s.xc);
+/// The gradients, feature by feature, so each feature's encoder row and decoder column are read
+/// once per step: dz = ⟨W_dec[i], dL/dx̂⟩ per (row, feature), the W_enc, W_dec and b_enc
+/// gradient rows, b_pre's gradient −Σ_i ∂b_enc[i]·W_enc[i] (b_pre enters every row's
+/// pre-activation through W_enc) and b_dec's (Σ of dL/dx̂ over rows). Each task returns its
+/// share of b_pre's gradient and of the squared norm; they are summed in task order. Returns
+/// the squared global gradient norm.
+fn backward(sae: &Sae, g: &mut Params, s: &Scratch, sh: &Shape) -> f64 {
+    let d = sae.d_model;
+    let (k, kt) = (sh.k, sh.kt);
+    let rows = s.dx.len() / (2 * d);
+    g.b_dec.fill(0.0);
+    for dx in s.dx.chunks_exact(2 * d).take(rows) {
+        axpy(&mut g.b_dec, 1.0, &dx[..d]);
+        if sh.k_aux > 0 {
+            axpy(&mut g.b_dec, 1.0, &dx[d..]);
+        }
+    }
+    let (terms, order, start, dx, xc) = (&s.terms, &s.order, &s.start, &s.dx, &s.enc.xc);
     let shares: Vec<(f64, Vec<f32>)> = (
         g.w_enc.par_chunks_mut(FEATURES_PER_TASK * d),
         g.w_dec.par_chunks_mut(FEATURES_PER_TASK * d),
@@ -278,7 +297,7 @@ pub fn step(
                 let (ge, gd) = (&mut ge[j * d..(j + 1) * d], &mut gd[j * d..(j + 1) * d]);
                 ge.fill(0.0);
                 gd.fill(0.0);
-                let col = sae_ref.dec_col(f);
+                let col = sae.dec_col(f);
                 for &e in entries {
                     let (e, t) = (e as usize, terms[e as usize]);
                     let (r, slot) = (e / kt, usize::from(e % kt >= k));
@@ -288,7 +307,7 @@ pub fn step(
                     axpy(ge, dz, &xc[r * d..(r + 1) * d]);
                     *gb += dz;
                 }
-                axpy(&mut b_pre, -*gb, sae_ref.enc_row(f));
+                axpy(&mut b_pre, -*gb, sae.enc_row(f));
                 sq += ge
                     .iter()
                     .chain(gd.iter())
@@ -305,14 +324,19 @@ pub fn step(
         sq_total += sq;
         axpy(&mut g.b_pre, 1.0, b_pre);
     }
-    let small: f64 = [&g.b_pre, &g.b_dec]
-        .iter()
-        .flat_map(|p| p.iter())
-        .map(|v| (*v as f64).powi(2))
-        .sum();
-    let total = (sq_total + small).sqrt() as f32;
+    sq_total
+        + [&g.b_pre, &g.b_dec]
+            .iter()
+            .flat_map(|p| p.iter())
+            .map(|v| (*v as f64).powi(2))
+            .sum::<f64>()
+}
 
-    // PyTorch's clip_grad_norm_ then Adam, then unit-norm decoder columns.
+/// PyTorch's clip_grad_norm_ (as a scale folded into Adam), Adam on every parameter, then
+/// unit-norm decoder columns while they are still in cache. `norm` = (gradient norm, clip).
+fn update(sae: &mut Sae, adam: &mut Adam, g: &Params, s: &Scratch, norm: (f32, f32), lr: f64) {
+    let d = sae.d_model;
+    let (total, clip_norm) = norm;
     adam.t += 1;
     let h = AdamStep {
         step: lr as f32 / (1.0 - B1.powi(adam.t)),
@@ -330,6 +354,7 @@ pub fn step(
     )
         .into_par_iter()
         .for_each(|(pe, pd, (me, ve), (md, vd), (ge, gd), w)| {
+            // Features nobody selected have no gradient this step (their buffers are stale).
             let touched = w[1] > w[0];
             h.apply(pe, me, ve, touched.then_some(ge));
             h.apply(pd, md, vd, touched.then_some(gd));
@@ -338,22 +363,9 @@ pub fn step(
     h.apply(&mut sae.b_enc, &mut m.b_enc, &mut v.b_enc, Some(&g.b_enc));
     h.apply(&mut sae.b_pre, &mut m.b_pre, &mut v.b_pre, Some(&g.b_pre));
     h.apply(&mut sae.b_dec, &mut m.b_dec, &mut v.b_dec, Some(&g.b_dec));
-
-    let recon: f64 = errs.iter().map(|e| e.0).sum();
-    let aux: f64 = errs.iter().map(|e| e.1).sum();
-    StepOut {
-        recon: recon / elems as f64,
-        aux: (k_aux > 0).then_some(aux / elems as f64),
-    }
-}
-
-/// Scales a decoder column to unit norm (as torch's `normalize`, ε 1e-12).
-fn unit_norm(col: &mut [f32]) {
-    let n = col.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    col.iter_mut().for_each(|x| *x /= n);
 }
 
 /// Unit-norm decoder columns (after a cold start; steps renormalise their own).
 pub fn normalize_decoder(sae: &mut Sae) {
-    sae.w_dec.par_chunks_mut(sae.d_model).for_each(unit_norm);
+    unit_rows(&mut sae.w_dec, sae.d_model);
 }

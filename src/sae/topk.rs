@@ -5,9 +5,11 @@
 //! The decoder is stored feature-major (`w_dec[i]` = decoder column i) because decoding touches
 //! only the k selected columns and the lake stores one row per feature.
 
-use std::cmp::Ordering;
-
 use anyhow::{bail, Result};
+
+use rayon::prelude::*;
+
+use crate::kernels::{dot, encode, top_k, Encoded};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -108,6 +110,13 @@ impl Sae {
         z.extend((0..self.d_sae).map(|i| dot(self.enc_row(i), &centred) + self.b_enc[i]));
     }
 
+    /// The pre-activations of a batch of rows (`x` row-major, d_model wide) as one GEMM;
+    /// rows × d_sae values in `out.z`.
+    pub fn encode_batch<'a>(&self, x: &[f32], out: &'a mut Encoded) -> &'a [f32] {
+        encode(x, &self.b_pre, &self.w_enc, &self.b_enc, out);
+        &out.z
+    }
+
     /// The k active latents of one row, largest first, as (feature, value).
     pub fn encode(&self, x: &[f32]) -> Vec<(u32, f32)> {
         let mut z = Vec::with_capacity(self.d_sae);
@@ -136,96 +145,24 @@ impl Sae {
     }
 }
 
-/// Indices and values of the k largest entries, largest first; ties go to the lower index.
-/// One pass with a k-element min-heap: after the first few hundred entries almost every value
-/// fails the single comparison against the heap's minimum (inputs are expected to be finite).
-pub fn top_k(z: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let k = k.min(z.len());
-    if k == 0 {
-        return Vec::new();
-    }
-    // `worse(a, b)`: a ranks below b.
-    let worse = |a: (u32, f32), b: (u32, f32)| a.1 < b.1 || (a.1 == b.1 && a.0 > b.0);
-    let sift_down = |h: &mut [(u32, f32)], mut i: usize| loop {
-        let (l, r) = (2 * i + 1, 2 * i + 2);
-        let mut m = i;
-        if l < h.len() && worse(h[l], h[m]) {
-            m = l;
-        }
-        if r < h.len() && worse(h[r], h[m]) {
-            m = r;
-        }
-        if m == i {
-            break;
-        }
-        h.swap(i, m);
-        i = m;
-    };
-    let mut heap: Vec<(u32, f32)> = z[..k]
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| (i as u32, v))
-        .collect();
-    for i in (0..k / 2).rev() {
-        sift_down(&mut heap, i);
-    }
-    for (i, &v) in z.iter().enumerate().skip(k) {
-        // A later index never wins a tie, so only a strictly larger value enters.
-        if v > heap[0].1 {
-            heap[0] = (i as u32, v);
-            sift_down(&mut heap, 0);
-        }
-    }
-    heap.sort_unstable_by(|a, b| {
-        b.1.partial_cmp(&a.1)
-            .unwrap_or(Ordering::Equal)
-            .then(a.0.cmp(&b.0))
-    });
-    heap
-}
-
-/// f32 dot product with independent accumulators so it vectorises.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const L: usize = 16;
-    let mut acc = [0f32; L];
-    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for j in 0..L {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn top_k_orders_largest_first_and_keeps_negatives() {
-        let z = [-3.0, -1.0, -2.0, -5.0];
-        assert_eq!(top_k(&z, 2), vec![(1, -1.0), (2, -2.0)]);
+/// `topk_encode`'s view of an SAE.
+impl saerl_udfs::Encoder for Sae {
+    fn d_model(&self) -> usize {
+        self.d_model
     }
 
-    #[test]
-    fn top_k_matches_a_full_sort_with_ties_to_the_lower_index() {
-        let mut rng = crate::data::SplitMix64::new(7);
-        for n in [1usize, 5, 64, 300, 7168] {
-            // Few distinct values, so ties are everywhere.
-            let z: Vec<f32> = (0..n).map(|_| rng.below(23) as f32 - 11.0).collect();
-            for k in [1usize, 3, 64, n] {
-                let mut all: Vec<(u32, f32)> =
-                    z.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
-                all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-                all.truncate(k);
-                assert_eq!(top_k(&z, k), all, "n {n} k {k}");
-            }
+    fn encode(&self, x: &[f32]) -> Vec<(u32, f32)> {
+        Sae::encode(self, x)
+    }
+
+    /// Through the encoder GEMM, 1,024 rows at a time.
+    fn encode_rows(&self, x: &[f32]) -> Vec<Vec<(u32, f32)>> {
+        let mut enc = Encoded::default();
+        let mut out = Vec::with_capacity(x.len() / self.d_model);
+        for chunk in x.chunks(1024 * self.d_model) {
+            let z = self.encode_batch(chunk, &mut enc);
+            out.par_extend(z.par_chunks(self.d_sae).map(|z| self.activate(z)));
         }
+        out
     }
 }

@@ -13,6 +13,7 @@ use super::quality::row_sq_errors;
 use super::rows::{MemRows, Rows};
 use super::step::{self, Adam, Params, Scratch};
 use super::Sae;
+use crate::kernels::{unit_norm, Encoded};
 
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -56,7 +57,7 @@ pub fn resample_candidates(n: usize, seed: u64) -> Vec<usize> {
     if n <= RESAMPLE_ROWS {
         return (0..n).collect();
     }
-    let mut idx: Vec<usize> = crate::data::permutation(n, seed)
+    let mut idx: Vec<usize> = crate::rng::permutation(n, seed)
         .into_iter()
         .take(RESAMPLE_ROWS)
         .collect();
@@ -82,13 +83,13 @@ pub fn resample(sae: &mut Sae, dead: &[u32], rows: &[f32], seed: u64) {
 /// `resample` on the candidate rows themselves.
 fn resample_from(sae: &mut Sae, dead: &[u32], cand: &[f32], seed: u64) {
     let d = sae.d_model;
-    let mut rng = crate::data::SplitMix64::new(seed);
-    let mut scratch = Scratch::default();
+    let mut rng = crate::rng::SplitMix64::new(seed);
+    let mut enc = Encoded::default();
     let mut errs: Vec<(f64, usize)> = cand
         .chunks(512 * d)
         .enumerate()
         .flat_map(|(c, chunk)| {
-            row_sq_errors(sae, chunk, &mut scratch)
+            row_sq_errors(sae, chunk, &mut enc)
                 .into_iter()
                 .enumerate()
                 .map(move |(r, e)| (e, c * 512 + r))
@@ -105,13 +106,11 @@ fn resample_from(sae: &mut Sae, dead: &[u32], cand: &[f32], seed: u64) {
             pool = top.clone();
         }
         let r = pool.swap_remove(rng.below(pool.len()));
-        let x = &cand[r * d..(r + 1) * d];
-        let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        let mut x = cand[r * d..(r + 1) * d].to_vec();
+        unit_norm(&mut x);
         let f = f as usize;
-        for j in 0..d {
-            sae.w_enc[f * d + j] = x[j] / norm;
-            sae.w_dec[f * d + j] = x[j] / norm;
-        }
+        sae.w_enc[f * d..(f + 1) * d].copy_from_slice(&x);
+        sae.w_dec[f * d..(f + 1) * d].copy_from_slice(&x);
         sae.b_enc[f] = 0.0;
     }
 }
@@ -156,7 +155,7 @@ fn cosine_lr(lr: f64, t: usize, total: usize) -> f64 {
 /// (`rows::mean_row`).
 pub fn cold_start(b_pre: Vec<f32>, d_sae: usize, k: usize, seed: u64) -> Sae {
     let d = b_pre.len();
-    let mut rng = crate::data::SplitMix64::new(seed);
+    let mut rng = crate::rng::SplitMix64::new(seed);
     let mut uniform = |bound: f32, n: usize| -> Vec<f32> {
         (0..n)
             .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound)
@@ -181,10 +180,10 @@ pub fn cold_start(b_pre: Vec<f32>, d_sae: usize, k: usize, seed: u64) -> Sae {
 
 /// Mean squared reconstruction error over all of `rows`.
 pub fn mse(sae: &Sae, rows: &dyn Rows) -> Result<f64> {
-    let mut scratch = Scratch::default();
+    let mut enc = Encoded::default();
     let mut sum = 0f64;
     rows.for_each_batch(512, None, &mut |b| {
-        sum += row_sq_errors(sae, b, &mut scratch).iter().sum::<f64>();
+        sum += row_sq_errors(sae, b, &mut enc).iter().sum::<f64>();
         Ok(())
     })?;
     Ok(sum / (rows.len() * sae.d_model) as f64)

@@ -14,8 +14,8 @@ use datafusion::common::{plan_err, Result, ScalarValue};
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::Expr;
-use rayon::prelude::*;
 
+use crate::kernels::{sgemm_nt, unit_rows};
 use crate::lake::{read_sae, Lake};
 
 #[derive(Debug)]
@@ -38,28 +38,21 @@ fn int_arg(e: Option<&Expr>) -> Option<i64> {
     }
 }
 
-/// Decoder columns scaled to unit norm (zero columns stay zero).
-fn unit_columns(w: &[f32], d: usize) -> Vec<f32> {
-    let mut out = w.to_vec();
-    out.par_chunks_mut(d).for_each(|c| {
-        let n = c.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        if n > 0.0 {
-            c.iter_mut().for_each(|x| *x = (*x as f64 / n) as f32);
-        }
-    });
-    out
-}
-
 /// (best index, best cosine, aligned cosine) for each column of `a` against all of `b`.
 pub fn best_matches(a: &[f32], b: &[f32], d: usize) -> Vec<(usize, f32, f32)> {
     const BLOCK: usize = 512;
-    let (a, b) = (unit_columns(a, d), unit_columns(b, d));
+    let unit = |w: &[f32]| {
+        let mut w = w.to_vec();
+        unit_rows(&mut w, d);
+        w
+    };
+    let (a, b) = (unit(a), unit(b));
     let (na, nb) = (a.len() / d, b.len() / d);
     let mut out = Vec::with_capacity(na);
     let mut c = vec![0f32; BLOCK * nb];
     for start in (0..na).step_by(BLOCK) {
         let m = BLOCK.min(na - start);
-        crate::model::blas::sgemm_nt(m, nb, d, &a[start * d..], &b, &mut c[..m * nb], false);
+        sgemm_nt(m, nb, d, &a[start * d..], &b, &mut c[..m * nb], false);
         for (r, row) in c[..m * nb].chunks(nb).enumerate() {
             let (mut best, mut arg) = (f32::NEG_INFINITY, 0);
             for (j, &v) in row.iter().enumerate() {

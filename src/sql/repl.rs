@@ -11,8 +11,8 @@ use datafusion::prelude::SessionContext;
 use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
 
+use super::exec::run_each;
 use super::format::{print_batches, Format};
-use super::run_sql;
 
 const HELP: &str = "\
 Statements end with `;` and may span lines. Dot-commands:
@@ -76,7 +76,7 @@ impl Repl {
                     if trimmed.ends_with(';') {
                         let sql = std::mem::take(&mut buf);
                         let _ = rl.add_history_entry(sql.trim());
-                        self.execute(&sql).await;
+                        self.execute(&sql, "input").await;
                     }
                 }
                 Err(ReadlineError::Interrupted) => {
@@ -93,28 +93,30 @@ impl Repl {
         Ok(())
     }
 
-    /// Runs SQL, printing results or the error; Ctrl-C cancels it.
-    async fn execute(&self, sql: &str) {
-        let start = Instant::now();
+    /// Runs every statement of `sql`, printing each result in order; the first error stops
+    /// (naming the statement's line in `source`). Ctrl-C cancels.
+    async fn execute(&self, sql: &str, source: &str) {
+        let mut start = Instant::now();
+        let (format, timing) = (self.format, self.timing);
+        let mut print = |_: &super::exec::Statement, batches: Vec<arrow::array::RecordBatch>| {
+            let mut out = std::io::stdout().lock();
+            print_batches(&batches, format, &mut out)?;
+            if timing {
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                writeln!(out, "{rows} rows in {:.3} s", start.elapsed().as_secs_f64())?;
+            }
+            start = Instant::now();
+            Ok(())
+        };
         let result = tokio::select! {
-            r = run_sql(&self.ctx, sql) => r,
+            r = run_each(&self.ctx, sql, source, &mut print) => r,
             _ = tokio::signal::ctrl_c() => {
                 eprintln!("cancelled");
                 return;
             }
         };
-        match result {
-            Ok(batches) => {
-                let mut out = std::io::stdout().lock();
-                if let Err(e) = print_batches(&batches, self.format, &mut out) {
-                    eprintln!("Error: {e:#}");
-                }
-                if self.timing {
-                    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-                    let _ = writeln!(out, "{rows} rows in {:.3} s", start.elapsed().as_secs_f64());
-                }
-            }
-            Err(e) => eprintln!("Error: {e:#}"),
+        if let Err(e) = result {
+            eprintln!("Error: {e:#}");
         }
     }
 
@@ -126,14 +128,14 @@ impl Repl {
             (".help", _) => println!("{HELP}"),
             (".quit" | ".exit", _) => return Ok(Flow::Quit),
             (".tables", _) => {
-                self.execute("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name;").await
+                self.execute("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name;", ".tables").await
             }
             (".schema", Some(t)) => {
                 let t = t.trim_end_matches(';').replace('\'', "''");
                 self.execute(&format!(
                     "SELECT column_name, data_type, is_nullable FROM information_schema.columns \
                      WHERE table_schema = 'public' AND table_name = '{t}' ORDER BY ordinal_position;"
-                ))
+                ), ".schema")
                 .await;
                 if self.ctx.table_exist(t.as_str())? {
                     return Ok(Flow::Continue);
@@ -154,7 +156,7 @@ impl Repl {
             }
             (".read", Some(path)) => {
                 let sql = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {path}: {e}"))?;
-                self.execute(&sql).await;
+                self.execute(&sql, path).await;
             }
             (".read", None) => bail!("usage: .read FILE"),
             _ => bail!("unknown command {cmd} (see .help)"),

@@ -109,28 +109,6 @@ async fn register_table(ctx: &SessionContext, lake: &Lake, table: Table) -> Resu
     Ok(())
 }
 
-impl Encoder for Sae {
-    fn d_model(&self) -> usize {
-        self.d_model
-    }
-
-    fn encode(&self, x: &[f32]) -> Vec<(u32, f32)> {
-        Sae::encode(self, x)
-    }
-
-    /// Through the encoder GEMM, 1,024 rows at a time.
-    fn encode_rows(&self, x: &[f32]) -> Vec<Vec<(u32, f32)>> {
-        use rayon::prelude::*;
-        let mut scratch = crate::sae::step::Scratch::default();
-        let mut out = Vec::with_capacity(x.len() / self.d_model);
-        for chunk in x.chunks(1024 * self.d_model) {
-            let z = scratch.encode(self, chunk);
-            out.par_extend(z.par_chunks(self.d_sae).map(|z| self.activate(z)));
-        }
-        out
-    }
-}
-
 /// `topk_encode`'s SAEs, loaded from the lake once per session.
 #[derive(Debug)]
 struct LakeSaes {

@@ -40,3 +40,55 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, u64> {
     }
     out
 }
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// One `.pt` file of the `sae-pt` fixture, as `expected.json` describes it.
+#[derive(Debug, Clone)]
+pub struct PtFile {
+    /// Path relative to `sae-pt/`.
+    pub rel: String,
+    pub chain: String,
+    pub stage: String,
+    pub layer: i64,
+    pub k: i64,
+    /// Features, from the length of the reference cosines of its (chain, layer, k).
+    pub d_sae: usize,
+}
+
+/// Every file of the `sae-pt` fixture, in `expected.json` order.
+pub fn pt_files() -> Vec<PtFile> {
+    let e = read_json(&fixtures().join("sae-pt/expected.json"));
+    let mut d_sae = std::collections::HashMap::new();
+    for t in e["transitions"].as_array().unwrap() {
+        let key = (
+            t["chain"].as_str().unwrap().to_string(),
+            t["layer"].as_i64().unwrap(),
+            t["k"].as_i64().unwrap(),
+        );
+        d_sae.insert(key, t["decoder_cos"].as_array().unwrap().len());
+    }
+    e["files"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(rel, f)| {
+            let (chain, layer, k) = (
+                f["chain"].as_str().unwrap().to_string(),
+                f["layer"].as_i64().unwrap(),
+                f["k"].as_i64().unwrap(),
+            );
+            PtFile {
+                rel: rel.clone(),
+                stage: f["stage"].as_str().unwrap().to_string(),
+                d_sae: d_sae[&(chain.clone(), layer, k)],
+                chain,
+                layer,
+                k,
+            }
+        })
+        .collect()
+}

@@ -46,7 +46,7 @@ fn args(v: &[String]) -> Vec<&str> {
 #[test]
 fn bad_checkpoints_are_refused_and_nothing_is_written() {
     let (dir, lake) = imported_lake();
-    let good = fixtures().join("sae-pt/sae_flexible/sae_ppo_step10_layer6.pt");
+    let good = fixtures().join("sae-pt").join(&pt_files()[0].rel);
 
     // Truncated archive.
     let truncated = dir.path().join("truncated.pt");
@@ -184,32 +184,36 @@ fn sql_errors_are_clear_and_exit_non_zero() {
 #[test]
 fn a_corrupt_parquet_file_is_named() {
     let (_dir, lake) = imported_lake();
-    let victim = lake.join("features/chain=strict/stage=ppo_step30/layer=12/k=4/part-0.parquet");
+    let files = pt_files();
+    let f = files.last().unwrap();
+    let part = format!(
+        "stage={}/layer={}/k={}/part-0.parquet",
+        f.stage, f.layer, f.k
+    );
+    let victim = lake.join(format!("features/chain={}/{part}", f.chain));
     let bytes = std::fs::read(&victim).unwrap();
     std::fs::write(&victim, &bytes[..bytes.len() - 100]).unwrap();
     fails(
         &lake,
         &["sql", "-c", "SELECT count(*) FROM saes"],
-        &[
-            "corrupt or truncated Parquet file",
-            "stage=ppo_step30/layer=12/k=4/part-0.parquet",
-        ],
+        &["corrupt or truncated Parquet file", &part],
     );
     // The advice in the message works: re-importing the partition with --overwrite repairs it.
-    let source = fixtures().join("sae-pt/sae_strict/k64/sae_ppo_step30_layer12.pt");
+    let source = fixtures().join("sae-pt").join(&f.rel);
     ok(
         &lake,
         &["import", "pt", source.to_str().unwrap(), "--overwrite"],
     );
-    assert!(ok(
+    let total: usize = files.iter().map(|f| f.d_sae).sum();
+    let out = ok(
         &lake,
         &[
             "sql",
             "-c",
             "SELECT count(*) AS n FROM features",
             "--format",
-            "csv"
-        ]
-    )
-    .contains("n\n3328"));
+            "csv",
+        ],
+    );
+    assert_eq!(out, format!("n\n{total}\n"));
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use datafusion::prelude::SessionContext;
 use saerl::lake::Lake;
 
-pub use crate::shared::{fixtures, snapshot};
+pub use crate::shared::{fixtures, pt_files, read_json as json, snapshot};
 
 pub fn saerl(lake: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_saerl"))
@@ -50,10 +50,6 @@ pub async fn session(lake: &Path) -> SessionContext {
         .unwrap()
 }
 
-pub fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 /// numpy's default (linear) quantile of unsorted values.
 pub fn quantile(values: &[f64], q: f64) -> f64 {
     let mut v = values.to_vec();
@@ -80,4 +76,72 @@ pub fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
         (got - want).abs() <= tol,
         "{what}: got {got}, expected {want} (tolerance {tol})"
     );
+}
+
+/// A query's rows as column name → displayed value.
+pub async fn rows(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Vec<std::collections::HashMap<String, String>> {
+    let batches = saerl::sql::run_sql(ctx, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:#}"));
+    let mut out = Vec::new();
+    for b in &batches {
+        for i in 0..b.num_rows() {
+            out.push(
+                b.schema()
+                    .fields()
+                    .iter()
+                    .zip(b.columns())
+                    .map(|(f, c)| {
+                        let v = arrow::util::display::array_value_to_string(c, i).unwrap();
+                        (f.name().clone(), v)
+                    })
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+/// The text of a saved query.
+pub fn saved_query(name: &str) -> &'static str {
+    saerl::sql::saved::QUERIES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no saved query {name}"))
+        .1
+}
+
+/// The fixture's reference transitions: (chain, layer, k, from, to) → (dec cosines, enc cosines).
+pub type Cosines =
+    std::collections::BTreeMap<(String, i64, i64, String, String), (Vec<f64>, Vec<f64>)>;
+
+pub fn reference_cosines() -> Cosines {
+    let e = json(&fixtures().join("sae-pt/expected.json"));
+    let floats = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    e["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                (
+                    t["chain"].as_str().unwrap().to_string(),
+                    t["layer"].as_i64().unwrap(),
+                    t["k"].as_i64().unwrap(),
+                    t["from"].as_str().unwrap().to_string(),
+                    t["to"].as_str().unwrap().to_string(),
+                ),
+                (floats(&t["decoder_cos"]), floats(&t["encoder_cos"])),
+            )
+        })
+        .collect()
 }

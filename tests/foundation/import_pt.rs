@@ -104,27 +104,28 @@ async fn topk_encode_matches_pytorch_for_every_file() {
                 );
             }
         }
-        // decode: the SAE read back from the lake reconstructs as PyTorch does.
+        // decode: the SAE read back from the lake reconstructs every probe row as PyTorch does.
         let sae = read_sae(
             &Lake::open(&lake).unwrap(),
             &PartitionKey::sae(chain, stage, layer as i32, k as i32),
         )
         .unwrap();
-        let x_hat = sae.decode(
-            &rows[0]
-                .0
+        for (r, (feats, vals)) in rows.iter().enumerate() {
+            let latents: Vec<(u32, f32)> = feats
                 .iter()
-                .zip(&rows[0].1)
+                .zip(vals)
                 .map(|(&i, &v)| (i as u32, v))
-                .collect::<Vec<_>>(),
-        );
-        for (j, v) in x_hat.iter().enumerate() {
-            assert_close(
-                &format!("{name} x_hat[0][{j}]"),
-                *v as f64,
-                f["x_hat"][0][j].as_f64().unwrap(),
-                1e-4,
-            );
+                .collect();
+            let x_hat = sae.decode(&latents);
+            assert_eq!(x_hat.len(), f["x_hat"][r].as_array().unwrap().len());
+            for (j, v) in x_hat.iter().enumerate() {
+                assert_close(
+                    &format!("{name} x_hat[{r}][{j}]"),
+                    *v as f64,
+                    f["x_hat"][r][j].as_f64().unwrap(),
+                    1e-4,
+                );
+            }
         }
     }
 }
@@ -337,34 +338,165 @@ async fn decoder_drift_reproduces_every_transition_statistic() {
     }
 }
 
+/// How far a mean of our f64 cosines may lie from the mean of the fixture's float32 ones.
+const COS_TOL: f64 = 2e-6;
+
+/// Per-step drift rates and the KL ratio, recomputed here from the reference cosines with plain
+/// loops: `drift_by_step.sql` and `kl_ratio.sql` must give the same numbers.
+#[tokio::test(flavor = "multi_thread")]
+async fn drift_rates_and_kl_ratio_match_the_reference_cosines() {
+    let (_dir, lake) = imported_lake();
+    let ctx = session(&lake).await;
+    let cos = reference_cosines();
+    // (chain, k, layer, step_from, step_to) → (decoder rate, encoder rate)
+    let mut rate = std::collections::BTreeMap::new();
+    for ((chain, layer, k, from, to), (dec, enc)) in &cos {
+        let (a, b) = (step_of(from), step_of(to));
+        let d = (b - a).max(1) as f64;
+        rate.insert(
+            (chain.clone(), *k, *layer, a, b),
+            ((1.0 - mean(dec)) / d, (1.0 - mean(enc)) / d, d),
+        );
+    }
+    let got = rows(&ctx, saved_query("drift_by_step")).await;
+    assert_eq!(got.len(), rate.len(), "one row per transition");
+    for r in &got {
+        let (sae, k) = r["sae"].rsplit_once(" k").unwrap();
+        let key = (
+            sae.to_string(),
+            k.parse::<i64>().unwrap(),
+            r["layer"].parse::<i64>().unwrap(),
+            r["step_from"].parse::<i64>().unwrap(),
+            r["step_to"].parse::<i64>().unwrap(),
+        );
+        let (dec, enc, d) = rate[&key];
+        let num = |c: &str| r[c].parse::<f64>().unwrap();
+        // Our cosines come from the weights in f64, the reference's are float32: means agree to
+        // ~1e-6 (checked per feature in decoder_drift_reproduces_every_transition_statistic).
+        let tol = COS_TOL / d;
+        assert_close(
+            &format!("{key:?} dec rate"),
+            num("dec_drift_per_step"),
+            dec,
+            tol,
+        );
+        assert_close(
+            &format!("{key:?} enc rate"),
+            num("enc_drift_per_step"),
+            enc,
+            tol,
+        );
+    }
+    // kl0p025 over flexible, same layer, k and steps, for layers 6/12/18 and 0→10, 10→30.
+    let mut want = Vec::new();
+    for ((chain, k, layer, a, b), (dec, enc, d)) in &rate {
+        let wanted = [6, 12, 18].contains(layer) && [(0, 10), (10, 30)].contains(&(*a, *b));
+        if chain != "flexible" || !wanted {
+            continue;
+        }
+        if let Some((qd, qe, _)) = rate.get(&("kl0p025".to_string(), *k, *layer, *a, *b)) {
+            // Relative error of a ratio: the sum of its parts' relative errors.
+            let rel = |x: f64, y: f64| COS_TOL / d * (1.0 / x.abs() + 1.0 / y.abs());
+            want.push((
+                (*layer, *k, format!("{a}→{b}")),
+                (qd / dec, rel(*qd, *dec)),
+                (qe / enc, rel(*qe, *enc)),
+            ));
+        }
+    }
+    assert!(
+        !want.is_empty(),
+        "the fixture has both chains' early transitions"
+    );
+    let got = rows(&ctx, saved_query("kl_ratio")).await;
+    assert_eq!(got.len(), want.len());
+    for ((layer, k, transition), (ratio, rel), (enc_ratio, enc_rel)) in want {
+        let r = got
+            .iter()
+            .find(|r| {
+                r["layer"] == layer.to_string()
+                    && r["k"] == k.to_string()
+                    && r["transition"] == transition
+            })
+            .unwrap_or_else(|| panic!("no kl_ratio row for layer {layer} k {k} {transition}"));
+        let num = |c: &str| r[c].parse::<f64>().unwrap();
+        let what = format!("layer {layer} k {k} {transition}");
+        assert_close(
+            &format!("{what} ratio"),
+            num("ratio"),
+            ratio,
+            rel * ratio.abs(),
+        );
+        assert_close(
+            &format!("{what} enc_ratio"),
+            num("enc_ratio"),
+            enc_ratio,
+            enc_rel * enc_ratio.abs(),
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn stages_get_steps_parents_and_study_defaults() {
     let (_dir, lake) = imported_lake();
     let ctx = session(&lake).await;
-    let b = run_sql(&ctx, "SELECT stage, step, parent_stage, reward, kl_coef FROM stages WHERE chain = 'kl0p025' ORDER BY step")
+    let files = pt_files();
+    let mut chains: Vec<&str> = files.iter().map(|f| f.chain.as_str()).collect();
+    chains.sort();
+    chains.dedup();
+    for chain in chains {
+        let b = run_sql(
+            &ctx,
+            &format!("SELECT stage, CAST(step AS VARCHAR) AS s, parent_stage, reward, CAST(kl_coef AS VARCHAR) AS kl FROM stages WHERE chain = '{chain}' ORDER BY step"),
+        )
         .await
         .unwrap();
-    let b = &b[0];
-    assert_eq!(b.num_rows(), 3);
-    let s = |c: usize, i: usize| {
-        let a = arrow::compute::cast(b.column(c), &DataType::Utf8).unwrap();
-        a.is_valid(i)
-            .then(|| a.as_string::<i32>().value(i).to_string())
-    };
-    assert_eq!(s(0, 1).as_deref(), Some("ppo_step10"));
-    assert_eq!(s(1, 2).as_deref(), Some("30"));
-    assert_eq!(s(2, 0), None);
-    assert_eq!(s(2, 2).as_deref(), Some("ppo_step10"));
-    assert_eq!(s(3, 0).as_deref(), Some("flexible"));
-    assert_eq!(s(4, 0).as_deref(), Some("0.025"));
-    // strict's two subfolders are one chain with two k at layer 23.
+        let b = arrow::compute::concat_batches(&b[0].schema(), &b).unwrap();
+        let s = |c: usize, i: usize| {
+            let a = arrow::compute::cast(b.column(c), &DataType::Utf8).unwrap();
+            a.is_valid(i)
+                .then(|| a.as_string::<i32>().value(i).to_string())
+        };
+        // The fixture's stages of this chain, by step, each with the previous one as parent.
+        let mut stages: Vec<(i64, String)> = files
+            .iter()
+            .filter(|f| f.chain == chain)
+            .map(|f| (step_of(&f.stage), f.stage.clone()))
+            .collect();
+        stages.sort();
+        stages.dedup();
+        assert_eq!(b.num_rows(), stages.len(), "{chain}: one row per stage");
+        let (reward, kl) = saerl::study::chain_defaults(chain);
+        for (i, (step, stage)) in stages.iter().enumerate() {
+            assert_eq!(s(0, i).as_deref(), Some(stage.as_str()));
+            assert_eq!(s(1, i), Some(step.to_string()));
+            assert_eq!(s(2, i), i.checked_sub(1).map(|p| stages[p].1.clone()));
+            assert_eq!(s(3, i), reward);
+            assert_eq!(s(4, i), kl.map(|k| k.to_string()));
+        }
+    }
+    // A chain's subfolders (e.g. strict's k64/ and l23_k256/) are one chain: its layers' k.
     let ks = run_sql(
         &ctx,
-        "SELECT DISTINCT k FROM saes WHERE chain = 'strict' AND layer = 23 ORDER BY k",
+        "SELECT chain, layer, count(DISTINCT k) AS n FROM saes GROUP BY chain, layer",
     )
     .await
     .unwrap();
-    assert_eq!(ks[0].num_rows(), 2);
+    for b in &ks {
+        for i in 0..b.num_rows() {
+            let chain = b.column(0).as_string::<i32>().value(i);
+            let layer = b.column(1).as_primitive::<Int32Type>().value(i) as i64;
+            let n = b.column(2).as_primitive::<Int64Type>().value(i) as usize;
+            let mut want: Vec<i64> = files
+                .iter()
+                .filter(|f| f.chain == chain && f.layer == layer)
+                .map(|f| f.k)
+                .collect();
+            want.sort();
+            want.dedup();
+            assert_eq!(n, want.len(), "{chain} layer {layer}: k values");
+        }
+    }
 }
 
 #[test]
@@ -398,11 +530,27 @@ fn export_then_import_gives_identical_saes() {
     let (dir, lake) = imported_lake();
     let tree = dir.path().join("exported");
     ok(&lake, &["export", "pt", tree.to_str().unwrap()]);
-    // strict holds two k, so it gets k-subfolders, as the published tree does.
-    assert!(tree
-        .join("sae_strict/k4/sae_ppo_step10_layer6.pt")
-        .is_file());
-    assert!(tree.join("sae_flexible/sae_ppo_step10_layer6.pt").is_file());
+    // A chain where one layer has SAEs of several k gets k-subfolders, as the published tree does.
+    let files = pt_files();
+    let several_k = |chain: &str| {
+        files.iter().any(|a| {
+            files
+                .iter()
+                .any(|b| a.chain == chain && b.chain == chain && a.layer == b.layer && a.k != b.k)
+        })
+    };
+    assert!(
+        files.iter().any(|f| several_k(&f.chain)),
+        "the fixture has a chain with two k at one layer"
+    );
+    for f in &files {
+        let mut path = tree.join(format!("sae_{}", f.chain));
+        if several_k(&f.chain) {
+            path.push(format!("k{}", f.k));
+        }
+        path.push(format!("sae_{}_layer{}.pt", f.stage, f.layer));
+        assert!(path.is_file(), "{} exported", path.display());
+    }
     let again = dir.path().join("again");
     ok(&again, &["import", "pt", tree.to_str().unwrap()]);
     let (a, b) = (Lake::open(&lake).unwrap(), Lake::open(&again).unwrap());

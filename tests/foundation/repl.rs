@@ -111,11 +111,74 @@ fn saved_queries_plot_to_png_and_svg() {
 }
 
 #[test]
-fn demo_builds_the_synthetic_study_and_every_figure() {
+fn sql_files_print_every_statement_and_stop_at_the_first_error_naming_its_line() {
+    let (dir, lake) = imported_lake();
+    let file = dir.path().join("three.sql");
+    std::fs::write(
+        &file,
+        "-- two results, then an error on line 6\nSELECT 1 AS one;\nSELECT 'a;b' AS two\n  ;\n\nSELECT * FROM no_such_table;\nSELECT 3 AS three;\n",
+    )
+    .unwrap();
+    let o = saerl(
+        &lake,
+        &["sql", "-f", file.to_str().unwrap(), "--format", "csv"],
+    );
+    assert!(!o.status.success());
+    assert_eq!(stdout(&o), "one\n1\ntwo\na;b\n", "both results, in order");
+    let err = stderr(&o);
+    assert!(
+        err.contains("three.sql line 6") && err.contains("no_such_table"),
+        "{err}"
+    );
+    // .read in the REPL prints every statement too.
+    let good = dir.path().join("good.sql");
+    std::fs::write(&good, "SELECT 1 AS one;\nSELECT 2 AS two;\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_saerl"))
+        .args(["sql", "--lake", lake.to_str().unwrap()])
+        .env("SAERL_HISTORY", dir.path().join("history"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script = format!(".mode csv\n.read {}\n.quit\n", good.display());
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = stdout(&child.wait_with_output().unwrap());
+    assert!(out.contains("one\n1\ntwo\n2\n"), "{out}");
+}
+
+/// The demo's `quality.csv` as (stage, layer, nmse, frac_rec) rows.
+fn demo_quality(out: &std::path::Path) -> Vec<(String, String, f64, f64)> {
+    let csv = std::fs::read_to_string(out.join("quality.csv")).unwrap();
+    let mut lines = csv.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |n: &str| head.iter().position(|h| *h == n).unwrap();
+    lines
+        .map(|l| {
+            let v: Vec<&str> = l.split(',').collect();
+            (
+                v[col("stage")].to_string(),
+                v[col("layer")].to_string(),
+                v[col("nmse")].parse().unwrap(),
+                v[col("frac_rec")].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn demo_runs_from_anywhere_and_its_saes_are_good() {
+    // An empty working directory: the demo needs nothing beside the binary.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
     let o = Command::new(env!("CARGO_BIN_EXE_saerl"))
-        .args(["demo", "--out", out.to_str().unwrap()])
+        .current_dir(dir.path())
+        .args(["demo", "--out", "demo"])
         .output()
         .unwrap();
     assert!(o.status.success(), "demo failed:\n{}", stderr(&o));
@@ -145,7 +208,23 @@ fn demo_builds_the_synthetic_study_and_every_figure() {
         stdout(&o).contains("report.html"),
         "the demo prints the report's path"
     );
-    // The planted KL effect: ratios in the study's range, not the KL coefficients' 5×.
+    // The tiny model learned something and its SAEs are good: every SAE of both stages and
+    // three layers reconstructs well and recovers most of the CE loss that ablation loses.
+    let q = demo_quality(&out);
+    assert_eq!(q.len(), 6, "{q:?}");
+    for (stage, layer, nmse, frac_rec) in &q {
+        assert!(*nmse < 0.2, "{stage} layer {layer}: NMSE {nmse}");
+        assert!(
+            *frac_rec > 0.5 && *frac_rec <= 1.0,
+            "{stage} layer {layer}: frac_rec {frac_rec}"
+        );
+    }
+    // A BPE tokenizer was trained for the model, from the built-in GSM8k sample.
+    let tok = json(&out.join("models/instruct_base/tokenizer.json"));
+    assert_eq!(tok["model"]["type"], "BPE");
+    // The planted KL effect: kl0p025 drifts at 0.8 of flexible's rate (synth.rs), so every
+    // ratio lies below 1 (an inverted ratio would be 1.25) and well above the KL coefficients'
+    // 1/5.
     let csv = std::fs::read_to_string(out.join("kl_ratio.csv")).unwrap();
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
     let ratio = header.iter().position(|h| *h == "ratio").unwrap();
@@ -155,30 +234,22 @@ fn demo_builds_the_synthetic_study_and_every_figure() {
         .map(|l| l.split(',').nth(ratio).unwrap().parse().unwrap())
         .collect();
     assert_eq!(rows.len(), 6, "layers 6/12/18 × two transitions");
-    assert!(rows.iter().all(|r| (0.3..3.0).contains(r)), "{rows:?}");
+    assert!(rows.iter().all(|r| (0.6..1.0).contains(r)), "{rows:?}");
 }
 
 #[test]
-fn demo_needs_nothing_outside_the_repository() {
+fn demo_names_a_missing_prompt_file() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("demo");
-    let missing = dir.path().join("missing");
+    let missing = dir.path().join("missing/train.jsonl");
     let o = Command::new(env!("CARGO_BIN_EXE_saerl"))
-        .args(["demo", "--out", out.to_str().unwrap(), "--prompts", "6"])
-        .args(["--data", missing.join("train.jsonl").to_str().unwrap()])
-        .args([
-            "--tokenizer",
-            missing.join("tokenizer.json").to_str().unwrap(),
-        ])
+        .args(["demo", "--out", dir.path().join("demo").to_str().unwrap()])
+        .args(["--data", missing.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(o.status.success(), "demo failed:\n{}", stderr(&o));
-    assert!(stdout(&o).contains("built-in prompts"), "{}", stdout(&o));
-    // A BPE tokenizer was trained for the generated model.
-    let tok: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("models/instruct_base/tokenizer.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(tok["model"]["type"], "BPE");
-    assert!(out.join("decoder_drift.png").is_file());
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(missing.to_str().unwrap()),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -163,9 +163,12 @@ fn a_sharded_checkpoint_loads_like_the_single_file() {
     for f in ["config.json", "tokenizer.json"] {
         std::fs::copy(tiny().join(f), dir.path().join(f)).unwrap();
     }
-    // Split the tensors over two shards and index them.
-    let tensors =
-        candle_core::safetensors::load(tiny().join("model.safetensors"), &Device::Cpu).unwrap();
+    // Gather the checkpoint's tensors (from however many files it has), then split them over
+    // two new shards and index them.
+    let mut tensors = std::collections::HashMap::new();
+    for f in saerl::model::load::weight_files(&tiny()).unwrap() {
+        tensors.extend(candle_core::safetensors::load(f, &Device::Cpu).unwrap());
+    }
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let (first, second) = names.split_at(names.len() / 2);

@@ -158,7 +158,7 @@ fn an_interrupted_ingest_resumes_to_the_same_table() {
     let dir = tempfile::tempdir().unwrap();
     let data = questions_file(dir.path());
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let mut args = ingest_args(&data, "ppo_step10", "1,3", 1);
+    let mut args = ingest_args(&data, "ppo_step10", &first_and_last_block(), 1);
     args.extend(["--chunk-batches", "1"].map(String::from));
     run_ok(&b, &args);
 
@@ -216,10 +216,11 @@ fn bad_input_is_refused_and_the_lake_is_unchanged() {
         a
     };
 
+    let weights = saerl::model::load::weight_files(&tiny()).unwrap();
     // A sharded checkpoint whose second shard is missing.
     let sharded = model_copy("sharded");
     std::fs::copy(
-        tiny().join("model.safetensors"),
+        &weights[0],
         sharded.join("model-00001-of-00002.safetensors"),
     )
     .unwrap();
@@ -236,11 +237,14 @@ fn bad_input_is_refused_and_the_lake_is_unchanged() {
 
     // config.json that disagrees with the weights.
     let wrong = model_copy("wrong");
-    std::os::unix::fs::symlink(
-        tiny().join("model.safetensors"),
-        wrong.join("model.safetensors"),
-    )
-    .unwrap();
+    for f in ["model.safetensors.index.json"]
+        .iter()
+        .map(|f| tiny().join(f))
+        .filter(|f| f.is_file())
+        .chain(weights.iter().cloned())
+    {
+        std::os::unix::fs::symlink(&f, wrong.join(f.file_name().unwrap())).unwrap();
+    }
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tiny().join("config.json")).unwrap())
             .unwrap();
@@ -276,11 +280,129 @@ fn bad_input_is_refused_and_the_lake_is_unchanged() {
         "line 2: not UTF-8",
     );
 
-    // An existing partition without --overwrite.
+    // An unreadable Parquet prompt file.
+    let bad_parquet = dir.path().join("questions.parquet");
+    std::fs::write(&bad_parquet, b"PAR1 not really").unwrap();
     check(
-        ingest_args(&data, "instruct_base", "1", 4),
-        "already exists",
+        ingest_args(&bad_parquet, "ppo_step10", "1", 4),
+        "questions.parquet",
     );
+}
+
+#[test]
+fn a_complete_ingest_is_skipped_and_new_layers_are_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let data = questions_file(dir.path());
+    run_ok(&lake, &ingest_args(&data, "instruct_base", "1", 4));
+    let before = snapshot(&lake);
+    let o = saerl(
+        &lake,
+        &ingest_args(&data, "instruct_base", "1", 4)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("already ingested, skipped"), "{out}");
+    assert_eq!(snapshot(&lake), before, "a complete ingest changes nothing");
+    // A block not yet stored is added beside the existing one, which stays as it was.
+    let last = n_blocks() - 1;
+    run_ok(
+        &lake,
+        &ingest_args(&data, "instruct_base", &format!("1,{last}"), 4),
+    );
+    let after = snapshot(&lake);
+    for (path, hash) in &before {
+        if !path.starts_with("stages") {
+            assert_eq!(after.get(path), Some(hash), "{} kept", path.display());
+        }
+    }
+    assert!(after.keys().any(|p| p.starts_with(format!(
+        "activations/chain=tiny/stage=instruct_base/layer={last}"
+    ))));
+    // --overwrite redoes it.
+    let mut again = ingest_args(&data, "instruct_base", "1", 4);
+    again.push("--overwrite".into());
+    run_ok(&lake, &again);
+}
+
+/// The split flags of a partition, in stored (doc, pos) order.
+fn split_flags(lake: &Path, stage: &str) -> Vec<bool> {
+    let lake = Lake::open(lake).unwrap();
+    let mut flags = Vec::new();
+    for b in lake
+        .read_partition(Table::Activations, &PartitionKey::layer("tiny", stage, 1))
+        .unwrap()
+    {
+        let s = b.column_by_name("split").unwrap().as_string::<i32>();
+        flags.extend((0..b.num_rows()).map(|i| s.value(i) == "val"));
+    }
+    flags
+}
+
+#[test]
+fn val_fractions_zero_and_one_give_all_train_and_all_val() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let data = questions_file(dir.path());
+    for (stage, frac, want_val) in [("ppo_step10", "0.0", false), ("ppo_step20", "1.0", true)] {
+        let mut args = ingest_args(&data, stage, "1", 4);
+        args.extend(["--val-frac".to_string(), frac.to_string()]);
+        run_ok(&lake, &args);
+        let flags = split_flags(&lake, stage);
+        assert!(!flags.is_empty());
+        assert!(flags.iter().all(|&v| v == want_val), "--val-frac {frac}");
+    }
+    let mut bad = ingest_args(&data, "ppo_step30", "1", 4);
+    bad.extend(["--val-frac".to_string(), "1.5".to_string()]);
+    let o = saerl(&lake, &bad.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--val-frac"));
+}
+
+#[test]
+fn questions_from_hugging_face_parquet_ingest_like_json_lines() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = questions_file(dir.path());
+    let questions = reference_questions();
+    // The Hugging Face layout: `question` and `answer` string columns.
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("question", arrow::datatypes::DataType::Utf8, false),
+        arrow::datatypes::Field::new("answer", arrow::datatypes::DataType::Utf8, false),
+    ]));
+    let batch = arrow::array::RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(arrow::array::StringArray::from(questions.clone())),
+            Arc::new(arrow::array::StringArray::from(vec![
+                "#### 1";
+                questions.len()
+            ])),
+        ],
+    )
+    .unwrap();
+    let parquet = dir.path().join("train-00000-of-00001.parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&parquet).unwrap(),
+        schema,
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    run_ok(&a, &ingest_args(&jsonl, "instruct_base", "1", 4));
+    run_ok(&b, &ingest_args(&parquet, "instruct_base", "1", 4));
+    let acts = |lake: &Path| {
+        snapshot(lake)
+            .into_iter()
+            .filter(|(p, _)| p.starts_with("activations"))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(acts(&a), acts(&b), "the same rows from either format");
 }
 
 #[test]

@@ -52,6 +52,19 @@ pub fn reference_questions() -> Vec<String> {
         .collect()
 }
 
+/// The fixture model's number of blocks (from its config.json).
+pub fn n_blocks() -> usize {
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny().join("config.json")).unwrap())
+            .unwrap();
+    cfg["num_hidden_layers"].as_u64().unwrap() as usize
+}
+
+/// Two blocks of the fixture model for tests that store more than one: 1 and the last.
+pub fn first_and_last_block() -> String {
+    format!("1,{}", n_blocks() - 1)
+}
+
 pub fn max_len() -> usize {
     reference_json()["args"]["max_len"].as_u64().unwrap() as usize
 }

@@ -162,7 +162,11 @@ fn training_follows_the_pytorch_trajectory_then_warm_starts() {
 #[test]
 fn resampling_reinitialises_planted_dead_features_from_high_error_rows() {
     let t = tensors();
-    let mut s = sae(&t, "init", 4);
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(shared::fixtures().join("sae-train/train_ref.json")).unwrap(),
+    )
+    .unwrap();
+    let mut s = sae(&t, "init", json["hyper"]["k"].as_u64().unwrap() as usize);
     let rows = flat(&t["train"]);
     let d = s.d_model;
     let dead: Vec<u32> = vec![1, 5, 9];

@@ -77,7 +77,7 @@ fn eval_reproduces_the_reference_nmse_l0_and_ce_loss_recovered() {
         l,
         "import",
         "pt",
-        fx.join("sae_layer2.pt").to_str().unwrap(),
+        fx.join(format!("sae_layer{layer}.pt")).to_str().unwrap(),
         "--chain",
         "fx",
         "--stage",
@@ -139,6 +139,44 @@ fn eval_reproduces_the_reference_nmse_l0_and_ce_loss_recovered() {
     assert_eq!(got["ablation"], "mean");
     // The spliced SAE moves the output distribution less than the ablation does.
     assert!(num("kl_sae") > 0.0 && num("kl_rec") > 0.0 && num("kl_rec") < 1.0);
+
+    // quality.sql reports the same numbers, with the stage's step.
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries/quality.sql");
+    let quality = csv_rows(&ok(&[
+        "--lake",
+        l,
+        "sql",
+        "-f",
+        file.to_str().unwrap(),
+        "--format",
+        "csv",
+    ]));
+    assert_eq!(quality.len(), 1);
+    let row = &quality[0];
+    assert_eq!(
+        (
+            row["chain"].as_str(),
+            row["stage"].as_str(),
+            row["step"].as_str()
+        ),
+        ("fx", "instruct_base", "0")
+    );
+    assert_eq!(row["layer"], layer_s);
+    for (col, key) in [
+        ("nmse", "nmse"),
+        ("mean_l0", "mean_l0"),
+        ("frac_rec", "frac_rec"),
+        ("l_base", "L_base"),
+        ("l_sae", "L_sae"),
+        ("l_mean", "L_mean"),
+    ] {
+        let w = want[key].as_f64().unwrap();
+        let got: f64 = row[col].parse().unwrap();
+        assert!(
+            (got - w).abs() / w.abs().max(1e-12) < 1e-4,
+            "quality.sql {col}: {got} vs {w}"
+        );
+    }
 }
 
 /// Densities, effective counts and lifecycles of the sae-pt fixture on its probe rows: the
@@ -394,6 +432,211 @@ fn stats_density_effective_count_and_lifecycle_match_first_principles() {
             .map(|t| t["decoder_cos"].as_array().unwrap().len())
             .sum::<usize>()
     );
+
+    // best_match's best feature and cosine against a brute-force argmax over all decoder
+    // columns of the next stage, with the weights read from the fixture's .pt files.
+    let files = crate::shared::pt_files();
+    let w_dec = |chain: &str, stage: &str, layer: i64, k: i64| -> Vec<Vec<f64>> {
+        let f = files
+            .iter()
+            .find(|f| f.chain == chain && f.stage == stage && f.layer == layer && f.k == k)
+            .unwrap();
+        let sae = saerl::sae::pt::read(&fx.join(&f.rel)).unwrap().sae;
+        (0..sae.d_sae)
+            .map(|i| sae.dec_col(i).iter().map(|&v| v as f64).collect())
+            .collect()
+    };
+    let cosine = |a: &[f64], b: &[f64]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let n = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        dot / (n(a) * n(b))
+    };
+    for t in transitions {
+        let (c, layer, k) = (
+            t["chain"].as_str().unwrap(),
+            t["layer"].as_i64().unwrap(),
+            t["k"].as_i64().unwrap(),
+        );
+        let (from, to) = (t["from"].as_str().unwrap(), t["to"].as_str().unwrap());
+        let (a, b) = (w_dec(c, from, layer, k), w_dec(c, to, layer, k));
+        for r in bm.iter().filter(|r| {
+            r["chain"] == c
+                && r["layer"] == layer.to_string()
+                && r["k"] == k.to_string()
+                && r["stage_from"] == from
+                && r["stage_to"] == to
+        }) {
+            let f: usize = r["feature"].parse().unwrap();
+            let all: Vec<f64> = b.iter().map(|col| cosine(&a[f], col)).collect();
+            let best = all.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let picked: usize = r["best_feature"].parse().unwrap();
+            let best_cos = r["best_cos"].parse::<f64>().unwrap();
+            assert!(
+                (best_cos - best).abs() < 1e-5,
+                "{c} {from}->{to} feature {f}: best cosine {best_cos} vs {best}"
+            );
+            assert!(
+                (all[picked] - best).abs() < 1e-5,
+                "{c} {from}->{to} feature {f}: best_feature {picked} has cosine {} but the best is {best}",
+                all[picked]
+            );
+        }
+    }
+
+    // L18 quadrants at each chain's first layer-18 transition: median splits of the reference
+    // cosines, with the densities counted above.
+    let quad = saved("l18_quadrants");
+    let mut want_rows = 0;
+    for ((c, layer, k, from, to), _) in transitions
+        .iter()
+        .map(|t| {
+            (
+                (
+                    t["chain"].as_str().unwrap().to_string(),
+                    t["layer"].as_i64().unwrap(),
+                    t["k"].as_i64().unwrap(),
+                    t["from"].as_str().unwrap().to_string(),
+                    t["to"].as_str().unwrap().to_string(),
+                ),
+                (),
+            )
+        })
+        .filter(|((c, layer, k, from, _), _)| {
+            *layer == 18
+                && !transitions.iter().any(|u| {
+                    u["chain"] == c.as_str()
+                        && u["layer"] == 18
+                        && u["k"] == *k
+                        && step(u["from"].as_str().unwrap()) < step(from)
+                })
+        })
+    {
+        let t = transitions
+            .iter()
+            .find(|t| {
+                t["chain"] == c.as_str()
+                    && t["layer"] == layer
+                    && t["k"] == k
+                    && t["from"] == from.as_str()
+            })
+            .unwrap();
+        let floats = |v: &Value| -> Vec<f64> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        };
+        let (dec, enc) = (floats(&t["decoder_cos"]), floats(&t["encoder_cos"]));
+        let median = |v: &[f64]| {
+            let mut s = v.to_vec();
+            s.sort_by(f64::total_cmp);
+            let n = s.len();
+            if n % 2 == 1 {
+                s[n / 2]
+            } else {
+                (s[n / 2 - 1] + s[n / 2]) / 2.0
+            }
+        };
+        let (dm, em) = (median(&dec), median(&enc));
+        // Our cosines differ from the float32 reference by < 1e-6: a feature that close to a
+        // median may fall on either side, so such features are classified with ours.
+        let ours = csv_rows(&ok(&[
+            "--lake",
+            l,
+            "sql",
+            "-c",
+            &format!("SELECT feature, dec_cos, enc_cos FROM feature_drift WHERE chain = '{c}' AND layer = 18 AND k = {k} AND stage_from = '{from}' ORDER BY feature"),
+            "--format",
+            "csv",
+        ]));
+        let our =
+            |col: &str| -> Vec<f64> { ours.iter().map(|r| r[col].parse().unwrap()).collect() };
+        let (our_dec, our_enc) = (our("dec_cos"), our("enc_cos"));
+        let (odm, oem) = (median(&our_dec), median(&our_enc));
+        let near = |v: &[f64], m: f64| v.iter().any(|x| (x - m).abs() < 1e-6);
+        let ambiguous = near(&dec, dm) || near(&enc, em);
+        let (cd, ce, cdm, cem) = if ambiguous {
+            (&our_dec, &our_enc, odm, oem)
+        } else {
+            (&dec, &enc, dm, em)
+        };
+        let da = &density[&(c.clone(), from.clone(), layer, k)];
+        let db = &density[&(c.clone(), to.clone(), layer, k)];
+        let dens = |v: &Vec<f64>, i: usize| v.get(i).copied().unwrap_or(0.0);
+        for name in ["stable", "reweighted", "redirected", "rotated"] {
+            let members: Vec<usize> = (0..dec.len())
+                .filter(|&i| {
+                    let q = match (cd[i] >= cdm, ce[i] >= cem) {
+                        (true, true) => "stable",
+                        (true, false) => "reweighted",
+                        (false, true) => "redirected",
+                        (false, false) => "rotated",
+                    };
+                    q == name
+                })
+                .collect();
+            let row = quad
+                .iter()
+                .find(|r| r["chain"] == *c && r["k"] == k.to_string() && r["quadrant"] == name);
+            let Some(row) = row else {
+                assert!(
+                    members.is_empty(),
+                    "{c} k {k}: no {name} row but {} features",
+                    members.len()
+                );
+                continue;
+            };
+            want_rows += 1;
+            let num = |col: &str| row[col].parse::<f64>().unwrap();
+            let n = members.len() as f64;
+            let avg = |f: &dyn Fn(usize) -> f64| members.iter().map(|&i| f(i)).sum::<f64>() / n;
+            assert_eq!(
+                num("n_features") as usize,
+                members.len(),
+                "{c} k {k} {name}"
+            );
+            assert!(
+                (num("dec_cos_mean") - avg(&|i| dec[i])).abs() < 1e-5,
+                "{c} {name} dec mean"
+            );
+            assert!(
+                (num("enc_cos_mean") - avg(&|i| enc[i])).abs() < 1e-5,
+                "{c} {name} enc mean"
+            );
+            assert!(
+                (num("density_from_mean") - avg(&|i| dens(da, i))).abs() < 1e-12,
+                "{c} {name} density from"
+            );
+            assert!(
+                (num("density_to_mean") - avg(&|i| dens(db, i))).abs() < 1e-12,
+                "{c} {name} density to"
+            );
+            let born = members
+                .iter()
+                .filter(|&&i| dens(da, i) <= 1e-4 && dens(db, i) > 1e-4)
+                .count();
+            let died = members
+                .iter()
+                .filter(|&&i| dens(da, i) > 1e-4 && dens(db, i) <= 1e-4)
+                .count();
+            assert_eq!(
+                (num("born") as usize, num("died") as usize),
+                (born, died),
+                "{c} {name} born/died"
+            );
+        }
+    }
+    assert_eq!(
+        quad.len(),
+        want_rows,
+        "no l18_quadrants row beyond the expected ones"
+    );
+}
+
+/// The step a stage name encodes.
+fn step(stage: &str) -> i64 {
+    saerl::lake::infer_step(stage).unwrap()
 }
 
 #[test]

@@ -1,0 +1,14 @@
+//! Dense numeric kernels on f32 slices: the GEMM, the SAE's batched encoder, top-k selection and
+//! the vector helpers (dot, axpy, unit norm, cosine). The model, the SAE and SQL all compute
+//! through here, so a backend is swapped or added in one place. Nothing here knows the lake,
+//! the model or the SAE type.
+
+pub mod encode;
+pub mod gemm;
+pub mod topk;
+pub mod vector;
+
+pub use encode::{encode, Encoded};
+pub use gemm::{gemm, sgemm_nt, Mat};
+pub use topk::top_k;
+pub use vector::{axpy, cosine, dot, unit_norm, unit_rows};
