@@ -1,5 +1,6 @@
 """DuckDB reference for `saerl bench sql`: the same decoder-drift statistics over the same
-Parquet lake, with DuckDB's list_cosine_similarity. Prints `seconds: X` (best of --runs).
+Parquet lake, with DuckDB's list_cosine_similarity. Prints `seconds: X` (best of --runs) and
+`peak_rss_bytes: N`.
 
 usage: python3 bench/duckdb_drift.py LAKE [--runs 3]
 """
@@ -45,3 +46,5 @@ for _ in range(a.runs):
     best = dt if best is None else min(best, dt)
 print(f"rows: {len(rows)}")
 print(f"seconds: {best:.4f}")
+import resource  # peak RSS of this process (kilobytes on Linux)
+print(f"peak_rss_bytes: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}")

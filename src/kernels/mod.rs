@@ -5,6 +5,8 @@
 
 pub mod encode;
 pub mod gemm;
+#[macro_use]
+pub mod simd;
 pub mod topk;
 pub mod vector;
 

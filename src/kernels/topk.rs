@@ -2,9 +2,14 @@
 
 use std::cmp::Ordering;
 
+/// Lanes compared at once when skipping entries that cannot enter the heap.
+const BLOCK: usize = 16;
+
+simd_fn! {
 /// Indices and values of the k largest entries, largest first; ties go to the lower index.
 /// One pass with a k-element min-heap: after the first few hundred entries almost every value
-/// fails the single comparison against the heap's minimum (inputs are expected to be finite).
+/// fails the comparison against the heap's minimum, so whole blocks of 16 are tested against it
+/// at once (a vector compare) and skipped (inputs are expected to be finite).
 pub fn top_k(z: &[f32], k: usize) -> Vec<(u32, f32)> {
     let k = k.min(z.len());
     if k == 0 {
@@ -35,12 +40,32 @@ pub fn top_k(z: &[f32], k: usize) -> Vec<(u32, f32)> {
     for i in (0..k / 2).rev() {
         sift_down(&mut heap, i);
     }
-    for (i, &v) in z.iter().enumerate().skip(k) {
-        // A later index never wins a tie, so only a strictly larger value enters.
+    // A later index never wins a tie, so only a strictly larger value enters.
+    let offer = |heap: &mut Vec<(u32, f32)>, i: usize, v: f32| {
         if v > heap[0].1 {
             heap[0] = (i as u32, v);
-            sift_down(&mut heap, 0);
+            sift_down(heap, 0);
         }
+    };
+    let rest = &z[k..];
+    let blocks = rest.chunks_exact(BLOCK);
+    let tail = blocks.remainder();
+    for (b, block) in blocks.enumerate() {
+        let floor = heap[0].1;
+        let mut any = false;
+        for &v in block {
+            any |= v > floor;
+        }
+        if any {
+            let base = k + b * BLOCK;
+            for (j, &v) in block.iter().enumerate() {
+                offer(&mut heap, base + j, v);
+            }
+        }
+    }
+    let base = z.len() - tail.len();
+    for (j, &v) in tail.iter().enumerate() {
+        offer(&mut heap, base + j, v);
     }
     heap.sort_unstable_by(|a, b| {
         b.1.partial_cmp(&a.1)
@@ -48,6 +73,7 @@ pub fn top_k(z: &[f32], k: usize) -> Vec<(u32, f32)> {
             .then(a.0.cmp(&b.0))
     });
     heap
+}
 }
 
 #[cfg(test)]

@@ -1,26 +1,33 @@
 //! One optimiser step of TopK SAE training, written for the CPU: the encoder is one GEMM per
 //! batch, everything after it touches only what the batch selected, and the dense remainder
-//! (Adam over all parameters, decoder renormalisation) is one fused pass split across threads.
+//! (Adam over all parameters, decoder renormalisation) is one pass over the features that
+//! computes each feature's gradient in cache and updates it at once.
 //!
 //! Work per batch of B rows, d = d_model, n = d_sae:
-//! - forward: Z = (X − b_pre)·W_encᵀ + b_enc (2·B·d·n FLOP, the GEMM), then per row the top-k
-//!   (a heap scan) and x̂ from k decoder columns;
-//! - backward: per row dz_i = ⟨W_dec[i], dL/dx̂⟩ for its k (+ k_aux) latents, then per feature
-//!   (rows grouped by a counting sort, so threads own disjoint gradient rows) the W_enc and W_dec
-//!   gradient rows; features nobody selected keep no gradient and are not read;
-//! - update: global-norm clipping as a scale folded into Adam, Adam on every parameter (PyTorch's
-//!   Adam moves untouched parameters too, through their moments), and the decoder column
-//!   renormalised while it is still in cache.
+//! - encode: Z = (X − b_pre)·W_encᵀ + b_enc (2·B·d·n FLOP, the GEMM);
+//! - select: per row the top-k (and aux-k over the dead features), then the selections grouped
+//!   by feature (a counting sort);
+//! - decode: x̂ = b_dec + Σ v·W_dec[i], feature by feature over blocks of rows, so each decoder
+//!   column is read once per block; then dL/dx̂ per row;
+//! - norm: per feature dz = ⟨W_dec[i], dL/dx̂⟩ for the rows that selected it, its gradient rows
+//!   built in cache only to measure them (the global norm that clipping needs), and b_pre's
+//!   gradient −Σ_i ∂b_enc[i]·W_enc[i];
+//! - update: per feature the gradient rows rebuilt from the stored dz (cheap: rows in cache) and
+//!   Adam applied at once with the clipping scale, the decoder column renormalised while in cache;
+//!   Adam moves features nobody selected too, through their moments, as PyTorch's does.
 //!
-//! Rows and features are split over threads in a fixed way and every reduction runs in a fixed
-//! order, so a step is deterministic: a resumed run reaches bit-identical weights.
+//! Gradient rows are never stored: the two passes over the features read and write the weights
+//! and Adam's moments once each. Rows and features are split in a fixed way and every reduction
+//! runs in a fixed order (independent of the thread count), so a step is deterministic: a
+//! resumed run reaches bit-identical weights.
 
 use rayon::prelude::*;
 
 use super::Sae;
+use crate::kernels::simd::simd_fn;
 use crate::kernels::{axpy, dot, top_k, unit_norm, unit_rows, Encoded};
 
-/// Gradients or Adam moments, in the SAE's own layout.
+/// Adam's moments, in the SAE's own layout.
 #[derive(Clone)]
 pub struct Params {
     pub b_pre: Vec<f32>,
@@ -62,29 +69,28 @@ struct AdamStep {
     clip: f32,
 }
 
-impl AdamStep {
-    /// p ← p − step·m̂/(√v̂ + ε) for one slice; `g` None means a zero gradient.
-    #[inline]
-    fn apply(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: Option<&[f32]>) {
-        let (step, bc2, c) = (self.step, self.bc2_sqrt, self.clip);
-        match g {
-            Some(g) => {
-                for (((p, m), v), g) in p.iter_mut().zip(m).zip(v).zip(g) {
-                    let g = g * c;
-                    *m = B1 * *m + (1.0 - B1) * g;
-                    *v = B2 * *v + (1.0 - B2) * g * g;
-                    *p -= step * *m / (v.sqrt() / bc2 + EPS);
-                }
+simd_fn! {
+/// p ← p − step·m̂/(√v̂ + ε) for one slice with gradient `clip·g`; `g` None means a zero gradient.
+fn adam_slice(h: &AdamStep, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: Option<&[f32]>) {
+    let (step, bc2, c) = (h.step, h.bc2_sqrt, h.clip);
+    match g {
+        Some(g) => {
+            for (((p, m), v), g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                let g = g * c;
+                *m = B1 * *m + (1.0 - B1) * g;
+                *v = B2 * *v + (1.0 - B2) * g * g;
+                *p -= step * *m / (v.sqrt() / bc2 + EPS);
             }
-            None => {
-                for ((p, m), v) in p.iter_mut().zip(m).zip(v) {
-                    *m *= B1;
-                    *v *= B2;
-                    *p -= step * *m / (v.sqrt() / bc2 + EPS);
-                }
+        }
+        None => {
+            for ((p, m), v) in p.iter_mut().zip(m).zip(v) {
+                *m *= B1;
+                *v *= B2;
+                *p -= step * *m / (v.sqrt() / bc2 + EPS);
             }
         }
     }
+}
 }
 
 impl Adam {
@@ -104,16 +110,29 @@ struct Term {
     v: f32,
 }
 
+/// The phases of a step, in order, as `Scratch::phase_times` reports them.
+pub const PHASES: [&str; 5] = ["encoder GEMM", "top-k", "decode", "norm", "Adam + renorm"];
+
 /// Buffers reused from step to step.
 #[derive(Default)]
 pub struct Scratch {
     enc: Encoded,
-    /// Per row: dL/dx̂ of the reconstruction, then of the aux reconstruction (2·d).
+    /// Per row: x̂ then dL/dx̂ of the reconstruction, then of the aux reconstruction (2·d).
     dx: Vec<f32>,
+    /// Per row, its k (+ k_aux) selected latents.
     terms: Vec<Term>,
-    /// Terms grouped by feature: feature f's are `order[start[f]..start[f + 1]]`.
+    /// Terms grouped by feature: feature f's are `order[start[f]..start[f + 1]]` (term indices,
+    /// ascending, so rows ascending too).
     start: Vec<u32>,
     order: Vec<u32>,
+    /// dz of each grouped term (aligned with `order`).
+    dz: Vec<f32>,
+    /// The bias gradients.
+    g_b_pre: Vec<f32>,
+    g_b_enc: Vec<f32>,
+    g_b_dec: Vec<f32>,
+    /// Time spent in each phase, summed over steps (see `PHASES`).
+    times: [std::time::Duration; 5],
 }
 
 /// Features per parallel task in the per-feature passes.
@@ -124,6 +143,21 @@ impl Scratch {
     pub fn encode(&mut self, sae: &Sae, x: &[f32]) -> &[f32] {
         sae.encode_batch(x, &mut self.enc)
     }
+
+    /// Seconds spent in each of `PHASES` over all steps so far.
+    pub fn phase_times(&self) -> [f64; 5] {
+        self.times.map(|t| t.as_secs_f64())
+    }
+
+    pub fn reset_phase_times(&mut self) {
+        self.times = Default::default();
+    }
+
+    /// The grouped terms of feature `f`: (positions in `order`, their term indices).
+    fn entries(&self, f: usize) -> (std::ops::Range<usize>, &[u32]) {
+        let r = self.start[f] as usize..self.start[f + 1] as usize;
+        (r.clone(), &self.order[r])
+    }
 }
 
 /// What a step reports.
@@ -132,39 +166,33 @@ pub struct StepOut {
     pub aux: Option<f64>,
 }
 
-/// `out = scale·(b_dec + Σ v·W_dec[i] − x)`, returning Σ(x̂ − x)².
-fn residual(sae: &Sae, latents: &[(u32, f32)], x: &[f32], scale: f32, out: &mut [f32]) -> f64 {
-    out.copy_from_slice(&sae.b_dec);
-    for &(i, v) in latents {
-        axpy(out, v, sae.dec_col(i as usize));
-    }
-    let mut err = 0f64;
-    for (o, xv) in out.iter_mut().zip(x) {
-        let r = *o - xv;
-        err += (r as f64) * (r as f64);
-        *o = scale * r;
-    }
-    err
-}
-
 /// The loss terms of one step: which latents each row selected and where the aux term applies.
 struct Shape {
+    d: usize,
     k: usize,
     /// Latents per row: k, plus k_aux when aux-k is on.
     kt: usize,
     k_aux: usize,
     /// rows × d_model, the MSE's denominator.
     elems: f32,
+    aux_coeff: f32,
 }
 
-/// One training step on batch `x`: losses, sparse gradients into `g`, clipping, Adam and the
-/// decoder renormalisation. `dead` (the previous epoch's dead features) switches on aux-k.
-/// `fired` counts, per feature, the rows that selected it.
+impl Shape {
+    /// The row of term `e` and its slot: 0 = reconstruction, 1 = aux.
+    fn place(&self, e: u32) -> (usize, usize) {
+        let e = e as usize;
+        (e / self.kt, usize::from(e % self.kt >= self.k))
+    }
+}
+
+/// One training step on batch `x`: losses, gradients, clipping, Adam and the decoder
+/// renormalisation. `dead` (the previous epoch's dead features) switches on aux-k. `fired`
+/// counts, per feature, the rows that selected it.
 #[allow(clippy::too_many_arguments)]
 pub fn step(
     sae: &mut Sae,
     adam: &mut Adam,
-    g: &mut Params,
     s: &mut Scratch,
     x: &[f32],
     dead: Option<&[u32]>,
@@ -175,70 +203,59 @@ pub fn step(
 ) -> StepOut {
     let k = sae.k;
     let k_aux = dead.map_or(0, |dd| (16 * k).min(dd.len()));
-    let shape = Shape {
+    let sh = Shape {
+        d: sae.d_model,
         k,
         kt: k + k_aux,
         k_aux,
         elems: x.len() as f32,
+        aux_coeff,
     };
-    let (recon, aux) = forward(sae, s, x, dead, aux_coeff, &shape);
-    group_by_feature(s, sae.d_sae, &shape, fired);
-    let sq = backward(sae, g, s, &shape);
-    update(sae, adam, g, s, (sq.sqrt() as f32, clip_norm), lr);
+    let mut clock = std::time::Instant::now();
+    let mut lap = |s: &mut Scratch, phase: usize| {
+        let now = std::time::Instant::now();
+        s.times[phase] += now - clock;
+        clock = now;
+    };
+    sae.encode_batch(x, &mut s.enc);
+    lap(s, 0);
+    select(s, sae.d_sae, dead, &sh, fired);
+    lap(s, 1);
+    let (recon, aux) = decode(sae, s, x, &sh);
+    lap(s, 2);
+    let sq = norm(sae, s, &sh);
+    lap(s, 3);
+    update(sae, adam, s, &sh, (sq.sqrt() as f32, clip_norm), lr);
+    lap(s, 4);
     StepOut {
-        recon: recon / shape.elems as f64,
-        aux: (k_aux > 0).then_some(aux / shape.elems as f64),
+        recon: recon / sh.elems as f64,
+        aux: (k_aux > 0).then_some(aux / sh.elems as f64),
     }
 }
 
-/// Encoder GEMM, then per row (in parallel) the top-k, x̂ and dL/dx̂, and the aux-k terms over
-/// the dead features. Returns the summed squared errors of the reconstruction and the aux term.
-fn forward(
-    sae: &Sae,
-    s: &mut Scratch,
-    x: &[f32],
-    dead: Option<&[u32]>,
-    aux_coeff: f32,
-    sh: &Shape,
-) -> (f64, f64) {
-    let (d, n) = (sae.d_model, sae.d_sae);
-    let rows = x.len() / d;
-    sae.encode_batch(x, &mut s.enc);
-    s.dx.resize(rows * 2 * d, 0.0);
+/// Per row (in parallel) the top-k of the pre-activations and, with aux-k on, the top k_aux
+/// among the dead features; then the terms grouped by feature and `fired` counted.
+fn select(s: &mut Scratch, n: usize, dead: Option<&[u32]>, sh: &Shape, fired: &mut [u64]) {
+    let rows = s.enc.z.len() / n;
     s.terms.resize(rows * sh.kt, Term::default());
-    let errs: Vec<(f64, f64)> = (
-        x.par_chunks(d),
-        s.enc.z.par_chunks(n),
-        s.dx.par_chunks_mut(2 * d),
-        s.terms.par_chunks_mut(sh.kt),
-    )
+    (s.enc.z.par_chunks(n), s.terms.par_chunks_mut(sh.kt))
         .into_par_iter()
-        .map(|(x, z, dx, terms)| {
-            let (dx0, dx1) = dx.split_at_mut(d);
+        .for_each(|(z, terms)| {
             let top = top_k(z, sh.k);
-            let recon = residual(sae, &top, x, 2.0 / sh.elems, dx0);
-            let mut aux = 0.0;
-            let mut picked = Vec::new();
-            if let Some(dead) = dead.filter(|_| sh.k_aux > 0) {
-                let zd: Vec<f32> = dead.iter().map(|&i| z[i as usize]).collect();
-                picked = top_k(&zd, sh.k_aux)
-                    .into_iter()
-                    .map(|(j, v)| (dead[j as usize], v))
-                    .collect();
-                aux = residual(sae, &picked, x, aux_coeff * 2.0 / sh.elems, dx1);
-            }
+            let picked: Vec<(u32, f32)> = match dead.filter(|_| sh.k_aux > 0) {
+                Some(dead) => {
+                    let zd: Vec<f32> = dead.iter().map(|&i| z[i as usize]).collect();
+                    top_k(&zd, sh.k_aux)
+                        .into_iter()
+                        .map(|(j, v)| (dead[j as usize], v))
+                        .collect()
+                }
+                None => Vec::new(),
+            };
             for (t, &(feature, v)) in terms.iter_mut().zip(top.iter().chain(&picked)) {
                 *t = Term { feature, v };
             }
-            (recon, aux)
-        })
-        .collect();
-    errs.iter().fold((0.0, 0.0), |(r, a), e| (r + e.0, a + e.1))
-}
-
-/// Groups the batch's terms by feature (a counting sort into `start`/`order`) and counts the
-/// rows that selected each feature by top-k.
-fn group_by_feature(s: &mut Scratch, n: usize, sh: &Shape, fired: &mut [u64]) {
+        });
     s.start.clear();
     s.start.resize(n + 1, 0);
     for (j, t) in s.terms.iter().enumerate() {
@@ -259,83 +276,169 @@ fn group_by_feature(s: &mut Scratch, n: usize, sh: &Shape, fired: &mut [u64]) {
     }
 }
 
-/// The gradients, feature by feature, so each feature's encoder row and decoder column are read
-/// once per step: dz = ⟨W_dec[i], dL/dx̂⟩ per (row, feature), the W_enc, W_dec and b_enc
-/// gradient rows, b_pre's gradient −Σ_i ∂b_enc[i]·W_enc[i] (b_pre enters every row's
-/// pre-activation through W_enc) and b_dec's (Σ of dL/dx̂ over rows). Each task returns its
-/// share of b_pre's gradient and of the squared norm; they are summed in task order. Returns
-/// the squared global gradient norm.
-fn backward(sae: &Sae, g: &mut Params, s: &Scratch, sh: &Shape) -> f64 {
-    let d = sae.d_model;
-    let (k, kt) = (sh.k, sh.kt);
-    let rows = s.dx.len() / (2 * d);
-    g.b_dec.fill(0.0);
-    for dx in s.dx.chunks_exact(2 * d).take(rows) {
-        axpy(&mut g.b_dec, 1.0, &dx[..d]);
-        if sh.k_aux > 0 {
-            axpy(&mut g.b_dec, 1.0, &dx[d..]);
-        }
+/// x̂ of every row (and its aux reconstruction), feature by feature over blocks of rows, then
+/// dL/dx̂ = scale·(x̂ − x) in place. Returns the summed squared errors of the reconstruction and
+/// of the aux term.
+fn decode(sae: &Sae, s: &mut Scratch, x: &[f32], sh: &Shape) -> (f64, f64) {
+    let d = sh.d;
+    let rows = x.len() / d;
+    s.dx.resize(rows * 2 * d, 0.0);
+    // One block of rows per thread: each reads every selected decoder column once. A row's sum
+    // runs in feature order whatever the blocks, so results do not depend on the thread count.
+    let per = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    let mut dx = std::mem::take(&mut s.dx);
+    let (start, order, terms) = (&s.start, &s.order, &s.terms);
+    let errs: Vec<(f64, f64)> = dx
+        .par_chunks_mut(per * 2 * d)
+        .zip(x.par_chunks(per * d))
+        .enumerate()
+        .map(|(b, (out, x))| {
+            let r0 = b * per;
+            let r1 = r0 + out.len() / (2 * d);
+            for o in out.chunks_exact_mut(d) {
+                o.copy_from_slice(&sae.b_dec);
+            }
+            for f in 0..sae.d_sae {
+                let entries = &order[start[f] as usize..start[f + 1] as usize];
+                let lo = entries.partition_point(|&e| (e as usize) / sh.kt < r0);
+                let hi = entries.partition_point(|&e| (e as usize) / sh.kt < r1);
+                if lo == hi {
+                    continue;
+                }
+                let col = sae.dec_col(f);
+                for &e in &entries[lo..hi] {
+                    let (r, slot) = sh.place(e);
+                    let at = ((r - r0) * 2 + slot) * d;
+                    axpy(&mut out[at..at + d], terms[e as usize].v, col);
+                }
+            }
+            let (mut recon, mut aux) = (0f64, 0f64);
+            for (o, x) in out.chunks_exact_mut(2 * d).zip(x.chunks_exact(d)) {
+                let (o0, o1) = o.split_at_mut(d);
+                recon += residual(o0, x, 2.0 / sh.elems);
+                if sh.k_aux > 0 {
+                    aux += residual(o1, x, sh.aux_coeff * 2.0 / sh.elems);
+                }
+            }
+            (recon, aux)
+        })
+        .collect();
+    s.dx = dx;
+    errs.iter().fold((0.0, 0.0), |(r, a), e| (r + e.0, a + e.1))
+}
+
+/// x̂ in `out` becomes `scale·(x̂ − x)`; returns Σ(x̂ − x)².
+fn residual(out: &mut [f32], x: &[f32], scale: f32) -> f64 {
+    out.iter_mut().zip(x).for_each(|(o, x)| *o -= x);
+    let err = dot(out, out) as f64;
+    out.iter_mut().for_each(|o| *o *= scale);
+    err
+}
+
+/// A feature's gradient rows from its grouped terms and their dz: gd = Σ v·dL/dx̂_r (W_dec) and
+/// ge = Σ dz·(x_r − b_pre) (W_enc), into `gd` and `ge`.
+fn feature_grads(
+    s: &Scratch,
+    sh: &Shape,
+    entries: &[u32],
+    dz: &[f32],
+    gd: &mut [f32],
+    ge: &mut [f32],
+) {
+    let d = sh.d;
+    gd.fill(0.0);
+    ge.fill(0.0);
+    for (&e, &dz) in entries.iter().zip(dz) {
+        let (r, slot) = sh.place(e);
+        axpy(
+            gd,
+            s.terms[e as usize].v,
+            &s.dx[(r * 2 + slot) * d..(r * 2 + slot + 1) * d],
+        );
+        axpy(ge, dz, &s.enc.xc[r * d..(r + 1) * d]);
     }
-    let (terms, order, start, dx, xc) = (&s.terms, &s.order, &s.start, &s.dx, &s.enc.xc);
+}
+
+/// Per feature: dz of its terms (stored for the update), ∂b_enc, the squared norms of its
+/// gradient rows (built in cache and discarded), and b_pre's gradient −Σ ∂b_enc[i]·W_enc[i]
+/// (b_pre enters every pre-activation through W_enc); with b_dec's gradient (Σ_r dL/dx̂_r), the
+/// squared global gradient norm, summed in a fixed order.
+fn norm(sae: &Sae, s: &mut Scratch, sh: &Shape) -> f64 {
+    let (d, n) = (sh.d, sae.d_sae);
+    let mut dz = std::mem::take(&mut s.dz);
+    dz.resize(s.order.len(), 0.0);
+    let mut g_b_enc = std::mem::take(&mut s.g_b_enc);
+    g_b_enc.resize(n, 0.0);
+    // Split dz at the task boundaries (a task's features own a contiguous range of it).
+    let mut dz_parts = Vec::new();
+    let mut rest = dz.as_mut_slice();
+    for f0 in (0..n).step_by(FEATURES_PER_TASK) {
+        let f1 = (f0 + FEATURES_PER_TASK).min(n);
+        let (part, tail) = rest.split_at_mut((s.start[f1] - s.start[f0]) as usize);
+        dz_parts.push(part);
+        rest = tail;
+    }
+    let s_ref = &*s;
     let shares: Vec<(f64, Vec<f32>)> = (
-        g.w_enc.par_chunks_mut(FEATURES_PER_TASK * d),
-        g.w_dec.par_chunks_mut(FEATURES_PER_TASK * d),
-        g.b_enc.par_chunks_mut(FEATURES_PER_TASK),
+        g_b_enc.par_chunks_mut(FEATURES_PER_TASK),
+        dz_parts.into_par_iter(),
     )
         .into_par_iter()
         .enumerate()
-        .map(|(task, (ge, gd, gb))| {
-            let mut sq = 0f64;
-            let mut b_pre = vec![0f32; d];
+        .map(|(task, (gb, dz))| {
+            let (mut sq, mut b_pre) = (0f64, vec![0f32; d]);
+            let (mut gd, mut ge) = (vec![0f32; d], vec![0f32; d]);
+            let base = s_ref.start[task * FEATURES_PER_TASK] as usize;
             for (j, gb) in gb.iter_mut().enumerate() {
                 let f = task * FEATURES_PER_TASK + j;
-                *gb = 0.0;
-                let entries = &order[start[f] as usize..start[f + 1] as usize];
+                let (range, entries) = s_ref.entries(f);
+                let dz = &mut dz[range.start - base..range.end - base];
+                let col = sae.dec_col(f);
+                for (&e, dz) in entries.iter().zip(dz.iter_mut()) {
+                    let (r, slot) = sh.place(e);
+                    *dz = dot(col, &s_ref.dx[(r * 2 + slot) * d..(r * 2 + slot + 1) * d]);
+                }
+                *gb = dz.iter().sum();
                 if entries.is_empty() {
                     continue;
                 }
-                let (ge, gd) = (&mut ge[j * d..(j + 1) * d], &mut gd[j * d..(j + 1) * d]);
-                ge.fill(0.0);
-                gd.fill(0.0);
-                let col = sae.dec_col(f);
-                for &e in entries {
-                    let (e, t) = (e as usize, terms[e as usize]);
-                    let (r, slot) = (e / kt, usize::from(e % kt >= k));
-                    let dx = &dx[(r * 2 + slot) * d..(r * 2 + slot + 1) * d];
-                    let dz = dot(col, dx);
-                    axpy(gd, t.v, dx);
-                    axpy(ge, dz, &xc[r * d..(r + 1) * d]);
-                    *gb += dz;
-                }
+                feature_grads(s_ref, sh, entries, dz, &mut gd, &mut ge);
                 axpy(&mut b_pre, -*gb, sae.enc_row(f));
-                sq += ge
-                    .iter()
-                    .chain(gd.iter())
-                    .map(|v| (*v as f64).powi(2))
-                    .sum::<f64>()
-                    + (*gb as f64).powi(2);
+                sq += dot(&ge, &ge) as f64 + dot(&gd, &gd) as f64 + (*gb as f64).powi(2);
             }
             (sq, b_pre)
         })
         .collect();
-    g.b_pre.fill(0.0);
+    s.dz = dz;
+    s.g_b_enc = g_b_enc;
+    s.g_b_pre.clear();
+    s.g_b_pre.resize(d, 0.0);
     let mut sq_total = 0f64;
     for (sq, b_pre) in &shares {
         sq_total += sq;
-        axpy(&mut g.b_pre, 1.0, b_pre);
+        axpy(&mut s.g_b_pre, 1.0, b_pre);
+    }
+    s.g_b_dec.clear();
+    s.g_b_dec.resize(d, 0.0);
+    for dx in s.dx.chunks_exact(2 * d) {
+        axpy(&mut s.g_b_dec, 1.0, &dx[..d]);
+        if sh.k_aux > 0 {
+            axpy(&mut s.g_b_dec, 1.0, &dx[d..]);
+        }
     }
     sq_total
-        + [&g.b_pre, &g.b_dec]
+        + [&s.g_b_pre, &s.g_b_dec]
             .iter()
             .flat_map(|p| p.iter())
             .map(|v| (*v as f64).powi(2))
             .sum::<f64>()
 }
 
-/// PyTorch's clip_grad_norm_ (as a scale folded into Adam), Adam on every parameter, then
-/// unit-norm decoder columns while they are still in cache. `norm` = (gradient norm, clip).
-fn update(sae: &mut Sae, adam: &mut Adam, g: &Params, s: &Scratch, norm: (f32, f32), lr: f64) {
-    let d = sae.d_model;
+/// PyTorch's clip_grad_norm_ (as a scale folded into Adam), then Adam on every parameter with
+/// each feature's gradient rows rebuilt in cache, then unit-norm decoder columns.
+/// `norm` = (gradient norm, clip).
+fn update(sae: &mut Sae, adam: &mut Adam, s: &Scratch, sh: &Shape, norm: (f32, f32), lr: f64) {
+    let d = sh.d;
     let (total, clip_norm) = norm;
     adam.t += 1;
     let h = AdamStep {
@@ -344,25 +447,53 @@ fn update(sae: &mut Sae, adam: &mut Adam, g: &Params, s: &Scratch, norm: (f32, f
         clip: (clip_norm / (total + 1e-6)).min(1.0),
     };
     let (m, v) = (&mut adam.m, &mut adam.v);
+    let chunk = FEATURES_PER_TASK * d;
     (
-        sae.w_enc.par_chunks_mut(d),
-        sae.w_dec.par_chunks_mut(d),
-        (m.w_enc.par_chunks_mut(d), v.w_enc.par_chunks_mut(d)),
-        (m.w_dec.par_chunks_mut(d), v.w_dec.par_chunks_mut(d)),
-        (g.w_enc.par_chunks(d), g.w_dec.par_chunks(d)),
-        s.start.par_windows(2),
+        sae.w_enc.par_chunks_mut(chunk),
+        sae.w_dec.par_chunks_mut(chunk),
+        (m.w_enc.par_chunks_mut(chunk), v.w_enc.par_chunks_mut(chunk)),
+        (m.w_dec.par_chunks_mut(chunk), v.w_dec.par_chunks_mut(chunk)),
     )
         .into_par_iter()
-        .for_each(|(pe, pd, (me, ve), (md, vd), (ge, gd), w)| {
-            // Features nobody selected have no gradient this step (their buffers are stale).
-            let touched = w[1] > w[0];
-            h.apply(pe, me, ve, touched.then_some(ge));
-            h.apply(pd, md, vd, touched.then_some(gd));
-            unit_norm(pd);
+        .enumerate()
+        .for_each(|(task, (pe, pd, (me, ve), (md, vd)))| {
+            let (mut gd, mut ge) = (vec![0f32; d], vec![0f32; d]);
+            for j in 0..pe.len() / d {
+                let f = task * FEATURES_PER_TASK + j;
+                let (range, entries) = s.entries(f);
+                let rows = j * d..(j + 1) * d;
+                // Features nobody selected have no gradient this step.
+                let g = if entries.is_empty() {
+                    None
+                } else {
+                    feature_grads(s, sh, entries, &s.dz[range], &mut gd, &mut ge);
+                    Some(())
+                };
+                adam_slice(
+                    &h,
+                    &mut pe[rows.clone()],
+                    &mut me[rows.clone()],
+                    &mut ve[rows.clone()],
+                    g.map(|_| ge.as_slice()),
+                );
+                let col = &mut pd[rows.clone()];
+                adam_slice(
+                    &h,
+                    col,
+                    &mut md[rows.clone()],
+                    &mut vd[rows],
+                    g.map(|_| gd.as_slice()),
+                );
+                unit_norm(col);
+            }
         });
-    h.apply(&mut sae.b_enc, &mut m.b_enc, &mut v.b_enc, Some(&g.b_enc));
-    h.apply(&mut sae.b_pre, &mut m.b_pre, &mut v.b_pre, Some(&g.b_pre));
-    h.apply(&mut sae.b_dec, &mut m.b_dec, &mut v.b_dec, Some(&g.b_dec));
+    adam_bias(&h, &mut sae.b_enc, &mut m.b_enc, &mut v.b_enc, &s.g_b_enc);
+    adam_bias(&h, &mut sae.b_pre, &mut m.b_pre, &mut v.b_pre, &s.g_b_pre);
+    adam_bias(&h, &mut sae.b_dec, &mut m.b_dec, &mut v.b_dec, &s.g_b_dec);
+}
+
+fn adam_bias(h: &AdamStep, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+    adam_slice(h, p, m, v, Some(g));
 }
 
 /// Unit-norm decoder columns (after a cold start; steps renormalise their own).

@@ -125,6 +125,7 @@ impl Sae {
     }
 
     /// The k active latents given a row's pre-activations (top-k, then ReLU for `topk_relu`).
+    #[inline(always)]
     pub fn activate(&self, z: &[f32]) -> Vec<(u32, f32)> {
         let mut top = top_k(z, self.k);
         if self.activation == Activation::TopKRelu {
@@ -134,6 +135,7 @@ impl Sae {
     }
 
     /// x̂ from sparse latents: only their decoder columns are touched.
+    #[inline(always)]
     pub fn decode(&self, latents: &[(u32, f32)]) -> Vec<f32> {
         let mut out = self.b_dec.clone();
         for &(i, v) in latents {

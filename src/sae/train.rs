@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::quality::row_sq_errors;
 use super::rows::{MemRows, Rows};
-use super::step::{self, Adam, Params, Scratch};
+use super::step::{self, Adam, Scratch};
 use super::Sae;
 use crate::kernels::{unit_norm, Encoded};
 
@@ -203,7 +203,6 @@ pub struct Trainer {
     pub(super) epochs: Vec<EpochLog>,
     /// Steps of this process only (a resumed run does not have the earlier ones).
     pub steps: Vec<StepLog>,
-    grads: Params,
     scratch: Scratch,
 }
 
@@ -223,7 +222,6 @@ impl Trainer {
         Self {
             cfg: cfg.clone(),
             n_rows,
-            grads: Params::zeros(&sae),
             sae,
             adam,
             prev_dead: None,
@@ -282,7 +280,6 @@ impl Trainer {
             let out = step::step(
                 &mut self.sae,
                 &mut self.adam,
-                &mut self.grads,
                 &mut self.scratch,
                 batch,
                 dead.as_deref(),

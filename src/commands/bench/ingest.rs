@@ -1,0 +1,135 @@
+//! `saerl bench ingest`: activation collection with a random model of Qwen2.5-0.5B's exact shape
+//! over GSM8k questions (blocks 6/12/18/23, batch 16), against transformers (`ref_ingest.py`)
+//! on the same questions and tokenizer; peak RSS against the model's f32 weights.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::References;
+use super::{gemm::gflops, gib, peak_rss, questions_file, ratio_line, reset_peak_rss, work_dir};
+use crate::commands::ingest::{run as ingest, Ingest};
+use crate::data::read_questions;
+use crate::lake::Lake;
+use crate::model::random::{write_model, write_tokenizer, TinyShape};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchIngest {
+    /// Questions to run.
+    #[arg(long, default_value_t = 64)]
+    pub n: usize,
+    /// Questions (JSON lines or Parquet; default: the GSM8k sample built into saerl).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// A tokenizer.json (default: a byte-level BPE trained on the questions).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Keep (and reuse) the generated model in this directory.
+    #[arg(long)]
+    pub keep: Option<PathBuf>,
+    /// `--device` of the ingest (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Transformers' CPU f32 throughput on this machine kind (shared/bench/README.md).
+const TRANSFORMERS_TOKENS_PER_S: f64 = 147.0;
+
+const QWEN_05B: TinyShape = TinyShape {
+    hidden: 896,
+    layers: 24,
+    heads: 14,
+    kv_heads: 2,
+    intermediate: 4864,
+};
+const VOCAB: usize = 151_936;
+
+pub fn run(a: &BenchIngest, refs: &References) -> Result<()> {
+    let (_tmp, work) = work_dir(&None)?;
+    let model_dir = a.keep.clone().unwrap_or_else(|| work.join("model"));
+    let data = questions_file(&a.data, &work)?;
+    let shape = &QWEN_05B;
+    if !model_dir.join("model.safetensors").is_file() {
+        let texts: Vec<String> = read_questions(&data, None)?
+            .into_iter()
+            .map(|d| d.question)
+            .collect();
+        let t = Instant::now();
+        write_tokenizer(&model_dir, a.tokenizer.as_deref(), &texts)?;
+        write_model(&model_dir, shape, VOCAB, 0, None)?;
+        println!(
+            "wrote a random Qwen2.5-0.5B-shaped model to {} in {:.1} s",
+            model_dir.display(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let lake = Lake::new(work.join("lake"));
+    reset_peak_rss();
+    let t = Instant::now();
+    let mut args = Ingest::from_flags([
+        "--chain",
+        "bench",
+        "--stage",
+        "instruct_base",
+        "--layers",
+        "6,12,18,23",
+        "--device",
+        &a.device,
+    ])?;
+    (args.model, args.data, args.limit) = (Some(model_dir.clone()), Some(data.clone()), Some(a.n));
+    args.project = work.join("saerl.toml");
+    let tokens = ingest(&lake, &args)?;
+    let secs = t.elapsed().as_secs_f64();
+    let rss = peak_rss().unwrap_or(0);
+    let (h, i, kv) = (
+        shape.hidden as f64,
+        shape.intermediate as f64,
+        (shape.kv_heads * shape.hidden / shape.heads) as f64,
+    );
+    // Linear layers of every block up to the deepest captured one (23 = all 24); attention's
+    // T×T products are small next to them at GSM8k lengths and are left out.
+    let block = 2.0 * h * h + 2.0 * h * kv + 3.0 * h * i;
+    let flops_per_token = shape.layers as f64 * 2.0 * block;
+    let weights =
+        4.0 * (shape.layers as f64 * (block + 2.0 * h + 2.0 * kv + h) + VOCAB as f64 * h + h);
+    let tps = tokens as f64 / secs;
+    let achieved = tps * flops_per_token / 1e9;
+    println!(
+        "saerl ingest ({}): {tokens} tokens in {secs:.1} s = {tps:.0} tokens/s; peak RSS {:.2} GiB = f32 weights {:.2} GiB + {:.2} GiB (target ≤ + 0.5)",
+        a.device,
+        gib(rss),
+        weights / (1u64 << 30) as f64,
+        (rss as f64 - weights) / (1u64 << 30) as f64
+    );
+    if a.device == "cpu" {
+        let gemm = gflops(1024, 896, 4864, true);
+        println!(
+            "  model linear layers: {achieved:.1} GFLOP/s achieved vs the GEMM at 1024×896×4864: {gemm:.1} GFLOP/s ({:.0}%)",
+            100.0 * achieved / gemm
+        );
+    }
+    let threads = rayon::current_num_threads().to_string();
+    let (data_s, model_s) = (data.display().to_string(), model_dir.display().to_string());
+    let reference = refs
+        .script(
+            "ref_ingest.py",
+            &[
+                &data_s,
+                &model_s,
+                "--n",
+                &a.n.to_string(),
+                "--threads",
+                &threads,
+            ],
+        )
+        .and_then(|out| super::figure_before(&out, "tokens/s"));
+    ratio_line(
+        "transformers, same questions and tokenizer (tokens/s)",
+        tps,
+        reference,
+        TRANSFORMERS_TOKENS_PER_S,
+        1.5,
+    );
+    Ok(())
+}

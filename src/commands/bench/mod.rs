@@ -1,0 +1,176 @@
+//! `saerl bench ...`: figures and ratios, not pass/fail. Each benchmark runs saerl's work at the
+//! study's shape and, when it can, the reference implementation on the same machine in the same
+//! run (PyTorch/transformers scripts from a reference directory, DuckDB), so the ratio compares
+//! like with like. Without the references it prints the figures recorded for this machine kind.
+
+mod gemm;
+mod ingest;
+mod sql;
+mod stats;
+mod train;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+pub use ingest::BenchIngest;
+pub use sql::BenchSql;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+    /// The PyTorch reference scripts (ref_sae_step.py, ref_ingest.py, gemm_peak.py), run in the
+    /// same process tree for a same-run ratio; e.g. ../shared/bench.
+    #[arg(long, global = true, env = "SAERL_BENCH_REFS")]
+    pub refs: Option<PathBuf>,
+    /// The Python that runs the references (with torch, transformers, duckdb).
+    #[arg(long, global = true, env = "SAERL_PYTHON", default_value = "python3")]
+    pub python: PathBuf,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum BenchWhat {
+    /// The shipped GEMM's GFLOP/s at the study's shapes (SAE encoder, model layers).
+    Gemm,
+    /// SAE training steps at the study's shape (d 896, d_sae 7168, k 64, batch 512).
+    Train {
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+    },
+    /// Feature statistics over synthetic rows at the study's shape (d 896, d_sae 7168, k 64).
+    Stats {
+        /// Rows (the study's full train split of one stage and layer: 445,744).
+        #[arg(long, default_value_t = 445_744)]
+        rows: usize,
+    },
+    /// Activation collection with a random model of Qwen2.5-0.5B's exact shape.
+    Ingest(BenchIngest),
+    /// Time decoder_drift.sql over a full-size synthetic chain.
+    Sql(BenchSql),
+}
+
+pub async fn run(a: &BenchArgs) -> Result<()> {
+    let refs = References {
+        dir: a.refs.clone(),
+        python: a.python.clone(),
+    };
+    match &a.what {
+        BenchWhat::Gemm => gemm::run(&refs),
+        BenchWhat::Train { steps } => train::run(*steps, &refs),
+        BenchWhat::Stats { rows } => stats::run(*rows),
+        BenchWhat::Ingest(b) => ingest::run(b, &refs),
+        BenchWhat::Sql(b) => sql::run(b, &refs).await,
+    }
+}
+
+/// Where the reference implementations are and what runs them.
+pub struct References {
+    dir: Option<PathBuf>,
+    python: PathBuf,
+}
+
+impl References {
+    /// Runs reference script `name` from the reference directory with `args`; its stdout, or
+    /// why it could not run (no directory given, Python or a package missing, ...).
+    fn script(&self, name: &str, args: &[&str]) -> Result<String> {
+        let dir = self
+            .dir
+            .as_ref()
+            .context("no reference directory (pass --refs DIR or set SAERL_BENCH_REFS)")?;
+        let file = dir.join(name);
+        if !file.is_file() {
+            bail!("{} not found", file.display());
+        }
+        self.python_run(&[file.to_str().context("a non-UTF-8 path")?], args)
+    }
+
+    /// `python -c CODE ARGS` or `python FILE ARGS`: stdout, or the last line of stderr.
+    fn python_run(&self, lead: &[&str], args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.python)
+            .args(lead)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", self.python.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("the reference failed")
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// The number before `unit` in a reference script's output (e.g. "1806 rows/s").
+fn figure_before(text: &str, unit: &str) -> Result<f64> {
+    let at = text
+        .find(unit)
+        .with_context(|| format!("no `{unit}` in the reference's output: {text}"))?;
+    text[..at]
+        .split_whitespace()
+        .last()
+        .and_then(|w| w.parse().ok())
+        .with_context(|| format!("no number before `{unit}` in: {text}"))
+}
+
+/// Peak resident set size of this process, in bytes (Linux).
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Restarts peak-RSS accounting from the current RSS (Linux ≥ 4.0), so a figure covers one phase.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn gib(b: u64) -> f64 {
+    b as f64 / (1u64 << 30) as f64
+}
+
+/// A temporary directory, or `keep` when given (created if needed and kept afterwards).
+fn work_dir(keep: &Option<PathBuf>) -> Result<(Option<tempfile::TempDir>, PathBuf)> {
+    match keep {
+        Some(p) => {
+            std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+            Ok((None, p.clone()))
+        }
+        None => {
+            let t = tempfile::tempdir()?;
+            let p = t.path().to_path_buf();
+            Ok((Some(t), p))
+        }
+    }
+}
+
+/// `figure` against `reference`, as one line: "saerl is 2.41× <what> (target ≥ 4)".
+fn ratio_line(what: &str, figure: f64, reference: Result<f64>, recorded: f64, target: f64) {
+    match reference {
+        Ok(r) => println!(
+            "  {what}: {r:.0} in this run → saerl is {:.2}× (target ≥ {target})",
+            figure / r
+        ),
+        Err(e) => println!(
+            "  {what}: not run here ({e:#}); recorded for this machine kind {recorded:.0} → saerl is {:.2}× (target ≥ {target})",
+            figure / recorded
+        ),
+    }
+}
+
+/// Questions for the ingest benchmark: `data`, or the built-in GSM8k sample written to `dir`.
+fn questions_file(data: &Option<PathBuf>, dir: &Path) -> Result<PathBuf> {
+    match data {
+        Some(d) => Ok(d.clone()),
+        None => {
+            let p = dir.join("questions.jsonl");
+            std::fs::write(&p, crate::data::SAMPLE_TRAIN)?;
+            Ok(p)
+        }
+    }
+}
