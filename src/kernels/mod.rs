@@ -12,5 +12,5 @@ pub mod vector;
 
 pub use encode::{encode, Encoded};
 pub use gemm::{gemm, sgemm_nt, Mat};
-pub use topk::top_k;
-pub use vector::{axpy, cosine, dot, unit_norm, unit_rows};
+pub use topk::{by_value, top_k};
+pub use vector::{add, axpy, cosine, dot, unit_norm, unit_rows};

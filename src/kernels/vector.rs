@@ -72,6 +72,13 @@ mod x86 {
 }
 
 simd_fn! {
+/// y += x
+pub fn add(y: &mut [f32], x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += x);
+}
+}
+
+simd_fn! {
 /// y += a·x
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);

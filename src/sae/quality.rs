@@ -3,8 +3,6 @@
 //! (unbiased), or over the second moment E[x²] (`NmseDenom::SecondMoment`, other libraries'
 //! convention); mean L0 = non-zero latents per row.
 
-use rayon::prelude::*;
-
 use super::Sae;
 use crate::kernels::Encoded;
 
@@ -27,16 +25,11 @@ impl NmseDenom {
 
 /// x̂ for every row of `x`.
 pub fn reconstruct(sae: &Sae, x: &[f32], enc: &mut Encoded) -> (Vec<f32>, Vec<usize>) {
-    let n = sae.d_sae;
-    let z = sae.encode_batch(x, enc);
-    let rows: Vec<(Vec<f32>, usize)> = z
-        .par_chunks(n)
-        .map(|z| {
-            let lat = sae.activate(z);
-            let l0 = lat.iter().filter(|(_, v)| *v != 0.0).count();
-            (sae.decode(&lat), l0)
-        })
-        .collect();
+    let rows = sae.map_pre_activations(x, enc, |_, z| {
+        let lat = sae.activate(z);
+        let l0 = lat.iter().filter(|(_, v)| *v != 0.0).count();
+        (sae.decode(&lat), l0)
+    });
     let l0 = rows.iter().map(|r| r.1).collect();
     (rows.into_iter().flat_map(|r| r.0).collect(), l0)
 }

@@ -5,8 +5,6 @@
 //! - mean_act: mean z_i over the rows where it fired (z_i > 0); max_act: the largest z_i selected;
 //! - the top examples: the `TOP_EXAMPLES` rows with the largest selected z_i (ties: earlier row).
 
-use rayon::prelude::*;
-
 use super::Sae;
 use crate::kernels::Encoded;
 
@@ -88,9 +86,8 @@ impl FeatureStats {
 
     /// Adds the rows `x` (row-major, d_model wide) encoded by `sae`.
     pub fn add(&mut self, sae: &Sae, x: &[f32], info: &RowInfo) {
-        let (d, n) = (sae.d_model, sae.d_sae);
-        let z = sae.encode_batch(x, &mut self.enc);
-        let latents: Vec<Vec<(u32, f32)>> = z.par_chunks(n).map(|z| sae.activate(z)).collect();
+        let d = sae.d_model;
+        let latents = sae.map_pre_activations(x, &mut self.enc, |_, z| sae.activate(z));
         debug_assert_eq!(latents.len(), x.len() / d);
         let Self {
             train,

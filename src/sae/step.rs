@@ -111,7 +111,13 @@ struct Term {
 }
 
 /// The phases of a step, in order, as `Scratch::phase_times` reports them.
-pub const PHASES: [&str; 5] = ["encoder GEMM", "top-k", "decode", "norm", "Adam + renorm"];
+pub const PHASES: [&str; 5] = [
+    "encoder GEMM + top-k",
+    "group",
+    "decode",
+    "norm",
+    "Adam + renorm",
+];
 
 /// Buffers reused from step to step.
 #[derive(Default)]
@@ -139,11 +145,6 @@ pub struct Scratch {
 const FEATURES_PER_TASK: usize = 64;
 
 impl Scratch {
-    /// The pre-activations of `x` ([rows × d_sae]), in this scratch space.
-    pub fn encode(&mut self, sae: &Sae, x: &[f32]) -> &[f32] {
-        sae.encode_batch(x, &mut self.enc)
-    }
-
     /// Seconds spent in each of `PHASES` over all steps so far.
     pub fn phase_times(&self) -> [f64; 5] {
         self.times.map(|t| t.as_secs_f64())
@@ -217,9 +218,10 @@ pub fn step(
         s.times[phase] += now - clock;
         clock = now;
     };
-    sae.encode_batch(x, &mut s.enc);
+    let selected =
+        sae.map_pre_activations(x, &mut s.enc, |_, z| select_row(z, &sae.b_enc, dead, &sh));
     lap(s, 0);
-    select(s, sae.d_sae, dead, &sh, fired);
+    group_by_feature(s, sae.d_sae, &selected, &sh, fired);
     lap(s, 1);
     let (recon, aux) = decode(sae, s, x, &sh);
     lap(s, 2);
@@ -233,29 +235,39 @@ pub fn step(
     }
 }
 
-/// Per row (in parallel) the top-k of the pre-activations and, with aux-k on, the top k_aux
-/// among the dead features; then the terms grouped by feature and `fired` counted.
-fn select(s: &mut Scratch, n: usize, dead: Option<&[u32]>, sh: &Shape, fired: &mut [u64]) {
-    let rows = s.enc.z.len() / n;
-    s.terms.resize(rows * sh.kt, Term::default());
-    (s.enc.z.par_chunks(n), s.terms.par_chunks_mut(sh.kt))
-        .into_par_iter()
-        .for_each(|(z, terms)| {
-            let top = top_k(z, sh.k);
-            let picked: Vec<(u32, f32)> = match dead.filter(|_| sh.k_aux > 0) {
-                Some(dead) => {
-                    let zd: Vec<f32> = dead.iter().map(|&i| z[i as usize]).collect();
-                    top_k(&zd, sh.k_aux)
-                        .into_iter()
-                        .map(|(j, v)| (dead[j as usize], v))
-                        .collect()
-                }
-                None => Vec::new(),
-            };
-            for (t, &(feature, v)) in terms.iter_mut().zip(top.iter().chain(&picked)) {
-                *t = Term { feature, v };
-            }
-        });
+/// One row's selection: the top-k of its pre-activations z + b_enc and, with aux-k on, the top
+/// k_aux among the dead features.
+fn select_row(z: &[f32], b_enc: &[f32], dead: Option<&[u32]>, sh: &Shape) -> Vec<Term> {
+    let top = top_k(z, b_enc, sh.k);
+    let picked: Vec<(u32, f32)> = match dead.filter(|_| sh.k_aux > 0) {
+        Some(dead) => {
+            let zd: Vec<f32> = dead.iter().map(|&i| z[i as usize]).collect();
+            let bd: Vec<f32> = dead.iter().map(|&i| b_enc[i as usize]).collect();
+            top_k(&zd, &bd, sh.k_aux)
+                .into_iter()
+                .map(|(j, v)| (dead[j as usize], v))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    top.iter()
+        .chain(&picked)
+        .map(|&(feature, v)| Term { feature, v })
+        .collect()
+}
+
+/// The rows' selections as terms, grouped by feature (a counting sort), with `fired` counted.
+fn group_by_feature(
+    s: &mut Scratch,
+    n: usize,
+    selected: &[Vec<Term>],
+    sh: &Shape,
+    fired: &mut [u64],
+) {
+    s.terms.clear();
+    for row in selected {
+        s.terms.extend_from_slice(row);
+    }
     s.start.clear();
     s.start.resize(n + 1, 0);
     for (j, t) in s.terms.iter().enumerate() {

@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 
 use rayon::prelude::*;
 
-use crate::kernels::{dot, encode, top_k, Encoded};
+use crate::kernels::{by_value, dot, encode, top_k, Encoded};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -102,32 +102,46 @@ impl Sae {
         &self.w_dec[i * self.d_model..(i + 1) * self.d_model]
     }
 
-    /// All pre-activations z for one input row.
+    /// The pre-activations of one input row without the bias: z = W_enc (x − b_pre); the
+    /// latents are the top-k of z + b_enc (`activate`).
     pub fn pre_activations(&self, x: &[f32], z: &mut Vec<f32>) {
         assert_eq!(x.len(), self.d_model, "input width must equal d_model");
         let centred: Vec<f32> = x.iter().zip(&self.b_pre).map(|(a, b)| a - b).collect();
         z.clear();
-        z.extend((0..self.d_sae).map(|i| dot(self.enc_row(i), &centred) + self.b_enc[i]));
+        z.extend((0..self.d_sae).map(|i| dot(self.enc_row(i), &centred)));
     }
 
-    /// The pre-activations of a batch of rows (`x` row-major, d_model wide) as one GEMM;
-    /// rows × d_sae values in `out.z`.
-    pub fn encode_batch<'a>(&self, x: &[f32], out: &'a mut Encoded) -> &'a [f32] {
-        encode(x, &self.b_pre, &self.w_enc, &self.b_enc, out);
-        &out.z
+    /// Encodes a batch of rows (`x` row-major, d_model wide) as one GEMM into `out`, then
+    /// hands each row's pre-activations without b_enc (see `pre_activations`) to `f`, rows in
+    /// parallel; the results come back in row order.
+    pub fn map_pre_activations<R: Send>(
+        &self,
+        x: &[f32],
+        out: &mut Encoded,
+        f: impl Fn(usize, &[f32]) -> R + Sync,
+    ) -> Vec<R> {
+        encode(x, &self.b_pre, &self.w_enc, self.d_sae, out);
+        out.z
+            .par_chunks(self.d_sae)
+            .enumerate()
+            .map(|(r, z)| f(r, z))
+            .collect()
     }
 
     /// The k active latents of one row, largest first, as (feature, value).
     pub fn encode(&self, x: &[f32]) -> Vec<(u32, f32)> {
         let mut z = Vec::with_capacity(self.d_sae);
         self.pre_activations(x, &mut z);
-        self.activate(&z)
+        let mut lat = self.activate(&z);
+        by_value(&mut lat);
+        lat
     }
 
-    /// The k active latents given a row's pre-activations (top-k, then ReLU for `topk_relu`).
+    /// The k active latents given a row's pre-activations without b_enc (top-k of z + b_enc,
+    /// then ReLU for `topk_relu`), in no particular order.
     #[inline(always)]
     pub fn activate(&self, z: &[f32]) -> Vec<(u32, f32)> {
-        let mut top = top_k(z, self.k);
+        let mut top = top_k(z, &self.b_enc, self.k);
         if self.activation == Activation::TopKRelu {
             top.iter_mut().for_each(|(_, v)| *v = v.max(0.0));
         }
@@ -162,8 +176,11 @@ impl saerl_udfs::Encoder for Sae {
         let mut enc = Encoded::default();
         let mut out = Vec::with_capacity(x.len() / self.d_model);
         for chunk in x.chunks(1024 * self.d_model) {
-            let z = self.encode_batch(chunk, &mut enc);
-            out.par_extend(z.par_chunks(self.d_sae).map(|z| self.activate(z)));
+            out.extend(self.map_pre_activations(chunk, &mut enc, |_, z| {
+                let mut lat = self.activate(z);
+                by_value(&mut lat);
+                lat
+            }));
         }
         out
     }

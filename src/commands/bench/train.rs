@@ -64,7 +64,7 @@ pub fn run(steps: usize, refs: &References) -> Result<()> {
     );
     let threads = rayon::current_num_threads().to_string();
     let reference = refs
-        .script("ref_sae_step.py", &["--threads", &threads, "--steps", "10"])
+        .script("ref_sae_step.py", &["--threads", &threads])
         .and_then(|out| super::figure_before(&out, "rows/s"));
     ratio_line(
         "PyTorch dense step (rows/s)",
