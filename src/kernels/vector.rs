@@ -52,6 +52,30 @@ mod x86 {
         _mm512_storeu_ps(acc.as_mut_ptr(), s);
     }
 
+    /// `dots3` with three 16-lane registers.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dots3_avx512(a: &[f32], b: &[f32], body: usize, acc: &mut [[f32; 16]; 3]) {
+        let (mut ab, mut aa, mut bb) = (
+            _mm512_setzero_ps(),
+            _mm512_setzero_ps(),
+            _mm512_setzero_ps(),
+        );
+        let mut i = 0;
+        while i < body {
+            let (x, y) = (
+                _mm512_loadu_ps(a.as_ptr().add(i)),
+                _mm512_loadu_ps(b.as_ptr().add(i)),
+            );
+            ab = _mm512_add_ps(ab, _mm512_mul_ps(x, y));
+            aa = _mm512_add_ps(aa, _mm512_mul_ps(x, x));
+            bb = _mm512_add_ps(bb, _mm512_mul_ps(y, y));
+            i += 16;
+        }
+        _mm512_storeu_ps(acc[0].as_mut_ptr(), ab);
+        _mm512_storeu_ps(acc[1].as_mut_ptr(), aa);
+        _mm512_storeu_ps(acc[2].as_mut_ptr(), bb);
+    }
+
     /// `dot16` with two 8-lane registers (lanes 0–7 and 8–15).
     #[target_feature(enable = "avx2")]
     pub unsafe fn dot16_avx2(a: &[f32], b: &[f32], body: usize, acc: &mut [f32; 16]) {
@@ -104,16 +128,41 @@ pub fn unit_rows(rows: &mut [f32], d: usize) {
     rows.par_chunks_mut(d).for_each(unit_norm);
 }
 
-/// Cosine of two vectors, accumulated in f64; None when either has zero norm.
+/// Cosine of two vectors; None when either has zero norm. The three sums (a·b, a·a, b·b) run
+/// in 16 f32 lanes each, like `dot`, and are combined in f64.
 pub fn cosine(a: &[f32], b: &[f32]) -> Option<f64> {
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
+    let n = a.len().min(b.len());
+    let body = n / 16 * 16;
+    let mut acc = [[0f32; 16]; 3];
+    #[cfg(target_arch = "x86_64")]
+    match super::simd::level() {
+        // SAFETY: the CPU has AVX-512F; the loads stay below `body` ≤ both lengths.
+        2 => unsafe { x86::dots3_avx512(a, b, body, &mut acc) },
+        _ => dots3(a, b, body, &mut acc),
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    dots3(a, b, body, &mut acc);
+    let lanes = |l: &[f32; 16]| l.iter().map(|&x| x as f64).sum::<f64>();
+    let (mut ab, mut aa, mut bb) = (lanes(&acc[0]), lanes(&acc[1]), lanes(&acc[2]));
+    for (&x, &y) in a[body..n].iter().zip(&b[body..n]) {
         let (x, y) = (x as f64, y as f64);
         ab += x * y;
         aa += x * x;
         bb += y * y;
     }
     (aa > 0.0 && bb > 0.0).then(|| ab / (aa.sqrt() * bb.sqrt()))
+}
+
+simd_fn! {
+fn dots3(a: &[f32], b: &[f32], body: usize, acc: &mut [[f32; 16]; 3]) {
+    for (x, y) in a[..body].chunks_exact(16).zip(b[..body].chunks_exact(16)) {
+        for j in 0..16 {
+            acc[0][j] += x[j] * y[j];
+            acc[1][j] += x[j] * x[j];
+            acc[2][j] += y[j] * y[j];
+        }
+    }
+}
 }
 
 #[cfg(test)]

@@ -59,13 +59,7 @@ impl Lake {
         let (mut pieces, mut n, mut d) = (Vec::new(), 0, 0);
         for file in self.activation_files(key)? {
             let b = builder(&file)?;
-            let x = b
-                .schema()
-                .field_with_name("x")
-                .with_context(|| format!("{} has no column x", file.display()))?;
-            d = super::vector_width(x.data_type())
-                .with_context(|| format!("{}: column x is not a vector", file.display()))?
-                as usize;
+            d = x_width(&b, &file)?;
             let groups = b.metadata().num_row_groups();
             for row_group in 0..groups {
                 let mut rows = 0;
@@ -101,9 +95,52 @@ fn column<'b>(batch: &'b RecordBatch, name: &str, file: &Path) -> Result<&'b Arr
         .with_context(|| format!("{} has no column {name}", file.display()))
 }
 
+/// The width of a file's vector column x.
+fn x_width(b: &ParquetRecordBatchReaderBuilder<File>, file: &Path) -> Result<usize> {
+    let x = b
+        .schema()
+        .field_with_name("x")
+        .with_context(|| format!("{} has no column x", file.display()))?;
+    Ok(super::vector_width(x.data_type())
+        .with_context(|| format!("{}: column x is not a vector", file.display()))? as usize)
+}
+
 fn builder(file: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
     let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
     ParquetRecordBatchReaderBuilder::try_new(f).with_context(|| corrupt(file))
+}
+
+/// Column x of one row group as rows of width d (the page-level fast path, else Arrow) and the
+/// other `columns` of that row group as one batch.
+fn read_x(
+    file: &Path,
+    row_group: usize,
+    columns: &[&str],
+    d: usize,
+) -> Result<(Vec<f32>, RecordBatch)> {
+    let batches = read_group(file, row_group, columns)?;
+    let others = match batches.len() {
+        1 => batches.into_iter().next().unwrap(),
+        _ => arrow::compute::concat_batches(&batches[0].schema(), &batches)?,
+    };
+    let reader = super::vectors::open(file)?;
+    if let Some(x) = super::vectors::read_vectors(&reader, row_group, "x", d)? {
+        return Ok((x, others));
+    }
+    let mut x = Vec::with_capacity(others.num_rows() * d);
+    for batch in read_group(file, row_group, &["x"])? {
+        let col = column(&batch, "x", file)?.as_fixed_size_list();
+        if col.value_length() as usize != d {
+            bail!(
+                "{}: column x is {} wide, expected {d}",
+                file.display(),
+                col.value_length()
+            );
+        }
+        let v = col.values().as_primitive::<Float32Type>().values();
+        x.extend_from_slice(&v[..batch.num_rows() * d]);
+    }
+    Ok((x, others))
 }
 
 fn read_group(file: &Path, row_group: usize, columns: &[&str]) -> Result<Vec<RecordBatch>> {
@@ -127,14 +164,11 @@ impl ActivationRows {
     fn read_piece(&self, p: &Piece) -> Result<Vec<f32>> {
         let d = self.d;
         let mut out = Vec::with_capacity(p.rows * d);
-        for batch in read_group(&p.file, p.row_group, &["x", "split"])? {
-            let col = |name: &str| column(&batch, name, &p.file);
-            let (x, s) = (
-                col("x")?.as_fixed_size_list(),
-                col("split")?.as_string::<i32>(),
-            );
-            let values = x.values().as_primitive::<Float32Type>().values();
-            for i in 0..batch.num_rows() {
+        let (x, split) = read_x(&p.file, p.row_group, &["split"], d)?;
+        {
+            let s = column(&split, "split", &p.file)?.as_string::<i32>();
+            let values = &x[..];
+            for i in 0..split.num_rows() {
                 if s.value(i) != self.split {
                     continue;
                 }
@@ -292,16 +326,12 @@ impl Lake {
     ) -> Result<()> {
         use arrow::datatypes::{Int32Type, Int64Type};
         for file in self.activation_files(key)? {
-            let reader = builder(&file)?
-                .with_batch_size(4096)
-                .build()
-                .with_context(|| corrupt(&file))?;
-            for batch in reader {
-                let batch = batch.with_context(|| corrupt(&file))?;
+            let b = builder(&file)?;
+            let d = x_width(&b, &file)?;
+            for row_group in 0..b.metadata().num_row_groups() {
+                let (values, batch) =
+                    read_x(&file, row_group, &["doc_id", "pos", "token_id", "split"], d)?;
                 let col = |name: &str| column(&batch, name, &file);
-                let x = col("x")?.as_fixed_size_list();
-                let d = x.value_length() as usize;
-                let values = x.values().as_primitive::<Float32Type>().values();
                 if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                     bail!(
                         "non-finite activation in {key} ({} row {}); re-ingest that partition with --overwrite",
@@ -317,7 +347,7 @@ impl Lake {
                     val: (0..batch.num_rows())
                         .map(|i| split.value(i) == "val")
                         .collect(),
-                    x: &values[..batch.num_rows() * d],
+                    x: &values,
                 })?;
             }
         }

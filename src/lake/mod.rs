@@ -9,6 +9,7 @@ mod schema;
 mod stages;
 mod staging;
 mod transitions;
+mod vectors;
 mod write;
 
 use std::fmt;

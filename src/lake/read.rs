@@ -84,7 +84,8 @@ impl Lake {
         )
     }
 
-    /// Reads only the named columns of a single-file partition (the SAE tables), as one batch.
+    /// Reads only the named columns of a single-file partition (the SAE tables), as one batch
+    /// with the columns in the order asked for.
     pub fn read_columns(
         &self,
         table: Table,
@@ -99,6 +100,82 @@ impl Lake {
                 self.root().display()
             );
         }
+        if columns.iter().any(|c| table.vector_columns().contains(c)) {
+            if let Some(batch) = read_columns_fast(&path, table, columns)? {
+                return Ok(batch);
+            }
+        }
+        read_columns_arrow(&path, columns)
+    }
+}
+
+/// `read_columns` with the vector columns read page by page (`vectors::read_vectors`) and the
+/// others through Arrow; None when a vector column is not laid out as saerl writes it.
+fn read_columns_fast(path: &Path, table: Table, columns: &[&str]) -> Result<Option<RecordBatch>> {
+    use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array};
+    use parquet::file::reader::FileReader;
+    let reader = super::vectors::open(path)?;
+    let meta = reader.metadata().file_metadata();
+    let schema =
+        parquet::arrow::parquet_to_arrow_schema(meta.schema_descr(), meta.key_value_metadata())
+            .with_context(|| corrupt(path))?;
+    let others: Vec<&str> = columns
+        .iter()
+        .copied()
+        .filter(|c| !table.vector_columns().contains(c))
+        .collect();
+    let rest = match others.is_empty() {
+        true => None,
+        false => Some(read_columns_arrow(path, &others)?),
+    };
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    let mut fields = Vec::new();
+    for &c in columns {
+        let field = schema
+            .field_with_name(c)
+            .with_context(|| format!("{} has no column {c}", path.display()))?;
+        match &rest {
+            Some(b) if others.contains(&c) => arrays.push(b.column_by_name(c).unwrap().clone()),
+            _ => {
+                let Some(d) = super::vector_width(field.data_type()) else {
+                    return Ok(None);
+                };
+                let mut values = Vec::new();
+                for rg in 0..reader.metadata().num_row_groups() {
+                    match super::vectors::read_vectors(&reader, rg, c, d as usize)? {
+                        Some(v) if values.is_empty() => values = v,
+                        Some(v) => values.extend_from_slice(&v),
+                        None => return Ok(None),
+                    }
+                }
+                let item = match field.data_type() {
+                    arrow::datatypes::DataType::FixedSizeList(item, _)
+                        if item.data_type() == &arrow::datatypes::DataType::Float32 =>
+                    {
+                        item.clone()
+                    }
+                    _ => return Ok(None),
+                };
+                arrays.push(std::sync::Arc::new(FixedSizeListArray::try_new(
+                    item,
+                    d,
+                    std::sync::Arc::new(Float32Array::from(values)),
+                    None,
+                )?));
+            }
+        }
+        fields.push(field.clone());
+    }
+    Ok(Some(RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        arrays,
+    )?))
+}
+
+/// `read_columns` through the Arrow reader.
+fn read_columns_arrow(path: &Path, columns: &[&str]) -> Result<RecordBatch> {
+    {
+        let path = path.to_path_buf();
         let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         let builder =
             ParquetRecordBatchReaderBuilder::try_new(file).with_context(|| corrupt(&path))?;
@@ -122,12 +199,18 @@ impl Lake {
         let mut batches = reader
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| corrupt(&path))?;
-        match batches.len() {
-            1 => Ok(batches.pop().unwrap()),
-            _ => Ok(arrow::compute::concat_batches(
+        let batch = match batches.len() {
+            1 => batches.pop().unwrap(),
+            _ => arrow::compute::concat_batches(
                 &std::sync::Arc::new(schema.project(&roots)?),
                 &batches,
-            )?),
-        }
+            )?,
+        };
+        // Projected columns come in file order; hand them back in the order asked for.
+        let order = columns
+            .iter()
+            .map(|c| batch.schema().index_of(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(batch.project(&order)?)
     }
 }

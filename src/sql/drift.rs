@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use arrow::array::{
-    ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use async_trait::async_trait;
@@ -22,6 +22,7 @@ use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPu
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::ExecutionPlan;
+use rayon::prelude::*;
 use saerl_udfs::{cosine, FloatLists};
 
 use crate::lake::{Lake, Table, Transition};
@@ -286,6 +287,23 @@ impl DriftStream {
             let (Some(x), Some(y)) = (x, y) else {
                 return Ok(Arc::new(Float64Array::new_null(n)));
             };
+            if let (Some(p), Some(q)) = (f32_vectors(x), f32_vectors(y)) {
+                if p.len() != q.len() {
+                    anyhow::bail!(
+                        "{}: d_model changes from {} to {}",
+                        t.to_key(),
+                        p.len() / n.max(1),
+                        q.len() / n.max(1)
+                    );
+                }
+                let d = p.len() / n.max(1);
+                let out: Vec<Option<f64>> = p
+                    .par_chunks(d.max(1))
+                    .zip(q.par_chunks(d.max(1)))
+                    .map(|(p, q)| crate::kernels::cosine(p, q))
+                    .collect();
+                return Ok(Arc::new(Float64Array::from(out)));
+            }
             let (x, y) = (
                 FloatLists::new("feature_drift", x)?,
                 FloatLists::new("feature_drift", y)?,
@@ -363,6 +381,22 @@ impl PartitionStream for DriftStream {
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
     }
+}
+
+/// The values of a non-null `FixedSizeList<Float32>` column as one slice (the lake's vectors).
+fn f32_vectors(a: &ArrayRef) -> Option<&[f32]> {
+    let l = a.as_fixed_size_list_opt()?;
+    if l.null_count() > 0 || l.values().null_count() > 0 {
+        return None;
+    }
+    let v = l
+        .values()
+        .as_primitive_opt::<arrow::datatypes::Float32Type>()?;
+    let (start, len) = (
+        l.offset() * l.value_length() as usize,
+        l.len() * l.value_length() as usize,
+    );
+    Some(&v.values()[start..start + len])
 }
 
 /// `sae_transitions` as a small in-memory table.
