@@ -20,7 +20,7 @@ use crate::lake::{
     activation_batch, check_name, docs_batch, infer_step, vocab_batch, writer_properties,
     IngestStaging, Lake, PartitionKey, StageRow, Table, Txn,
 };
-use crate::model::{device, load_model, Hooks, PaddedBatch, Qwen2, Qwen2Config, TextTokenizer};
+use crate::model::{device, load_model, Qwen2, Qwen2Config, TextTokenizer};
 use crate::project::{DataSet, Project};
 use crate::study::chain_defaults;
 
@@ -160,23 +160,34 @@ impl Plan {
     }
 }
 
-/// Returns the number of activation rows (real tokens) per layer; 0 when everything asked for
-/// was already in the lake.
-pub fn run(lake: &Lake, a: &Ingest) -> Result<usize> {
+/// What an ingest did: activation rows (real tokens) per layer (0 when everything asked for was
+/// already in the lake), and the seconds spent loading the model and running it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Summary {
+    pub rows: usize,
+    pub load_seconds: f64,
+    pub forward_seconds: f64,
+}
+
+pub fn run(lake: &Lake, a: &Ingest) -> Result<Summary> {
     let Some(plan) = plan(lake, a)? else {
-        return Ok(0);
+        return Ok(Summary::default());
     };
+    let started = std::time::Instant::now();
     // The model loads before anything is staged, so a bad checkpoint leaves the lake untouched.
     let model = match plan.layers.is_empty() {
         true => None,
         false => Some(load_model(&plan.model_dir, &device(&a.device)?)?),
     };
+    let load_seconds = started.elapsed().as_secs_f64();
     let staging = lake.ingest_staging(&a.chain, &a.stage);
     check_manifest(&staging, &plan.manifest(a)?, a)?;
+    let started = std::time::Instant::now();
     let n_chunks = match &model {
         Some(m) => collect(&plan, m, &staging, a)?,
         None => plan.chunks(a).len(),
     };
+    let forward_seconds = started.elapsed().as_secs_f64();
     publish(lake, &plan, &staging, n_chunks, a)?;
     println!(
         "ingested {} docs, {} tokens ({} val) of {} {} at blocks {:?} into {}",
@@ -188,7 +199,11 @@ pub fn run(lake: &Lake, a: &Ingest) -> Result<usize> {
         plan.layers,
         lake.root().display()
     );
-    Ok(plan.n_rows())
+    Ok(Summary {
+        rows: plan.n_rows(),
+        load_seconds,
+        forward_seconds,
+    })
 }
 
 /// Checks the flags, reads and tokenizes the questions; None when every requested partition is
@@ -305,7 +320,6 @@ fn check_manifest(staging: &IngestStaging, manifest: &Manifest, a: &Ingest) -> R
 /// chunks finished by an earlier run are skipped. Returns the number of chunks.
 fn collect(plan: &Plan, model: &Qwen2, staging: &IngestStaging, a: &Ingest) -> Result<usize> {
     let chunks = plan.chunks(a);
-    let dev = model.device().clone();
     // Row offset of each document, to find its tokens' split flags.
     let offsets: Vec<usize> = plan
         .rows
@@ -322,7 +336,7 @@ fn collect(plan: &Plan, model: &Qwen2, staging: &IngestStaging, a: &Ingest) -> R
         if a.stop_after_chunks.is_some_and(|n| written >= n) {
             bail!("stopped after {written} chunk(s) as asked; rerun to resume");
         }
-        write_chunk(plan, model, staging, c, chunk, &offsets, &dev, &|n| {
+        write_chunk(plan, model, staging, c, chunk, &offsets, a.batch, &|n| {
             bar.inc(n)
         })?;
         written += 1;
@@ -331,8 +345,14 @@ fn collect(plan: &Plan, model: &Qwen2, staging: &IngestStaging, a: &Ingest) -> R
     Ok(chunks.len())
 }
 
-/// One chunk: its forward batches, every layer's rows into a temporary file, renamed once all
-/// are complete (a chunk counts as done when every layer's file has its final name).
+/// Forward batches per window of questions sorted by length: the batches of a window hold
+/// questions of similar length (less padding on devices that pad), and the window's rows are
+/// written back in question order, so the stored table does not depend on it.
+const BUCKET_BATCHES: usize = 4;
+
+/// One chunk: its questions, a window at a time, through the model; every layer's rows into a
+/// temporary file, renamed once all are complete (a chunk counts as done when every layer's
+/// file has its final name).
 #[allow(clippy::too_many_arguments)]
 fn write_chunk(
     plan: &Plan,
@@ -341,7 +361,7 @@ fn write_chunk(
     c: usize,
     chunk: &[Range<usize>],
     offsets: &[usize],
-    dev: &candle_core::Device,
+    batch: usize,
     progress: &dyn Fn(u64),
 ) -> Result<()> {
     let d = plan.d_model;
@@ -359,40 +379,48 @@ fn write_chunk(
             path,
         ));
     }
-    for range in chunk {
-        let batch = PaddedBatch::new(plan.rows[range.clone()].to_vec(), plan.tok.pad_id(), dev)?;
-        let out = model.forward(
-            &batch.ids,
-            &batch.mask,
-            &Hooks {
-                capture: &plan.layers,
-                ..Default::default()
-            },
-        )?;
-        let t = batch.ids.dim(1)?;
-        for (&l, (w, _, _)) in plan.layers.iter().zip(writers.iter_mut()) {
-            let h: Vec<f32> = out.blocks[&l].flatten_all()?.to_vec1()?;
+    let docs: Vec<usize> = chunk.iter().flat_map(|r| r.clone()).collect();
+    for window in docs.chunks(batch * BUCKET_BATCHES) {
+        let mut by_len = window.to_vec();
+        by_len.sort_by_key(|&doc| plan.rows[doc].len());
+        // Per layer, each document's rows (in `window` order once gathered).
+        let mut outputs: Vec<Vec<Vec<f32>>> =
+            vec![vec![Vec::new(); window.len()]; plan.layers.len()];
+        for group in by_len.chunks(batch) {
+            let rows: Vec<Vec<u32>> = group.iter().map(|&doc| plan.rows[doc].clone()).collect();
+            let out = model.block_outputs(&rows, &plan.layers, plan.tok.pad_id())?;
+            for (li, l) in plan.layers.iter().enumerate() {
+                let mut at = 0;
+                for &doc in group {
+                    let len = plan.rows[doc].len() * d;
+                    let slot = doc - window[0];
+                    outputs[li][slot] = out[l][at..at + len].to_vec();
+                    at += len;
+                }
+            }
+            progress(rows.iter().map(Vec::len).sum::<usize>() as u64);
+        }
+        for ((&l, (w, _, _)), per_doc) in plan.layers.iter().zip(writers.iter_mut()).zip(&outputs) {
             let (mut doc_id, mut pos, mut token, mut flags, mut x) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for (i, doc) in range.clone().enumerate() {
+            for (&doc, h) in window.iter().zip(per_doc) {
+                if let Some(i) = h.iter().position(|x| !x.is_finite()) {
+                    bail!(
+                        "non-finite activation at block {l}, doc {doc}, position {}: the checkpoint {} is broken",
+                        i / d,
+                        plan.model_dir.display()
+                    );
+                }
                 for (p, &id) in plan.rows[doc].iter().enumerate() {
-                    let v = &h[(i * t + p) * d..(i * t + p + 1) * d];
-                    if v.iter().any(|x| !x.is_finite()) {
-                        bail!(
-                            "non-finite activation at block {l}, doc {doc}, position {p}: the checkpoint {} is broken",
-                            plan.model_dir.display()
-                        );
-                    }
                     doc_id.push(plan.docs[doc].doc_id);
                     pos.push(p as i32);
                     token.push(id as i32);
                     flags.push(plan.val[offsets[doc] + p]);
-                    x.extend_from_slice(v);
                 }
+                x.extend_from_slice(h);
             }
             w.write(&activation_batch(doc_id, pos, token, &flags, x, d)?)?;
         }
-        progress(batch.lengths.iter().sum::<usize>() as u64);
     }
     for (w, tmp, path) in writers {
         w.close()?;

@@ -79,7 +79,11 @@ pub fn gemm(a: Mat, b: Mat, c: &mut [f32], ldc: usize, accumulate: bool) {
         }
         return;
     }
-    let threads = rayon::current_num_threads();
+    // Small products (attention heads, tiny models) run on the calling thread.
+    let threads = match 2 * m * n * k < 1 << 22 {
+        true => 1,
+        false => rayon::current_num_threads(),
+    };
     // SAFETY: the three views were checked to lie inside their slices, and C is borrowed mutably.
     unsafe {
         gemm::gemm(

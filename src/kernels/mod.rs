@@ -5,6 +5,7 @@
 
 pub mod encode;
 pub mod gemm;
+pub mod nn;
 #[macro_use]
 pub mod simd;
 pub mod topk;

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod lm_train;
 pub mod load;
+mod packed;
 pub mod qwen2;
 pub mod random;
 pub mod tokenizer;

@@ -13,9 +13,9 @@ use candle_nn::VarBuilder;
 
 use super::Qwen2Config;
 
-struct Linear {
-    w: Tensor,
-    b: Option<Tensor>,
+pub(super) struct Linear {
+    pub(super) w: Tensor,
+    pub(super) b: Option<Tensor>,
 }
 
 impl Linear {
@@ -43,9 +43,9 @@ impl Linear {
     }
 }
 
-struct RmsNorm {
-    w: Tensor,
-    eps: f32,
+pub(super) struct RmsNorm {
+    pub(super) w: Tensor,
+    pub(super) eps: f32,
 }
 
 impl RmsNorm {
@@ -69,8 +69,8 @@ impl RmsNorm {
 }
 
 /// cos/sin tables [T, head_dim/2] for rotate-half rotary embeddings.
-struct Rotary {
-    inv_freq: Vec<f32>,
+pub(super) struct Rotary {
+    pub(super) inv_freq: Vec<f32>,
 }
 
 impl Rotary {
@@ -93,14 +93,14 @@ impl Rotary {
     }
 }
 
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
+pub(super) struct Attention {
+    pub(super) q: Linear,
+    pub(super) k: Linear,
+    pub(super) v: Linear,
+    pub(super) o: Linear,
+    pub(super) heads: usize,
+    pub(super) kv_heads: usize,
+    pub(super) head_dim: usize,
 }
 
 impl Attention {
@@ -161,10 +161,10 @@ impl Attention {
     }
 }
 
-struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+pub(super) struct Mlp {
+    pub(super) gate: Linear,
+    pub(super) up: Linear,
+    pub(super) down: Linear,
 }
 
 impl Mlp {
@@ -183,11 +183,11 @@ impl Mlp {
     }
 }
 
-struct Block {
-    norm1: RmsNorm,
-    attn: Attention,
-    norm2: RmsNorm,
-    mlp: Mlp,
+pub(super) struct Block {
+    pub(super) norm1: RmsNorm,
+    pub(super) attn: Attention,
+    pub(super) norm2: RmsNorm,
+    pub(super) mlp: Mlp,
 }
 
 impl Block {
@@ -232,12 +232,12 @@ pub struct Output {
 }
 
 pub struct Qwen2 {
-    cfg: Qwen2Config,
-    embed: Tensor,
-    blocks: Vec<Block>,
-    norm: RmsNorm,
-    head: Tensor,
-    rotary: Rotary,
+    pub(super) cfg: Qwen2Config,
+    pub(super) embed: Tensor,
+    pub(super) blocks: Vec<Block>,
+    pub(super) norm: RmsNorm,
+    pub(super) head: Tensor,
+    pub(super) rotary: Rotary,
 }
 
 impl Qwen2 {

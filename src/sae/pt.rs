@@ -189,10 +189,8 @@ fn gather(t: &TensorRef, data: &[u8]) -> Result<Vec<f32>> {
         match t.storage.dtype {
             StorageType::F32 => f32::from_le_bytes(b.try_into().unwrap()),
             StorageType::F64 => f64::from_le_bytes(b.try_into().unwrap()) as f32,
-            StorageType::BF16 => {
-                f32::from_bits((u16::from_le_bytes(b.try_into().unwrap()) as u32) << 16)
-            }
-            StorageType::F16 => f16_to_f32(u16::from_le_bytes(b.try_into().unwrap())),
+            StorageType::BF16 => half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32(),
+            StorageType::F16 => half::f16::from_le_bytes(b.try_into().unwrap()).to_f32(),
         }
     };
     let mut out = Vec::with_capacity(numel);
@@ -212,23 +210,6 @@ fn gather(t: &TensorRef, data: &[u8]) -> Result<Vec<f32>> {
         }
     }
     Ok(out)
-}
-
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as i32;
-    let mant = (h & 0x3ff) as u32;
-    let bits = match (exp, mant) {
-        (0, 0) => sign,
-        (0, m) => {
-            let v = m as f32 * 2f32.powi(-24); // subnormal
-            return if sign != 0 { -v } else { v };
-        }
-        (31, 0) => sign | 0x7f80_0000,
-        (31, m) => sign | 0x7f80_0000 | (m << 13),
-        (e, m) => sign | (((e - 15 + 127) as u32) << 23) | (m << 13),
-    };
-    f32::from_bits(bits)
 }
 
 /// Writes `sae` in the published format, readable by `torch.load`.
