@@ -102,6 +102,9 @@ pub struct DemoArgs {
     /// Questions to ingest per stage.
     #[arg(long, default_value_t = 300)]
     pub prompts: usize,
+    /// Where ingest, SAE training, eval and stats compute: `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// The demo's prompt files: the given ones, or the built-in sample written into `out/data/`.
@@ -237,6 +240,8 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
             "128",
             "--limit",
             &prompts,
+            "--device",
+            &a.device,
         ];
         ingest::run(&lake, &ingest::Ingest::from_flags(flags)?)
             .with_context(|| format!("ingesting the demo model {stage}"))?;
@@ -244,7 +249,7 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
     // Real SAEs on the tiny chain: the base stage cold, the "ppo" stage warm-started from it.
     let train = TrainArgs::parse_from([
         "train", "--chain", "tiny", "--layers", "1,2,3", "--k", SAE_K, "--d-sae", SAE_D,
-        "--epochs", SAE_EPOCHS, "--batch", "256", "--lr", SAE_LR,
+        "--epochs", SAE_EPOCHS, "--batch", "256", "--lr", SAE_LR, "--device", &a.device,
     ]);
     super::train::run(&lake, &train)?;
     let eval = super::eval::EvalArgs::parse_from([
@@ -257,11 +262,13 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
         "32",
         "--mean-prompts",
         "16",
+        "--device",
+        &a.device,
     ]);
     super::eval::run(&lake, &eval)?;
     super::stats::run(
         &lake,
-        &super::stats::StatsArgs::parse_from(["stats", "--chain", "tiny"]),
+        &super::stats::StatsArgs::parse_from(["stats", "--chain", "tiny", "--device", &a.device]),
     )?;
     let plans = plans();
     let total: usize = plans.iter().map(|p| p.saes.len() * p.steps.len()).sum();

@@ -11,14 +11,14 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::SaeSelection;
 use crate::data::read_questions;
-use crate::kernels::Encoded;
 use crate::lake::{evals_batch, read_sae, Lake, PartitionKey, Table, Txn};
 use crate::model::{
     device, load_model, next_token_log_softmax, replace_real_with, splice_real, target_logprobs,
     Hooks, PaddedBatch, Qwen2, Replace, TextTokenizer,
 };
 use crate::project::{DataSet, Project};
-use crate::sae::quality::{reconstruct, Ce, Eval, NmseDenom, Reconstruction};
+use crate::sae::batch::BatchEncoder;
+use crate::sae::quality::{Ce, Eval, NmseDenom, Reconstruction};
 use crate::sae::rows::Rows;
 use crate::sae::Sae;
 
@@ -65,6 +65,8 @@ pub struct EvalArgs {
 }
 
 pub fn run(lake: &Lake, a: &EvalArgs) -> Result<()> {
+    // One device for the models and the SAEs, so their tensors can meet.
+    let dev = device(&a.device)?;
     let mut keys = a.select.keys(lake)?;
     if !a.overwrite {
         keys.retain(|key| match lake.has_partition(Table::Evals, key) {
@@ -95,7 +97,7 @@ pub fn run(lake: &Lake, a: &EvalArgs) -> Result<()> {
             0 => vec![None; saes.len()],
             _ => {
                 let dir = model_dir(lake, &project, &stage, a)?;
-                ce_recovered(&dir, &project, &saes, &layers, a)
+                ce_recovered(&dir, &project, &saes, &layers, &dev, a)
                     .with_context(|| format!("CE loss of stage {stage}; nothing was written"))?
                     .into_iter()
                     .map(Some)
@@ -103,7 +105,7 @@ pub fn run(lake: &Lake, a: &EvalArgs) -> Result<()> {
             }
         };
         for ((key, sae), ce) in keys.iter().zip(&saes).zip(ces) {
-            let mut e = reconstruction(lake, key, sae, a)
+            let mut e = reconstruction(lake, key, sae, &dev, a)
                 .with_context(|| format!("evaluating {key}; nothing was written"))?;
             e.ce = ce;
             let mut txn = Txn::begin(lake, a.overwrite)?;
@@ -160,7 +162,13 @@ impl Ablation {
 }
 
 /// NMSE and mean L0 on the val rows of the SAE's own stage and layer.
-fn reconstruction(lake: &Lake, key: &PartitionKey, sae: &Sae, a: &EvalArgs) -> Result<Eval> {
+fn reconstruction(
+    lake: &Lake,
+    key: &PartitionKey,
+    sae: &Sae,
+    dev: &Device,
+    a: &EvalArgs,
+) -> Result<Eval> {
     let act = key.activations();
     let val = lake.activation_rows(&act, "val", 1)?;
     if val.is_empty() {
@@ -174,9 +182,11 @@ fn reconstruction(lake: &Lake, key: &PartitionKey, sae: &Sae, a: &EvalArgs) -> R
         );
     }
     let mut rec = Reconstruction::default();
+    let mut encoder = BatchEncoder::new(sae, dev)?;
     let bar = super::progress(val.len() as u64, &format!("NMSE {key}"));
     val.for_each_batch(1024, None, &mut |b| {
-        rec.add(sae, b);
+        let (x_hat, l0) = encoder.reconstruct(b, sae.d_model)?;
+        rec.add(b, &x_hat, &l0);
         bar.inc((b.len() / sae.d_model) as u64);
         Ok(())
     })?;
@@ -204,17 +214,6 @@ fn kl(lp_base: &Tensor, lp_other: &Tensor, real: &Tensor) -> Result<f64> {
     Ok(sum / real.sum_all()?.to_scalar::<f32>()? as f64)
 }
 
-/// The SAE's reconstruction of a block output [B,T,H] at every position.
-fn sae_reconstruction(sae: &Sae, h: &Tensor) -> Result<Tensor> {
-    let x: Vec<f32> = h
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1()?;
-    let (x_hat, _) = reconstruct(sae, &x, &mut Encoded::default());
-    Ok(Tensor::from_vec(x_hat, h.shape(), &Device::Cpu)?.to_device(h.device())?)
-}
-
 /// L_base, L_sae and the ablation's loss (and KL scores) on the first `a.prompts` held-out
 /// questions, for each SAE (spliced at its layer) of one stage's model.
 fn ce_recovered(
@@ -222,11 +221,11 @@ fn ce_recovered(
     project: &Project,
     saes: &[Sae],
     layers: &[usize],
+    dev: &Device,
     a: &EvalArgs,
 ) -> Result<Vec<Ce>> {
     let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
-    let dev = device(&a.device)?;
-    let model = load_model(dir, &dev)?;
+    let model = load_model(dir, dev)?;
     let hidden = model.config().hidden_size;
     if let Some(s) = saes.iter().find(|s| s.d_model != hidden) {
         bail!(
@@ -237,16 +236,20 @@ fn ce_recovered(
     }
     let data = project.data_file(a.data.as_deref(), DataSet::Test)?;
     let rows = prompt_rows(&tok, &data, a)?;
-    let ablations = ablation_vectors(&model, &rows, layers, tok.pad_id(), a, &dev)?;
+    let ablations = ablation_vectors(&model, &rows, layers, tok.pad_id(), a, dev)?;
+    let encoders = saes
+        .iter()
+        .map(|s| BatchEncoder::new(s, dev))
+        .collect::<Result<Vec<_>>>()?;
     let batches: Vec<&[Vec<u32>]> = rows.chunks(a.batch.max(1)).collect();
     let bar = super::progress(batches.len() as u64, "CE loss recovered");
     // Per SAE: Σ over batches of (L_base, L_sae, L_ablation, KL_sae, KL_ablation).
     let mut sums = vec![[0f64; 5]; saes.len()];
     for rows in &batches {
-        let b = PaddedBatch::new(rows.to_vec(), tok.pad_id(), &dev)?;
+        let b = PaddedBatch::new(rows.to_vec(), tok.pad_id(), dev)?;
         for (s, batch) in sums
             .iter_mut()
-            .zip(score_batch(&model, &b, saes, layers, &ablations)?)
+            .zip(score_batch(&model, &b, &encoders, layers, &ablations)?)
         {
             s.iter_mut().zip(batch).for_each(|(s, v)| *s += v);
         }
@@ -315,7 +318,7 @@ fn ablation_vectors(
 fn score_batch(
     model: &Qwen2,
     b: &PaddedBatch,
-    saes: &[Sae],
+    encoders: &[BatchEncoder],
     layers: &[usize],
     ablations: &[Tensor],
 ) -> Result<Vec<[f64; 5]>> {
@@ -335,12 +338,13 @@ fn score_batch(
     };
     let base = forward(None)?;
     let l_base = nll(&base, b)?;
-    saes.iter()
+    encoders
+        .iter()
         .zip(layers)
         .zip(ablations)
-        .map(|((sae, &layer), ablation)| {
+        .map(|((encoder, &layer), ablation)| {
             let splice_sae =
-                |h: &Tensor, m: &Tensor| splice_real(h, m, &sae_reconstruction(sae, h)?);
+                |h: &Tensor, m: &Tensor| splice_real(h, m, &encoder.reconstruct_tensor(h)?);
             let splice_abl = |h: &Tensor, m: &Tensor| replace_real_with(h, m, ablation);
             let with_sae = forward(Some((layer, &splice_sae)))?;
             let with_abl = forward(Some((layer, &splice_abl)))?;

@@ -8,6 +8,7 @@ use super::SaeSelection;
 use crate::lake::{
     feature_stats_batch, read_sae, top_examples_batch, Lake, PartitionKey, Table, Txn,
 };
+use crate::sae::batch::BatchEncoder;
 use crate::sae::stats::{FeatureStats, RowInfo};
 
 #[derive(clap::Parser, Debug, Clone)]
@@ -15,17 +16,21 @@ use crate::sae::stats::{FeatureStats, RowInfo};
 pub struct StatsArgs {
     #[command(flatten)]
     pub select: SaeSelection,
+    /// `cpu` or `cuda` (the encoder and top-k on the GPU; needs `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[arg(long)]
     pub overwrite: bool,
 }
 
 pub fn run(lake: &Lake, a: &StatsArgs) -> Result<()> {
+    let dev = crate::model::device(&a.device)?;
     for key in a.select.keys(lake)? {
         if !a.overwrite && lake.has_partition(Table::FeatureStats, &key)? {
             println!("{key}: statistics exist, skipped (--overwrite to recompute)");
             continue;
         }
-        let stats = compute(lake, &key)?;
+        let stats = compute(lake, &key, &dev)?;
         let mut txn = Txn::begin(lake, a.overwrite)?;
         txn.write(Table::FeatureStats, &key, &[feature_stats_batch(&stats)?])?;
         txn.write(Table::TopExamples, &key, &[top_examples_batch(&stats)?])?;
@@ -43,8 +48,9 @@ pub fn run(lake: &Lake, a: &StatsArgs) -> Result<()> {
 }
 
 /// The statistics of SAE `key` over its stage's activations at its layer.
-pub fn compute(lake: &Lake, key: &PartitionKey) -> Result<FeatureStats> {
+pub fn compute(lake: &Lake, key: &PartitionKey, dev: &candle_core::Device) -> Result<FeatureStats> {
     let sae = read_sae(lake, key)?;
+    let mut encoder = BatchEncoder::new(&sae, dev)?;
     let act = key.activations();
     let bar = super::progress(lake.activation_count(&act)? as u64, &format!("stats {key}"));
     let mut stats = FeatureStats::new(sae.d_sae);
@@ -62,7 +68,7 @@ pub fn compute(lake: &Lake, key: &PartitionKey) -> Result<FeatureStats> {
             token_id: b.token_id,
             val: &b.val,
         };
-        stats.add(&sae, b.x, &info);
+        stats.add(&encoder.latents(b.x, sae.d_model)?, &info);
         bar.inc(b.val.len() as u64);
         Ok(())
     })

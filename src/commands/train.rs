@@ -47,6 +47,9 @@ pub struct TrainArgs {
     /// Rows in the streaming shuffle buffer (65,536 rows of width 896 take 235 MB).
     #[arg(long, default_value_t = 65_536)]
     pub shuffle_buffer: usize,
+    /// `cpu` (the CPU step) or `cuda` (the device path; needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[arg(long)]
     pub overwrite: bool,
     /// Stop (with an error) after this many epochs of an SAE, leaving its checkpoint: for the
@@ -73,6 +76,7 @@ fn open_rows(lake: &Lake, key: &PartitionKey, split: &str, a: &TrainArgs) -> Res
 }
 
 pub fn run(lake: &Lake, a: &TrainArgs) -> Result<()> {
+    let dev = crate::model::device(&a.device)?;
     let lake = Lake::open(lake.root())?;
     let stages = lake.read_stages(&a.chain)?;
     if stages.is_empty() {
@@ -154,6 +158,7 @@ pub fn run(lake: &Lake, a: &TrainArgs) -> Result<()> {
                 train_rows.as_ref(),
                 val_rows.as_ref(),
                 &cfg,
+                &dev,
                 a,
             )?;
             parent = Some((st.stage.clone(), sae));
@@ -170,6 +175,7 @@ fn train_one(
     train: &dyn Rows,
     val: &dyn Rows,
     cfg: &TrainConfig,
+    dev: &candle_core::Device,
     a: &TrainArgs,
 ) -> Result<Sae> {
     let ckpt = lake.train_checkpoint(key);
@@ -194,6 +200,9 @@ fn train_one(
         }
         None => Trainer::new(init, train.len(), cfg)?,
     };
+    if !dev.is_cpu() {
+        trainer = trainer.on_device(dev)?;
+    }
     let stage = key.stage.as_deref().unwrap_or("");
     let layer = key.layer.unwrap_or(0);
     let bar = super::progress(

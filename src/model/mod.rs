@@ -20,11 +20,28 @@ pub use tokenizer::{PaddedBatch, TextTokenizer};
 use anyhow::{bail, Result};
 use candle_core::Device;
 
-/// `cpu` or `cuda` (the latter needs a build with `--features cuda`).
+/// `cpu` or `cuda` (the latter needs a build with `--features cuda` and a GPU).
 pub fn device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).map_err(|e| anyhow::anyhow!("CUDA device unavailable ({e}); build with `--features cuda` on a machine with a GPU")),
+        "cuda" if !cfg!(feature = "cuda") => bail!(
+            "--device cuda: this saerl was built without CUDA; rebuild it with `cargo build --features cuda`"
+        ),
+        "cuda" => {
+            let dev = Device::new_cuda(0).map_err(|e| {
+                // candle's errors may carry a backtrace; the first line says what failed.
+                let what = e.to_string();
+                let what = what.lines().next().unwrap_or_default().to_string();
+                anyhow::anyhow!(
+                    "--device cuda: no usable GPU ({what}); check `nvidia-smi` and that the CUDA libraries (libcuda, cuBLAS, cuRAND, NVRTC) are on LD_LIBRARY_PATH"
+                )
+            })?;
+            #[cfg(feature = "cuda")]
+            if let Device::Cuda(cd) = &dev {
+                crate::kernels::device::tune_cuda_device(cd)?;
+            }
+            Ok(dev)
+        }
         other => bail!("unknown device {other:?}: use cpu or cuda"),
     }
 }

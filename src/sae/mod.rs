@@ -1,6 +1,8 @@
 //! The TopK sparse autoencoder and its file formats.
 
+pub mod batch;
 pub mod checkpoint;
+pub mod device;
 pub mod pickle;
 pub mod pt;
 pub mod quality;

@@ -84,13 +84,12 @@ pub struct Reconstruction {
     sum: f64,
     sum_sq: f64,
     l0: u64,
-    enc: Encoded,
 }
 
 impl Reconstruction {
-    pub fn add(&mut self, sae: &Sae, x: &[f32]) {
-        let (x_hat, l0) = reconstruct(sae, x, &mut self.enc);
-        for (a, b) in x.iter().zip(&x_hat) {
+    /// Adds a batch: rows `x`, their reconstructions and each row's number of active latents.
+    pub fn add(&mut self, x: &[f32], x_hat: &[f32], l0: &[usize]) {
+        for (a, b) in x.iter().zip(x_hat) {
             let (a, b) = (*a as f64, *b as f64);
             self.sq_err += (a - b) * (a - b);
             self.sum += a;

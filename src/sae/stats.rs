@@ -5,8 +5,6 @@
 //! - mean_act: mean z_i over the rows where it fired (z_i > 0); max_act: the largest z_i selected;
 //! - the top examples: the `TOP_EXAMPLES` rows with the largest selected z_i (ties: earlier row).
 
-use super::Sae;
-use crate::kernels::Encoded;
 
 pub const TOP_EXAMPLES: usize = 20;
 
@@ -62,7 +60,6 @@ pub struct FeatureStats {
     pub top: Vec<Vec<Example>>,
     /// Per feature, the smallest value kept while its list is full.
     floor: Vec<f32>,
-    enc: Encoded,
 }
 
 /// The provenance of each row of a batch.
@@ -80,15 +77,11 @@ impl FeatureStats {
             val: SplitStats::new(d_sae),
             top: vec![Vec::new(); d_sae],
             floor: vec![f32::NEG_INFINITY; d_sae],
-            enc: Encoded::default(),
         }
     }
 
-    /// Adds the rows `x` (row-major, d_model wide) encoded by `sae`.
-    pub fn add(&mut self, sae: &Sae, x: &[f32], info: &RowInfo) {
-        let d = sae.d_model;
-        let latents = sae.map_pre_activations(x, &mut self.enc, |_, z| sae.activate(z));
-        debug_assert_eq!(latents.len(), x.len() / d);
+    /// Adds rows by their active latents (one list per row, as `BatchEncoder::latents` gives).
+    pub fn add(&mut self, latents: &[Vec<(u32, f32)>], info: &RowInfo) {
         let Self {
             train,
             val,

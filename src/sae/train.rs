@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::quality::row_sq_errors;
 use super::rows::{MemRows, Rows};
+use super::device::{DeviceSae, DeviceTrainer};
 use super::step::{self, Adam, Scratch};
 use super::Sae;
 use crate::kernels::{unit_norm, Encoded};
@@ -189,6 +190,20 @@ pub fn mse(sae: &Sae, rows: &dyn Rows) -> Result<f64> {
     Ok(sum / (rows.len() * sae.d_model) as f64)
 }
 
+/// `mse` with the reconstructions computed on a device.
+pub fn device_mse(sae: &DeviceSae, dev: &candle_core::Device, rows: &dyn Rows) -> Result<f64> {
+    let d = rows.d_model();
+    let mut sum = 0f64;
+    rows.for_each_batch(4096, None, &mut |b| {
+        let x = candle_core::Tensor::from_slice(b, (b.len() / d, d), dev)?;
+        let (x_hat, _) = sae.reconstruct(&x)?;
+        let err = (x_hat - &x)?.to_dtype(candle_core::DType::F64)?;
+        sum += err.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        Ok(())
+    })?;
+    Ok(sum / (rows.len() * d) as f64)
+}
+
 /// Training in progress: the weights, Adam's state and what the finished epochs left behind
 /// (everything a checkpoint must hold to continue bit-identically).
 pub struct Trainer {
@@ -203,7 +218,14 @@ pub struct Trainer {
     pub(super) epochs: Vec<EpochLog>,
     /// Steps of this process only (a resumed run does not have the earlier ones).
     pub steps: Vec<StepLog>,
-    scratch: Scratch,
+    backend: Backend,
+}
+
+/// Where the steps run: the CPU step (`step.rs`) on the host weights, or a device (`device.rs`)
+/// holding its own copy that goes back to the host weights after every epoch.
+enum Backend {
+    Cpu(Box<Scratch>),
+    Device(Box<DeviceTrainer>, candle_core::Device),
 }
 
 impl Trainer {
@@ -228,8 +250,16 @@ impl Trainer {
             best: None,
             epochs: Vec::new(),
             steps: Vec::new(),
-            scratch: Scratch::default(),
+            backend: Backend::Cpu(Box::default()),
         }
+    }
+
+    /// Runs the steps on `dev` through the device path (candle tensors and saerl's device
+    /// kernels; on the CPU too, which is how the tests check that path).
+    pub fn on_device(mut self, dev: &candle_core::Device) -> Result<Self> {
+        let dt = DeviceTrainer::new(&self.sae, &self.adam, dev)?;
+        self.backend = Backend::Device(Box::new(dt), dev.clone());
+        Ok(self)
     }
 
     pub fn epochs(&self) -> &[EpochLog] {
@@ -274,20 +304,34 @@ impl Trainer {
             .prev_dead
             .clone()
             .filter(|dd| !dd.is_empty() && cfg.aux_coeff > 0.0);
+        let dead_on_device = match (&self.backend, &dead) {
+            (Backend::Device(dt, _), Some(dd)) => Some(dt.dead_mask(dd)?),
+            _ => None,
+        };
         let shuffle = cfg.shuffle.then(|| cfg.seed.wrapping_add(ep as u64));
+        let d = self.sae.d_model;
         train.for_each_batch(cfg.batch, shuffle, &mut |batch| {
             lr = cosine_lr(cfg.lr, t, total);
-            let out = step::step(
-                &mut self.sae,
-                &mut self.adam,
-                &mut self.scratch,
-                batch,
-                dead.as_deref(),
-                cfg.aux_coeff,
-                cfg.clip_grad_norm,
-                lr,
-                &mut fired,
-            );
+            let out = match &mut self.backend {
+                Backend::Cpu(scratch) => step::step(
+                    &mut self.sae,
+                    &mut self.adam,
+                    scratch,
+                    batch,
+                    dead.as_deref(),
+                    cfg.aux_coeff,
+                    cfg.clip_grad_norm,
+                    lr,
+                    &mut fired,
+                ),
+                Backend::Device(dt, _) => dt.step(
+                    batch,
+                    dead_on_device.as_ref(),
+                    cfg.aux_coeff,
+                    cfg.clip_grad_norm,
+                    lr,
+                )?,
+            };
             if !out.recon.is_finite() || out.aux.is_some_and(|a| !a.is_finite()) {
                 bail!("the loss became non-finite at epoch {} step {t}", ep + 1);
             }
@@ -297,17 +341,24 @@ impl Trainer {
                 aux_tot += a;
                 aux_n += 1;
             }
-            on_batch(batch.len() / self.sae.d_model, out.recon);
+            on_batch(batch.len() / d, out.recon);
             self.steps.push(StepLog {
                 recon_loss: out.recon,
                 aux_loss: out.aux,
             });
             Ok(())
         })?;
+        if let Backend::Device(dt, _) = &mut self.backend {
+            dt.download(&mut self.sae, &mut self.adam)?;
+            fired = dt.take_fired()?;
+        }
         let dead: Vec<u32> = (0..self.sae.d_sae as u32)
             .filter(|&i| (fired[i as usize] as f64 / self.n_rows as f64) < cfg.dead_threshold)
             .collect();
-        let val_mse = mse(&self.sae, val)?;
+        let val_mse = match &self.backend {
+            Backend::Cpu(_) => mse(&self.sae, val)?,
+            Backend::Device(dt, dev) => device_mse(&dt.sae()?, dev, val)?,
+        };
         if !val_mse.is_finite() {
             bail!("the validation MSE is not finite after epoch {}", ep + 1);
         }
@@ -325,6 +376,9 @@ impl Trainer {
             let seed = cfg.seed.wrapping_add(1000 + ep as u64);
             let cand = train.gather(&resample_candidates(self.n_rows, seed))?;
             resample_from(&mut self.sae, &dead, &cand, seed);
+            if let Backend::Device(dt, dev) = &mut self.backend {
+                **dt = DeviceTrainer::new(&self.sae, &self.adam, dev)?;
+            }
         }
         self.epochs.push(EpochLog {
             train_mse: tot / self.steps_per_epoch() as f64,
@@ -363,12 +417,27 @@ pub fn train(
     cfg: &TrainConfig,
     on_epoch: &mut dyn FnMut(&EpochLog),
 ) -> Result<TrainResult> {
+    train_on(init, train, val, cfg, None, on_epoch)
+}
+
+/// `train` with the steps on `device` through the device path (None: the CPU step).
+pub fn train_on(
+    init: &Sae,
+    train: &[f32],
+    val: &[f32],
+    cfg: &TrainConfig,
+    device: Option<&candle_core::Device>,
+    on_epoch: &mut dyn FnMut(&EpochLog),
+) -> Result<TrainResult> {
     let d = init.d_model;
     if train.len() % d != 0 || val.len() % d != 0 {
         bail!("rows must be multiples of d_model = {d}");
     }
     let (train, val) = (MemRows::new(d, train), MemRows::new(d, val));
     let mut trainer = Trainer::new(init, train.len(), cfg)?;
+    if let Some(dev) = device {
+        trainer = trainer.on_device(dev)?;
+    }
     while !trainer.is_done() {
         on_epoch(trainer.run_epoch(&train, &val, &mut |_, _| {})?);
     }

@@ -21,6 +21,8 @@ use crate::lake::{read_sae, Lake};
 #[derive(Debug)]
 pub struct BestMatch {
     pub lake: Lake,
+    /// Where the cosine GEMMs run (`SAERL_DEVICE`).
+    pub device: candle_core::Device,
 }
 
 fn literal(e: &Expr) -> Option<&ScalarValue> {
@@ -38,15 +40,50 @@ fn int_arg(e: Option<&Expr>) -> Option<i64> {
     }
 }
 
+const BLOCK: usize = 512;
+
+fn unit(w: &[f32], d: usize) -> Vec<f32> {
+    let mut w = w.to_vec();
+    unit_rows(&mut w, d);
+    w
+}
+
+/// `best_matches` on `dev`: the same unit-norm columns, each block's cosines a device GEMM and
+/// its maxima reduced there; only the three numbers per column come back.
+pub fn best_matches_on(
+    a: &[f32],
+    b: &[f32],
+    d: usize,
+    dev: &candle_core::Device,
+) -> candle_core::Result<Vec<(usize, f32, f32)>> {
+    use candle_core::Tensor;
+    if dev.is_cpu() {
+        return Ok(best_matches(a, b, d));
+    }
+    let (na, nb) = (a.len() / d, b.len() / d);
+    let ta = Tensor::from_vec(unit(a, d), (na, d), dev)?;
+    let tb = Tensor::from_vec(unit(b, d), (nb, d), dev)?;
+    let mut out = Vec::with_capacity(na);
+    for start in (0..na).step_by(BLOCK) {
+        let m = BLOCK.min(na - start);
+        let c = ta.narrow(0, start, m)?.matmul(&tb.t()?)?;
+        let best = c.max_keepdim(1)?.flatten_all()?.to_vec1::<f32>()?;
+        let arg = c.argmax_keepdim(1)?.flatten_all()?.to_vec1::<u32>()?;
+        // Feature i's cosine with feature i of b, where b has one.
+        let cols: Vec<u32> = (0..m).map(|r| (start + r).min(nb - 1) as u32).collect();
+        let diag = c.gather(&Tensor::from_vec(cols, (m, 1), dev)?, 1)?;
+        let diag = diag.flatten_all()?.to_vec1::<f32>()?;
+        for (r, (&v, &j)) in best.iter().zip(&arg).enumerate() {
+            let aligned = if start + r < nb { diag[r] } else { f32::NAN };
+            out.push((j as usize, v, aligned));
+        }
+    }
+    Ok(out)
+}
+
 /// (best index, best cosine, aligned cosine) for each column of `a` against all of `b`.
 pub fn best_matches(a: &[f32], b: &[f32], d: usize) -> Vec<(usize, f32, f32)> {
-    const BLOCK: usize = 512;
-    let unit = |w: &[f32]| {
-        let mut w = w.to_vec();
-        unit_rows(&mut w, d);
-        w
-    };
-    let (a, b) = (unit(a), unit(b));
+    let (a, b) = (unit(a, d), unit(b, d));
     let (na, nb) = (a.len() / d, b.len() / d);
     let mut out = Vec::with_capacity(na);
     let mut c = vec![0f32; BLOCK * nb];
@@ -122,7 +159,8 @@ impl TableFunctionImpl for BestMatch {
             if a.d_model != b.d_model {
                 return plan_err!("{} and {} differ in d_model", t.from_key(), t.to_key());
             }
-            let m = best_matches(&a.w_dec, &b.w_dec, a.d_model);
+            let m = best_matches_on(&a.w_dec, &b.w_dec, a.d_model, &self.device)
+                .map_err(|e| DataFusionError::External(e.into()))?;
             let n = m.len();
             let aligned: Vec<Option<f64>> = m
                 .iter()

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -15,9 +15,15 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use saerl_udfs::{Encoder, SaeKey, SaeSource};
 
 use crate::lake::{check_parquet, read_sae, vector_width, Lake, PartitionKey, Table};
-use crate::sae::Sae;
+
+/// The device the SQL functions compute on: `SAERL_DEVICE` (cpu, the default, or cuda).
+fn sql_device() -> Result<candle_core::Device> {
+    let name = std::env::var("SAERL_DEVICE").unwrap_or_else(|_| "cpu".into());
+    crate::model::device(&name).context("SAERL_DEVICE")
+}
 
 pub async fn open_session(lake: &Lake) -> Result<SessionContext> {
+    let device = sql_device()?;
     let config = SessionConfig::new().with_information_schema(true);
     let ctx = SessionContext::new_with_config(config);
     for table in Table::ALL {
@@ -27,6 +33,7 @@ pub async fn open_session(lake: &Lake) -> Result<SessionContext> {
         &ctx,
         Arc::new(LakeSaes {
             lake: lake.clone(),
+            device: device.clone(),
             cache: Mutex::default(),
         }),
     );
@@ -43,7 +50,10 @@ pub async fn open_session(lake: &Lake) -> Result<SessionContext> {
     )?;
     ctx.register_udtf(
         "best_match",
-        Arc::new(super::best_match::BestMatch { lake: lake.clone() }),
+        Arc::new(super::best_match::BestMatch {
+            lake: lake.clone(),
+            device,
+        }),
     );
     Ok(ctx)
 }
@@ -110,10 +120,47 @@ async fn register_table(ctx: &SessionContext, lake: &Lake, table: Table) -> Resu
 }
 
 /// `topk_encode`'s SAEs, loaded from the lake once per session.
-#[derive(Debug)]
 struct LakeSaes {
     lake: Lake,
-    cache: Mutex<HashMap<SaeKey, Arc<Sae>>>,
+    device: candle_core::Device,
+    cache: Mutex<HashMap<SaeKey, Arc<dyn Encoder>>>,
+}
+
+impl std::fmt::Debug for LakeSaes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LakeSaes({}, {:?})", self.lake.root().display(), self.device)
+    }
+}
+
+/// An SAE whose encoder runs on a device.
+struct DeviceEncoder {
+    d_model: usize,
+    sae: crate::sae::device::DeviceSae,
+    device: candle_core::Device,
+}
+
+impl Encoder for DeviceEncoder {
+    fn d_model(&self) -> usize {
+        self.d_model
+    }
+
+    fn encode(&self, x: &[f32]) -> Vec<(u32, f32)> {
+        self.encode_rows(x).pop().unwrap_or_default()
+    }
+
+    fn encode_rows(&self, x: &[f32]) -> Vec<Vec<(u32, f32)>> {
+        let run = || -> candle_core::Result<Vec<Vec<(u32, f32)>>> {
+            let t = candle_core::Tensor::from_slice(x, (x.len() / self.d_model, self.d_model), &self.device)?;
+            let (idx, val) = self.sae.encode(&t)?;
+            Ok(idx
+                .to_vec2::<u32>()?
+                .into_iter()
+                .zip(val.to_vec2::<f32>()?)
+                .map(|(i, v)| i.into_iter().zip(v).collect())
+                .collect())
+        };
+        run().expect("encoding on the SQL device")
+    }
 }
 
 impl LakeSaes {
@@ -156,11 +203,18 @@ impl SaeSource for LakeSaes {
         if let Some(sae) = self.cache.lock().unwrap().get(key) {
             return Ok(sae.clone());
         }
-        let sae = self
-            .resolve(key)
-            .and_then(|p| read_sae(&self.lake, &p))
-            .map(Arc::new)
-            .map_err(|e| format!("{e:#}"))?;
+        let load = || -> Result<Arc<dyn Encoder>> {
+            let sae = read_sae(&self.lake, &self.resolve(key)?)?;
+            Ok(match &self.device {
+                candle_core::Device::Cpu => Arc::new(sae),
+                dev => Arc::new(DeviceEncoder {
+                    d_model: sae.d_model,
+                    sae: crate::sae::device::DeviceSae::new(&sae, dev)?,
+                    device: dev.clone(),
+                }),
+            })
+        };
+        let sae = load().map_err(|e| format!("{e:#}"))?;
         self.cache.lock().unwrap().insert(key.clone(), sae.clone());
         Ok(sae)
     }

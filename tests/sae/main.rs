@@ -10,7 +10,7 @@ mod resume;
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use saerl::sae::train::{train, TrainConfig};
+use saerl::sae::train::{train_on, TrainConfig};
 use saerl::sae::{Activation, Sae, SaeMeta};
 use serde_json::Value;
 
@@ -48,6 +48,7 @@ fn rel(got: f64, want: f64) -> f64 {
     (got - want).abs() / want.abs().max(1e-12)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_run(
     name: &str,
     init: &Sae,
@@ -56,8 +57,9 @@ fn check_run(
     log: &Value,
     want: &Sae,
     cfg: &TrainConfig,
+    device: Option<&Device>,
 ) {
-    let r = train(init, train_rows, val_rows, cfg, &mut |_| {}).unwrap();
+    let r = train_on(init, train_rows, val_rows, cfg, device, &mut |_| {}).unwrap();
     let steps = log["steps"].as_array().unwrap();
     assert_eq!(r.steps.len(), steps.len(), "{name}: number of steps");
     for (i, (got, s)) in r.steps.iter().zip(steps).enumerate() {
@@ -116,8 +118,8 @@ fn check_run(
     }
 }
 
-#[test]
-fn training_follows_the_pytorch_trajectory_then_warm_starts() {
+/// The fixture's trajectory, cold then warm-started, on the CPU step or the device path.
+fn trajectory(device: Option<&Device>) {
     let t = tensors();
     let json: Value = serde_json::from_str(
         &std::fs::read_to_string(shared::fixtures().join("sae-train/train_ref.json")).unwrap(),
@@ -146,6 +148,7 @@ fn training_follows_the_pytorch_trajectory_then_warm_starts() {
         &json,
         &final_,
         &cfg,
+        device,
     );
     let warm = sae(&t, "warm.final", k);
     check_run(
@@ -156,7 +159,24 @@ fn training_follows_the_pytorch_trajectory_then_warm_starts() {
         &json["warm"],
         &warm,
         &cfg,
+        device,
     );
+}
+
+#[test]
+fn training_follows_the_pytorch_trajectory_then_warm_starts() {
+    trajectory(None);
+}
+
+/// The device path (candle tensors and saerl's device kernels, here on the CPU device) follows
+/// the same trajectory; `SAERL_TEST_DEVICE=cuda` runs it on a GPU.
+#[test]
+fn the_device_path_follows_the_pytorch_trajectory_too() {
+    let dev = match std::env::var("SAERL_TEST_DEVICE").as_deref() {
+        Ok("cuda") => saerl::model::device("cuda").unwrap(),
+        _ => Device::Cpu,
+    };
+    trajectory(Some(&dev));
 }
 
 #[test]

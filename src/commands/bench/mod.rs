@@ -5,6 +5,7 @@
 
 mod gemm;
 mod ingest;
+mod kernels;
 mod sql;
 mod stats;
 mod train;
@@ -34,16 +35,37 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// The shipped GEMM's GFLOP/s at the study's shapes (SAE encoder, model layers).
     Gemm,
+    /// saerl's device kernels against their CPU references, then timed (fails on a mismatch).
+    Kernels {
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        /// Only compile the CUDA kernels with NVRTC (no GPU needed): checks their source.
+        #[arg(long)]
+        compile_only: bool,
+    },
     /// SAE training steps at the study's shape (d 896, d_sae 7168, k 64, batch 512).
     Train {
         #[arg(long, default_value_t = 8)]
         steps: usize,
+        /// `cpu` or `cuda`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Instead of timing steps, train a whole SAE (the study's settings) on this many
+        /// synthetic rows in memory (the study's full split: 445,744) and time it end to end.
+        #[arg(long)]
+        rows: Option<usize>,
+        /// Epochs of the whole-SAE run.
+        #[arg(long, default_value_t = 20)]
+        epochs: usize,
     },
     /// Feature statistics over synthetic rows at the study's shape (d 896, d_sae 7168, k 64).
     Stats {
         /// Rows (the study's full train split of one stage and layer: 445,744).
         #[arg(long, default_value_t = 445_744)]
         rows: usize,
+        /// `cpu` or `cuda`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Activation collection with a random model of Qwen2.5-0.5B's exact shape.
     Ingest(BenchIngest),
@@ -58,8 +80,19 @@ pub async fn run(a: &BenchArgs) -> Result<()> {
     };
     match &a.what {
         BenchWhat::Gemm => gemm::run(&refs),
-        BenchWhat::Train { steps } => train::run(*steps, &refs),
-        BenchWhat::Stats { rows } => stats::run(*rows),
+        BenchWhat::Kernels {
+            compile_only: true,
+            ..
+        } => kernels::compile(),
+        BenchWhat::Kernels { device, .. } => kernels::run(device),
+        BenchWhat::Train {
+            rows: Some(rows),
+            epochs,
+            device,
+            ..
+        } => train::whole(*rows, *epochs, device),
+        BenchWhat::Train { steps, device, .. } => train::run(*steps, device, &refs),
+        BenchWhat::Stats { rows, device } => stats::run(*rows, device),
         BenchWhat::Ingest(b) => ingest::run(b, &refs),
         BenchWhat::Sql(b) => sql::run(b, &refs).await,
     }

@@ -9,12 +9,14 @@ use rand::SeedableRng;
 use super::{gib, peak_rss, reset_peak_rss};
 use crate::kernels::{encode, Encoded};
 use crate::sae::rows::{mean_row, MemRows};
+use crate::sae::batch::BatchEncoder;
 use crate::sae::stats::{FeatureStats, RowInfo};
 use crate::sae::train::cold_start;
 
 /// `saerl bench stats`: feature statistics (counts, densities, top examples) over `rows`
 /// synthetic rows at the study's shape, generated and consumed a batch at a time.
-pub fn run(rows: usize) -> Result<()> {
+pub fn run(rows: usize, device: &str) -> Result<()> {
+    let dev = crate::model::device(device)?;
     let (d, n, k, batch) = (896, 7168, 64, 4096);
     let mut rng = rand::rngs::SmallRng::seed_from_u64(0);
     let mut gen =
@@ -23,6 +25,7 @@ pub fn run(rows: usize) -> Result<()> {
     let sae = cold_start(mean_row(&MemRows::new(d, &sample[..]))?, n, k, 0);
     reset_peak_rss();
     let mut acc = FeatureStats::new(n);
+    let mut encoder = BatchEncoder::new(&sae, &dev)?;
     // The bound is measured batch by batch beside the work (the same encoder GEMM on the same
     // rows, just before), so a busy machine slows both alike.
     let (mut done, mut busy, mut gemm_s) = (0, 0f64, 0f64);
@@ -34,13 +37,14 @@ pub fn run(rows: usize) -> Result<()> {
         let ids: Vec<i64> = (done as i64..(done + m) as i64).collect();
         let pos = vec![0i32; m];
         let val: Vec<bool> = (0..m).map(|i| (done + i) % 5 == 0).collect();
-        let t = Instant::now();
-        encode(&x, &sae.b_pre, &sae.w_enc, n, &mut alone);
-        gemm_s += t.elapsed().as_secs_f64();
+        if dev.is_cpu() {
+            let t = Instant::now();
+            encode(&x, &sae.b_pre, &sae.w_enc, n, &mut alone);
+            gemm_s += t.elapsed().as_secs_f64();
+        }
         let t = Instant::now();
         acc.add(
-            &sae,
-            &x,
+            &encoder.latents(&x, d)?,
             &RowInfo {
                 doc_id: &ids,
                 pos: &pos,
@@ -58,13 +62,15 @@ pub fn run(rows: usize) -> Result<()> {
     let gemm = 2.0 * (rows * d * n) as f64 / gemm_s / 1e9;
     let bound = rows as f64 / gemm_s;
     println!(
-        "saerl stats (d 896, d_sae 7168, k 64): {rows} rows in {busy:.1} s = {rps:.0} rows/s (row generation excluded); peak RSS {:.2} GiB",
+        "saerl stats ({device}; d 896, d_sae 7168, k 64): {rows} rows in {busy:.1} s = {rps:.0} rows/s (row generation excluded); peak RSS {:.2} GiB",
         gib(peak_rss().unwrap_or(0))
     );
-    println!(
-        "  the encoder GEMM alone on the same batches: {gemm:.1} GFLOP/s → GEMM-bound limit {bound:.0} rows/s; saerl reaches {:.0}% of it (target ≥ 90%)",
-        100.0 * rps / bound
-    );
+    if dev.is_cpu() {
+        println!(
+            "  the encoder GEMM alone on the same batches: {gemm:.1} GFLOP/s → GEMM-bound limit {bound:.0} rows/s; saerl reaches {:.0}% of it (target ≥ 90%)",
+            100.0 * rps / bound
+        );
+    }
     println!(
         "  {} train / {} val tokens counted; {} top examples kept",
         acc.train.n_tokens,

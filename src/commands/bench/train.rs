@@ -8,70 +8,149 @@ use rand::SeedableRng;
 
 use super::{gemm::gflops, gib, peak_rss, ratio_line, reset_peak_rss, References};
 use crate::sae::rows::{mean_row, MemRows};
+use crate::sae::device::DeviceTrainer;
 use crate::sae::step::{self, Adam, Scratch};
 use crate::sae::train::{cold_start, TrainConfig};
 
 /// PyTorch's dense step on this machine kind (shared/bench/README.md), when it is not run here.
 const PYTORCH_ROWS_PER_S: f64 = 1806.0;
 
-pub fn run(steps: usize, refs: &References) -> Result<()> {
+pub fn run(steps: usize, device: &str, refs: &References) -> Result<()> {
     let (d, n, k, batch) = (896, 7168, 64, 512);
+    let dev = crate::model::device(device)?;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(0);
-    // One warm-up step (first touches of the gradient and moment buffers), then `steps`.
-    let rows: Vec<f32> = (0..(steps + 1) * batch * d)
+    // Warm-up steps (first touches of the buffers; kernel compilation on a GPU), then `steps`.
+    let warm = if dev.is_cpu() { 1 } else { 3 };
+    let rows: Vec<f32> = (0..(steps + warm) * batch * d)
         .map(|_| crate::rng::normal(&mut rng))
         .collect();
     let mut sae = cold_start(mean_row(&MemRows::new(d, &rows[..]))?, n, k, 0);
     let cfg = TrainConfig::default();
     let mut adam = Adam::new(&sae);
     let (mut scratch, mut fired) = (Scratch::default(), vec![0u64; n]);
+    let mut device_trainer = match dev.is_cpu() {
+        true => None,
+        false => Some(DeviceTrainer::new(&sae, &adam, &dev)?),
+    };
     reset_peak_rss();
     let mut start = Instant::now();
     for (i, x) in rows.chunks(batch * d).enumerate() {
-        if i == 1 {
+        if i == warm {
             scratch.reset_phase_times();
+            dev.synchronize()?;
             start = Instant::now();
         }
-        let out = step::step(
-            &mut sae,
-            &mut adam,
-            &mut scratch,
-            x,
-            None,
-            cfg.aux_coeff,
-            cfg.clip_grad_norm,
-            cfg.lr,
-            &mut fired,
-        );
+        let out = match &mut device_trainer {
+            Some(dt) => dt.step(x, None, cfg.aux_coeff, cfg.clip_grad_norm, cfg.lr)?,
+            None => step::step(
+                &mut sae,
+                &mut adam,
+                &mut scratch,
+                x,
+                None,
+                cfg.aux_coeff,
+                cfg.clip_grad_norm,
+                cfg.lr,
+                &mut fired,
+            ),
+        };
         anyhow::ensure!(out.recon.is_finite(), "the loss became non-finite");
     }
+    dev.synchronize()?;
     let secs = start.elapsed().as_secs_f64();
     let rps = (steps * batch) as f64 / secs;
     let rss = peak_rss().unwrap_or(0);
-    let gemm = gflops(batch, d, n, true);
-    // The encoder GEMM is the floor: 2·d·d_sae FLOP per row.
-    let bound = gemm * 1e9 / (2.0 * (d * n) as f64);
-    println!("saerl train step (d {d}, d_sae {n}, k {k}, batch {batch}): {rps:.0} rows/s over {steps} steps after a warm-up step; peak RSS {:.2} GiB", gib(rss));
-    let phases: Vec<String> = step::PHASES
-        .iter()
-        .zip(scratch.phase_times())
-        .map(|(p, t)| format!("{p} {:.1} ms", 1e3 * t / steps as f64))
-        .collect();
-    println!("  per step: {}", phases.join(", "));
-    println!(
-        "  encoder GEMM {gemm:.1} GFLOP/s → GEMM-bound limit {bound:.0} rows/s; saerl reaches {:.0}% of it",
-        100.0 * rps / bound
-    );
+    println!("saerl train step ({device}; d {d}, d_sae {n}, k {k}, batch {batch}): {rps:.0} rows/s = {:.3} ms/step over {steps} steps after {warm} warm-up step(s); peak RSS {:.2} GiB", 1e3 * secs / steps as f64, gib(rss));
+    if let Some(profile) = device_trainer.as_ref().and_then(|dt| dt.profile()) {
+        let total = (steps + warm) as f64;
+        let phases: Vec<String> = profile
+            .iter()
+            .map(|(p, t)| format!("{p} {:.3} ms", 1e3 * t / total))
+            .collect();
+        println!("  per step (SAERL_PROFILE, synchronised): {}", phases.join(", "));
+    }
+    if dev.is_cpu() {
+        let phases: Vec<String> = step::PHASES
+            .iter()
+            .zip(scratch.phase_times())
+            .map(|(p, t)| format!("{p} {:.1} ms", 1e3 * t / steps as f64))
+            .collect();
+        println!("  per step: {}", phases.join(", "));
+        let gemm = gflops(batch, d, n, true);
+        // The encoder GEMM is the floor: 2·d·d_sae FLOP per row.
+        let bound = gemm * 1e9 / (2.0 * (d * n) as f64);
+        println!(
+            "  encoder GEMM {gemm:.1} GFLOP/s → GEMM-bound limit {bound:.0} rows/s; saerl reaches {:.0}% of it",
+            100.0 * rps / bound
+        );
+    }
     let threads = rayon::current_num_threads().to_string();
     let reference = refs
-        .script("ref_sae_step.py", &["--threads", &threads])
+        .script("ref_sae_step.py", &["--threads", &threads, "--device", device])
         .and_then(|out| super::figure_before(&out, "rows/s"));
-    ratio_line(
-        "PyTorch dense step (rows/s)",
-        rps,
-        reference,
-        PYTORCH_ROWS_PER_S,
-        4.0,
+    let (recorded, target) = match dev.is_cpu() {
+        true => (PYTORCH_ROWS_PER_S, 4.0),
+        false => (f64::NAN, 2.0),
+    };
+    ratio_line("PyTorch dense step (rows/s)", rps, reference, recorded, target);
+    Ok(())
+}
+
+/// A whole SAE at the study's shape and settings (20 epochs, batch 512, aux-k, resampling,
+/// validation each epoch) on `rows` synthetic rows (a fifth more for validation), timed.
+pub fn whole(rows: usize, epochs: usize, device: &str) -> Result<()> {
+    use crate::sae::train::Trainer;
+    let (d, n, k) = (896, 7168, 64);
+    let dev = crate::model::device(device)?;
+    let t = Instant::now();
+    let val_rows = rows / 4;
+    let data: Vec<f32> = {
+        use rayon::prelude::*;
+        (0..rows + val_rows)
+            .into_par_iter()
+            .flat_map_iter(|r| {
+                let mut rng = rand::rngs::SmallRng::seed_from_u64(r as u64);
+                (0..d).map(move |_| crate::rng::normal(&mut rng))
+            })
+            .collect()
+    };
+    let (train, val) = (
+        MemRows::new(d, &data[..rows * d]),
+        MemRows::new(d, &data[rows * d..]),
+    );
+    println!(
+        "generated {rows} + {val_rows} synthetic rows in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let sae = cold_start(mean_row(&train)?, n, k, 0);
+    let cfg = TrainConfig {
+        epochs,
+        ..TrainConfig::default()
+    };
+    reset_peak_rss();
+    let t = Instant::now();
+    let mut trainer = Trainer::new(&sae, rows, &cfg)?;
+    if !dev.is_cpu() {
+        trainer = trainer.on_device(&dev)?;
+    }
+    while !trainer.is_done() {
+        let e = trainer.run_epoch(&train, &val, &mut |_, _| {})?.clone();
+        println!(
+            "  epoch {:>2}: train_mse {:.4e} val_mse {:.4e} dead {} ({:.1} s)",
+            trainer.epochs().len(),
+            e.train_mse,
+            e.val_mse,
+            e.n_dead,
+            e.seconds
+        );
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let result = trainer.finish()?;
+    println!(
+        "saerl train, a whole SAE ({device}; d {d}, d_sae {n}, k {k}, {rows} rows, {epochs} epochs): {secs:.1} s = {:.0} rows/s; best epoch {}; peak RSS {:.2} GiB (target on an H100: < 120 s)",
+        (rows * epochs) as f64 / secs,
+        result.best_epoch,
+        gib(peak_rss().unwrap_or(0))
     );
     Ok(())
 }

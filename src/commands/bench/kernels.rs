@@ -1,0 +1,158 @@
+//! `saerl bench kernels --device cuda`: each of saerl's device kernels against its CPU
+//! reference on fresh random inputs at the study's shape (indices exact, values to a stated
+//! relative tolerance), then timed. Fails when any disagrees.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+
+use crate::kernels::device::{
+    adam, bincount, gather_dot, sparse_decode, topk_rows, unit_rows, AdamStep,
+};
+
+/// Float agreement: |a − b| ≤ tol·(1 + |b|). Element-wise kernels and sums in the CPU's order
+/// agree to TOL; dot products reduced in another order (a warp's tree) to TOL·√d.
+const TOL: f32 = 1e-5;
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    (0..n).map(|_| crate::rng::normal(&mut rng)).collect()
+}
+
+fn compare(what: &str, got: &[f32], want: &[f32], tol: f32) -> Result<f32> {
+    if got.len() != want.len() {
+        bail!("{what}: {} values on the device, {} on the CPU", got.len(), want.len());
+    }
+    let mut worst = 0f32;
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        let err = (a - b).abs() / (1.0 + b.abs());
+        if !(err <= tol) {
+            bail!("{what}: value {i} is {a} on the device, {b} on the CPU");
+        }
+        worst = worst.max(err);
+    }
+    Ok(worst)
+}
+
+/// Times `f` on the device: median of a few runs after a warm-up, in milliseconds.
+fn time(dev: &Device, mut f: impl FnMut() -> candle_core::Result<()>) -> Result<f64> {
+    f()?;
+    dev.synchronize()?;
+    let mut t = Vec::new();
+    for _ in 0..7 {
+        let s = Instant::now();
+        f()?;
+        dev.synchronize()?;
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+/// Compiles the CUDA kernels with NVRTC and reports (no GPU needed).
+pub fn compile() -> Result<()> {
+    #[cfg(feature = "cuda")]
+    {
+        crate::kernels::device::compile_cuda_kernels()?;
+        println!("saerl's CUDA kernels compile with NVRTC");
+        Ok(())
+    }
+    #[cfg(not(feature = "cuda"))]
+    bail!("this saerl was built without CUDA; rebuild with `--features cuda`")
+}
+
+pub fn run(device: &str) -> Result<()> {
+    let dev = crate::model::device(device)?;
+    let cpu = Device::Cpu;
+    let (rows, n, d, k) = (512usize, 7168usize, 896usize, 64usize);
+    let up = |v: &[f32], shape: (usize, usize), on: &Device| Tensor::from_slice(v, shape, on);
+    println!("device kernels against their CPU references ({device}; rows {rows}, d_sae {n}, d {d}):");
+
+    // top-k, at k and at the aux size, with ties planted (every value appears twice).
+    let mut zv = random(rows * n, 1);
+    for r in 0..rows {
+        for j in (0..n).step_by(97) {
+            zv[r * n + j + 1] = zv[r * n + j];
+        }
+    }
+    let bv = random(n, 2);
+    for kk in [k, 16 * k] {
+        let (z, b) = (up(&zv, (rows, n), &dev)?, Tensor::from_slice(&bv, n, &dev)?);
+        let (ig, vg) = topk_rows(&z, &b, kk)?;
+        let (iw, vw) = topk_rows(&up(&zv, (rows, n), &cpu)?, &Tensor::from_slice(&bv, n, &cpu)?, kk)?;
+        if ig.to_vec2::<u32>()? != iw.to_vec2::<u32>()? {
+            bail!("topk_rows k={kk}: the selected features differ from the CPU's");
+        }
+        let err = compare(
+            &format!("topk_rows k={kk}"),
+            &vg.flatten_all()?.to_vec1()?,
+            &vw.flatten_all()?.to_vec1()?,
+            TOL,
+        )?;
+        let ms = time(&dev, || topk_rows(&z, &b, kk).map(|_| ()))?;
+        println!("  topk_rows k={kk:<5} indices exact, values within {err:.1e}; {ms:.3} ms");
+    }
+
+    // Sparse decode and gather-dot over the selections of a top-k.
+    let (z, b) = (up(&zv, (rows, n), &cpu)?, Tensor::from_slice(&bv, n, &cpu)?);
+    let (idx, val) = topk_rows(&z, &b, k)?;
+    let wv = random(n * d, 3);
+    let xv = random(rows * d, 4);
+    let on = |t: &Tensor| t.to_device(&dev);
+    let (w, x) = (up(&wv, (n, d), &cpu)?, up(&xv, (rows, d), &cpu)?);
+    let (idx_g, val_g, w_g, x_g) = (on(&idx)?, on(&val)?, on(&w)?, on(&x)?);
+    let err = compare(
+        "sparse_decode",
+        &sparse_decode(&idx_g, &val_g, &w_g)?.flatten_all()?.to_vec1()?,
+        &sparse_decode(&idx, &val, &w)?.flatten_all()?.to_vec1()?,
+        TOL,
+    )?;
+    let ms = time(&dev, || sparse_decode(&idx_g, &val_g, &w_g).map(|_| ()))?;
+    println!("  sparse_decode     within {err:.1e}; {ms:.3} ms");
+    let err = compare(
+        "gather_dot",
+        &gather_dot(&idx_g, &w_g, &x_g)?.flatten_all()?.to_vec1()?,
+        &gather_dot(&idx, &w, &x)?.flatten_all()?.to_vec1()?,
+        TOL * (d as f32).sqrt(),
+    )?;
+    let ms = time(&dev, || gather_dot(&idx_g, &w_g, &x_g).map(|_| ()))?;
+    println!("  gather_dot        within {err:.1e}; {ms:.3} ms");
+    let (cg, cw) = (bincount(&idx_g, n)?, bincount(&idx, n)?);
+    if cg.to_vec1::<u32>()? != cw.to_vec1::<u32>()? {
+        bail!("bincount: the counts differ from the CPU's");
+    }
+    println!("  bincount          exact");
+
+    // Adam and the row renormalisation, in place on copies of one state.
+    let state_v: Vec<f32> = random(n * d, 5)
+        .into_iter()
+        .chain(random(n * d, 6).into_iter().map(|v| v * 1e-3))
+        .chain(random(n * d, 7).into_iter().map(|v| v * v * 1e-6))
+        .collect();
+    let gv = random(n * d, 8);
+    let h = AdamStep {
+        step: 1e-4,
+        bc2_sqrt: 0.3,
+        clip: 0.7,
+    };
+    let run_adam = |on: &Device| -> Result<Vec<f32>> {
+        let s = up(&state_v, (3, n * d), on)?;
+        adam(&s, &Tensor::from_slice(&gv, n * d, on)?, h)?;
+        unit_rows(&s.narrow(0, 0, 1)?.reshape((n, d))?)?;
+        Ok(s.flatten_all()?.to_vec1()?)
+    };
+    // The norm is a sum of d squares reduced as a tree on the device.
+    let err = compare(
+        "adam + unit_rows",
+        &run_adam(&dev)?,
+        &run_adam(&cpu)?,
+        TOL * (d as f32).sqrt(),
+    )?;
+    let s = up(&state_v, (3, n * d), &dev)?;
+    let g = Tensor::from_slice(&gv, n * d, &dev)?;
+    let ms = time(&dev, || adam(&s, &g, h))?;
+    println!("  adam (+unit_rows) within {err:.1e}; adam {ms:.3} ms on {} parameters", n * d);
+    Ok(())
+}

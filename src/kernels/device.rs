@@ -1,0 +1,546 @@
+//! The SAE kernels on candle tensors, on whatever device the tensors live: CUDA kernels of our
+//! own (`device_kernels.cu`, compiled at run time by NVRTC) where candle has none or only a slow
+//! one, each with a CPU implementation built on the slice kernels of this module — the
+//! reference the CUDA one is tested against, and what runs when the device path runs on the
+//! CPU (the tests). Inputs must be contiguous; indices are u32.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+/// The k largest of each row of z + bias (z [rows × n], bias [n]) as (indices u32, values f32),
+/// both [rows × k], largest first, ties to the lower index.
+pub fn topk_rows(z: &Tensor, bias: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
+    let idx = z.apply_op2_no_bwd(bias, &TopK { k })?;
+    let val = (z.gather(&idx, 1)? + bias.index_select(&idx.flatten_all()?, 0)?.reshape(idx.shape())?)?;
+    Ok((idx, val))
+}
+
+/// Σ_j val[r, j] · w[idx[r, j]] per row r (w feature-major [n × d]): [rows × d].
+pub fn sparse_decode(idx: &Tensor, val: &Tensor, w: &Tensor) -> Result<Tensor> {
+    idx.apply_op3_no_bwd(val, w, &SparseDecode)
+}
+
+/// ⟨w[idx[r, j]], x[r]⟩ per row r and slot j: [rows × k].
+pub fn gather_dot(idx: &Tensor, w: &Tensor, x: &Tensor) -> Result<Tensor> {
+    idx.apply_op3_no_bwd(w, x, &GatherDot)
+}
+
+/// How often each of 0..n occurs in idx: u32 [n].
+pub fn bincount(idx: &Tensor, n: usize) -> Result<Tensor> {
+    idx.apply_op1_no_bwd(&BinCount { n })
+}
+
+/// Adam's step constants (β₁ 0.9, β₂ 0.999, ε 1e-8), with the clipping scale.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamStep {
+    pub step: f32,
+    pub bc2_sqrt: f32,
+    pub clip: f32,
+}
+
+pub const B1: f32 = 0.9;
+pub const B2: f32 = 0.999;
+pub const EPS: f32 = 1e-8;
+
+/// One Adam update in place of `state` = [p; m; v] (3 × n, contiguous) with gradient g [n].
+pub fn adam(state: &Tensor, g: &Tensor, h: AdamStep) -> Result<()> {
+    state.inplace_op2(g, &Adam(h))
+}
+
+/// Each row of a contiguous [rows × d] tensor scaled to unit norm (as torch's normalize), in place.
+pub fn unit_rows(w: &Tensor) -> Result<()> {
+    w.inplace_op1(&UnitRows)
+}
+
+fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("expected a contiguous f32 tensor"),
+    }
+}
+
+fn cpu_u32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::U32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("expected a contiguous u32 tensor"),
+    }
+}
+
+struct TopK {
+    k: usize,
+}
+
+impl CustomOp2 for TopK {
+    fn name(&self) -> &'static str {
+        "saerl-topk"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (z, b) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?);
+        let (rows, n) = l1.shape().dims2()?;
+        let k = self.k.min(n);
+        let mut idx = Vec::with_capacity(rows * k);
+        for r in z.chunks_exact(n) {
+            let mut top = super::top_k(r, b, k);
+            super::by_value(&mut top);
+            idx.extend(top.iter().map(|t| t.0));
+        }
+        Ok((CpuStorage::U32(idx), Shape::from((rows, k))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::topk(self.k, s1, l1, s2, l2)
+    }
+}
+
+struct SparseDecode;
+
+impl CustomOp3 for SparseDecode {
+    fn name(&self) -> &'static str {
+        "saerl-sparse-decode"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (idx, val, w) = (cpu_u32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?);
+        let (rows, k) = l1.shape().dims2()?;
+        let d = l3.shape().dims2()?.1;
+        let mut out = vec![0f32; rows * d];
+        for ((o, i), v) in out.chunks_exact_mut(d).zip(idx.chunks_exact(k)).zip(val.chunks_exact(k)) {
+            for (&f, &v) in i.iter().zip(v) {
+                super::axpy(o, v, &w[f as usize * d..(f as usize + 1) * d]);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, d))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::sparse_decode(s1, l1, s2, l2, s3, l3)
+    }
+}
+
+struct GatherDot;
+
+impl CustomOp3 for GatherDot {
+    fn name(&self) -> &'static str {
+        "saerl-gather-dot"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (idx, w, x) = (cpu_u32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?);
+        let (rows, k) = l1.shape().dims2()?;
+        let d = l3.shape().dims2()?.1;
+        let mut out = Vec::with_capacity(rows * k);
+        for (i, x) in idx.chunks_exact(k).zip(x.chunks_exact(d)) {
+            out.extend(i.iter().map(|&f| super::dot(&w[f as usize * d..(f as usize + 1) * d], x)));
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, k))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::gather_dot(s1, l1, s2, l2, s3, l3)
+    }
+}
+
+struct BinCount {
+    n: usize,
+}
+
+impl CustomOp1 for BinCount {
+    fn name(&self) -> &'static str {
+        "saerl-bincount"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let mut counts = vec![0u32; self.n];
+        for &i in cpu_u32(s, l)? {
+            counts[i as usize] += 1;
+        }
+        Ok((CpuStorage::U32(counts), Shape::from(self.n)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::bincount(self.n, s, l)
+    }
+}
+
+struct Adam(AdamStep);
+
+impl candle_core::InplaceOp2 for Adam {
+    fn name(&self) -> &'static str {
+        "saerl-adam"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let g = cpu_f32(s2, l2)?;
+        let n = g.len();
+        let (a, b) = l1
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("adam: state must be contiguous".into()))?;
+        let CpuStorage::F32(state) = s1 else {
+            candle_core::bail!("adam: state must be f32");
+        };
+        if b - a != 3 * n {
+            candle_core::bail!("adam: state holds {} values, expected 3 × {n}", b - a);
+        }
+        let (p, rest) = state[a..b].split_at_mut(n);
+        let (m, v) = rest.split_at_mut(n);
+        let h = self.0;
+        for (((p, m), v), g) in p.iter_mut().zip(m).zip(v).zip(g) {
+            let g = g * h.clip;
+            *m = B1 * *m + (1.0 - B1) * g;
+            *v = B2 * *v + (1.0 - B2) * g * g;
+            *p -= h.step * *m / (v.sqrt() / h.bc2_sqrt + EPS);
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        cuda::adam(self.0, s1, l1, s2, l2)
+    }
+}
+
+struct UnitRows;
+
+impl candle_core::InplaceOp1 for UnitRows {
+    fn name(&self) -> &'static str {
+        "saerl-unit-rows"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let d = l.shape().dims2()?.1;
+        let (a, b) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("unit_rows: tensor must be contiguous".into()))?;
+        let CpuStorage::F32(v) = s else {
+            candle_core::bail!("unit_rows: tensor must be f32");
+        };
+        super::unit_rows(&mut v[a..b], d);
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &mut candle_core::CudaStorage, l: &Layout) -> Result<()> {
+        cuda::unit_rows(s, l)
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! Launches of the kernels in `device_kernels.cu`.
+
+    use std::sync::OnceLock;
+
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaStorage, Layout, Result, Shape};
+
+    const SOURCE: &str = include_str!("device_kernels.cu");
+
+    /// The kernels' PTX, compiled once per process (no fused multiply-add, so results follow
+    /// the CPU references' rounding).
+    fn ptx() -> Result<&'static str> {
+        static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+        let compiled = PTX.get_or_init(|| {
+            use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+            let opts = CompileOptions {
+                fmad: Some(false),
+                ..Default::default()
+            };
+            compile_ptx_with_opts(SOURCE, opts)
+                .map(|p| p.to_src())
+                .map_err(|e| format!("compiling saerl's CUDA kernels with NVRTC: {e}"))
+        });
+        compiled
+            .as_deref()
+            .map_err(|e| candle_core::Error::Msg(e.clone()))
+    }
+
+    /// A kernel of the module, loaded into `dev` once (its type is not nameable outside candle).
+    macro_rules! func {
+        ($dev:expr, $name:expr) => {
+            $dev.get_or_load_custom_func($name, "saerl_kernels", ptx()?)?
+        };
+    }
+
+    fn contiguous(l: &Layout, what: &str) -> Result<usize> {
+        match l.contiguous_offsets() {
+            Some((a, _)) => Ok(a),
+            None => candle_core::bail!("{what}: input must be contiguous"),
+        }
+    }
+
+    fn cfg(grid: u32, block: u32, shared: u32) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (grid.max(1), 1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: shared,
+        }
+    }
+
+    pub fn topk(
+        k: usize,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = s1.device();
+        let (rows, n) = l1.shape().dims2()?;
+        let k = k.min(n);
+        let p2 = k.next_power_of_two();
+        let z = s1.as_cuda_slice::<f32>()?.slice(contiguous(l1, "topk")?..);
+        let b = s2.as_cuda_slice::<f32>()?.slice(contiguous(l2, "topk")?..);
+        let out_idx = dev.alloc_zeros::<u32>(rows * k)?;
+        let out_val = dev.alloc_zeros::<f32>(rows * k)?;
+        let f = func!(dev, "topk_rows");
+        let mut launch = f.builder();
+        let (n32, k32, p232) = (n as u32, k as u32, p2 as u32);
+        launch.arg(&z);
+        launch.arg(&b);
+        launch.arg(&n32);
+        launch.arg(&k32);
+        launch.arg(&p232);
+        launch.arg(&out_idx);
+        launch.arg(&out_val);
+        // SAFETY: the arguments match the kernel's signature and the buffers their sizes.
+        unsafe { launch.launch(cfg(rows as u32, 256, (p2 * 8) as u32)) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out_idx, dev.clone()),
+            Shape::from((rows, k)),
+        ))
+    }
+
+    pub fn sparse_decode(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = s1.device();
+        let (rows, k) = l1.shape().dims2()?;
+        let d = l3.shape().dims2()?.1;
+        let idx = s1.as_cuda_slice::<u32>()?.slice(contiguous(l1, "sparse_decode")?..);
+        let val = s2.as_cuda_slice::<f32>()?.slice(contiguous(l2, "sparse_decode")?..);
+        let w = s3.as_cuda_slice::<f32>()?.slice(contiguous(l3, "sparse_decode")?..);
+        let zero = dev.alloc_zeros::<f32>(d)?;
+        let out = dev.alloc_zeros::<f32>(rows * d)?;
+        let f = func!(dev, "sparse_decode");
+        let mut launch = f.builder();
+        let (k32, d32) = (k as u32, d as u32);
+        launch.arg(&idx);
+        launch.arg(&val);
+        launch.arg(&k32);
+        launch.arg(&w);
+        launch.arg(&zero);
+        launch.arg(&d32);
+        launch.arg(&out);
+        // SAFETY: as in `topk`.
+        unsafe { launch.launch(cfg(rows as u32, 256, 0)) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            Shape::from((rows, d)),
+        ))
+    }
+
+    pub fn gather_dot(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = s1.device();
+        let (rows, k) = l1.shape().dims2()?;
+        let d = l3.shape().dims2()?.1;
+        let idx = s1.as_cuda_slice::<u32>()?.slice(contiguous(l1, "gather_dot")?..);
+        let w = s2.as_cuda_slice::<f32>()?.slice(contiguous(l2, "gather_dot")?..);
+        let x = s3.as_cuda_slice::<f32>()?.slice(contiguous(l3, "gather_dot")?..);
+        let out = dev.alloc_zeros::<f32>(rows * k)?;
+        let f = func!(dev, "gather_dot");
+        let mut launch = f.builder();
+        let (k32, d32) = (k as u32, d as u32);
+        launch.arg(&idx);
+        launch.arg(&k32);
+        launch.arg(&w);
+        launch.arg(&x);
+        launch.arg(&d32);
+        launch.arg(&out);
+        // SAFETY: as in `topk`.
+        unsafe { launch.launch(cfg(rows as u32, 256, 0)) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            Shape::from((rows, k)),
+        ))
+    }
+
+    pub fn bincount(n: usize, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = s.device();
+        let len = l.shape().elem_count();
+        let idx = s.as_cuda_slice::<u32>()?.slice(contiguous(l, "bincount")?..);
+        let counts = dev.alloc_zeros::<u32>(n)?;
+        let f = func!(dev, "bincount");
+        let mut launch = f.builder();
+        let len64 = len as u64;
+        launch.arg(&idx);
+        launch.arg(&len64);
+        launch.arg(&counts);
+        // SAFETY: as in `topk`.
+        unsafe { launch.launch(cfg(len.div_ceil(256).min(1024) as u32, 256, 0)) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(counts, dev.clone()),
+            Shape::from(n),
+        ))
+    }
+
+    pub fn adam(
+        h: super::AdamStep,
+        s1: &mut CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let dev = s1.device().clone();
+        let n = l2.shape().elem_count();
+        let (a, b) = l1
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("adam: state must be contiguous".into()))?;
+        if b - a != 3 * n {
+            candle_core::bail!("adam: state holds {} values, expected 3 × {n}", b - a);
+        }
+        let g = s2.as_cuda_slice::<f32>()?.slice(contiguous(l2, "adam")?..);
+        let state = s1.as_cuda_slice_mut::<f32>()?;
+        let mut state = state.slice_mut(a..b);
+        let f = func!(dev, "adam");
+        let mut launch = f.builder();
+        let n64 = n as u64;
+        let (b1, b2, eps) = (super::B1, super::B2, super::EPS);
+        launch.arg(&mut state);
+        launch.arg(&g);
+        launch.arg(&n64);
+        launch.arg(&h.step);
+        launch.arg(&h.bc2_sqrt);
+        launch.arg(&h.clip);
+        launch.arg(&b1);
+        launch.arg(&b2);
+        launch.arg(&eps);
+        // SAFETY: as in `topk`.
+        unsafe { launch.launch(cfg(n.div_ceil(256).min(4096) as u32, 256, 0)) }.w()?;
+        Ok(())
+    }
+
+    pub fn unit_rows(s: &mut CudaStorage, l: &Layout) -> Result<()> {
+        let dev = s.device().clone();
+        let (rows, d) = l.shape().dims2()?;
+        let (a, b) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("unit_rows: must be contiguous".into()))?;
+        let w = s.as_cuda_slice_mut::<f32>()?;
+        let mut w = w.slice_mut(a..b);
+        let f = func!(dev, "unit_rows");
+        let mut launch = f.builder();
+        let d32 = d as u32;
+        launch.arg(&mut w);
+        launch.arg(&d32);
+        // SAFETY: as in `topk`.
+        unsafe { launch.launch(cfg(rows as u32, 256, 0)) }.w()?;
+        Ok(())
+    }
+
+    /// Compiles the kernels (no GPU needed): the test that the CUDA source is valid.
+    pub fn compile() -> Result<()> {
+        ptx().map(|_| ())
+    }
+
+    /// Settings for saerl's use of a device, made once when it is opened: one stream, so
+    /// candle's per-buffer event tracking is not needed; and the memory pool keeps freed memory
+    /// (by default it returns it at every synchronisation, and each step's buffers would be
+    /// mapped afresh).
+    pub fn tune(dev: &candle_core::CudaDevice) -> Result<()> {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        // SAFETY: saerl runs all its work on this device's one stream.
+        unsafe { dev.disable_event_tracking() };
+        let cu_dev = dev.cuda_stream().context().cu_device();
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        let keep: u64 = u64::MAX;
+        // SAFETY: plain driver calls on a valid device handle; `keep` outlives the call.
+        unsafe {
+            if sys::cuDeviceGetMemPool(&mut pool, cu_dev) != sys::CUresult::CUDA_SUCCESS {
+                return Ok(()); // no pool (no async allocation): nothing to tune
+            }
+            let r = sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &keep as *const u64 as *mut std::ffi::c_void,
+            );
+            if r != sys::CUresult::CUDA_SUCCESS {
+                candle_core::bail!("setting the CUDA memory pool's release threshold: {r:?}");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "cuda")]
+pub use cuda::{compile as compile_cuda_kernels, tune as tune_cuda_device};
