@@ -4,11 +4,14 @@
 #   bash scripts/gpu-check.sh build   # here (no GPU): builds the CUDA binary and the sae test
 #                                     # binary, strips and compresses them into .gpu/ with the
 #                                     # fixture and reference scripts they need
-#   bash scripts/gpu-check.sh run     # on the GPU machine (H100/H200, driver 580, CUDA 13, PyTorch
+#   bash scripts/gpu-check.sh run [STEP...]
+#                                     # on the GPU machine (H100/H200, driver 580, CUDA 13, PyTorch
 #                                     # and transformers installed, no Rust), from the repo root
 #                                     # with .gpu/ beside it: the kernel checks, the device-path
 #                                     # trajectory, the demo with --device cuda, and the benchmarks
-#                                     # beside PyTorch/transformers on the same GPU; logs in $OUT
+#                                     # beside PyTorch/transformers on the same GPU; logs in $OUT.
+#                                     # STEPs (default: all) pick some of: kernels trajectory
+#                                     # demo train train-profile whole-sae stats ingest
 set -uo pipefail
 cd "$(dirname "$0")/.."
 G=.gpu
@@ -56,22 +59,33 @@ run() {
         fi
         tail -n "${TAIL:-12}" "$out/$name.log"
     }
+    local steps=("$@")
+    [ ${#steps[@]} -gt 0 ] || steps=(kernels trajectory demo train train-profile whole-sae stats ingest)
     nvidia-smi -L
-    step kernels "$S" bench kernels --device cuda
-    SAERL_FIXTURES="$PWD/$G/fixtures" SAERL_TEST_DEVICE=cuda \
-        step trajectory /tmp/gpu/sae-tests the_device_path_follows --nocapture
-    TAIL=20 step demo "$S" demo --device cuda --out /tmp/gpu/demo
-    step train "$S" bench train --device cuda --steps 100
-    step whole-sae "$S" bench train --device cuda --rows 445744 --epochs 20
-    step stats "$S" bench stats --device cuda
-    step ingest "$S" bench ingest --device cuda --n 256
+    for s in "${steps[@]}"; do
+        case $s in
+            kernels) step kernels "$S" bench kernels --device cuda ;;
+            trajectory)
+                SAERL_FIXTURES="$PWD/$G/fixtures" SAERL_TEST_DEVICE=cuda \
+                    step trajectory /tmp/gpu/sae-tests the_device_path_follows --nocapture
+                ;;
+            demo) TAIL=20 step demo "$S" demo --device cuda --out /tmp/gpu/demo ;;
+            train) step train "$S" bench train --device cuda --steps 200 ;;
+            # Phase times (the device is synchronised between phases, so the total is slower).
+            train-profile) SAERL_PROFILE=1 step train-profile "$S" bench train --device cuda --steps 100 --refs none ;;
+            whole-sae) step whole-sae "$S" bench train --device cuda --rows 445744 --epochs 20 ;;
+            stats) step stats "$S" bench stats --device cuda ;;
+            ingest) step ingest "$S" bench ingest --device cuda --n 256 ;;
+            *) echo "unknown step $s" && status=1 ;;
+        esac
+    done
     cp /tmp/gpu/demo/quality.csv "$out/" 2>/dev/null
     return $status
 }
 
 case "${1:-}" in
     build) build ;;
-    run) run ;;
+    run) shift && run "$@" ;;
     *)
         echo "usage: $0 build|run" >&2
         exit 2

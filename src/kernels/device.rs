@@ -10,7 +10,10 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, S
 /// both [rows × k], largest first, ties to the lower index.
 pub fn topk_rows(z: &Tensor, bias: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
     let idx = z.apply_op2_no_bwd(bias, &TopK { k })?;
-    let val = (z.gather(&idx, 1)? + bias.index_select(&idx.flatten_all()?, 0)?.reshape(idx.shape())?)?;
+    let val = (z.gather(&idx, 1)?
+        + bias
+            .index_select(&idx.flatten_all()?, 0)?
+            .reshape(idx.shape())?)?;
     Ok((idx, val))
 }
 
@@ -29,21 +32,48 @@ pub fn bincount(idx: &Tensor, n: usize) -> Result<Tensor> {
     idx.apply_op1_no_bwd(&BinCount { n })
 }
 
-/// Adam's step constants (β₁ 0.9, β₂ 0.999, ε 1e-8), with the clipping scale.
+/// A weight gradient through the selections only: g[f] = Σ coef[r, j] · y[r] over the rows r
+/// whose slot j selected feature f (idx, coef [rows × k], y [rows × d]), rows in order. Flat:
+/// [n · d], then with `sums` the n per-feature sums Σ coef[r, j] (a bias gradient).
+pub fn sparse_outer(
+    idx: &Tensor,
+    coef: &Tensor,
+    y: &Tensor,
+    n: usize,
+    sums: bool,
+) -> Result<Tensor> {
+    idx.apply_op3_no_bwd(coef, y, &SparseOuter { n, sums })
+}
+
+/// Σ x² of a contiguous f32 tensor, in f64, as a scalar tensor on its device.
+pub fn sum_sq(x: &Tensor) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&SumSq)
+}
+
+/// Adam's step constants (β₁ 0.9, β₂ 0.999, ε 1e-8), with the gradient-norm bound.
 #[derive(Debug, Clone, Copy)]
 pub struct AdamStep {
     pub step: f32,
     pub bc2_sqrt: f32,
-    pub clip: f32,
+    /// Gradients are scaled by min(1, clip_norm / (‖g‖ + 1e-6)) first (torch's clip_grad_norm_).
+    pub clip_norm: f32,
+}
+
+impl AdamStep {
+    fn clip(&self, sq_norm: f64) -> f32 {
+        (self.clip_norm / (sq_norm.sqrt() as f32 + 1e-6)).min(1.0)
+    }
 }
 
 pub const B1: f32 = 0.9;
 pub const B2: f32 = 0.999;
 pub const EPS: f32 = 1e-8;
 
-/// One Adam update in place of `state` = [p; m; v] (3 × n, contiguous) with gradient g [n].
-pub fn adam(state: &Tensor, g: &Tensor, h: AdamStep) -> Result<()> {
-    state.inplace_op2(g, &Adam(h))
+/// One Adam update in place of `state` = [p; m; v] (3 × n, contiguous) with gradient g [n],
+/// clipped by the squared norm of all gradients `sq_norm` (an f64 scalar on the device, so the
+/// step needs no round trip to the host).
+pub fn adam(state: &Tensor, g: &Tensor, sq_norm: &Tensor, h: AdamStep) -> Result<()> {
+    state.inplace_op3(g, sq_norm, &Adam(h))
 }
 
 /// Each row of a contiguous [rows × d] tensor scaled to unit norm (as torch's normalize), in place.
@@ -125,7 +155,11 @@ impl CustomOp3 for SparseDecode {
         let (rows, k) = l1.shape().dims2()?;
         let d = l3.shape().dims2()?.1;
         let mut out = vec![0f32; rows * d];
-        for ((o, i), v) in out.chunks_exact_mut(d).zip(idx.chunks_exact(k)).zip(val.chunks_exact(k)) {
+        for ((o, i), v) in out
+            .chunks_exact_mut(d)
+            .zip(idx.chunks_exact(k))
+            .zip(val.chunks_exact(k))
+        {
             for (&f, &v) in i.iter().zip(v) {
                 super::axpy(o, v, &w[f as usize * d..(f as usize + 1) * d]);
             }
@@ -168,7 +202,10 @@ impl CustomOp3 for GatherDot {
         let d = l3.shape().dims2()?.1;
         let mut out = Vec::with_capacity(rows * k);
         for (i, x) in idx.chunks_exact(k).zip(x.chunks_exact(d)) {
-            out.extend(i.iter().map(|&f| super::dot(&w[f as usize * d..(f as usize + 1) * d], x)));
+            out.extend(
+                i.iter()
+                    .map(|&f| super::dot(&w[f as usize * d..(f as usize + 1) * d], x)),
+            );
         }
         Ok((CpuStorage::F32(out), Shape::from((rows, k))))
     }
@@ -214,15 +251,106 @@ impl CustomOp1 for BinCount {
     }
 }
 
+struct SparseOuter {
+    n: usize,
+    sums: bool,
+}
+
+impl CustomOp3 for SparseOuter {
+    fn name(&self) -> &'static str {
+        "saerl-sparse-outer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (idx, coef, y) = (cpu_u32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?);
+        let (k, d, n) = (l1.shape().dims2()?.1, l3.shape().dims2()?.1, self.n);
+        let mut g = vec![0f32; n * d + if self.sums { n } else { 0 }];
+        let (rows, sums) = g.split_at_mut(n * d);
+        for ((i, c), y) in idx
+            .chunks_exact(k)
+            .zip(coef.chunks_exact(k))
+            .zip(y.chunks_exact(d))
+        {
+            for (&f, &c) in i.iter().zip(c) {
+                let f = f as usize;
+                super::axpy(&mut rows[f * d..(f + 1) * d], c, y);
+                if let Some(s) = sums.get_mut(f) {
+                    *s += c;
+                }
+            }
+        }
+        let len = g.len();
+        Ok((CpuStorage::F32(g), Shape::from(len)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::sparse_outer(self.n, self.sums, s1, l1, s2, l2, s3, l3)
+    }
+}
+
+struct SumSq;
+
+impl CustomOp1 for SumSq {
+    fn name(&self) -> &'static str {
+        "saerl-sum-sq"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let total = cpu_f32(s, l)?
+            .iter()
+            .map(|&v| v as f64 * v as f64)
+            .sum::<f64>();
+        Ok((CpuStorage::F64(vec![total]), Shape::from(())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::sum_sq(s, l)
+    }
+}
+
 struct Adam(AdamStep);
 
-impl candle_core::InplaceOp2 for Adam {
+impl candle_core::InplaceOp3 for Adam {
     fn name(&self) -> &'static str {
         "saerl-adam"
     }
 
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
         let g = cpu_f32(s2, l2)?;
+        let sq_norm = match (s3, l3.contiguous_offsets()) {
+            (CpuStorage::F64(v), Some((a, b))) if b == a + 1 => v[a],
+            _ => candle_core::bail!("adam: the squared norm must be an f64 scalar"),
+        };
         let n = g.len();
         let (a, b) = l1
             .contiguous_offsets()
@@ -235,9 +363,9 @@ impl candle_core::InplaceOp2 for Adam {
         }
         let (p, rest) = state[a..b].split_at_mut(n);
         let (m, v) = rest.split_at_mut(n);
-        let h = self.0;
+        let (h, clip) = (self.0, self.0.clip(sq_norm));
         for (((p, m), v), g) in p.iter_mut().zip(m).zip(v).zip(g) {
-            let g = g * h.clip;
+            let g = g * clip;
             *m = B1 * *m + (1.0 - B1) * g;
             *v = B2 * *v + (1.0 - B2) * g * g;
             *p -= h.step * *m / (v.sqrt() / h.bc2_sqrt + EPS);
@@ -252,8 +380,10 @@ impl candle_core::InplaceOp2 for Adam {
         l1: &Layout,
         s2: &candle_core::CudaStorage,
         l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
     ) -> Result<()> {
-        cuda::adam(self.0, s1, l1, s2, l2)
+        cuda::adam(self.0, s1, l1, s2, l2, s3, l3)
     }
 }
 
@@ -266,9 +396,9 @@ impl candle_core::InplaceOp1 for UnitRows {
 
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
         let d = l.shape().dims2()?.1;
-        let (a, b) = l
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("unit_rows: tensor must be contiguous".into()))?;
+        let (a, b) = l.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("unit_rows: tensor must be contiguous".into())
+        })?;
         let CpuStorage::F32(v) = s else {
             candle_core::bail!("unit_rows: tensor must be f32");
         };
@@ -288,8 +418,8 @@ mod cuda {
 
     use std::sync::OnceLock;
 
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
     use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{CudaStorage, Layout, Result, Shape};
 
@@ -380,9 +510,15 @@ mod cuda {
         let dev = s1.device();
         let (rows, k) = l1.shape().dims2()?;
         let d = l3.shape().dims2()?.1;
-        let idx = s1.as_cuda_slice::<u32>()?.slice(contiguous(l1, "sparse_decode")?..);
-        let val = s2.as_cuda_slice::<f32>()?.slice(contiguous(l2, "sparse_decode")?..);
-        let w = s3.as_cuda_slice::<f32>()?.slice(contiguous(l3, "sparse_decode")?..);
+        let idx = s1
+            .as_cuda_slice::<u32>()?
+            .slice(contiguous(l1, "sparse_decode")?..);
+        let val = s2
+            .as_cuda_slice::<f32>()?
+            .slice(contiguous(l2, "sparse_decode")?..);
+        let w = s3
+            .as_cuda_slice::<f32>()?
+            .slice(contiguous(l3, "sparse_decode")?..);
         let zero = dev.alloc_zeros::<f32>(d)?;
         let out = dev.alloc_zeros::<f32>(rows * d)?;
         let f = func!(dev, "sparse_decode");
@@ -414,9 +550,15 @@ mod cuda {
         let dev = s1.device();
         let (rows, k) = l1.shape().dims2()?;
         let d = l3.shape().dims2()?.1;
-        let idx = s1.as_cuda_slice::<u32>()?.slice(contiguous(l1, "gather_dot")?..);
-        let w = s2.as_cuda_slice::<f32>()?.slice(contiguous(l2, "gather_dot")?..);
-        let x = s3.as_cuda_slice::<f32>()?.slice(contiguous(l3, "gather_dot")?..);
+        let idx = s1
+            .as_cuda_slice::<u32>()?
+            .slice(contiguous(l1, "gather_dot")?..);
+        let w = s2
+            .as_cuda_slice::<f32>()?
+            .slice(contiguous(l2, "gather_dot")?..);
+        let x = s3
+            .as_cuda_slice::<f32>()?
+            .slice(contiguous(l3, "gather_dot")?..);
         let out = dev.alloc_zeros::<f32>(rows * k)?;
         let f = func!(dev, "gather_dot");
         let mut launch = f.builder();
@@ -438,7 +580,9 @@ mod cuda {
     pub fn bincount(n: usize, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let dev = s.device();
         let len = l.shape().elem_count();
-        let idx = s.as_cuda_slice::<u32>()?.slice(contiguous(l, "bincount")?..);
+        let idx = s
+            .as_cuda_slice::<u32>()?
+            .slice(contiguous(l, "bincount")?..);
         let counts = dev.alloc_zeros::<u32>(n)?;
         let f = func!(dev, "bincount");
         let mut launch = f.builder();
@@ -454,12 +598,98 @@ mod cuda {
         ))
     }
 
+    #[allow(clippy::too_many_arguments)]
+    pub fn sparse_outer(
+        n: usize,
+        sums: bool,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = s1.device();
+        let (rows, k) = l1.shape().dims2()?;
+        let d = l3.shape().dims2()?.1;
+        let idx = s1
+            .as_cuda_slice::<u32>()?
+            .slice(contiguous(l1, "sparse_outer")?..);
+        let coef = s2
+            .as_cuda_slice::<f32>()?
+            .slice(contiguous(l2, "sparse_outer")?..);
+        let y = s3
+            .as_cuda_slice::<f32>()?
+            .slice(contiguous(l3, "sparse_outer")?..);
+        let hits = dev.alloc_zeros::<u32>(n * rows)?;
+        let (rows32, k32, d32, n32) = (rows as u32, k as u32, d as u32, n as u32);
+        let f = func!(dev, "mark_hits");
+        let mut launch = f.builder();
+        launch.arg(&idx);
+        launch.arg(&rows32);
+        launch.arg(&k32);
+        launch.arg(&hits);
+        // SAFETY: as in `topk`.
+        unsafe { launch.launch(cfg((rows * k).div_ceil(256).min(4096) as u32, 256, 0)) }.w()?;
+        let len = n * d + if sums { n } else { 0 };
+        // SAFETY: every value is written by the kernel below.
+        let g = unsafe { dev.alloc::<f32>(len)? };
+        let sums32 = sums as i32;
+        let f = func!(dev, "sparse_outer");
+        let mut launch = f.builder();
+        launch.arg(&hits);
+        launch.arg(&rows32);
+        launch.arg(&coef);
+        launch.arg(&k32);
+        launch.arg(&y);
+        launch.arg(&d32);
+        launch.arg(&n32);
+        launch.arg(&sums32);
+        launch.arg(&g);
+        // SAFETY: as in `topk`.
+        unsafe { launch.launch(cfg(n as u32, 256, 0)) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(g, dev.clone()),
+            Shape::from(len),
+        ))
+    }
+
+    pub fn sum_sq(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = s.device();
+        let len = l.shape().elem_count();
+        let x = s.as_cuda_slice::<f32>()?.slice(contiguous(l, "sum_sq")?..);
+        let blocks = len.div_ceil(256).clamp(1, 256);
+        // SAFETY: each is written in full by the kernel that fills it.
+        let (partial, out) = unsafe { (dev.alloc::<f64>(blocks)?, dev.alloc::<f64>(1)?) };
+        let (len64, m32) = (len as u64, blocks as u32);
+        let f = func!(dev, "sum_sq_partial");
+        let mut launch = f.builder();
+        launch.arg(&x);
+        launch.arg(&len64);
+        launch.arg(&partial);
+        // SAFETY: as in `topk`.
+        unsafe { launch.launch(cfg(blocks as u32, 256, 0)) }.w()?;
+        let f = func!(dev, "sum_partials");
+        let mut launch = f.builder();
+        launch.arg(&partial);
+        launch.arg(&m32);
+        launch.arg(&out);
+        // SAFETY: as in `topk`.
+        unsafe { launch.launch(cfg(1, 256, 0)) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            Shape::from(()),
+        ))
+    }
+
     pub fn adam(
         h: super::AdamStep,
         s1: &mut CudaStorage,
         l1: &Layout,
         s2: &CudaStorage,
         l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
     ) -> Result<()> {
         let dev = s1.device().clone();
         let n = l2.shape().elem_count();
@@ -470,6 +700,7 @@ mod cuda {
             candle_core::bail!("adam: state holds {} values, expected 3 × {n}", b - a);
         }
         let g = s2.as_cuda_slice::<f32>()?.slice(contiguous(l2, "adam")?..);
+        let sq = s3.as_cuda_slice::<f64>()?.slice(contiguous(l3, "adam")?..);
         let state = s1.as_cuda_slice_mut::<f32>()?;
         let mut state = state.slice_mut(a..b);
         let f = func!(dev, "adam");
@@ -481,7 +712,8 @@ mod cuda {
         launch.arg(&n64);
         launch.arg(&h.step);
         launch.arg(&h.bc2_sqrt);
-        launch.arg(&h.clip);
+        launch.arg(&sq);
+        launch.arg(&h.clip_norm);
         launch.arg(&b1);
         launch.arg(&b2);
         launch.arg(&eps);

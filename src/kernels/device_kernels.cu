@@ -156,9 +156,12 @@ __global__ void gather_dot(const unsigned* __restrict__ idx, unsigned k,
     }
 }
 
-// Adam on one parameter: state = [p; m; v] (3 × n), g the gradient, scaled by `clip`.
+// Adam on one parameter: state = [p; m; v] (3 × n), g the gradient, scaled by
+// min(1, clip_norm / (‖all gradients‖ + 1e-6)) where sq_norm[0] = ‖all gradients‖².
 __global__ void adam(float* __restrict__ state, const float* __restrict__ g, unsigned long long n,
-                     float step, float bc2, float clip, float b1, float b2, float eps) {
+                     float step, float bc2, const double* __restrict__ sq_norm, float clip_norm,
+                     float b1, float b2, float eps) {
+    const float clip = fminf(clip_norm / ((float)sqrt(sq_norm[0]) + 1e-6f), 1.0f);
     for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
          i += (unsigned long long)gridDim.x * blockDim.x) {
         float gi = g[i] * clip;
@@ -192,6 +195,102 @@ __global__ void bincount(const unsigned* __restrict__ idx, unsigned long long le
          i += (unsigned long long)gridDim.x * blockDim.x) {
         atomicAdd(&counts[idx[i]], 1u);
     }
+}
+
+// hits[f · rows + r] = j + 1 for each selection (r, j) of feature f = idx[r, j] (hits zeroed
+// before): the selections by feature, for `sparse_outer`. A feature appears at most once per row.
+__global__ void mark_hits(const unsigned* __restrict__ idx, unsigned rows, unsigned k,
+                          unsigned* __restrict__ hits) {
+    const unsigned long long len = (unsigned long long)rows * k;
+    for (unsigned long long s = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; s < len;
+         s += (unsigned long long)gridDim.x * blockDim.x) {
+        const unsigned r = (unsigned)(s / k), j = (unsigned)(s % k);
+        hits[(unsigned long long)idx[s] * rows + r] = j + 1;
+    }
+}
+
+// g[f] = Σ coef[r, j] · y[r] over the rows r that selected f (as slot j), rows ascending: a
+// weight gradient through the selections only. With `sums`, g[n·d + f] = Σ coef[r, j] too.
+// One block per feature: warp 0 lists the feature's rows in order (ballots over `hits`, a
+// chunk of rows at a time), then every thread adds them up for its columns. Deterministic.
+__global__ void sparse_outer(const unsigned* __restrict__ hits, unsigned rows,
+                             const float* __restrict__ coef, unsigned k,
+                             const float* __restrict__ y, unsigned d, unsigned n, int sums,
+                             float* __restrict__ g) {
+    const unsigned CHUNK = 1024;
+    __shared__ unsigned list_r[CHUNK], list_j[CHUNK];
+    __shared__ unsigned s_count;
+    const unsigned f = blockIdx.x, tid = threadIdx.x, lane = tid & 31;
+    const unsigned* col = hits + (unsigned long long)f * rows;
+    float* out = g + (unsigned long long)f * d;
+    for (unsigned c = tid; c < d; c += blockDim.x) out[c] = 0.0f;
+    float total = 0.0f;
+    for (unsigned base = 0; base < rows; base += CHUNK) {
+        if (tid < 32) {
+            unsigned count = 0;
+            for (unsigned i = 0; i < CHUNK && base + i < rows; i += 32) {
+                const unsigned r = base + i + lane;
+                const unsigned h = r < rows ? col[r] : 0u;
+                const unsigned ballot = __ballot_sync(0xffffffffu, h != 0u);
+                if (h != 0u) {
+                    const unsigned at = count + __popc(ballot & ((1u << lane) - 1u));
+                    list_r[at] = r;
+                    list_j[at] = h - 1u;
+                }
+                count += __popc(ballot);
+            }
+            if (lane == 0) s_count = count;
+        }
+        __syncthreads();
+        const unsigned m = s_count;
+        for (unsigned c = tid; c < d; c += blockDim.x) {
+            float acc = out[c];
+            for (unsigned e = 0; e < m; ++e) {
+                acc += coef[(unsigned long long)list_r[e] * k + list_j[e]] *
+                       y[(unsigned long long)list_r[e] * d + c];
+            }
+            out[c] = acc;
+        }
+        if (sums && tid == 0) {
+            for (unsigned e = 0; e < m; ++e) total += coef[(unsigned long long)list_r[e] * k + list_j[e]];
+        }
+        __syncthreads();
+    }
+    if (sums && tid == 0) g[(unsigned long long)n * d + f] = total;
+}
+
+// partial[b] = Σ x[i]² in double over block b's grid-stride share (blockDim 256): the first
+// half of a deterministic sum of squares (a fixed grid, then `sum_partials`).
+__global__ void sum_sq_partial(const float* __restrict__ x, unsigned long long len,
+                               double* __restrict__ partial) {
+    __shared__ double part[256];
+    double acc = 0.0;
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < len;
+         i += (unsigned long long)gridDim.x * blockDim.x) {
+        const double v = x[i];
+        acc += v * v;
+    }
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = part[0];
+}
+
+// out[0] = Σ partial[0..m], one block of 256 threads.
+__global__ void sum_partials(const double* __restrict__ partial, unsigned m, double* __restrict__ out) {
+    __shared__ double part[256];
+    double acc = 0.0;
+    for (unsigned i = threadIdx.x; i < m; i += blockDim.x) acc += partial[i];
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[0] = part[0];
 }
 
 }

@@ -59,7 +59,10 @@ impl<'a> BatchEncoder<'a> {
                 let (x_hat, l0) = sae.reconstruct(&Self::upload(dev, x, d)?)?;
                 Ok((
                     x_hat.flatten_all()?.to_vec1()?,
-                    l0.to_vec1::<f32>()?.into_iter().map(|v| v as usize).collect(),
+                    l0.to_vec1::<f32>()?
+                        .into_iter()
+                        .map(|v| v as usize)
+                        .collect(),
                 ))
             }
         }
@@ -91,7 +94,9 @@ mod tests {
         let (d, n, k, rows) = (24, 96, 5, 40);
         let mut rng = crate::rng::SplitMix64::new(9);
         let mut v = |len: usize| -> Vec<f32> {
-            (0..len).map(|_| rng.below(2000) as f32 / 1000.0 - 1.0).collect()
+            (0..len)
+                .map(|_| rng.below(2000) as f32 / 1000.0 - 1.0)
+                .collect()
         };
         let x = v(rows * d);
         let mut sae = crate::sae::train::cold_start(v(d), n, k, 3);
@@ -103,14 +108,29 @@ mod tests {
         let mut a = cpu.latents(&x, d).unwrap();
         a.iter_mut().for_each(|l| by_value(l));
         assert_eq!(a, dev.latents(&x, d).unwrap());
-        let ((xa, la), (xb, lb)) = (cpu.reconstruct(&x, d).unwrap(), dev.reconstruct(&x, d).unwrap());
+        let ((xa, la), (xb, lb)) = (
+            cpu.reconstruct(&x, d).unwrap(),
+            dev.reconstruct(&x, d).unwrap(),
+        );
         assert_eq!(la, lb);
         for (p, q) in xa.iter().zip(&xb) {
             assert!((p - q).abs() < 1e-5, "{p} vs {q}");
         }
         let h = Tensor::from_slice(&x, (4, rows / 4, d), &Device::Cpu).unwrap();
-        let ta: Vec<f32> = cpu.reconstruct_tensor(&h).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let tb: Vec<f32> = dev.reconstruct_tensor(&h).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let ta: Vec<f32> = cpu
+            .reconstruct_tensor(&h)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let tb: Vec<f32> = dev
+            .reconstruct_tensor(&h)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         for (p, q) in ta.iter().zip(&tb) {
             assert!((p - q).abs() < 1e-5, "{p} vs {q}");
         }

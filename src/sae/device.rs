@@ -9,7 +9,8 @@ use candle_core::{DType, Device, Tensor, D};
 use super::step::{Adam, StepOut};
 use super::{Activation, Sae};
 use crate::kernels::device::{
-    adam, bincount, gather_dot, sparse_decode, topk_rows, unit_rows, AdamStep, B1, B2,
+    adam, bincount, gather_dot, sparse_decode, sparse_outer, sum_sq, topk_rows, unit_rows,
+    AdamStep, B1, B2,
 };
 
 type Result<T> = candle_core::Result<T>;
@@ -119,6 +120,8 @@ pub struct DeviceTrainer {
     b_dec: State,
     t: i32,
     fired: Tensor,
+    /// The steps whose losses are still on the device: (rows, elements, [Σ err² per term]).
+    pending: Vec<(usize, f64, Tensor)>,
     /// With `SAERL_PROFILE` set: the device is synchronised between the step's phases and the
     /// time of each summed here (see `profile`).
     phases: Option<Vec<(&'static str, f64)>>,
@@ -162,6 +165,7 @@ impl DeviceTrainer {
             b_dec: st(&sae.b_dec, &m.b_dec, &v.b_dec, &[d])?,
             t: adam.t,
             fired: Tensor::zeros(n, DType::U32, dev)?,
+            pending: Vec::new(),
             phases: std::env::var_os("SAERL_PROFILE").map(|_| Vec::new()),
         })
     }
@@ -169,11 +173,36 @@ impl DeviceTrainer {
     /// The weights and Adam's state back into the host SAE and optimiser.
     pub fn download(&self, sae: &mut Sae, adam: &mut Adam) -> Result<()> {
         let parts: [(&State, &mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>); 5] = [
-            (&self.b_pre, &mut sae.b_pre, &mut adam.m.b_pre, &mut adam.v.b_pre),
-            (&self.w_enc, &mut sae.w_enc, &mut adam.m.w_enc, &mut adam.v.w_enc),
-            (&self.b_enc, &mut sae.b_enc, &mut adam.m.b_enc, &mut adam.v.b_enc),
-            (&self.w_dec, &mut sae.w_dec, &mut adam.m.w_dec, &mut adam.v.w_dec),
-            (&self.b_dec, &mut sae.b_dec, &mut adam.m.b_dec, &mut adam.v.b_dec),
+            (
+                &self.b_pre,
+                &mut sae.b_pre,
+                &mut adam.m.b_pre,
+                &mut adam.v.b_pre,
+            ),
+            (
+                &self.w_enc,
+                &mut sae.w_enc,
+                &mut adam.m.w_enc,
+                &mut adam.v.w_enc,
+            ),
+            (
+                &self.b_enc,
+                &mut sae.b_enc,
+                &mut adam.m.b_enc,
+                &mut adam.v.b_enc,
+            ),
+            (
+                &self.w_dec,
+                &mut sae.w_dec,
+                &mut adam.m.w_dec,
+                &mut adam.v.w_dec,
+            ),
+            (
+                &self.b_dec,
+                &mut sae.b_dec,
+                &mut adam.m.b_dec,
+                &mut adam.v.b_dec,
+            ),
         ];
         for (s, p, m, v) in parts {
             let [dp, dm, dv] = s.download()?;
@@ -214,9 +243,30 @@ impl DeviceTrainer {
         Ok((Tensor::from_slice(&mask, self.n, &self.dev)?, k_aux))
     }
 
+    /// The losses of the steps queued since the last call, in order, with each step's rows:
+    /// all of them, or (`all` false) none until `LOSS_GROUP` are waiting, so the host waits for
+    /// the device once per group of steps rather than at every step.
+    pub fn losses(&mut self, all: bool) -> Result<Vec<(usize, StepOut)>> {
+        const LOSS_GROUP: usize = 32;
+        if self.pending.is_empty() || (!all && self.pending.len() < LOSS_GROUP) {
+            return Ok(Vec::new());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let errs = Tensor::cat(&pending.iter().map(|p| p.2.clone()).collect::<Vec<_>>(), 0)?;
+        let mut errs = errs.to_vec1::<f64>()?.into_iter();
+        let mut out = Vec::with_capacity(pending.len());
+        for (rows, elems, e) in &pending {
+            let recon = errs.next().unwrap_or(f64::NAN) / elems;
+            let aux = (e.elem_count() > 1).then(|| errs.next().unwrap_or(f64::NAN) / elems);
+            out.push((*rows, StepOut { recon, aux }));
+        }
+        Ok(out)
+    }
+
     /// One training step on host rows `x` (the same algorithm as `step::step`): losses, the
-    /// sparse backward, clipping, Adam and the decoder renormalisation, on the device. `dead`
-    /// (`dead_mask` of the previous epoch's dead features) switches on aux-k.
+    /// sparse backward, clipping, Adam and the decoder renormalisation, all on the device,
+    /// with nothing read back (the losses wait for `losses`). `dead` (`dead_mask` of the
+    /// previous epoch's dead features) switches on aux-k.
     pub fn step(
         &mut self,
         x: &[f32],
@@ -224,7 +274,7 @@ impl DeviceTrainer {
         aux_coeff: f32,
         clip_norm: f32,
         lr: f64,
-    ) -> Result<StepOut> {
+    ) -> Result<()> {
         let (d, n) = (self.d, self.n);
         let rows = x.len() / d;
         let elems = x.len() as f64;
@@ -249,48 +299,50 @@ impl DeviceTrainer {
         if let Some((mask, k_aux)) = dead {
             // Live features are pushed out of reach; the values are the plain pre-activations.
             let (ia, _) = topk_rows(&z, &(&b_enc + mask)?, *k_aux)?;
-            let va = (z.gather(&ia, 1)? + b_enc.index_select(&ia.flatten_all()?, 0)?.reshape(ia.shape())?)?;
+            let va = (z.gather(&ia, 1)?
+                + b_enc
+                    .index_select(&ia.flatten_all()?, 0)?
+                    .reshape(ia.shape())?)?;
             terms.push(self.term(&ia, &va, &x, &w_dec, &b_dec, aux_coeff as f64 * 2.0 / elems)?);
         }
         self.lap("decode", &mut clock)?;
-        // Gradients: dz = ⟨W_dec[i], dL/dx̂⟩ per selection, scattered into dense [rows × n]
-        // matrices for the two weight gradients (cuBLAS GEMMs over the selections' rows).
-        let zeros = Tensor::zeros((rows, n), DType::F32, &self.dev)?;
-        let (mut dzs, mut zs_all, mut dx_all) = (zeros.clone(), Vec::new(), Vec::new());
+        // Gradients through the selections only: dz = ⟨W_dec[i], dL/dx̂⟩ per selection; W_enc's
+        // rows gather dz·(x − b_pre) (and b_enc the dz), W_dec's rows z·dL/dx̂, per feature.
+        let (mut g_enc, mut g_w_dec, mut g_b_dec) =
+            (None::<Tensor>, None::<Tensor>, None::<Tensor>);
+        let add = |acc: Option<Tensor>, g: Tensor| match acc {
+            Some(a) => a + g,
+            None => Ok(g),
+        };
         for t in &terms {
             let dz = gather_dot(&t.idx, &w_dec, &t.dx)?;
-            dzs = dzs.scatter_add(&t.idx, &dz, 1)?;
-            zs_all.push(zeros.scatter_add(&t.idx, &t.val, 1)?);
-            dx_all.push(t.dx.clone());
+            g_enc = Some(add(g_enc, sparse_outer(&t.idx, &dz, &xc, n, true)?)?);
+            g_w_dec = Some(add(
+                g_w_dec,
+                sparse_outer(&t.idx, &t.val, &t.dx, n, false)?,
+            )?);
+            g_b_dec = Some(add(g_b_dec, t.dx.sum(0)?)?);
         }
-        let (zs, dx) = match terms.len() {
-            1 => (zs_all.pop().unwrap(), dx_all.pop().unwrap()),
-            _ => (Tensor::cat(&zs_all, 0)?, Tensor::cat(&dx_all, 0)?),
-        };
-        self.lap("dz + scatter", &mut clock)?;
-        let g_w_enc = dzs.t()?.matmul(&xc)?;
-        let g_w_dec = zs.t()?.matmul(&dx)?;
-        let g_b_enc = dzs.sum(0)?;
+        let (g_enc, g_w_dec, g_b_dec) = (g_enc.unwrap(), g_w_dec.unwrap(), g_b_dec.unwrap());
+        let g_b_enc = g_enc.narrow(0, n * d, n)?;
         let g_b_pre = g_b_enc.unsqueeze(0)?.matmul(&w_enc)?.squeeze(0)?.neg()?;
-        let g_b_dec = dx.sum(0)?;
-        self.lap("gradient GEMMs", &mut clock)?;
-        // One transfer per step: the squared gradient norm and each term's squared error.
-        let mut scalars = vec![Tensor::zeros((), DType::F64, &self.dev)?];
-        for g in [&g_b_pre, &g_w_enc, &g_b_enc, &g_w_dec, &g_b_dec] {
-            let sq = g.sqr()?.sum_all()?.to_dtype(DType::F64)?;
-            scalars[0] = (&scalars[0] + sq)?;
+        self.lap("gradients", &mut clock)?;
+        // torch's clip_grad_norm_ (the norm stays on the device: Adam reads it), then Adam,
+        // then unit-norm decoder rows.
+        let mut sq_norm = sum_sq(&g_enc)?;
+        for g in [&g_b_pre, &g_w_dec, &g_b_dec] {
+            sq_norm = (sq_norm + sum_sq(g)?)?;
         }
-        scalars.extend(terms.iter().map(|t| t.err.clone()));
-        let scalars: Vec<f64> = Tensor::stack(&scalars, 0)?.to_vec1()?;
-        let (sq_total, per_term) = (scalars[0], &scalars[1..]);
+        let errs = Tensor::stack(&terms.iter().map(|t| t.err.clone()).collect::<Vec<_>>(), 0)?;
+        self.pending.push((rows, elems, errs));
         self.lap("norms + losses", &mut clock)?;
-        // PyTorch's clip_grad_norm_, then Adam, then unit-norm decoder columns.
         self.t += 1;
         let h = AdamStep {
             step: lr as f32 / (1.0 - B1.powi(self.t)),
             bc2_sqrt: (1.0 - B2.powi(self.t)).sqrt(),
-            clip: (clip_norm / (sq_total.sqrt() as f32 + 1e-6)).min(1.0),
+            clip_norm,
         };
+        let g_w_enc = g_enc.narrow(0, 0, n * d)?;
         for (s, g) in [
             (&self.b_pre, &g_b_pre),
             (&self.w_enc, &g_w_enc),
@@ -298,16 +350,12 @@ impl DeviceTrainer {
             (&self.w_dec, &g_w_dec),
             (&self.b_dec, &g_b_dec),
         ] {
-            adam(&s.state, &g.flatten_all()?.contiguous()?, h)?;
+            adam(&s.state, &g.flatten_all()?.contiguous()?, &sq_norm, h)?;
         }
         unit_rows(&self.w_dec.p()?)?;
         self.lap("Adam + renorm", &mut clock)?;
-        Ok(StepOut {
-            recon: per_term[0] / elems,
-            aux: per_term.get(1).map(|a| a / elems),
-        })
+        Ok(())
     }
-
     /// A selection's reconstruction: its terms, the summed squared error and dL/dx̂·scale.
     fn term(
         &self,
@@ -335,9 +383,4 @@ struct Term {
     val: Tensor,
     dx: Tensor,
     err: Tensor,
-}
-
-/// Σx² accumulated in f64 (a scalar on the device).
-fn sum_sq(x: &Tensor) -> Result<Tensor> {
-    x.to_dtype(DType::F64)?.sqr()?.sum_all()
 }

@@ -5,7 +5,6 @@
 //! - mean_act: mean z_i over the rows where it fired (z_i > 0); max_act: the largest z_i selected;
 //! - the top examples: the `TOP_EXAMPLES` rows with the largest selected z_i (ties: earlier row).
 
-
 pub const TOP_EXAMPLES: usize = 20;
 
 /// Counts for one split.

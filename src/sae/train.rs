@@ -9,10 +9,10 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use super::device::{DeviceSae, DeviceTrainer};
 use super::quality::row_sq_errors;
 use super::rows::{MemRows, Rows};
-use super::device::{DeviceSae, DeviceTrainer};
-use super::step::{self, Adam, Scratch};
+use super::step::{self, Adam, Scratch, StepOut};
 use super::Sae;
 use crate::kernels::{unit_norm, Encoded};
 
@@ -310,45 +310,62 @@ impl Trainer {
         };
         let shuffle = cfg.shuffle.then(|| cfg.seed.wrapping_add(ep as u64));
         let d = self.sae.d_model;
-        train.for_each_batch(cfg.batch, shuffle, &mut |batch| {
-            lr = cosine_lr(cfg.lr, t, total);
-            let out = match &mut self.backend {
-                Backend::Cpu(scratch) => step::step(
-                    &mut self.sae,
-                    &mut self.adam,
-                    scratch,
-                    batch,
-                    dead.as_deref(),
-                    cfg.aux_coeff,
-                    cfg.clip_grad_norm,
-                    lr,
-                    &mut fired,
-                ),
-                Backend::Device(dt, _) => dt.step(
-                    batch,
-                    dead_on_device.as_ref(),
-                    cfg.aux_coeff,
-                    cfg.clip_grad_norm,
-                    lr,
-                )?,
-            };
+        // Each step's losses as they become known (the device reports them in groups).
+        let steps_log = &mut self.steps;
+        let mut record = |rows: usize, out: StepOut| -> Result<()> {
             if !out.recon.is_finite() || out.aux.is_some_and(|a| !a.is_finite()) {
-                bail!("the loss became non-finite at epoch {} step {t}", ep + 1);
+                let step = steps_log.len();
+                bail!("the loss became non-finite at epoch {} step {step}", ep + 1);
             }
-            t += 1;
             tot += out.recon;
             if let Some(a) = out.aux {
                 aux_tot += a;
                 aux_n += 1;
             }
-            on_batch(batch.len() / d, out.recon);
-            self.steps.push(StepLog {
+            on_batch(rows, out.recon);
+            steps_log.push(StepLog {
                 recon_loss: out.recon,
                 aux_loss: out.aux,
             });
             Ok(())
+        };
+        train.for_each_batch(cfg.batch, shuffle, &mut |batch| {
+            lr = cosine_lr(cfg.lr, t, total);
+            t += 1;
+            match &mut self.backend {
+                Backend::Cpu(scratch) => {
+                    let out = step::step(
+                        &mut self.sae,
+                        &mut self.adam,
+                        scratch,
+                        batch,
+                        dead.as_deref(),
+                        cfg.aux_coeff,
+                        cfg.clip_grad_norm,
+                        lr,
+                        &mut fired,
+                    );
+                    record(batch.len() / d, out)
+                }
+                Backend::Device(dt, _) => {
+                    dt.step(
+                        batch,
+                        dead_on_device.as_ref(),
+                        cfg.aux_coeff,
+                        cfg.clip_grad_norm,
+                        lr,
+                    )?;
+                    for (rows, out) in dt.losses(false)? {
+                        record(rows, out)?;
+                    }
+                    Ok(())
+                }
+            }
         })?;
         if let Backend::Device(dt, _) = &mut self.backend {
+            for (rows, out) in dt.losses(true)? {
+                record(rows, out)?;
+            }
             dt.download(&mut self.sae, &mut self.adam)?;
             fired = dt.take_fired()?;
         }

@@ -128,7 +128,12 @@ struct LakeSaes {
 
 impl std::fmt::Debug for LakeSaes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LakeSaes({}, {:?})", self.lake.root().display(), self.device)
+        write!(
+            f,
+            "LakeSaes({}, {:?})",
+            self.lake.root().display(),
+            self.device
+        )
     }
 }
 
@@ -150,7 +155,11 @@ impl Encoder for DeviceEncoder {
 
     fn encode_rows(&self, x: &[f32]) -> Vec<Vec<(u32, f32)>> {
         let run = || -> candle_core::Result<Vec<Vec<(u32, f32)>>> {
-            let t = candle_core::Tensor::from_slice(x, (x.len() / self.d_model, self.d_model), &self.device)?;
+            let t = candle_core::Tensor::from_slice(
+                x,
+                (x.len() / self.d_model, self.d_model),
+                &self.device,
+            )?;
             let (idx, val) = self.sae.encode(&t)?;
             Ok(idx
                 .to_vec2::<u32>()?

@@ -136,7 +136,7 @@ pub fn run(a: &BenchIngest, refs: &References) -> Result<()> {
         "transformers, same questions and tokenizer (tokens/s)",
         tps,
         reference,
-        TRANSFORMERS_TOKENS_PER_S,
+        Some(TRANSFORMERS_TOKENS_PER_S),
         1.5,
     );
     Ok(())

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 
 use crate::kernels::device::{
-    adam, bincount, gather_dot, sparse_decode, topk_rows, unit_rows, AdamStep,
+    adam, bincount, gather_dot, sparse_decode, sparse_outer, sum_sq, topk_rows, unit_rows, AdamStep,
 };
 
 /// Float agreement: |a − b| ≤ tol·(1 + |b|). Element-wise kernels and sums in the CPU's order
@@ -23,7 +23,11 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
 
 fn compare(what: &str, got: &[f32], want: &[f32], tol: f32) -> Result<f32> {
     if got.len() != want.len() {
-        bail!("{what}: {} values on the device, {} on the CPU", got.len(), want.len());
+        bail!(
+            "{what}: {} values on the device, {} on the CPU",
+            got.len(),
+            want.len()
+        );
     }
     let mut worst = 0f32;
     for (i, (a, b)) in got.iter().zip(want).enumerate() {
@@ -68,7 +72,9 @@ pub fn run(device: &str) -> Result<()> {
     let cpu = Device::Cpu;
     let (rows, n, d, k) = (512usize, 7168usize, 896usize, 64usize);
     let up = |v: &[f32], shape: (usize, usize), on: &Device| Tensor::from_slice(v, shape, on);
-    println!("device kernels against their CPU references ({device}; rows {rows}, d_sae {n}, d {d}):");
+    println!(
+        "device kernels against their CPU references ({device}; rows {rows}, d_sae {n}, d {d}):"
+    );
 
     // top-k, at k and at the aux size, with ties planted (every value appears twice).
     let mut zv = random(rows * n, 1);
@@ -81,7 +87,11 @@ pub fn run(device: &str) -> Result<()> {
     for kk in [k, 16 * k] {
         let (z, b) = (up(&zv, (rows, n), &dev)?, Tensor::from_slice(&bv, n, &dev)?);
         let (ig, vg) = topk_rows(&z, &b, kk)?;
-        let (iw, vw) = topk_rows(&up(&zv, (rows, n), &cpu)?, &Tensor::from_slice(&bv, n, &cpu)?, kk)?;
+        let (iw, vw) = topk_rows(
+            &up(&zv, (rows, n), &cpu)?,
+            &Tensor::from_slice(&bv, n, &cpu)?,
+            kk,
+        )?;
         if ig.to_vec2::<u32>()? != iw.to_vec2::<u32>()? {
             bail!("topk_rows k={kk}: the selected features differ from the CPU's");
         }
@@ -105,7 +115,9 @@ pub fn run(device: &str) -> Result<()> {
     let (idx_g, val_g, w_g, x_g) = (on(&idx)?, on(&val)?, on(&w)?, on(&x)?);
     let err = compare(
         "sparse_decode",
-        &sparse_decode(&idx_g, &val_g, &w_g)?.flatten_all()?.to_vec1()?,
+        &sparse_decode(&idx_g, &val_g, &w_g)?
+            .flatten_all()?
+            .to_vec1()?,
         &sparse_decode(&idx, &val, &w)?.flatten_all()?.to_vec1()?,
         TOL,
     )?;
@@ -124,6 +136,30 @@ pub fn run(device: &str) -> Result<()> {
         bail!("bincount: the counts differ from the CPU's");
     }
     println!("  bincount          exact");
+    // The sparse weight gradient (rows in the same order on both; the CPU may fuse the
+    // multiply-add) and the f64 sum of squares (reduced as a tree on the device).
+    let (val_g, x_g) = (&val_g, &x_g);
+    let outer = |i: &Tensor, v: &Tensor, x: &Tensor| sparse_outer(i, v, x, n, true);
+    let err = compare(
+        "sparse_outer",
+        &outer(&idx_g, val_g, x_g)?.to_vec1()?,
+        &outer(&idx, &val, &x)?.to_vec1()?,
+        TOL * (rows as f32).sqrt(),
+    )?;
+    let ms = time(&dev, || outer(&idx_g, val_g, x_g).map(|_| ()))?;
+    println!("  sparse_outer      within {err:.1e}; {ms:.3} ms");
+    let (sg, sw) = (
+        sum_sq(&w_g)?.to_scalar::<f64>()?,
+        sum_sq(&w)?.to_scalar::<f64>()?,
+    );
+    if (sg - sw).abs() > 1e-9 * sw {
+        bail!("sum_sq: {sg} on the device, {sw} on the CPU");
+    }
+    let ms = time(&dev, || sum_sq(&w_g).map(|_| ()))?;
+    println!(
+        "  sum_sq            within {:.1e}; {ms:.3} ms",
+        (sg - sw).abs() / sw
+    );
 
     // Adam and the row renormalisation, in place on copies of one state.
     let state_v: Vec<f32> = random(n * d, 5)
@@ -135,11 +171,13 @@ pub fn run(device: &str) -> Result<()> {
     let h = AdamStep {
         step: 1e-4,
         bc2_sqrt: 0.3,
-        clip: 0.7,
+        clip_norm: 1.0,
     };
+    // A gradient norm of 1/0.7: the gradient is clipped to 0.7 of itself.
+    let sq_norm = |on: &Device| Tensor::new(1.0 / 0.49f64, on);
     let run_adam = |on: &Device| -> Result<Vec<f32>> {
         let s = up(&state_v, (3, n * d), on)?;
-        adam(&s, &Tensor::from_slice(&gv, n * d, on)?, h)?;
+        adam(&s, &Tensor::from_slice(&gv, n * d, on)?, &sq_norm(on)?, h)?;
         unit_rows(&s.narrow(0, 0, 1)?.reshape((n, d))?)?;
         Ok(s.flatten_all()?.to_vec1()?)
     };
@@ -151,8 +189,11 @@ pub fn run(device: &str) -> Result<()> {
         TOL * (d as f32).sqrt(),
     )?;
     let s = up(&state_v, (3, n * d), &dev)?;
-    let g = Tensor::from_slice(&gv, n * d, &dev)?;
-    let ms = time(&dev, || adam(&s, &g, h))?;
-    println!("  adam (+unit_rows) within {err:.1e}; adam {ms:.3} ms on {} parameters", n * d);
+    let (g, sq) = (Tensor::from_slice(&gv, n * d, &dev)?, sq_norm(&dev)?);
+    let ms = time(&dev, || adam(&s, &g, &sq, h))?;
+    println!(
+        "  adam (+unit_rows) within {err:.1e}; adam {ms:.3} ms on {} parameters",
+        n * d
+    );
     Ok(())
 }

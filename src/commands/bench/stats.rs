@@ -8,8 +8,8 @@ use rand::SeedableRng;
 
 use super::{gib, peak_rss, reset_peak_rss};
 use crate::kernels::{encode, Encoded};
-use crate::sae::rows::{mean_row, MemRows};
 use crate::sae::batch::BatchEncoder;
+use crate::sae::rows::{mean_row, MemRows};
 use crate::sae::stats::{FeatureStats, RowInfo};
 use crate::sae::train::cold_start;
 
