@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod data;
+pub mod fault;
 pub mod kernels;
 pub mod lake;
 pub mod model;

@@ -19,6 +19,10 @@ struct Cli {
     /// The lake directory.
     #[arg(long, global = true, env = "SAERL_LAKE", default_value = "./lake")]
     lake: PathBuf,
+    /// When another saerl is doing the same work in the lake (ingesting the same stage, training
+    /// the same SAE), wait for it instead of failing.
+    #[arg(long, global = true)]
+    wait: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,7 +58,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let lake = Lake::new(&cli.lake);
+    let lake = Lake::new(&cli.lake).waiting(cli.wait);
     let result = match &cli.command {
         Command::Init(a) => init::run(a),
         Command::Ingest(a) => ingest::run(&lake, a).map(|_| ()),

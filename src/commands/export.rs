@@ -34,7 +34,7 @@ pub fn run(lake: &Lake, a: &ExportArgs) -> Result<()> {
 }
 
 fn export_pt(lake: &Lake, out: &Path, chain: Option<&str>) -> Result<()> {
-    let lake = Lake::open(lake.root())?;
+    let lake = lake.existing()?;
     let keys: Vec<_> = lake
         .partitions(Table::Saes)?
         .into_iter()

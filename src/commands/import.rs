@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use regex::Regex;
 
-use crate::lake::{check_name, infer_step, write_sae, Lake, PartitionKey, StageRow, Txn};
+use crate::lake::{check_name, infer_step, write_sae, Lake, PartitionKey, StageRow, Table, Txn};
 use crate::sae::pt;
 use crate::study::chain_defaults;
 
@@ -188,10 +188,17 @@ fn import_pt(lake: &Lake, a: &ImportPt) -> Result<()> {
     let mut txn = Txn::begin(lake, a.overwrite)?;
     let bar = super::progress(jobs.len() as u64, "import");
     let mut stage_rows: Vec<StageRow> = Vec::new();
+    let mut imported = 0;
     for (j, step) in &jobs {
         bar.set_message(j.file.file_name().unwrap().to_string_lossy().into_owned());
         let ckpt = pt::read(&j.file)?;
         let key = PartitionKey::sae(&j.chain, &j.stage, j.layer, ckpt.sae.k as i32);
+        bar.inc(1);
+        if !a.overwrite && lake.has_partition(Table::Saes, &key)? {
+            bar.suspend(|| println!("{key}: already imported, skipped (--overwrite to replace)"));
+            continue;
+        }
+        imported += 1;
         write_sae(&mut txn, &key, &ckpt.sae)
             .with_context(|| format!("importing {}", j.file.display()))?;
         if !stage_rows
@@ -208,16 +215,17 @@ fn import_pt(lake: &Lake, a: &ImportPt) -> Result<()> {
                 model_path: None,
             });
         }
-        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if imported == 0 {
+        return Ok(());
     }
     txn.upsert_stages(&stage_rows)?;
-    let n = jobs.len();
     txn.commit()?;
-    bar.finish_and_clear();
-    let mut chains: Vec<&str> = jobs.iter().map(|(j, _)| j.chain.as_str()).collect();
+    let mut chains: Vec<&str> = stage_rows.iter().map(|r| r.chain.as_str()).collect();
     chains.dedup();
     println!(
-        "imported {n} SAE(s) of chain(s) {} into {}",
+        "imported {imported} SAE(s) of chain(s) {} into {}",
         chains.join(", "),
         lake.root().display()
     );

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{read_questions, val_rows, Doc, SplitKind};
 use crate::lake::{
-    activation_batch, check_name, docs_batch, infer_step, vocab_batch, writer_properties,
-    IngestStaging, Lake, PartitionKey, StageRow, Table, Txn,
+    activation_batch, check_name, docs_batch, infer_step, sync_path, vocab_batch,
+    writer_properties, IngestStaging, Lake, PartitionKey, StageRow, Table, Txn,
 };
 use crate::model::{device, load_model, Qwen2, Qwen2Config, TextTokenizer};
 use crate::project::{DataSet, Project};
@@ -170,6 +170,11 @@ pub struct Summary {
 }
 
 pub fn run(lake: &Lake, a: &Ingest) -> Result<Summary> {
+    let staging = lake.ingest_staging(&a.chain, &a.stage);
+    let _work = lake.lock_work(
+        &staging.lock_file(),
+        &format!("ingesting chain {} stage {}", a.chain, a.stage),
+    )?;
     let Some(plan) = plan(lake, a)? else {
         return Ok(Summary::default());
     };
@@ -180,7 +185,6 @@ pub fn run(lake: &Lake, a: &Ingest) -> Result<Summary> {
         false => Some(load_model(&plan.model_dir, &device(&a.device)?)?),
     };
     let load_seconds = started.elapsed().as_secs_f64();
-    let staging = lake.ingest_staging(&a.chain, &a.stage);
     check_manifest(&staging, &plan.manifest(a)?, a)?;
     let started = std::time::Instant::now();
     let n_chunks = match &model {
@@ -309,7 +313,7 @@ fn check_manifest(staging: &IngestStaging, manifest: &Manifest, a: &Ingest) -> R
                 a.stage,
                 staging.dir().display()
             ),
-            // Unreadable: written by a crashed writer before atomic manifests; start over.
+            // Unreadable (written before manifests were atomic): start over.
             None => std::fs::remove_dir_all(staging.dir())?,
         }
     }
@@ -424,8 +428,10 @@ fn write_chunk(
     }
     for (w, tmp, path) in writers {
         w.close()?;
+        sync_path(&tmp)?;
         std::fs::rename(&tmp, &path)?;
     }
+    crate::fault::point("ingest.chunk");
     Ok(())
 }
 

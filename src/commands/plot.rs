@@ -35,7 +35,7 @@ pub async fn run(lake: &Lake, a: &PlotArgs) -> Result<()> {
     let (file, out) = (&a.file, &a.out);
     let sql =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let ctx = open_session(&Lake::open(lake.root())?).await?;
+    let ctx = open_session(&lake.existing()?).await?;
     let rows = plot_query(&ctx, &sql, out)
         .await
         .with_context(|| format!("plotting {}", file.display()))?;

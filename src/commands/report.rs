@@ -76,7 +76,7 @@ pub async fn run(lake: &Lake, a: &ReportArgs) -> Result<()> {
 
 /// Writes the report; returns the page's path.
 pub async fn write_report(lake: &Lake, dir: &Path) -> Result<PathBuf> {
-    let lake = Lake::open(lake.root())?;
+    let lake = lake.existing()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let ctx = open_session(&lake).await?;
     let mut body = String::new();

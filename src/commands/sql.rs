@@ -23,7 +23,7 @@ pub struct SqlArgs {
 }
 
 pub async fn run(lake: &Lake, a: &SqlArgs) -> Result<()> {
-    let ctx = open_session(&Lake::open(lake.root())?).await?;
+    let ctx = open_session(&lake.existing()?).await?;
     let (sql, source) = match (&a.command, &a.file) {
         (Some(c), _) => (c.clone(), "-c".to_string()),
         (None, Some(f)) => (

@@ -77,7 +77,7 @@ fn open_rows(lake: &Lake, key: &PartitionKey, split: &str, a: &TrainArgs) -> Res
 
 pub fn run(lake: &Lake, a: &TrainArgs) -> Result<()> {
     let dev = crate::model::device(&a.device)?;
-    let lake = Lake::open(lake.root())?;
+    let lake = lake.existing()?;
     let stages = lake.read_stages(&a.chain)?;
     if stages.is_empty() {
         bail!(
@@ -109,6 +109,10 @@ pub fn run(lake: &Lake, a: &TrainArgs) -> Result<()> {
         ..TrainConfig::default()
     };
     for &layer in &a.layers {
+        let _work = lake.lock_work(
+            &lake.train_lock(&PartitionKey::sae(&a.chain, "", layer, a.k as i32)),
+            &format!("training chain {} layer {layer} k {}", a.chain, a.k),
+        )?;
         let mut parent: Option<(String, Sae)> = None;
         for (si, st) in stages.iter().enumerate() {
             let key = PartitionKey::sae(&a.chain, &st.stage, layer, a.k as i32);
@@ -181,7 +185,8 @@ fn train_one(
     let ckpt = lake.train_checkpoint(key);
     // Everything the result depends on; a checkpoint of another run is not resumed.
     let fingerprint = format!(
-        "{cfg:?} rows {}/{} d_sae {} k {} parent {:?} init {:016x}",
+        "{cfg:?} activations {} rows {}/{} d_sae {} k {} parent {:?} init {:016x}",
+        lake.partition_fingerprint(Table::Activations, &key.activations())?,
         train.len(),
         val.len(),
         init.d_sae,
@@ -198,7 +203,15 @@ fn train_one(
             );
             t
         }
-        None => Trainer::new(init, train.len(), cfg)?,
+        None => {
+            if ckpt.is_file() {
+                println!(
+                    "{key}: the checkpoint {} was made from other activations or settings; starting over",
+                    ckpt.display()
+                );
+            }
+            Trainer::new(init, train.len(), cfg)?
+        }
     };
     if !dev.is_cpu() {
         trainer = trainer.on_device(dev)?;
@@ -225,6 +238,7 @@ fn train_one(
             e.train_mse, e.val_mse, e.n_dead, e.seconds
         ));
         trainer.save(&ckpt, &fingerprint)?;
+        crate::fault::point("train.epoch");
         ran += 1;
         if a.stop_after_epochs == Some(ran) && !trainer.is_done() {
             bail!(

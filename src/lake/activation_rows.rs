@@ -118,6 +118,15 @@ fn read_x(
     columns: &[&str],
     d: usize,
 ) -> Result<(Vec<f32>, RecordBatch)> {
+    super::read::decoding(file, || read_x_unguarded(file, row_group, columns, d))
+}
+
+fn read_x_unguarded(
+    file: &Path,
+    row_group: usize,
+    columns: &[&str],
+    d: usize,
+) -> Result<(Vec<f32>, RecordBatch)> {
     let batches = read_group(file, row_group, columns)?;
     let others = match batches.len() {
         1 => batches.into_iter().next().unwrap(),
@@ -151,8 +160,8 @@ fn read_group(file: &Path, row_group: usize, columns: &[&str]) -> Result<Vec<Rec
         .with_batch_size(super::write::ROW_GROUP_ROWS)
         .build()
         .with_context(|| corrupt(file))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| corrupt(file))
+        .map(|b| super::read::conform(b.with_context(|| corrupt(file))?, Table::Activations, file))
+        .collect()
 }
 
 impl ActivationRows {

@@ -2,6 +2,8 @@
 //! that knows paths, partition levels and schemas; everything else asks it.
 
 mod activation_rows;
+mod durable;
+mod lock;
 mod read;
 mod rows;
 mod saes;
@@ -18,6 +20,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 pub use activation_rows::{ActivationBatch, ActivationRows};
+pub use durable::{sync_path, write_atomic};
+pub use lock::LockGuard;
 pub use read::{check_parquet, partition_files, read_parquet};
 pub use rows::{
     activation_batch, docs_batch, evals_batch, feature_stats_batch, top_examples_batch,
@@ -163,6 +167,8 @@ pub fn check_name(what: &str, v: &str) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct Lake {
     root: PathBuf,
+    /// Whether a command queues behind another doing the same work (`--wait`) or fails.
+    wait: bool,
 }
 
 /// The one data file a partition holds.
@@ -171,7 +177,24 @@ pub const PART_FILE: &str = "part-0.parquet";
 impl Lake {
     /// A lake that commands will write into (created on first write).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            wait: false,
+        }
+    }
+
+    /// Queue behind another command doing the same work instead of failing (`--wait`).
+    pub fn waiting(self, wait: bool) -> Self {
+        Self { wait, ..self }
+    }
+
+    pub fn wait(&self) -> bool {
+        self.wait
+    }
+
+    /// This lake, which must already exist (for readers).
+    pub fn existing(&self) -> Result<Self> {
+        Self::open(self.root.clone()).map(|l| l.waiting(self.wait))
     }
 
     /// A lake that must already exist (for readers).
@@ -183,7 +206,7 @@ impl Lake {
                 root.display()
             );
         }
-        Ok(Self { root })
+        Ok(Self::new(root))
     }
 
     pub fn root(&self) -> &Path {

@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use arrow::array::RecordBatch;
@@ -17,23 +18,127 @@ pub(super) fn corrupt(path: &Path) -> String {
     )
 }
 
+/// `batch` with each column of `table` it holds in the type saerl reads it as. A file another
+/// engine wrote may store Utf8View or LargeUtf8 strings, other integer widths or f64 floats:
+/// those convert when the values fit (an integer that does not is an error); anything else is
+/// an error naming the file, the column and both types, never a panic further on.
+pub fn conform(batch: RecordBatch, table: Table, file: &Path) -> Result<RecordBatch> {
+    use arrow::compute::{can_cast_types, cast_with_options, CastOptions};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let expected = table.file_schema(None);
+    let schema = batch.schema();
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (field, col) in schema.fields().iter().zip(batch.columns()) {
+        let Ok(want) = expected.field_with_name(field.name()) else {
+            fields.push(field.as_ref().clone());
+            columns.push(col.clone());
+            continue;
+        };
+        let have = field.data_type();
+        let float =
+            |t: &DataType| matches!(t, DataType::Float16 | DataType::Float32 | DataType::Float64);
+        let string =
+            |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+        // Vectors stay lists (fixed or not) but always of f32.
+        let target = match (have, want.data_type()) {
+            (DataType::FixedSizeList(item, w), DataType::List(_)) if float(item.data_type()) => {
+                DataType::FixedSizeList(
+                    Arc::new(Field::new("item", DataType::Float32, item.is_nullable())),
+                    *w,
+                )
+            }
+            (DataType::List(item) | DataType::LargeList(item), DataType::List(_))
+                if float(item.data_type()) =>
+            {
+                DataType::List(Arc::new(Field::new(
+                    "item",
+                    DataType::Float32,
+                    item.is_nullable(),
+                )))
+            }
+            (h, w) if h.is_integer() && w.is_integer() => w.clone(),
+            (h, w) if float(h) && float(w) => w.clone(),
+            (h, w) if string(h) && string(w) => w.clone(),
+            (h, w) => {
+                if h != w {
+                    anyhow::bail!(
+                        "{}: column {} of table {} is {h}, expected {w}; rewrite the file with that type",
+                        file.display(),
+                        field.name(),
+                        table.name()
+                    );
+                }
+                w.clone()
+            }
+        };
+        let col = match &target == have {
+            true => col.clone(),
+            false if can_cast_types(have, &target) => {
+                let strict = CastOptions {
+                    safe: false,
+                    ..Default::default()
+                };
+                cast_with_options(col, &target, &strict).with_context(|| {
+                    format!(
+                        "{}: column {} is {have}, and its values do not fit {target}",
+                        file.display(),
+                        field.name()
+                    )
+                })?
+            }
+            false => anyhow::bail!(
+                "{}: column {} is {have}, which saerl cannot read as {target}",
+                file.display(),
+                field.name()
+            ),
+        };
+        fields.push(Field::new(field.name(), target, field.is_nullable()));
+        columns.push(col);
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+/// Runs `f`, which decodes `path`. The parquet crate asserts on some corrupt encodings (an
+/// over-long varint in a level run, ...); such a panic becomes the corrupt-file error too.
+pub(super) fn decoding<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let what = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("a decoder panic");
+            Err(anyhow::anyhow!("{what}")).with_context(|| corrupt(path))
+        }
+    }
+}
+
 /// Validates a file's footer and returns its Arrow schema (cheap: reads only metadata).
 pub fn check_parquet(path: &Path) -> Result<SchemaRef> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(|| corrupt(path))?;
-    Ok(builder.schema().clone())
+    decoding(path, || {
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).with_context(|| corrupt(path))?;
+        Ok(builder.schema().clone())
+    })
 }
 
 /// Reads a whole Parquet file.
 pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .with_context(|| corrupt(path))?
-        .build()
-        .with_context(|| corrupt(path))?;
-    reader
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| corrupt(path))
+    decoding(path, || {
+        ParquetRecordBatchReaderBuilder::try_new(file)
+            .with_context(|| corrupt(path))?
+            .build()
+            .with_context(|| corrupt(path))?
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| corrupt(path))
+    })
 }
 
 /// The data files of a partition directory, in name order (`part-00000.parquet`, ...).
@@ -58,7 +163,9 @@ impl Lake {
         }
         let mut out = Vec::new();
         for f in partition_files(&dir)? {
-            out.extend(read_parquet(&f)?);
+            for b in read_parquet(&f)? {
+                out.push(conform(b, table, &f)?);
+            }
         }
         Ok(out)
     }
@@ -100,12 +207,14 @@ impl Lake {
                 self.root().display()
             );
         }
-        if columns.iter().any(|c| table.vector_columns().contains(c)) {
-            if let Some(batch) = read_columns_fast(&path, table, columns)? {
-                return Ok(batch);
+        decoding(&path, || {
+            if columns.iter().any(|c| table.vector_columns().contains(c)) {
+                if let Some(batch) = read_columns_fast(&path, table, columns)? {
+                    return Ok(batch);
+                }
             }
-        }
-        read_columns_arrow(&path, columns)
+            conform(read_columns_arrow(&path, columns)?, table, &path)
+        })
     }
 }
 
@@ -126,7 +235,7 @@ fn read_columns_fast(path: &Path, table: Table, columns: &[&str]) -> Result<Opti
         .collect();
     let rest = match others.is_empty() {
         true => None,
-        false => Some(read_columns_arrow(path, &others)?),
+        false => Some(conform(read_columns_arrow(path, &others)?, table, path)?),
     };
     let mut arrays: Vec<ArrayRef> = Vec::new();
     let mut fields = Vec::new();
@@ -135,7 +244,10 @@ fn read_columns_fast(path: &Path, table: Table, columns: &[&str]) -> Result<Opti
             .field_with_name(c)
             .with_context(|| format!("{} has no column {c}", path.display()))?;
         match &rest {
-            Some(b) if others.contains(&c) => arrays.push(b.column_by_name(c).unwrap().clone()),
+            Some(b) if others.contains(&c) => {
+                let col = b.column_by_name(c).expect("read by name above").clone();
+                arrays.push(col)
+            }
             _ => {
                 let Some(d) = super::vector_width(field.data_type()) else {
                     return Ok(None);
@@ -212,5 +324,40 @@ fn read_columns_arrow(path: &Path, columns: &[&str]) -> Result<RecordBatch> {
             .map(|c| batch.schema().index_of(c))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(batch.project(&order)?)
+    }
+}
+
+impl Lake {
+    /// A content fingerprint of a partition, cheap to compute: each file's name, length and
+    /// footer (which holds every column chunk's offsets and sizes, the statistics, and the
+    /// `saerl.write_id` that makes each written file distinct). Rewritten data — even with the
+    /// same row count — gives another fingerprint.
+    pub fn partition_fingerprint(&self, table: Table, key: &PartitionKey) -> Result<String> {
+        use std::hash::Hasher;
+        use std::io::{Read, Seek, SeekFrom};
+        let dir = self.partition_dir(table, key)?;
+        let mut h = twox_hash::XxHash64::with_seed(0);
+        for path in partition_files(&dir)? {
+            let mut f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            let len = f.metadata()?.len();
+            // The last 8 bytes: the footer's length, then "PAR1".
+            let mut tail = [0u8; 8];
+            if len < 12 {
+                anyhow::bail!(corrupt(&path));
+            }
+            f.seek(SeekFrom::Start(len - 8))?;
+            f.read_exact(&mut tail)?;
+            let footer = u32::from_le_bytes(tail[..4].try_into().unwrap()) as u64;
+            if &tail[4..] != b"PAR1" || footer + 12 > len {
+                anyhow::bail!(corrupt(&path));
+            }
+            let mut buf = vec![0u8; footer as usize];
+            f.seek(SeekFrom::Start(len - 8 - footer))?;
+            f.read_exact(&mut buf).with_context(|| corrupt(&path))?;
+            h.write(path.file_name().unwrap().as_encoded_bytes());
+            h.write_u64(len);
+            h.write(&buf);
+        }
+        Ok(format!("{:016x}", h.finish()))
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use arrow::array::{Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{Float64Type, Int64Type};
 
@@ -44,18 +44,14 @@ impl Lake {
         }
         let mut rows = Vec::new();
         for b in self.read_partition(Table::Stages, &key)? {
-            let s = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
-            let (stage, reward, model) = (s("stage"), s("reward"), s("model_path"));
-            let step = b
-                .column_by_name("step")
-                .unwrap()
-                .as_primitive::<Int64Type>()
-                .clone();
-            let kl = b
-                .column_by_name("kl_coef")
-                .unwrap()
-                .as_primitive::<Float64Type>()
-                .clone();
+            let col = |n: &str| {
+                b.column_by_name(n)
+                    .with_context(|| format!("the stages table of chain {chain} has no column {n}"))
+            };
+            let s = |n: &str| col(n).map(|c| c.as_string::<i32>().clone());
+            let (stage, reward, model) = (s("stage")?, s("reward")?, s("model_path")?);
+            let step = col("step")?.as_primitive::<Int64Type>().clone();
+            let kl = col("kl_coef")?.as_primitive::<Float64Type>().clone();
             for i in 0..b.num_rows() {
                 rows.push(StageRow {
                     chain: chain.to_string(),
@@ -73,9 +69,10 @@ impl Lake {
 }
 
 impl Txn {
-    /// Adds or updates stage rows. Known fields of existing rows survive when the new row leaves
-    /// them unset; two stages of a chain may not share a step.
-    pub fn upsert_stages(&mut self, new: &[StageRow]) -> Result<()> {
+    /// Stages the `stages` partitions with `new` merged into what the lake holds now (at commit,
+    /// under the lake lock). Known fields of existing rows survive when the new row leaves them
+    /// unset; two stages of a chain may not share a step.
+    pub(super) fn stage_merged_stages(&mut self, new: &[StageRow]) -> Result<()> {
         let mut chains: Vec<&str> = new.iter().map(|r| r.chain.as_str()).collect();
         chains.sort();
         chains.dedup();

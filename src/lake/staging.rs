@@ -10,6 +10,7 @@ use super::{Lake, PartitionKey};
 /// The chunk files of an interrupted ingest of one (chain, stage).
 pub struct IngestStaging {
     dir: PathBuf,
+    lock: PathBuf,
 }
 
 impl IngestStaging {
@@ -29,22 +30,35 @@ impl IngestStaging {
             .join(format!("part-{chunk:05}.parquet"))
     }
 
-    /// Writes `text` as the manifest atomically (temporary file, then rename).
+    /// The lock held by the command doing this ingest.
+    pub fn lock_file(&self) -> PathBuf {
+        self.lock.clone()
+    }
+
+    /// Writes `text` as the manifest atomically and durably.
     pub fn write_manifest(&self, text: &str) -> Result<()> {
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating {}", self.dir.display()))?;
-        let tmp = self.dir.join("manifest.json.tmp");
-        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, self.manifest())
-            .with_context(|| format!("writing {}", self.manifest().display()))
+        super::write_atomic(&self.manifest(), text.as_bytes())
     }
 }
 
 impl Lake {
     pub fn ingest_staging(&self, chain: &str, stage: &str) -> IngestStaging {
+        let name = format!("ingest-{chain}-{stage}");
         IngestStaging {
-            dir: self.tmp_root().join(format!("ingest-{chain}-{stage}")),
+            dir: self.tmp_root().join(&name),
+            lock: self.locks_dir().join(format!("{name}.lock")),
         }
+    }
+
+    /// The lock held by the command training a chain's SAEs at one layer and k (they warm-start
+    /// one another, so they are one piece of work).
+    pub fn train_lock(&self, key: &PartitionKey) -> PathBuf {
+        self.locks_dir().join(format!(
+            "train-{}-layer{}-k{}.lock",
+            key.chain,
+            key.layer.unwrap_or(0),
+            key.k.unwrap_or(0)
+        ))
     }
 
     /// The epoch checkpoint of the SAE `key` being trained.

@@ -1,10 +1,18 @@
-//! Atomic writes. A transaction stages every partition it writes under `<lake>/.tmp/`, and
-//! `commit` renames them into place; dropping an uncommitted transaction leaves the lake as it
-//! was. A partition directory therefore exists only when complete, and existing complete
-//! partitions are never clobbered unless the transaction was opened with `overwrite`.
+//! Atomic, durable commits. A transaction stages every partition it writes under
+//! `<lake>/.tmp/txn-*/`; `commit` then, holding the lake lock:
+//! 1. rewrites the derived `stages` partitions it touches (a read-modify-write, so under the lock),
+//! 2. checks no destination appeared meanwhile, fsyncs every staged file and directory,
+//! 3. writes the commit record `COMMIT` (temporary file, fsync, rename, fsync): the commit point,
+//! 4. publishes: moves each replaced partition aside into the transaction directory and renames
+//!    the staged one into place, then fsyncs the parent directories,
+//! 5. deletes the record, then the replaced data.
+//! A crash before 3 leaves the lake as it was (the staged directory is removed by the next
+//! commit, once its owner's lock shows it dead); a crash after 3 is rolled forward by the next
+//! reader or writer (`roll_forward`, idempotent) before it looks at any table. Readers hold the
+//! lake lock shared for a statement, so SQL sees every transaction whole or not at all.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
@@ -12,9 +20,14 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
+use serde::{Deserialize, Serialize};
 
+use super::durable::{sync_path, sync_tree, write_atomic};
+use super::lock::LockGuard;
+use super::stages::StageRow;
 use super::{Lake, PartitionKey, Table, PART_FILE};
 
 /// Rows per Parquet row group: bounds reader memory for wide vector columns.
@@ -25,6 +38,28 @@ pub struct Txn {
     dir: PathBuf,
     overwrite: bool,
     staged: Vec<Staged>,
+    /// Rows for the `stages` table, merged into it at commit under the lake lock.
+    stage_rows: Vec<StageRow>,
+    /// Marks the transaction directory as alive (see `roll_forward`).
+    _owner: LockGuard,
+}
+
+/// The file whose presence in a transaction directory means "committed".
+const COMMIT_RECORD: &str = "COMMIT";
+const TXN_PREFIX: &str = "txn-";
+
+/// What a committed transaction publishes, as paths relative to the lake root.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    moves: Vec<Move>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Move {
+    staged: PathBuf,
+    dest: PathBuf,
+    /// Where the partition it replaces is kept until the commit is complete.
+    aside: PathBuf,
 }
 
 struct Staged {
@@ -55,8 +90,14 @@ impl PartitionWriter {
     }
 }
 
+/// How every lake file is written. Each file gets a unique `saerl.write_id` in its footer, so a
+/// fingerprint of the footers changes whenever data is rewritten, even with the same shape.
 pub fn writer_properties(table: Table) -> WriterProperties {
     let mut props = WriterProperties::builder()
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            "saerl.write_id".to_string(),
+            unique_id(),
+        )]))
         .set_compression(Compression::SNAPPY)
         // Float vectors do not repeat; trying a dictionary first only costs time.
         .set_dictionary_enabled(false)
@@ -72,29 +113,37 @@ pub fn writer_properties(table: Table) -> WriterProperties {
     props.build()
 }
 
+/// `pid-nanoseconds-sequence`: unique across the processes writing one lake.
+fn unique_id() -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 impl Txn {
     pub fn begin(lake: &Lake, overwrite: bool) -> Result<Self> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir = lake.tmp_root().join(format!(
-            "txn-{}-{nanos}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = lake.tmp_root().join(format!("{TXN_PREFIX}{}", unique_id()));
         std::fs::create_dir_all(&dir).with_context(|| {
             format!(
                 "creating {} (is the lake directory writable?)",
                 dir.display()
             )
         })?;
+        let owner = lake.lock_work(&dir.join(".lock"), "staging this transaction")?;
         Ok(Self {
             lake: lake.clone(),
             dir,
             overwrite,
             staged: Vec::new(),
+            stage_rows: Vec::new(),
+            _owner: owner,
         })
     }
 
@@ -189,8 +238,9 @@ impl Txn {
         self.finish(w)
     }
 
-    /// Stages a partition made of files written elsewhere (e.g. a resumable run's chunks);
-    /// the files are moved, in order, and named `part-NNNNN.parquet`.
+    /// Stages a partition made of files written elsewhere (e.g. a resumable run's chunks),
+    /// in order, named `part-NNNNN.parquet`. They are hard-linked, so the originals stay
+    /// resumable work until the commit is done.
     pub fn adopt(&mut self, table: Table, key: &PartitionKey, files: &[PathBuf]) -> Result<()> {
         self.check_free(table, key)?;
         let rel = key.rel_dir(table)?;
@@ -198,8 +248,8 @@ impl Txn {
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         for (i, f) in files.iter().enumerate() {
             let dest = tmp.join(format!("part-{i:05}.parquet"));
-            std::fs::rename(f, &dest)
-                .with_context(|| format!("moving {} into the lake", f.display()))?;
+            std::fs::hard_link(f, &dest)
+                .with_context(|| format!("staging {} for the lake", f.display()))?;
         }
         self.staged.push(Staged {
             tmp,
@@ -223,30 +273,155 @@ impl Txn {
         self.finish(w).map(|_| ())
     }
 
-    /// Publishes every staged partition. Checks all destinations before moving any.
+    /// Adds or updates rows of the `stages` table when the transaction commits.
+    pub fn upsert_stages(&mut self, rows: &[StageRow]) -> Result<()> {
+        self.stage_rows.extend_from_slice(rows);
+        Ok(())
+    }
+
+    /// Publishes every staged partition at once (see the module comment); returns how many.
     pub fn commit(mut self) -> Result<usize> {
+        let _lock = self.lake.lock_exclusive()?;
+        self.lake.roll_forward()?;
+        let rows = std::mem::take(&mut self.stage_rows);
+        if !rows.is_empty() {
+            self.stage_merged_stages(&rows)?;
+        }
         for s in &self.staged {
             if s.dest.exists() && !(s.replace || self.overwrite) {
                 bail!("{} appeared while this command ran; nothing was written (re-run with --overwrite to replace it)", s.label);
             }
         }
-        let trash = self.dir.join(".replaced");
+        crate::fault::point("commit.staged");
+        let root = self.lake.root().to_path_buf();
+        let rel = |p: &Path| p.strip_prefix(&root).map(Path::to_path_buf);
+        let mut moves = Vec::new();
         for (i, s) in self.staged.iter().enumerate() {
-            if s.dest.exists() {
-                std::fs::create_dir_all(&trash)?;
-                std::fs::rename(&s.dest, trash.join(i.to_string()))
-                    .with_context(|| format!("moving aside {}", s.dest.display()))?;
-            }
-            std::fs::create_dir_all(s.dest.parent().unwrap())?;
-            std::fs::rename(&s.tmp, &s.dest)
-                .with_context(|| format!("publishing {}", s.dest.display()))?;
+            sync_tree(&s.tmp)?;
+            moves.push(Move {
+                staged: rel(&s.tmp)?,
+                dest: rel(&s.dest)?,
+                aside: rel(&self.dir.join(".replaced").join(i.to_string()))?,
+            });
         }
+        let record = serde_json::to_vec(&Record { moves })?;
+        write_atomic(&self.dir.join(COMMIT_RECORD), &record)?;
+        crate::fault::point("commit.recorded");
+        self.lake.finish_commit(&self.dir)?;
         Ok(std::mem::take(&mut self.staged).len())
+    }
+}
+
+impl Lake {
+    /// Whether a crashed writer left a committed transaction half-published.
+    pub(super) fn has_pending_commits(&self) -> Result<bool> {
+        Ok(self
+            .txn_dirs()?
+            .iter()
+            .any(|d| d.join(COMMIT_RECORD).exists()))
+    }
+
+    fn txn_dirs(&self) -> Result<Vec<PathBuf>> {
+        let tmp = self.tmp_root();
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(&tmp) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", tmp.display())),
+        };
+        for e in entries {
+            let e = e?;
+            if e.file_name().to_string_lossy().starts_with(TXN_PREFIX) {
+                out.push(e.path());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Completes every committed transaction a crashed writer left half-published, and removes
+    /// the staged data of transactions whose writer died before committing. The caller holds
+    /// the lake lock exclusively.
+    pub(super) fn roll_forward(&self) -> Result<()> {
+        for dir in self.txn_dirs()? {
+            if dir.join(COMMIT_RECORD).exists() {
+                eprintln!(
+                    "completing a commit interrupted by a crash ({})",
+                    dir.display()
+                );
+                self.finish_commit(&dir)?;
+            } else if let Ok(owner) = std::fs::File::open(dir.join(".lock")) {
+                // A live writer holds its transaction's lock; a dead one's was released.
+                if owner.try_lock().is_ok() {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 4 and 5 of a commit whose record is written; safe to repeat after a crash.
+    fn finish_commit(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(COMMIT_RECORD);
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let record: Record = serde_json::from_slice(&text).with_context(|| {
+            format!(
+                "{} is not a commit record; move it away to discard that commit",
+                path.display()
+            )
+        })?;
+        let root = self.root();
+        let mut parents = Vec::new();
+        for m in &record.moves {
+            let (staged, dest, aside) = (
+                root.join(&m.staged),
+                root.join(&m.dest),
+                root.join(&m.aside),
+            );
+            if !staged.exists() {
+                continue; // published before the crash
+            }
+            if dest.exists() {
+                if aside.exists() {
+                    bail!(
+                        "cannot complete the commit {}: {} and {} both exist; move one away",
+                        path.display(),
+                        dest.display(),
+                        aside.display()
+                    );
+                }
+                std::fs::create_dir_all(aside.parent().unwrap())?;
+                std::fs::rename(&dest, &aside)
+                    .with_context(|| format!("moving aside {}", dest.display()))?;
+            }
+            let parent = dest.parent().unwrap().to_path_buf();
+            std::fs::create_dir_all(&parent)?;
+            std::fs::rename(&staged, &dest)
+                .with_context(|| format!("publishing {}", dest.display()))?;
+            crate::fault::point("commit.publish");
+            parents.push(parent);
+        }
+        parents.sort();
+        parents.dedup();
+        for p in &parents {
+            sync_path(p)?;
+        }
+        // Durable: now the record and the replaced partitions may go.
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        sync_path(dir)?;
+        crate::fault::point("commit.published");
+        let _ = std::fs::remove_dir_all(dir);
+        Ok(())
     }
 }
 
 impl Drop for Txn {
     fn drop(&mut self) {
+        // A committed transaction whose publication failed midway keeps its directory (the
+        // staged and the replaced partitions) for `roll_forward`; anything else is discarded.
+        if self.dir.join(COMMIT_RECORD).exists() {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
         // Leave no empty .tmp behind; ignore failure when another writer is using it.
         let _ = std::fs::remove_dir(self.lake.tmp_root());

@@ -27,7 +27,39 @@ struct Meta {
     adam_t: i32,
     prev_dead: Option<Vec<u32>>,
     best_epoch: Option<usize>,
-    epochs: Vec<EpochLog>,
+}
+
+/// The epoch logs travel as an f64 tensor, one row per epoch, so that a resumed run logs the
+/// very same numbers (JSON would round some floats on the way back).
+const EPOCH_COLS: usize = 6;
+
+fn epochs_to_f64(epochs: &[EpochLog]) -> Vec<f64> {
+    epochs
+        .iter()
+        .flat_map(|e| {
+            [
+                e.train_mse,
+                e.val_mse,
+                e.n_dead as f64,
+                e.aux_loss.unwrap_or(f64::NAN),
+                e.lr,
+                e.seconds,
+            ]
+        })
+        .collect()
+}
+
+fn epochs_from_f64(v: &[f64]) -> Vec<EpochLog> {
+    v.chunks_exact(EPOCH_COLS)
+        .map(|r| EpochLog {
+            train_mse: r[0],
+            val_mse: r[1],
+            n_dead: r[2] as usize,
+            aux_loss: (!r[3].is_nan()).then_some(r[3]),
+            lr: r[4],
+            seconds: r[5],
+        })
+        .collect()
 }
 
 const NAMES: [&str; 5] = ["b_pre", "w_enc", "b_enc", "w_dec", "b_dec"];
@@ -54,8 +86,8 @@ impl Trainer {
             adam_t: self.adam.t,
             prev_dead: self.prev_dead.clone(),
             best_epoch: self.best.as_ref().map(|b| b.0),
-            epochs: self.epochs.clone(),
         };
+        let epochs = epochs_to_f64(&self.epochs);
         let mut groups = vec![
             ("sae", sae_parts(&self.sae)),
             ("m", param_parts(&self.adam.m)),
@@ -71,6 +103,14 @@ impl Trainer {
                 views.push((format!("{prefix}.{name}"), view));
             }
         }
+        views.push((
+            "epochs".to_string(),
+            TensorView::new(
+                Dtype::F64,
+                vec![epochs.len()],
+                bytemuck::cast_slice(&epochs),
+            )?,
+        ));
         let info = HashMap::from([("saerl".to_string(), serde_json::to_string(&meta)?)]);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -78,8 +118,9 @@ impl Trainer {
         let tmp = path.with_extension("tmp");
         safetensors::serialize_to_file(views, Some(info), &tmp)
             .with_context(|| format!("writing the checkpoint {}", tmp.display()))?;
+        crate::lake::sync_path(&tmp)?;
         std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
-        Ok(())
+        crate::lake::sync_path(path.parent().unwrap_or(Path::new(".")))
     }
 
     /// The trainer saved at `path`, or None when there is none or it belongs to another run
@@ -164,7 +205,19 @@ impl Trainer {
             trainer.best = Some((e, sae_from(read("best")?)?));
         }
         trainer.prev_dead = meta.prev_dead;
-        trainer.epochs = meta.epochs;
+        let epochs = st.tensor("epochs").with_context(fix)?;
+        if epochs.dtype() != Dtype::F64 || epochs.data().len() % (8 * EPOCH_COLS) != 0 {
+            bail!(
+                "{}: tensor epochs has the wrong type or size",
+                path.display()
+            );
+        }
+        let values: Vec<f64> = epochs
+            .data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        trainer.epochs = epochs_from_f64(&values);
         Ok(Some(trainer))
     }
 }

@@ -124,18 +124,49 @@ enum Item {
     V(Value),
 }
 
+/// Containers nest at most this deep (a state dict needs 4): deeper values could overflow the
+/// stack when dropped.
+const MAX_DEPTH: usize = 32;
+
+/// Nodes and nesting depth of a value, counted without recursion; stops once past `limit` nodes.
+fn measure(v: &Value, limit: usize) -> (usize, usize) {
+    let (mut nodes, mut depth) = (0, 0);
+    let mut todo = vec![(v, 1usize)];
+    while let Some((v, d)) = todo.pop() {
+        nodes += 1;
+        depth = depth.max(d);
+        if nodes > limit {
+            break;
+        }
+        match v {
+            Value::Tuple(items) | Value::List(items) => {
+                todo.extend(items.iter().map(|i| (i, d + 1)))
+            }
+            Value::Dict(items) => {
+                todo.extend(items.iter().flat_map(|(k, v)| [(k, d + 1), (v, d + 1)]))
+            }
+            _ => {}
+        }
+    }
+    (nodes, depth)
+}
+
 struct Machine<'a> {
     b: &'a [u8],
     at: usize,
     stack: Vec<Item>,
     memo: HashMap<u32, Value>,
+    /// Value nodes the memo may still copy: a few bytes of MEMOIZE/GET opcodes could otherwise
+    /// duplicate a value exponentially (a "billion laughs").
+    budget: usize,
 }
 
 impl<'a> Machine<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let s = self
-            .b
-            .get(self.at..self.at + n)
+            .at
+            .checked_add(n)
+            .and_then(|end| self.b.get(self.at..end))
             .context("pickle ends early (truncated file?)")?;
         self.at += n;
         Ok(s)
@@ -167,6 +198,20 @@ impl<'a> Machine<'a> {
     fn push(&mut self, v: Value) {
         self.stack.push(Item::V(v));
     }
+    /// Pays for copying a value of `nodes` nodes out of the budget.
+    fn charge(&mut self, nodes: usize) -> Result<()> {
+        self.budget = self.budget.checked_sub(nodes).context(
+            "the pickle copies values beyond any state dict's size (a decompression bomb?)",
+        )?;
+        Ok(())
+    }
+    /// Fails when putting `v` into a container would nest deeper than `MAX_DEPTH`.
+    fn nest(&self, v: &Value) -> Result<()> {
+        if measure(v, usize::MAX).1 >= MAX_DEPTH {
+            bail!("the pickle nests containers more than {MAX_DEPTH} deep");
+        }
+        Ok(())
+    }
     fn pop(&mut self) -> Result<Value> {
         match self.stack.pop() {
             Some(Item::V(v)) => Ok(v),
@@ -180,17 +225,27 @@ impl<'a> Machine<'a> {
             _ => bail!("pickle stack underflow"),
         }
     }
+    /// The items above the last MARK, each checked to fit in a container.
     fn pop_mark(&mut self) -> Result<Vec<Value>> {
         let mut out = Vec::new();
         loop {
             match self.stack.pop() {
                 Some(Item::Mark) => break,
-                Some(Item::V(v)) => out.push(v),
+                Some(Item::V(v)) => {
+                    self.nest(&v)?;
+                    out.push(v)
+                }
                 None => bail!("pickle MARK missing"),
             }
         }
         out.reverse();
         Ok(out)
+    }
+    /// Pops one item that goes into a container.
+    fn pop_nested(&mut self) -> Result<Value> {
+        let v = self.pop()?;
+        self.nest(&v)?;
+        Ok(v)
     }
     fn global(&mut self, name: String) -> Result<()> {
         if !ALLOWED_GLOBALS.contains(&name.as_str()) {
@@ -252,6 +307,7 @@ pub fn load(b: &[u8]) -> Result<Value> {
         at: 0,
         stack: Vec::new(),
         memo: HashMap::new(),
+        budget: 1_000_000 + 8 * b.len(),
     };
     loop {
         let at = m.at;
@@ -274,7 +330,7 @@ pub fn load(b: &[u8]) -> Result<Value> {
             }
             0x85..=0x87 => {
                 let n = (op - 0x84) as usize;
-                let mut items = (0..n).map(|_| m.pop()).collect::<Result<Vec<_>>>()?;
+                let mut items = (0..n).map(|_| m.pop_nested()).collect::<Result<Vec<_>>>()?;
                 items.reverse();
                 m.push(Value::Tuple(items));
             }
@@ -284,12 +340,18 @@ pub fn load(b: &[u8]) -> Result<Value> {
                     b'r' => m.u32()?,
                     _ => m.memo.len() as u32,
                 };
+                let budget = m.budget;
+                let nodes = measure(m.top()?, budget).0;
+                m.charge(nodes)?;
                 let v = m.top()?.clone();
                 m.memo.insert(idx, v);
             }
             b'h' | b'j' => {
                 let idx = if op == b'h' { m.u8()? as u32 } else { m.u32()? };
-                let v = m.memo.get(&idx).with_context(|| format!("pickle refers to unknown memo {idx}"))?.clone();
+                let v = m.memo.get(&idx).with_context(|| format!("pickle refers to unknown memo {idx}"))?;
+                let nodes = measure(v, m.budget).0;
+                m.charge(nodes)?;
+                let v = m.memo[&idx].clone();
                 m.push(v);
             }
             b'X' => {
@@ -372,8 +434,8 @@ pub fn load(b: &[u8]) -> Result<Value> {
                 m.push(Value::Storage(storage));
             }
             b's' => {
-                let v = m.pop()?;
-                let k = m.pop()?;
+                let v = m.pop_nested()?;
+                let k = m.pop_nested()?;
                 match m.top()? {
                     Value::Dict(d) => d.push((k, v)),
                     other => bail!("SETITEM on a {}", other.type_name()),
@@ -394,7 +456,7 @@ pub fn load(b: &[u8]) -> Result<Value> {
                 }
             }
             b'a' => {
-                let v = m.pop()?;
+                let v = m.pop_nested()?;
                 match m.top()? {
                     Value::List(l) => l.push(v),
                     other => bail!("APPEND on a {}", other.type_name()),

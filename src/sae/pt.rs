@@ -23,7 +23,8 @@ pub fn read(path: &Path) -> Result<PtCheckpoint> {
     parse(bytes).with_context(|| format!("{} is not a valid SAE checkpoint", path.display()))
 }
 
-fn parse(bytes: Vec<u8>) -> Result<PtCheckpoint> {
+/// Parses a checkpoint held in memory (errors do not name a file).
+pub fn parse(bytes: Vec<u8>) -> Result<PtCheckpoint> {
     let zip = ZipStore::parse(bytes)?;
     let archive = Archive::open(&zip)?;
     let root = pickle::load(zip.get(&archive.pickle).unwrap())?;
@@ -173,17 +174,54 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 /// Materialises a (possibly strided) tensor view as contiguous f32.
+/// Every size and offset comes from the file, so all arithmetic is checked and the view must
+/// lie inside its storage, which must lie inside the archive, before anything is allocated.
 fn gather(t: &TensorRef, data: &[u8]) -> Result<Vec<f32>> {
     let size = t.storage.dtype.size();
-    if data.len() < t.storage.numel * size {
+    let need = t.storage.numel.checked_mul(size);
+    if need.is_none_or(|n| data.len() < n) {
         bail!(
-            "storage {} holds {} bytes, expected {}",
+            "storage {} holds {} bytes, but its header claims {} elements of {size} bytes",
             t.storage.key,
             data.len(),
-            t.storage.numel * size
+            t.storage.numel
         );
     }
-    let numel: usize = t.shape.iter().product();
+    if t.stride.len() != t.shape.len() {
+        bail!(
+            "tensor has {} dims but {} strides",
+            t.shape.len(),
+            t.stride.len()
+        );
+    }
+    let numel = t
+        .shape
+        .iter()
+        .try_fold(1usize, |a, &s| a.checked_mul(s))
+        .context("tensor shape overflows")?;
+    // The largest element the view reaches: offset + Σ (shape_i − 1)·stride_i.
+    let last = t
+        .shape
+        .iter()
+        .zip(&t.stride)
+        .try_fold(t.offset, |a, (&n, &s)| {
+            a.checked_add(n.saturating_sub(1).checked_mul(s)?)
+        });
+    if numel > 0 && last.is_none_or(|l| l >= t.storage.numel) {
+        bail!(
+            "tensor view (offset {}, shape {:?}, strides {:?}) reaches past its storage of {} elements",
+            t.offset,
+            t.shape,
+            t.stride,
+            t.storage.numel
+        );
+    }
+    if numel > t.storage.numel {
+        bail!(
+            "tensor of {numel} elements repeats its storage of {} (broadcast views are not weights)",
+            t.storage.numel
+        );
+    }
     let value = |i: usize| -> f32 {
         let b = &data[i * size..(i + 1) * size];
         match t.storage.dtype {
@@ -196,10 +234,8 @@ fn gather(t: &TensorRef, data: &[u8]) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(numel);
     let mut idx = vec![0usize; t.shape.len()];
     for _ in 0..numel {
+        // In range: bounded by `last` above.
         let flat = t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
-        if flat >= t.storage.numel {
-            bail!("tensor view reaches past its storage");
-        }
         out.push(value(flat));
         for dim in (0..idx.len()).rev() {
             idx[dim] += 1;
@@ -324,14 +360,14 @@ pub fn write_raw(
             ),
         ),
     ]);
-    zip.add(&format!("{stem}/data.pkl"), &pickle::dump(&root));
-    zip.add(&format!("{stem}/.format_version"), b"1");
-    zip.add(&format!("{stem}/.storage_alignment"), b"64");
-    zip.add(&format!("{stem}/byteorder"), b"little");
+    zip.add(&format!("{stem}/data.pkl"), &pickle::dump(&root))?;
+    zip.add(&format!("{stem}/.format_version"), b"1")?;
+    zip.add(&format!("{stem}/.storage_alignment"), b"64")?;
+    zip.add(&format!("{stem}/byteorder"), b"little")?;
     for (i, bytes) in storages.iter().enumerate() {
-        zip.add(&format!("{stem}/data/{i}"), bytes);
+        zip.add(&format!("{stem}/data/{i}"), bytes)?;
     }
-    zip.add(&format!("{stem}/version"), b"3\n");
+    zip.add(&format!("{stem}/version"), b"3\n")?;
     let tmp = path.with_extension("pt.tmp");
     std::fs::write(&tmp, zip.finish()).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;

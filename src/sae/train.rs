@@ -7,7 +7,6 @@
 //! and can be checkpointed between epochs (`checkpoint.rs`); the step itself is in `step.rs`.
 
 use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
 
 use super::device::{DeviceSae, DeviceTrainer};
 use super::quality::row_sq_errors;
@@ -122,7 +121,7 @@ pub struct StepLog {
     pub aux_loss: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EpochLog {
     /// Mean of the epoch's per-batch reconstruction losses.
     pub train_mse: f64,

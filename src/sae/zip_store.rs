@@ -15,23 +15,28 @@ const ZIP64_LOCATOR: u32 = 0x0706_4b50;
 const CENTRAL: u32 = 0x0201_4b50;
 const LOCAL: u32 = 0x0403_4b50;
 
+/// `n` bytes at `at`: every offset comes from the file, so the arithmetic is checked.
+fn bytes_at(b: &[u8], at: usize, n: usize) -> Result<&[u8]> {
+    at.checked_add(n).and_then(|end| b.get(at..end)).context(
+        "archive ends inside a header, or a header points outside the file (truncated or corrupt?)",
+    )
+}
 fn u16_at(b: &[u8], at: usize) -> Result<u16> {
-    let s = b
-        .get(at..at + 2)
-        .context("archive ends inside a header (truncated file?)")?;
-    Ok(u16::from_le_bytes(s.try_into().unwrap()))
+    Ok(u16::from_le_bytes(bytes_at(b, at, 2)?.try_into().unwrap()))
 }
 fn u32_at(b: &[u8], at: usize) -> Result<u32> {
-    let s = b
-        .get(at..at + 4)
-        .context("archive ends inside a header (truncated file?)")?;
-    Ok(u32::from_le_bytes(s.try_into().unwrap()))
+    Ok(u32::from_le_bytes(bytes_at(b, at, 4)?.try_into().unwrap()))
 }
 fn u64_at(b: &[u8], at: usize) -> Result<u64> {
-    let s = b
-        .get(at..at + 8)
-        .context("archive ends inside a header (truncated file?)")?;
-    Ok(u64::from_le_bytes(s.try_into().unwrap()))
+    Ok(u64::from_le_bytes(bytes_at(b, at, 8)?.try_into().unwrap()))
+}
+/// `a + b` for offsets read from the file.
+fn add(a: usize, b: usize) -> Result<usize> {
+    a.checked_add(b)
+        .context("an offset in the archive overflows: the file is corrupt")
+}
+fn offset(v: u64) -> Result<usize> {
+    usize::try_from(v).context("an offset in the archive is too large: the file is corrupt")
 }
 
 /// A zip archive held in memory; entries are borrowed slices of it.
@@ -57,55 +62,58 @@ impl ZipStore {
             && eocd >= 20
             && u32_at(b, eocd - 20)? == ZIP64_LOCATOR
         {
-            let z = u64_at(b, eocd - 20 + 8)? as usize;
+            let z = offset(u64_at(b, eocd - 20 + 8)?)?;
             if u32_at(b, z)? != ZIP64_EOCD {
                 bail!("bad zip64 end-of-central-directory record");
             }
-            count = u64_at(b, z + 32)?;
-            cd_off = u64_at(b, z + 48)?;
+            count = u64_at(b, add(z, 32)?)?;
+            cd_off = u64_at(b, add(z, 48)?)?;
         }
         let mut entries = BTreeMap::new();
-        let mut at = cd_off as usize;
+        let mut at = offset(cd_off)?;
         for _ in 0..count {
             if u32_at(b, at)? != CENTRAL {
                 bail!("corrupt central directory at byte {at}");
             }
-            let method = u16_at(b, at + 10)?;
-            let crc = u32_at(b, at + 16)?;
-            let mut csize = u32_at(b, at + 20)? as u64;
-            let mut size = u32_at(b, at + 24)? as u64;
+            // A central header is 46 bytes: past the check above, `at + 46` is in the file.
+            let header = bytes_at(b, at, 46).context("truncated central directory")?;
+            let method = u16_at(header, 10)?;
+            let crc = u32_at(header, 16)?;
+            let mut csize = u32_at(header, 20)? as u64;
+            let mut size = u32_at(header, 24)? as u64;
             let (name_len, extra_len, comment_len) = (
-                u16_at(b, at + 28)? as usize,
-                u16_at(b, at + 30)? as usize,
-                u16_at(b, at + 32)? as usize,
+                u16_at(header, 28)? as usize,
+                u16_at(header, 30)? as usize,
+                u16_at(header, 32)? as usize,
             );
-            let mut local = u32_at(b, at + 42)? as u64;
-            let name = b
-                .get(at + 46..at + 46 + name_len)
-                .context("truncated central directory")?;
+            let mut local = u32_at(header, 42)? as u64;
+            let name = bytes_at(b, at + 46, name_len).context("truncated central directory")?;
             let name = String::from_utf8_lossy(name).into_owned();
-            let extra = b
-                .get(at + 46 + name_len..at + 46 + name_len + extra_len)
+            let extra = bytes_at(b, at + 46 + name_len, extra_len)
                 .context("truncated central directory")?;
             zip64_sizes(extra, [&mut size, &mut csize, &mut local])?;
             if method != 0 {
                 bail!("entry {name} is compressed (method {method}); only stored entries, as torch.save writes them, are supported");
             }
-            let local = local as usize;
-            if u32_at(b, local)? != LOCAL {
+            let local = offset(local)?;
+            let lh = bytes_at(b, local, 30)
+                .with_context(|| format!("entry {name}: local header outside the file"))?;
+            if u32_at(lh, 0)? != LOCAL {
                 bail!("entry {name}: bad local header at byte {local}");
             }
-            let data =
-                local + 30 + u16_at(b, local + 26)? as usize + u16_at(b, local + 28)? as usize;
-            let size = size as usize;
-            let slice = b.get(data..data + size).with_context(|| {
+            let data = add(
+                local + 30,
+                u16_at(lh, 26)? as usize + u16_at(lh, 28)? as usize,
+            )?;
+            let size = offset(size)?;
+            let slice = bytes_at(b, data, size).with_context(|| {
                 format!("entry {name} runs past the end of the file (truncated?)")
             })?;
             if crc32fast::hash(slice) != crc {
                 bail!("entry {name} fails its CRC check: the file is corrupt");
             }
             entries.insert(name, (data, size));
-            at += 46 + name_len + extra_len + comment_len;
+            at = add(at + 46 + name_len + extra_len, comment_len)?;
         }
         Ok(Self { bytes, entries })
     }
@@ -130,6 +138,7 @@ fn zip64_sizes(extra: &[u8], fields: [&mut u64; 3]) -> Result<()> {
             let mut p = i + 4;
             for field in fields.iter_mut() {
                 if **field == 0xFFFF_FFFF && p + 8 <= i + 4 + len {
+                    // `extra` is at most 64 KiB: these sums cannot overflow.
                     **field = u64_at(extra, p)?;
                     p += 8;
                 }
@@ -158,8 +167,16 @@ impl ZipWriter {
         }
     }
 
-    pub fn add(&mut self, name: &str, data: &[u8]) {
+    /// Adds a stored entry. Entries and archives past 4 GiB would need zip64, which this writer
+    /// does not do: it refuses them rather than write sizes that wrap.
+    pub fn add(&mut self, name: &str, data: &[u8]) -> Result<()> {
         let offset = self.out.len();
+        if data.len() > u32::MAX as usize
+            || offset > u32::MAX as usize - data.len()
+            || self.count == u16::MAX
+        {
+            bail!("{name}: the archive would pass 4 GiB or 65,535 entries (zip64 is not written)");
+        }
         let crc = crc32fast::hash(data);
         let header_end = offset + 30 + name.len() + 4;
         let pad = (ALIGN - header_end % ALIGN) % ALIGN;
@@ -189,6 +206,7 @@ impl ZipWriter {
         c.extend((offset as u32).to_le_bytes());
         c.extend(name.as_bytes());
         self.count += 1;
+        Ok(())
     }
 
     pub fn finish(mut self) -> Vec<u8> {

@@ -88,8 +88,24 @@ pub async fn run_statement(ctx: &SessionContext, sql: &str) -> Result<Vec<Record
         (None, _) => anyhow::bail!("no SQL statement given"),
         (Some(_), false) => anyhow::bail!("expected one statement"),
     };
-    let plan = ctx.state().statement_to_plan(statement).await?;
-    Ok(ctx.execute_logical_plan(plan).await?.collect().await?)
+    let _snapshot = super::session::statement_guard(ctx)?;
+    let run = async {
+        let plan = ctx.state().statement_to_plan(statement).await?;
+        Ok(ctx.execute_logical_plan(plan).await?.collect().await?)
+    };
+    // The parquet crate asserts on some corrupt encodings; a damaged lake file must end the
+    // statement with an error, not the session.
+    match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await {
+        Ok(r) => r,
+        Err(p) => {
+            let what = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            anyhow::bail!("the statement failed while decoding the lake ({what}): a Parquet file is damaged; `saerl sql -c 'SELECT 1'` names files with damaged footers, otherwise re-run the commands that wrote the tables with --overwrite")
+        }
+    }
 }
 
 /// Runs every statement of `text` in order, handing each result to `on_result`; the first

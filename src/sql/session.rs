@@ -24,8 +24,11 @@ fn sql_device() -> Result<candle_core::Device> {
 
 pub async fn open_session(lake: &Lake) -> Result<SessionContext> {
     let device = sql_device()?;
-    let config = SessionConfig::new().with_information_schema(true);
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_extension(Arc::new(SessionLake(lake.clone())));
     let ctx = SessionContext::new_with_config(config);
+    let _snapshot = lake.read_guard()?;
     for table in Table::ALL {
         register_table(&ctx, lake, table).await?;
     }
@@ -71,6 +74,18 @@ fn with_partition_cols(table: Table, file_schema: &Schema) -> SchemaRef {
             .map(|c| Field::new(c.name(), c.data_type(), false)),
     );
     Arc::new(Schema::new(fields))
+}
+
+/// The lake a session reads, for statements to take its read lock.
+struct SessionLake(Lake);
+
+/// Holds the session's lake steady for one statement: no commit publishes meanwhile, and one a
+/// crashed writer left half-published is completed first. `None` for a session without a lake.
+pub(super) fn statement_guard(ctx: &SessionContext) -> Result<Option<crate::lake::LockGuard>> {
+    match ctx.state().config().get_extension::<SessionLake>() {
+        Some(l) => l.0.read_guard(),
+        None => Ok(None),
+    }
 }
 
 /// Registers a table over its Parquet files, after checking every file's footer so a corrupt

@@ -19,7 +19,7 @@ pub fn fixtures() -> PathBuf {
 }
 
 /// Every file under `dir` with a hash of its bytes: equal snapshots mean an untouched lake.
-/// A missing directory has an empty snapshot.
+/// A missing directory has an empty snapshot. Lock files (`.locks/`) are not data.
 pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, u64> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -29,6 +29,9 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, u64> {
         };
         for e in entries {
             let p = e.unwrap().path();
+            if p.file_name().is_some_and(|n| n == ".locks") {
+                continue;
+            }
             if p.is_dir() {
                 stack.push(p);
             } else {
@@ -91,4 +94,134 @@ pub fn pt_files() -> Vec<PtFile> {
             }
         })
         .collect()
+}
+
+/// What a lake's tables hold: each partition (`table/chain=../..`) as its columns by name,
+/// concatenated over its files, without wall-clock columns (`train_log.seconds`). Unlike
+/// `snapshot`, equal for two runs that wrote the same rows (each file's footer carries a unique
+/// write id).
+pub fn contents(lake: &Path) -> BTreeMap<String, Vec<(String, arrow::array::ArrayRef)>> {
+    let lake = saerl::lake::Lake::open(lake).unwrap();
+    let mut out = BTreeMap::new();
+    for table in saerl::lake::Table::ALL {
+        for (key, dir) in lake.partitions(table).unwrap() {
+            let mut batches = Vec::new();
+            for f in saerl::lake::partition_files(&dir).unwrap() {
+                batches.extend(saerl::lake::read_parquet(&f).unwrap());
+            }
+            let schema = batches[0].schema();
+            let all = arrow::compute::concat_batches(&schema, &batches).unwrap();
+            let cols = schema
+                .fields()
+                .iter()
+                .zip(all.columns())
+                .filter(|(f, _)| f.name() != "seconds")
+                .map(|(f, c)| (f.name().clone(), c.clone()))
+                .collect();
+            out.insert(format!("{}/{key}", table.name()), cols);
+        }
+    }
+    out
+}
+
+pub type Contents = BTreeMap<String, Vec<(String, arrow::array::ArrayRef)>>;
+
+/// Runs saerl on `lake`; with `kill_at` (`POINT:N`) it SIGKILLs itself there (src/fault.rs).
+pub fn run_saerl(lake: &Path, args: &[&str], kill_at: Option<&str>) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_saerl"));
+    cmd.arg("--lake")
+        .arg(lake)
+        .args(args)
+        .env_remove("SAERL_KILL_AT");
+    if let Some(k) = kill_at {
+        cmd.env("SAERL_KILL_AT", k);
+    }
+    cmd.output().expect("running saerl")
+}
+
+/// SQL's answer to `query` as CSV (the command must succeed).
+pub fn sql_csv(lake: &Path, query: &str) -> String {
+    let o = run_saerl(lake, &["sql", "--format", "csv", "-c", query], None);
+    assert!(
+        o.status.success(),
+        "saerl sql -c {query:?}:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The crash test of one command. For each point and n = 1, 2, ...: a lake prepared by
+/// `fresh`, the command killed (SIGKILL) at the n-th pass of the point, `check` on what a
+/// reader then sees, the command rerun to completion, and its tables compared with an
+/// uninterrupted run's. n stops at the first run that completes without reaching the point.
+/// Returns the kills per point; every point must be reached at least once.
+pub fn crash_matrix(
+    points: &[&str],
+    args: &[&str],
+    fresh: &dyn Fn(&Path),
+    check: &dyn Fn(&Path),
+) -> Vec<(String, usize)> {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference");
+    fresh(&reference);
+    let o = run_saerl(&reference, args, None);
+    assert!(
+        o.status.success(),
+        "saerl {args:?}:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let want = contents(&reference);
+    let mut kills = Vec::new();
+    for point in points {
+        let mut n = 1;
+        loop {
+            assert!(
+                n <= 64,
+                "{point} is passed more than 64 times: choose a smaller case"
+            );
+            let lake = dir.path().join(format!("{point}-{n}"));
+            fresh(&lake);
+            let o = run_saerl(&lake, args, Some(&format!("{point}:{n}")));
+            if o.status.success() {
+                break;
+            }
+            assert_eq!(
+                o.status.signal(),
+                Some(9),
+                "{point}:{n}: expected a SIGKILL, got {:?}:\n{}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            );
+            check(&lake);
+            let o = run_saerl(&lake, args, None);
+            assert!(
+                o.status.success(),
+                "rerun after a kill at {point}:{n}:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let got = contents(&lake);
+            let differ: Vec<String> = want
+                .iter()
+                .flat_map(|(part, cols)| {
+                    let got = got.get(part);
+                    cols.iter()
+                        .filter(move |(name, c)| {
+                            got.and_then(|g| g.iter().find(|(n, _)| n == name))
+                                .is_none_or(|(_, g)| g != c)
+                        })
+                        .map(move |(name, _)| format!("{part} {name}"))
+                })
+                .collect();
+            assert!(
+                differ.is_empty() && got.len() == want.len(),
+                "after a kill at {point}:{n} and a rerun, the tables differ from an uninterrupted run's: {differ:?}"
+            );
+            std::fs::remove_dir_all(&lake).unwrap();
+            n += 1;
+        }
+        assert!(n > 1, "the command never reached {point}");
+        kills.push((point.to_string(), n - 1));
+    }
+    kills
 }

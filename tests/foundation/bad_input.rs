@@ -101,7 +101,8 @@ fn bad_checkpoints_are_refused_and_nothing_is_written() {
     zip.add(
         "evil/data.pkl",
         b"\x80\x02cos\nsystem\nX\x05\x00\x00\x00touchR.",
-    );
+    )
+    .unwrap();
     std::fs::write(&evil, zip.finish()).unwrap();
     fails(
         &lake,
@@ -129,9 +130,11 @@ fn bad_checkpoints_are_refused_and_nothing_is_written() {
         &["sae_ppo_step10_layer6.pt"],
     );
 
-    // Re-importing an existing partition needs --overwrite.
-    let again = ["import", "pt", good.to_str().unwrap()];
-    fails(&lake, &again, &["already exists", "--overwrite"]);
+    // Re-importing an existing partition skips it (and changes nothing) unless --overwrite.
+    let before = snapshot(&lake);
+    let again = ok(&lake, &["import", "pt", good.to_str().unwrap()]);
+    assert!(again.contains("already imported, skipped"), "{again}");
+    assert_eq!(snapshot(&lake), before);
     ok(
         &lake,
         &["import", "pt", good.to_str().unwrap(), "--overwrite"],

@@ -3,6 +3,8 @@
 
 mod bad_input;
 mod common;
+mod crash;
+mod hostile;
 mod import_pt;
 mod repl;
 mod rewards;

@@ -1,12 +1,13 @@
 //! Model tests: the Qwen2 forward pass against Hugging Face transformers' outputs in
 //! `tiny-qwen2/`, tokenisation, and `saerl ingest` (rows, split, resume, bad input).
 
+mod crash;
 mod forward;
 mod ingest;
 #[path = "../common/mod.rs"]
 mod shared;
 
-pub use shared::{fixtures, snapshot};
+pub use shared::{contents, fixtures, snapshot};
 
 use std::path::{Path, PathBuf};
 

@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod shared;
 
+mod crash;
 mod quality;
 mod resume;
 

@@ -27,6 +27,13 @@ pub fn ok(args: &[&str]) -> String {
 /// A private copy, under `dir`, of a demo lake (tiny model, both stages ingested, its own SAEs
 /// trained) that is built once per run of this test binary.
 pub fn demo_lake(dir: &Path) -> std::path::PathBuf {
+    let lake = dir.join("lake");
+    copy_demo_lake(&lake);
+    lake
+}
+
+/// Copies the demo lake (built once per run of this test binary) to `to`.
+pub fn copy_demo_lake(to: &Path) {
     static DEMO: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     let built = DEMO.get_or_init(|| {
         let out =
@@ -35,9 +42,7 @@ pub fn demo_lake(dir: &Path) -> std::path::PathBuf {
         ok(&["demo", "--out", out.to_str().unwrap(), "--prompts", "40"]);
         out.join("lake")
     });
-    let lake = dir.join("lake");
-    copy_dir(built, &lake);
-    lake
+    copy_dir(built, to);
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -1,0 +1,142 @@
+//! Advisory locks (the standard library's `flock`), so that writers never lose each other's
+//! rows and readers never see half a commit:
+//! - the lake lock `<lake>/.locks/lake.lock`: a commit holds it exclusively while it publishes (and while it
+//!   rewrites the derived `stages` table, a read-modify-write); a reader holds it shared for one
+//!   statement. Both holds are short, so neither side waits for the other's whole run.
+//! - a work lock on each piece of resumable work in `.tmp/` (an ingest of one stage, the training
+//!   of one chain's layer): held for the whole run, so a second command doing the same work fails
+//!   clearly, or waits with `--wait`. Its lock file stays, so waiters always lock the same file.
+//! A process killed while holding a lock releases it with its file descriptors.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::Lake;
+
+/// A held lock; released on drop.
+#[derive(Debug)]
+pub struct LockGuard {
+    _file: File,
+}
+
+fn open_lock_file(path: &Path, writable: bool) -> Result<Option<File>> {
+    if writable {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    match OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .create(writable)
+        .truncate(false)
+        .open(path)
+    {
+        Ok(f) => Ok(Some(f)),
+        // A reader of a lake it may not write to, or one no writer has touched yet: nothing to
+        // coordinate with.
+        Err(e) if !writable && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("opening the lock file {}", path.display())),
+    }
+}
+
+/// Takes `file`'s lock, saying what it waits for when the lock is busy for more than a moment.
+fn acquire(file: File, shared: bool, what: &str) -> Result<LockGuard> {
+    let try_it = |f: &File| {
+        if shared {
+            f.try_lock_shared()
+        } else {
+            f.try_lock()
+        }
+    };
+    for _ in 0..20 {
+        match try_it(&file) {
+            Ok(()) => return Ok(LockGuard { _file: file }),
+            Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(50)),
+            Err(TryLockError::Error(e)) => return Err(e).context(format!("locking {what}")),
+        }
+    }
+    eprintln!("waiting for {what} ...");
+    if shared {
+        file.lock_shared()
+    } else {
+        file.lock()
+    }
+    .with_context(|| format!("locking {what}"))?;
+    Ok(LockGuard { _file: file })
+}
+
+impl Lake {
+    fn lock_path(&self) -> PathBuf {
+        self.locks_dir().join("lake.lock")
+    }
+
+    /// Where lock files live (they stay: waiters must always lock the same file).
+    pub(super) fn locks_dir(&self) -> PathBuf {
+        self.root().join(".locks")
+    }
+
+    /// The lake lock, exclusively: for publishing a commit or rolling one forward.
+    pub(super) fn lock_exclusive(&self) -> Result<LockGuard> {
+        let file = open_lock_file(&self.lock_path(), true)?.expect("created");
+        acquire(
+            file,
+            false,
+            &format!(
+                "the lake lock {} (another saerl is committing, or a query is reading)",
+                self.lock_path().display()
+            ),
+        )
+    }
+
+    /// A consistent view of the lake for one read: holds the lake lock shared, after rolling
+    /// forward any commit a crashed writer left half-published. `None` for a lake no writer has
+    /// locked yet and this process may not create the lock file in (read-only).
+    pub fn read_guard(&self) -> Result<Option<LockGuard>> {
+        loop {
+            let writable = std::fs::metadata(self.root())
+                .map(|m| !m.permissions().readonly())
+                .unwrap_or(false);
+            let Some(file) = open_lock_file(&self.lock_path(), writable)? else {
+                return Ok(None);
+            };
+            let guard = acquire(
+                file,
+                true,
+                &format!(
+                    "the lake lock {} (another saerl is publishing a commit)",
+                    self.lock_path().display()
+                ),
+            )?;
+            if !self.has_pending_commits()? {
+                return Ok(Some(guard));
+            }
+            drop(guard);
+            let _x = self.lock_exclusive()?;
+            self.roll_forward()?;
+        }
+    }
+
+    /// The lock of one piece of resumable work (lock file `path`), held for a whole run.
+    /// Busy: an error naming the work, or with `wait` a message and a wait.
+    pub fn lock_work(&self, path: &Path, what: &str) -> Result<LockGuard> {
+        let file = open_lock_file(&path, true)?.expect("created");
+        match file.try_lock() {
+            Ok(()) => Ok(LockGuard { _file: file }),
+            Err(TryLockError::WouldBlock) if self.wait() => {
+                eprintln!("another saerl is {what} in this lake; waiting for it (--wait) ...");
+                file.lock().with_context(|| format!("locking {}", path.display()))?;
+                Ok(LockGuard { _file: file })
+            }
+            Err(TryLockError::WouldBlock) => bail!(
+                "another saerl is {what} in {} (lock {}); wait for it to finish, or pass --wait to queue behind it",
+                self.root().display(),
+                path.display()
+            ),
+            Err(TryLockError::Error(e)) => Err(e).context(format!("locking {}", path.display())),
+        }
+    }
+}
