@@ -65,6 +65,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(lake: &Lake, a: &EvalArgs) -> Result<()> {
+    lake.recover()?;
     // One device for the models and the SAEs, so their tensors can meet.
     let dev = device(&a.device)?;
     let mut keys = a.select.keys(lake)?;

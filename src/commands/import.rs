@@ -153,6 +153,7 @@ fn single(a: &ImportPt) -> Result<Job> {
 }
 
 pub fn run(lake: &Lake, a: &ImportArgs) -> Result<()> {
+    lake.recover()?;
     match &a.what {
         ImportWhat::Pt(pt) => import_pt(lake, pt),
     }

@@ -170,6 +170,7 @@ pub struct Summary {
 }
 
 pub fn run(lake: &Lake, a: &Ingest) -> Result<Summary> {
+    lake.recover()?;
     let staging = lake.ingest_staging(&a.chain, &a.stage);
     let _work = lake.lock_work(
         &staging.lock_file(),

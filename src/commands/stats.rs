@@ -24,6 +24,7 @@ pub struct StatsArgs {
 }
 
 pub fn run(lake: &Lake, a: &StatsArgs) -> Result<()> {
+    lake.recover()?;
     let dev = crate::model::device(&a.device)?;
     for key in a.select.keys(lake)? {
         if !a.overwrite && lake.has_partition(Table::FeatureStats, &key)? {

@@ -76,6 +76,7 @@ fn open_rows(lake: &Lake, key: &PartitionKey, split: &str, a: &TrainArgs) -> Res
 }
 
 pub fn run(lake: &Lake, a: &TrainArgs) -> Result<()> {
+    lake.recover()?;
     let dev = crate::model::device(&a.device)?;
     let lake = lake.existing()?;
     let stages = lake.read_stages(&a.chain)?;

@@ -120,6 +120,16 @@ impl Lake {
         }
     }
 
+    /// Completes any commit a crashed writer left half-published, so that a command sees the
+    /// lake as it was committed before it plans its work. Writers call it first.
+    pub fn recover(&self) -> Result<()> {
+        if self.root().is_dir() && self.has_pending_commits()? {
+            let _x = self.lock_exclusive()?;
+            self.roll_forward()?;
+        }
+        Ok(())
+    }
+
     /// The lock of one piece of resumable work (lock file `path`), held for a whole run.
     /// Busy: an error naming the work, or with `wait` a message and a wait.
     pub fn lock_work(&self, path: &Path, what: &str) -> Result<LockGuard> {

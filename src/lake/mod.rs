@@ -22,6 +22,7 @@ use anyhow::{bail, Context, Result};
 pub use activation_rows::{ActivationBatch, ActivationRows};
 pub use durable::{sync_path, write_atomic};
 pub use lock::LockGuard;
+pub(crate) use read::panic_text;
 pub use read::{check_parquet, partition_files, read_parquet};
 pub use rows::{
     activation_batch, docs_batch, evals_batch, feature_stats_batch, top_examples_batch,

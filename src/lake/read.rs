@@ -107,15 +107,16 @@ pub fn conform(batch: RecordBatch, table: Table, file: &Path) -> Result<RecordBa
 pub(super) fn decoding<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
-        Err(p) => {
-            let what = p
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| p.downcast_ref::<&str>().copied())
-                .unwrap_or("a decoder panic");
-            Err(anyhow::anyhow!("{what}")).with_context(|| corrupt(path))
-        }
+        Err(p) => Err(anyhow::anyhow!("{}", panic_text(&*p))).with_context(|| corrupt(path)),
     }
+}
+
+/// The message a caught panic carried.
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| p.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic")
 }
 
 /// Validates a file's footer and returns its Arrow schema (cheap: reads only metadata).

@@ -6,6 +6,7 @@
 //! 4. publishes: moves each replaced partition aside into the transaction directory and renames
 //!    the staged one into place, then fsyncs the parent directories,
 //! 5. deletes the record, then the replaced data.
+//!
 //! A crash before 3 leaves the lake as it was (the staged directory is removed by the next
 //! commit, once its owner's lock shows it dead); a crash after 3 is rolled forward by the next
 //! reader or writer (`roll_forward`, idempotent) before it looks at any table. Readers hold the

@@ -98,11 +98,7 @@ pub async fn run_statement(ctx: &SessionContext, sql: &str) -> Result<Vec<Record
     match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await {
         Ok(r) => r,
         Err(p) => {
-            let what = p
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| p.downcast_ref::<&str>().copied())
-                .unwrap_or("a panic");
+            let what = crate::lake::panic_text(&*p);
             anyhow::bail!("the statement failed while decoding the lake ({what}): a Parquet file is damaged; `saerl sql -c 'SELECT 1'` names files with damaged footers, otherwise re-run the commands that wrote the tables with --overwrite")
         }
     }

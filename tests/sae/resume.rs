@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 use saerl::lake::{read_sae, Lake, PartitionKey};
 use saerl::sae::rows::Rows;
 
+use crate::shared::copy_dir;
+
 pub fn saerl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_saerl"))
         .args(args)
@@ -43,19 +45,6 @@ pub fn copy_demo_lake(to: &Path) {
         out.join("lake")
     });
     copy_dir(built, to);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let dest = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
 }
 
 const TRAIN: &[&str] = &[
