@@ -1,6 +1,7 @@
-//! `saerl export pt OUT_DIR`: every SAE of the lake (or of one chain) as published `.pt`
-//! checkpoints, in the layout `saerl import pt` reads: `sae_<chain>/[k<K>/]sae_{stage}_layer{N}.pt`
-//! (the `k<K>/` level only for chains where one layer has SAEs of several k).
+//! `saerl export pt|saelens|sparsify OUT_DIR`: every SAE of the lake (or of one chain) as
+//! published `.pt` checkpoints or as SAELens/sparsify directories, in the layout `saerl import`
+//! reads: `sae_<chain>/[k<K>/]sae_{stage}_layer{N}.pt` (or `.../sae_{stage}_layer{N}/`), the
+//! `k<K>/` level only for chains where one layer has SAEs of several k.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::lake::{read_sae, Lake, Table};
+use crate::sae::interop::{self, Format};
 use crate::sae::pt;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -19,21 +21,32 @@ pub struct ExportArgs {
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum ExportWhat {
     /// The published `.pt` format, as a tree that `saerl import pt` reads back.
-    Pt {
-        out: PathBuf,
-        /// Only this chain.
-        #[arg(long)]
-        chain: Option<String>,
-    },
+    Pt(ExportTo),
+    /// SAELens directories (`cfg.json`, `sae_weights.safetensors`), for `SAE.load_from_disk`.
+    Saelens(ExportTo),
+    /// sparsify directories (`cfg.json`, `sae.safetensors`), for `SparseCoder.load_from_disk`.
+    Sparsify(ExportTo),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExportTo {
+    out: PathBuf,
+    /// Only this chain.
+    #[arg(long)]
+    chain: Option<String>,
 }
 
 pub fn run(lake: &Lake, a: &ExportArgs) -> Result<()> {
-    match &a.what {
-        ExportWhat::Pt { out, chain } => export_pt(lake, out, chain.as_deref()),
-    }
+    let (to, format) = match &a.what {
+        ExportWhat::Pt(to) => (to, None),
+        ExportWhat::Saelens(to) => (to, Some(Format::SaeLens)),
+        ExportWhat::Sparsify(to) => (to, Some(Format::Sparsify)),
+    };
+    export(lake, &to.out, to.chain.as_deref(), format)
 }
 
-fn export_pt(lake: &Lake, out: &Path, chain: Option<&str>) -> Result<()> {
+/// Exports as `.pt` (`format` None) or in another library's format.
+fn export(lake: &Lake, out: &Path, chain: Option<&str>, format: Option<Format>) -> Result<()> {
     let lake = lake.existing()?;
     let keys: Vec<_> = lake
         .partitions(Table::Saes)?
@@ -69,12 +82,22 @@ fn export_pt(lake: &Lake, out: &Path, chain: Option<&str>) -> Result<()> {
             dir.push(format!("k{}", sae.k));
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let file = dir.join(format!(
-            "sae_{}_layer{}.pt",
+        let (stage, layer) = (
             key.stage.as_deref().unwrap_or_default(),
-            key.layer.unwrap_or_default()
-        ));
-        pt::write(&file, &sae, &[])?;
+            key.layer.unwrap_or_default(),
+        );
+        let name = format!("sae_{stage}_layer{layer}");
+        match format {
+            None => pt::write(&dir.join(format!("{name}.pt")), &sae, &[])?,
+            Some(f) => {
+                let hook = format!("blocks.{layer}.hook_resid_post");
+                for note in interop::write(&dir.join(&name), &sae, f, &hook)? {
+                    bar.suspend(|| {
+                        eprintln!("{key}: {note} (noted in {name}/{})", interop::NOTES_FILE)
+                    });
+                }
+            }
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();

@@ -1,8 +1,11 @@
-//! `saerl import pt ROOT|FILE`: published `.pt` checkpoints into `saes`, `features`, `stages`.
+//! `saerl import pt|saelens|sparsify PATH`: SAEs in the study's `.pt` format or in SAELens's or
+//! sparsify's directory format into `saes`, `features`, `stages`.
 //!
-//! A tree has chain folders `sae_<chain>/` (optionally with subfolders such as `k64/`) holding
-//! `sae_{stage}_layer{N}.pt`; k comes from each file's config. Everything is staged in one
-//! transaction, so a bad file leaves the lake exactly as it was.
+//! PATH is one SAE (a `.pt` file, or a directory holding `cfg.json`), or a tree with chain
+//! folders `sae_<chain>/` (optionally with subfolders such as `k64/`) holding
+//! `sae_{stage}_layer{N}.pt` or `sae_{stage}_layer{N}/` (the layout `saerl export` writes); k
+//! comes from each SAE's config. Everything is staged in one transaction, so a bad file leaves
+//! the lake exactly as it was.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +13,8 @@ use anyhow::{bail, Context, Result};
 use regex::Regex;
 
 use crate::lake::{check_name, infer_step, write_sae, Lake, PartitionKey, StageRow, Table, Txn};
-use crate::sae::pt;
+use crate::sae::interop::{self, Format};
+use crate::sae::{pt, Sae};
 use crate::study::chain_defaults;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -23,6 +27,43 @@ pub struct ImportArgs {
 pub enum ImportWhat {
     /// PyTorch `.pt` checkpoints: a tree of `sae_<chain>/[sub/]sae_{stage}_layer{N}.pt`, or one file.
     Pt(ImportPt),
+    /// SAELens TopK SAEs (`cfg.json` + `sae_weights.safetensors`): one directory, or a tree of
+    /// `sae_<chain>/[sub/]sae_{stage}_layer{N}/`.
+    Saelens(ImportPt),
+    /// sparsify SAEs (`cfg.json` + `sae.safetensors`): one directory, or a tree as for saelens.
+    Sparsify(ImportPt),
+}
+
+/// What a path holds, and how to read one SAE of it.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Pt,
+    Dir(Format),
+}
+
+impl Kind {
+    /// Whether `path` is one SAE of this kind (else a tree to search).
+    fn is_sae(self, path: &Path) -> bool {
+        match self {
+            Kind::Pt => path.is_file(),
+            Kind::Dir(_) => path.join("cfg.json").is_file(),
+        }
+    }
+
+    fn read(self, path: &Path) -> Result<Sae> {
+        match self {
+            Kind::Pt => Ok(pt::read(path)?.sae),
+            Kind::Dir(f) => interop::read(path, f),
+        }
+    }
+
+    /// The name an SAE takes in a tree.
+    fn pattern(self) -> &'static str {
+        match self {
+            Kind::Pt => "sae_{stage}_layer{N}.pt",
+            Kind::Dir(_) => "sae_{stage}_layer{N}/",
+        }
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -48,28 +89,35 @@ struct Job {
     layer: i32,
 }
 
-fn file_re() -> Regex {
-    Regex::new(r"^sae_(.+)_layer(\d+)\.pt$").unwrap()
+/// `sae_{stage}_layer{N}` with the `.pt` extension for files, without for directories.
+fn name_re(kind: Kind) -> Regex {
+    match kind {
+        Kind::Pt => Regex::new(r"^sae_(.+)_layer(\d+)\.pt$").unwrap(),
+        Kind::Dir(_) => Regex::new(r"^sae_(.+)_layer(\d+)$").unwrap(),
+    }
 }
 
 fn chain_of_dir(name: &str) -> Option<&str> {
     name.strip_prefix("sae_").filter(|c| !c.is_empty())
 }
 
-/// Finds every `.pt` under `root`; each must sit below a `sae_<chain>` folder and follow the
+/// Finds every SAE under `root`; each must sit below a `sae_<chain>` folder and follow the
 /// naming scheme, otherwise the import stops before writing anything.
-fn discover(root: &Path) -> Result<Vec<Job>> {
-    let re = file_re();
+fn discover(root: &Path, kind: Kind) -> Result<Vec<Job>> {
+    let re = name_re(kind);
     let mut jobs = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
             let path = e?.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            if path.extension().is_none_or(|x| x != "pt") {
+            let is_sae = match kind {
+                Kind::Pt => path.extension().is_some_and(|x| x == "pt") && path.is_file(),
+                Kind::Dir(_) => kind.is_sae(&path),
+            };
+            if !is_sae {
+                if path.is_dir() {
+                    stack.push(path);
+                }
                 continue;
             }
             let chain = path
@@ -90,10 +138,7 @@ fn discover(root: &Path) -> Result<Vec<Job>> {
                 })?;
             let name = path.file_name().unwrap().to_string_lossy();
             let caps = re.captures(&name).with_context(|| {
-                format!(
-                    "{}: file name is not sae_{{stage}}_layer{{N}}.pt",
-                    path.display()
-                )
+                format!("{}: the name is not {}", path.display(), kind.pattern())
             })?;
             jobs.push(Job {
                 chain: chain.to_string(),
@@ -104,22 +149,19 @@ fn discover(root: &Path) -> Result<Vec<Job>> {
         }
     }
     if jobs.is_empty() {
-        bail!(
-            "no sae_{{stage}}_layer{{N}}.pt files under {}",
-            root.display()
-        );
+        bail!("no {} under {}", kind.pattern(), root.display());
     }
     Ok(jobs)
 }
 
-/// The job for one file: flags win, otherwise the path tells.
-fn single(a: &ImportPt) -> Result<Job> {
+/// The job for one SAE: flags win, otherwise the path tells.
+fn single(a: &ImportPt, kind: Kind) -> Result<Job> {
     let name = a
         .path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let caps = file_re().captures(&name);
+    let caps = name_re(kind).captures(&name);
     let from_dir = a
         .path
         .ancestors()
@@ -155,21 +197,25 @@ fn single(a: &ImportPt) -> Result<Job> {
 pub fn run(lake: &Lake, a: &ImportArgs) -> Result<()> {
     lake.recover()?;
     match &a.what {
-        ImportWhat::Pt(pt) => import_pt(lake, pt),
+        ImportWhat::Pt(args) => import(lake, args, Kind::Pt),
+        ImportWhat::Saelens(args) => import(lake, args, Kind::Dir(Format::SaeLens)),
+        ImportWhat::Sparsify(args) => import(lake, args, Kind::Dir(Format::Sparsify)),
     }
 }
 
-fn import_pt(lake: &Lake, a: &ImportPt) -> Result<()> {
+fn import(lake: &Lake, a: &ImportPt, kind: Kind) -> Result<()> {
     if !a.path.exists() {
         bail!("{} does not exist", a.path.display());
     }
-    let jobs = if a.path.is_dir() {
+    let jobs = if kind.is_sae(&a.path) {
+        vec![single(a, kind)?]
+    } else if a.path.is_dir() {
         if a.chain.is_some() || a.stage.is_some() || a.layer.is_some() {
-            bail!("--chain/--stage/--layer apply to a single file; a tree names them by its folders and file names");
+            bail!("--chain/--stage/--layer apply to a single SAE; a tree names them by its folders and names");
         }
-        discover(&a.path)?
+        discover(&a.path, kind)?
     } else {
-        vec![single(a)?]
+        bail!("{} is not a {} SAE", a.path.display(), kind.pattern());
     };
     for j in &jobs {
         check_name("chain", &j.chain).with_context(|| j.file.display().to_string())?;
@@ -192,15 +238,15 @@ fn import_pt(lake: &Lake, a: &ImportPt) -> Result<()> {
     let mut imported = 0;
     for (j, step) in &jobs {
         bar.set_message(j.file.file_name().unwrap().to_string_lossy().into_owned());
-        let ckpt = pt::read(&j.file)?;
-        let key = PartitionKey::sae(&j.chain, &j.stage, j.layer, ckpt.sae.k as i32);
+        let sae = kind.read(&j.file)?;
+        let key = PartitionKey::sae(&j.chain, &j.stage, j.layer, sae.k as i32);
         bar.inc(1);
         if !a.overwrite && lake.has_partition(Table::Saes, &key)? {
             bar.suspend(|| println!("{key}: already imported, skipped (--overwrite to replace)"));
             continue;
         }
         imported += 1;
-        write_sae(&mut txn, &key, &ckpt.sae)
+        write_sae(&mut txn, &key, &sae)
             .with_context(|| format!("importing {}", j.file.display()))?;
         if !stage_rows
             .iter()

@@ -15,4 +15,4 @@ pub mod vector;
 pub use encode::{encode, Encoded};
 pub use gemm::{gemm, sgemm_nt, Mat};
 pub use topk::{by_value, top_k};
-pub use vector::{add, axpy, cosine, dot, unit_norm, unit_rows};
+pub use vector::{add, axpy, cosine, dot, transpose, unit_norm, unit_rows};

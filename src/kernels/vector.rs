@@ -199,3 +199,14 @@ mod tests {
         assert_eq!(dot(&x, &y).to_bits(), want.to_bits());
     }
 }
+
+/// A row-major [rows × cols] matrix transposed to [cols × rows].
+pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}

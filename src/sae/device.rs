@@ -46,7 +46,7 @@ impl DeviceSae {
         let (idx, val) = topk_rows(&z, &self.b_enc, self.k)?;
         let val = match self.activation {
             Activation::TopK => val,
-            Activation::TopKRelu => val.relu()?,
+            Activation::TopKRelu | Activation::ReluTopK => val.relu()?,
         };
         Ok((idx, val))
     }

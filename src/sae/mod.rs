@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod device;
+pub mod interop;
 pub mod pickle;
 pub mod pt;
 pub mod quality;

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use super::pickle::{self, StorageRef, StorageType, TensorRef, Value};
 use super::zip_store::{ZipStore, ZipWriter};
 use super::{Activation, Sae, SaeMeta};
+use crate::kernels::transpose;
 
 /// A loaded checkpoint: the SAE and its config dict as stored.
 pub struct PtCheckpoint {
@@ -162,18 +163,6 @@ fn meta(config: &[(String, Value)]) -> SaeMeta {
     }
 }
 
-/// A row-major [rows × cols] matrix transposed to [cols × rows].
-fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; m.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = m[r * cols + c];
-        }
-    }
-    t
-}
-
-/// Materialises a (possibly strided) tensor view as contiguous f32.
 /// Every size and offset comes from the file, so all arithmetic is checked and the view must
 /// lie inside its storage, which must lie inside the archive, before anything is allocated.
 fn gather(t: &TensorRef, data: &[u8]) -> Result<Vec<f32>> {

@@ -177,6 +177,9 @@ struct Shape {
     /// rows × d_model, the MSE's denominator.
     elems: f32,
     aux_coeff: f32,
+    /// The SAE's latents are clamped at zero (SAELens/sparsify conventions): a clamped latent
+    /// neither fires nor passes a gradient.
+    relu: bool,
 }
 
 impl Shape {
@@ -211,6 +214,7 @@ pub fn step(
         k_aux,
         elems: x.len() as f32,
         aux_coeff,
+        relu: sae.activation.relu(),
     };
     let mut clock = std::time::Instant::now();
     let mut lap = |s: &mut Scratch, phase: usize| {
@@ -252,7 +256,10 @@ fn select_row(z: &[f32], b_enc: &[f32], dead: Option<&[u32]>, sh: &Shape) -> Vec
     };
     top.iter()
         .chain(&picked)
-        .map(|&(feature, v)| Term { feature, v })
+        .map(|&(feature, v)| Term {
+            feature,
+            v: if sh.relu { v.max(0.0) } else { v },
+        })
         .collect()
 }
 
@@ -272,7 +279,7 @@ fn group_by_feature(
     s.start.resize(n + 1, 0);
     for (j, t) in s.terms.iter().enumerate() {
         s.start[t.feature as usize + 1] += 1;
-        if j % sh.kt < sh.k {
+        if j % sh.kt < sh.k && !(sh.relu && t.v == 0.0) {
             fired[t.feature as usize] += 1;
         }
     }
@@ -408,7 +415,10 @@ fn norm(sae: &Sae, s: &mut Scratch, sh: &Shape) -> f64 {
                 let col = sae.dec_col(f);
                 for (&e, dz) in entries.iter().zip(dz.iter_mut()) {
                     let (r, slot) = sh.place(e);
-                    *dz = dot(col, &s_ref.dx[(r * 2 + slot) * d..(r * 2 + slot + 1) * d]);
+                    *dz = match sh.relu && s_ref.terms[e as usize].v == 0.0 {
+                        true => 0.0,
+                        false => dot(col, &s_ref.dx[(r * 2 + slot) * d..(r * 2 + slot + 1) * d]),
+                    };
                 }
                 *gb = dz.iter().sum();
                 if entries.is_empty() {

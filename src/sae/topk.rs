@@ -13,8 +13,12 @@ use crate::kernels::{by_value, dot, encode, top_k, Encoded};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
+    /// The study's: the k largest pre-activations, kept as they are (negative ones too).
     TopK,
+    /// SAELens's TopK: the k largest, then a ReLU.
     TopKRelu,
+    /// sparsify's: a ReLU, then the k largest (the same dense latents as `TopKRelu`).
+    ReluTopK,
 }
 
 impl Activation {
@@ -22,14 +26,21 @@ impl Activation {
         match self {
             Activation::TopK => "topk",
             Activation::TopKRelu => "topk_relu",
+            Activation::ReluTopK => "relu_topk",
         }
+    }
+
+    /// Whether latents are clamped at zero (the libraries' conventions).
+    pub fn relu(self) -> bool {
+        self != Activation::TopK
     }
 
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "topk" => Ok(Activation::TopK),
             "topk_relu" => Ok(Activation::TopKRelu),
-            _ => bail!("unknown SAE activation {s:?} (expected topk or topk_relu)"),
+            "relu_topk" => Ok(Activation::ReluTopK),
+            _ => bail!("unknown SAE activation {s:?} (expected topk, topk_relu or relu_topk)"),
         }
     }
 }
@@ -138,11 +149,11 @@ impl Sae {
     }
 
     /// The k active latents given a row's pre-activations without b_enc (top-k of z + b_enc,
-    /// then ReLU for `topk_relu`), in no particular order.
+    /// clamped at zero for the ReLU conventions), in no particular order.
     #[inline(always)]
     pub fn activate(&self, z: &[f32]) -> Vec<(u32, f32)> {
         let mut top = top_k(z, &self.b_enc, self.k);
-        if self.activation == Activation::TopKRelu {
+        if self.activation.relu() {
             top.iter_mut().for_each(|(_, v)| *v = v.max(0.0));
         }
         top

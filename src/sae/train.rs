@@ -256,6 +256,12 @@ impl Trainer {
     /// Runs the steps on `dev` through the device path (candle tensors and saerl's device
     /// kernels; on the CPU too, which is how the tests check that path).
     pub fn on_device(mut self, dev: &candle_core::Device) -> Result<Self> {
+        if self.sae.activation.relu() {
+            bail!(
+                "training an SAE with the {} convention runs on the CPU only (the device step implements the study's topk); drop --device",
+                self.sae.activation.name()
+            );
+        }
         let dt = DeviceTrainer::new(&self.sae, &self.adam, dev)?;
         self.backend = Backend::Device(Box::new(dt), dev.clone());
         Ok(self)

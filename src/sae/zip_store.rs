@@ -122,6 +122,11 @@ impl ZipStore {
         self.entries.keys().map(|s| s.as_str())
     }
 
+    /// Where entry `name`'s data starts in the archive.
+    pub fn offset(&self, name: &str) -> Option<usize> {
+        self.entries.get(name).map(|&(o, _)| o)
+    }
+
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.entries.get(name).map(|&(o, n)| &self.bytes[o..o + n])
     }

@@ -25,14 +25,14 @@ pub struct BestMatch {
     pub device: candle_core::Device,
 }
 
-fn literal(e: &Expr) -> Option<&ScalarValue> {
+pub(super) fn literal(e: &Expr) -> Option<&ScalarValue> {
     match e {
         Expr::Literal(v, _) => Some(v),
         _ => None,
     }
 }
 
-fn int_arg(e: Option<&Expr>) -> Option<i64> {
+pub(super) fn int_arg(e: Option<&Expr>) -> Option<i64> {
     match literal(e?)? {
         ScalarValue::Int64(Some(v)) => Some(*v),
         ScalarValue::Int32(Some(v)) => Some(*v as i64),

@@ -5,6 +5,7 @@ pub mod drift;
 pub mod exec;
 pub mod format;
 pub mod header;
+pub mod matching;
 pub mod plot;
 pub mod repl;
 pub mod saved;

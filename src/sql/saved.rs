@@ -22,5 +22,6 @@ pub const QUERIES: &[(&str, &str)] = &[
         include_str!("../../queries/l18_quadrants.sql"),
     ),
     ("best_match", include_str!("../../queries/best_match.sql")),
+    ("matching", include_str!("../../queries/matching.sql")),
     ("top_drifted", include_str!("../../queries/top_drifted.sql")),
 ];

@@ -52,6 +52,10 @@ pub async fn open_session(lake: &Lake) -> Result<SessionContext> {
         Arc::new(super::drift::FeatureDrift::new(lake.clone(), transitions)),
     )?;
     ctx.register_udtf(
+        "match_features",
+        Arc::new(super::matching::MatchFeatures { lake: lake.clone() }),
+    );
+    ctx.register_udtf(
         "best_match",
         Arc::new(super::best_match::BestMatch {
             lake: lake.clone(),

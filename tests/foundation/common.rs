@@ -3,6 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, Float32Array, Int32Array, ListArray, RecordBatch};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{DataType, Field, Float32Type, Int32Type, Schema};
+use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use saerl::lake::Lake;
 
@@ -144,4 +150,70 @@ pub fn reference_cosines() -> Cosines {
             )
         })
         .collect()
+}
+
+/// Rows of a probe file's tensor `key` as a table `probe(row, x)`, with their count, width and
+/// values.
+pub fn probe_table(file: &Path, key: &str) -> (MemTable, usize, usize, Vec<f32>) {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let x = st.tensor(key).unwrap();
+    let (p, d) = (x.shape()[0], x.shape()[1]);
+    assert_eq!(x.dtype(), safetensors::Dtype::F32);
+    let values: Vec<f32> = x
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let list = ListArray::new(
+        item.clone(),
+        OffsetBuffer::from_lengths(vec![d; p]),
+        Arc::new(Float32Array::from(values.clone())),
+        None,
+    );
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("row", DataType::Int32, false),
+        Field::new("x", DataType::List(item), false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int32Array::from_iter_values(0..p as i32)),
+            Arc::new(list),
+        ],
+    )
+    .unwrap();
+    (
+        MemTable::try_new(schema, vec![vec![batch]]).unwrap(),
+        p,
+        d,
+        values,
+    )
+}
+
+/// `topk_encode` of every row of the session's `probe` table: (features, values) per row.
+pub async fn encode_probe(
+    ctx: &SessionContext,
+    chain: &str,
+    stage: &str,
+    layer: i64,
+    k: i64,
+) -> Vec<(Vec<i32>, Vec<f32>)> {
+    let sql = format!(
+        "SELECT topk_encode(x, '{chain}', '{stage}', {layer}, {k}) AS z FROM probe ORDER BY row"
+    );
+    let batches = saerl::sql::run_sql(ctx, &sql).await.unwrap();
+    let mut rows = Vec::new();
+    for b in &batches {
+        let lists = b.column(0).as_list::<i32>();
+        for i in 0..lists.len() {
+            let s = lists.value(i);
+            let s = s.as_struct();
+            let feats: Vec<i32> = s.column(0).as_primitive::<Int32Type>().values().to_vec();
+            let vals: Vec<f32> = s.column(1).as_primitive::<Float32Type>().values().to_vec();
+            rows.push((feats, vals));
+        }
+    }
+    rows
 }

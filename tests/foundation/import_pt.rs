@@ -5,49 +5,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Float32Array, Int32Array, ListArray, RecordBatch};
-use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Int32Type, Int64Type, Schema};
-use datafusion::datasource::MemTable;
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type};
 use saerl::lake::{read_sae, Lake, PartitionKey};
 use saerl::sql::run_sql;
 use saerl::sql::saved::QUERIES;
 
 use crate::common::*;
-
-/// Rows of `probe.safetensors` as a table `probe(row, x)`.
-fn probe_table() -> (MemTable, usize, usize) {
-    let bytes = std::fs::read(fixtures().join("sae-pt/probe.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let x = st.tensor("x").unwrap();
-    let (p, d) = (x.shape()[0], x.shape()[1]);
-    assert_eq!(x.dtype(), safetensors::Dtype::F32);
-    let values: Vec<f32> = x
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let list = ListArray::new(
-        item.clone(),
-        OffsetBuffer::from_lengths(vec![d; p]),
-        Arc::new(Float32Array::from(values)),
-        None,
-    );
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("row", DataType::Int32, false),
-        Field::new("x", DataType::List(item), false),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(Int32Array::from_iter_values(0..p as i32)),
-            Arc::new(list),
-        ],
-    )
-    .unwrap();
-    (MemTable::try_new(schema, vec![vec![batch]]).unwrap(), p, d)
-}
 
 fn step_of(stage: &str) -> i64 {
     if stage == "instruct_base" {
@@ -63,7 +27,7 @@ async fn topk_encode_matches_pytorch_for_every_file() {
     let expected = json(&fixtures().join("sae-pt/expected.json"));
     let files = expected["files"].as_object().unwrap();
     let ctx = session(&lake).await;
-    let (probe, p, _) = probe_table();
+    let (probe, p, _, _) = probe_table(&fixtures().join("sae-pt/probe.safetensors"), "x");
     ctx.register_table("probe", Arc::new(probe)).unwrap();
     let n_saes: i64 = run_sql(&ctx, "SELECT count(*) FROM saes").await.unwrap()[0]
         .column(0)
@@ -73,19 +37,7 @@ async fn topk_encode_matches_pytorch_for_every_file() {
     for (name, f) in files {
         let (chain, stage) = (f["chain"].as_str().unwrap(), f["stage"].as_str().unwrap());
         let (layer, k) = (f["layer"].as_i64().unwrap(), f["k"].as_i64().unwrap());
-        let sql = format!("SELECT topk_encode(x, '{chain}', '{stage}', {layer}, {k}) AS z FROM probe ORDER BY row");
-        let batches = run_sql(&ctx, &sql).await.unwrap();
-        let mut rows = Vec::new();
-        for b in &batches {
-            let lists = b.column(0).as_list::<i32>();
-            for i in 0..lists.len() {
-                let s = lists.value(i);
-                let s = s.as_struct();
-                let feats: Vec<i32> = s.column(0).as_primitive::<Int32Type>().values().to_vec();
-                let vals: Vec<f32> = s.column(1).as_primitive::<Float32Type>().values().to_vec();
-                rows.push((feats, vals));
-            }
-        }
+        let rows = encode_probe(&ctx, chain, stage, layer, k).await;
         assert_eq!(rows.len(), p, "{name}: one encoding per probe row");
         for (r, (feats, vals)) in rows.iter().enumerate() {
             let want_idx: Vec<i32> = f["encode_idx"][r]

@@ -6,6 +6,7 @@ mod common;
 mod crash;
 mod hostile;
 mod import_pt;
+mod interop;
 mod repl;
 mod rewards;
 #[path = "../common/mod.rs"]

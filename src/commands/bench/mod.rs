@@ -6,6 +6,7 @@
 mod gemm;
 mod ingest;
 mod kernels;
+mod matching;
 mod sql;
 mod stats;
 mod train;
@@ -71,6 +72,13 @@ pub enum BenchWhat {
     Ingest(BenchIngest),
     /// Time decoder_drift.sql over a full-size synthetic chain.
     Sql(BenchSql),
+    /// match_features's one-to-one assignment at the study's shape.
+    Match {
+        #[arg(long, default_value_t = 7168)]
+        d_sae: usize,
+        #[arg(long, default_value_t = 896)]
+        d_model: usize,
+    },
 }
 
 pub async fn run(a: &BenchArgs) -> Result<()> {
@@ -94,6 +102,7 @@ pub async fn run(a: &BenchArgs) -> Result<()> {
         BenchWhat::Stats { rows, device } => stats::run(*rows, device),
         BenchWhat::Ingest(b) => ingest::run(b, &refs),
         BenchWhat::Sql(b) => sql::run(b, &refs).await,
+        BenchWhat::Match { d_sae, d_model } => matching::run(*d_sae, *d_model),
     }
 }
 
