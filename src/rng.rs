@@ -21,7 +21,7 @@ impl SplitMix64 {
 
     /// Uniform in 0..n (multiply-shift; the bias is below 2^-32 for any n that fits memory).
     pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 }
 

@@ -48,6 +48,8 @@ pub fn run(lake: &Lake, a: &ExportArgs) -> Result<()> {
 /// Exports as `.pt` (`format` None) or in another library's format.
 fn export(lake: &Lake, out: &Path, chain: Option<&str>, format: Option<Format>) -> Result<()> {
     let lake = lake.existing()?;
+    // One consistent view: a commit that replaces SAEs waits until the export is done.
+    let _snapshot = lake.read_guard()?;
     let keys: Vec<_> = lake
         .partitions(Table::Saes)?
         .into_iter()

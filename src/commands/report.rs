@@ -52,9 +52,9 @@ fn table_html(batch: &RecordBatch, csv: &str) -> Result<String> {
     }
     h.push_str("</table>\n");
     if batch.num_rows() > TABLE_ROWS {
-        write!(
+        writeln!(
             h,
-            "<p class=note>First {TABLE_ROWS} of {} rows; all of them are in <a href=\"{csv}\">{csv}</a>.</p>\n",
+            "<p class=note>First {TABLE_ROWS} of {} rows; all of them are in <a href=\"{csv}\">{csv}</a>.</p>",
             batch.num_rows()
         )?;
     }
@@ -87,9 +87,9 @@ pub async fn write_report(lake: &Lake, dir: &Path) -> Result<PathBuf> {
         let h = header::parse(sql)?;
         let title = h.title.clone().unwrap_or_else(|| name.to_string());
         write!(toc, "<li><a href=\"#{name}\">{}</a></li>", escape(&title))?;
-        write!(
+        writeln!(
             body,
-            "<section id=\"{name}\"><h2>{}</h2><p>{}</p><p class=note>queries/{name}.sql</p>\n",
+            "<section id=\"{name}\"><h2>{}</h2><p>{}</p><p class=note>queries/{name}.sql</p>",
             escape(&title),
             escape(&description(sql))
         )?;

@@ -1,11 +1,13 @@
 //! Advisory locks (the standard library's `flock`), so that writers never lose each other's
 //! rows and readers never see half a commit:
-//! - the lake lock `<lake>/.locks/lake.lock`: a commit holds it exclusively while it publishes (and while it
-//!   rewrites the derived `stages` table, a read-modify-write); a reader holds it shared for one
-//!   statement. Both holds are short, so neither side waits for the other's whole run.
-//! - a work lock on each piece of resumable work in `.tmp/` (an ingest of one stage, the training
-//!   of one chain's layer): held for the whole run, so a second command doing the same work fails
-//!   clearly, or waits with `--wait`. Its lock file stays, so waiters always lock the same file.
+//! - the lake lock `<lake>/.locks/lake.lock`: a commit holds it exclusively while it publishes
+//!   (and while it rewrites the derived `stages` table, a read-modify-write); a reader holds it
+//!   shared for one statement. Both holds are short, so neither side waits for the other's run.
+//! - a work lock per piece of resumable work (an ingest of one stage, the training of one chain's
+//!   layer and k), also under `.locks/`: held for the whole run, so a second command doing the
+//!   same work fails clearly, or waits with `--wait`. Lock files stay, so waiters always lock the
+//!   same file.
+//!
 //! A process killed while holding a lock releases it with its file descriptors.
 
 use std::fs::{File, OpenOptions, TryLockError};

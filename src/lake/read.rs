@@ -246,8 +246,11 @@ fn read_columns_fast(path: &Path, table: Table, columns: &[&str]) -> Result<Opti
             .with_context(|| format!("{} has no column {c}", path.display()))?;
         match &rest {
             Some(b) if others.contains(&c) => {
-                let col = b.column_by_name(c).expect("read by name above").clone();
-                arrays.push(col)
+                // Conformed: its type may differ from the file's.
+                let i = b.schema().index_of(c)?;
+                arrays.push(b.column(i).clone());
+                fields.push(b.schema().field(i).clone());
+                continue;
             }
             _ => {
                 let Some(d) = super::vector_width(field.data_type()) else {

@@ -72,7 +72,11 @@ impl Qwen2Config {
             .context("no rope_theta (neither at the top level nor under rope_parameters)")?;
         let heads = raw.num_attention_heads;
         let kv = raw.num_key_value_heads.unwrap_or(heads);
-        if heads == 0 || kv == 0 || heads % kv != 0 || raw.hidden_size % heads != 0 {
+        if heads == 0
+            || kv == 0
+            || !heads.is_multiple_of(kv)
+            || !raw.hidden_size.is_multiple_of(heads)
+        {
             bail!("inconsistent head counts: {heads} attention heads, {kv} key/value heads, hidden size {}", raw.hidden_size);
         }
         Ok(Self {

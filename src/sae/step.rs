@@ -522,3 +522,61 @@ fn adam_bias(h: &AdamStep, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32
 pub fn normalize_decoder(sae: &mut Sae) {
     unit_rows(&mut sae.w_dec, sae.d_model);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sae::Activation;
+
+    /// An SAE whose every pre-activation is negative: under the study's `topk` its k latents
+    /// still fire and learn; under the ReLU conventions nothing fires and the encoder gets no
+    /// gradient (its weights move only by the decoder's renorm, which touches W_dec alone).
+    #[test]
+    fn relu_conventions_pass_no_gradient_through_clamped_latents() {
+        let (d, n, k) = (4, 6, 2);
+        let base = Sae {
+            d_model: d,
+            d_sae: n,
+            k,
+            activation: Activation::TopK,
+            b_pre: vec![0.0; d],
+            w_enc: (0..n * d).map(|i| 0.1 + i as f32 * 0.01).collect(),
+            b_enc: vec![-10.0; n],
+            w_dec: (0..n * d)
+                .map(|i| ((i * 7 % 5) as f32 - 2.0) * 0.3)
+                .collect(),
+            b_dec: vec![0.0; d],
+            meta: Default::default(),
+        };
+        let x: Vec<f32> = (0..8 * d).map(|i| (i % 3) as f32 * 0.5).collect();
+        let run = |activation| {
+            let mut sae = Sae {
+                activation,
+                ..base.clone()
+            };
+            let mut adam = Adam::new(&sae);
+            let mut fired = vec![0u64; n];
+            step(
+                &mut sae,
+                &mut adam,
+                &mut Scratch::default(),
+                &x,
+                None,
+                0.0,
+                1.0,
+                1e-2,
+                &mut fired,
+            );
+            (sae, fired)
+        };
+        let (topk, fired) = run(Activation::TopK);
+        assert_eq!(fired.iter().sum::<u64>(), 8 * k as u64);
+        assert_ne!(topk.w_enc, base.w_enc);
+        for act in [Activation::TopKRelu, Activation::ReluTopK] {
+            let (relu, fired) = run(act);
+            assert_eq!(fired.iter().sum::<u64>(), 0, "{act:?}");
+            assert_eq!(relu.w_enc, base.w_enc, "{act:?}: the encoder moved");
+            assert_eq!(relu.b_enc, base.b_enc, "{act:?}: the encoder bias moved");
+        }
+    }
+}

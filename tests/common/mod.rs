@@ -230,6 +230,27 @@ pub fn crash_matrix(
     kills
 }
 
+/// `crash_matrix` for a command that makes one commit into a new lake: after any kill a
+/// reader sees, by `visible`, either none of it or all of it.
+pub fn crash_matrix_one_commit(
+    points: &[&str],
+    args: &[&str],
+    what: &str,
+    visible: &dyn Fn(&Path) -> String,
+) -> Vec<(String, usize)> {
+    let dir = tempfile::tempdir().unwrap();
+    let (empty, full) = (dir.path().join("empty"), dir.path().join("full"));
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = run_saerl(&full, args, None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (none, all) = (visible(&empty), visible(&full));
+    assert_ne!(none, all, "{what} must show in what a reader sees");
+    crash_matrix(points, args, &|_| {}, &|lake| {
+        let v = visible(lake);
+        assert!(v == none || v == all, "a reader saw part of {what}:\n{v}");
+    })
+}
+
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

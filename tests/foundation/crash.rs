@@ -8,7 +8,7 @@ use std::time::Duration;
 use saerl::lake::Lake;
 
 use crate::common::{fixtures, pt_files};
-use crate::shared::{crash_matrix, run_saerl, sql_csv};
+use crate::shared::{crash_matrix_one_commit, sql_csv};
 
 fn visible(lake: &Path) -> String {
     sql_csv(
@@ -29,12 +29,7 @@ fn import_killed_anywhere_resumes_to_the_uninterrupted_tables() {
         std::fs::copy(fixtures().join("sae-pt").join(&f.rel), to).unwrap();
     }
     let args = ["import", "pt", tree.to_str().unwrap()];
-    let full = dir.path().join("full");
-    assert!(run_saerl(&full, &args, None).status.success());
-    let empty = dir.path().join("empty");
-    std::fs::create_dir_all(&empty).unwrap();
-    let (none, all) = (visible(&empty), visible(&full));
-    let kills = crash_matrix(
+    let kills = crash_matrix_one_commit(
         &[
             "commit.staged",
             "commit.recorded",
@@ -42,14 +37,8 @@ fn import_killed_anywhere_resumes_to_the_uninterrupted_tables() {
             "commit.published",
         ],
         &args,
-        &|_| {},
-        &|lake| {
-            let v = visible(lake);
-            assert!(
-                v == none || v == all,
-                "a reader saw part of an import:\n{v}"
-            );
-        },
+        "an import",
+        &visible,
     );
     println!("kills per point: {kills:?}");
 }

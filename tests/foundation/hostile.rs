@@ -270,6 +270,30 @@ fn tables_written_by_other_engines_read_or_fail_clearly() {
         )
     });
     assert_eq!(read_sae(&lake, &key).unwrap(), want);
+    // The same for a projected read (vectors page by page, the rest conformed).
+    let features = lake.partition_dir(Table::Features, &key).unwrap();
+    rewrite(&features, &|b| {
+        let f = b
+            .column_by_name("feature")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Int32Type>()
+            .clone();
+        replace_column(
+            b,
+            "feature",
+            Some(Arc::new(Int64Array::from_iter(
+                f.iter().map(|v| v.map(i64::from)),
+            ))),
+        )
+    });
+    let cols = lake
+        .read_columns(Table::Features, &key, &["feature", "w_dec"])
+        .unwrap();
+    assert_eq!(
+        cols.schema().field(0).data_type(),
+        &arrow::datatypes::DataType::Int32
+    );
+    assert_eq!(read_sae(&lake, &key).unwrap(), want);
 
     // An integer that does not fit, a string where a number belongs, a missing column: errors
     // naming the file and the column.

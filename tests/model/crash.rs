@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::ingest::{ingest_args, questions_file};
-use crate::shared::{crash_matrix, sql_csv};
+use crate::shared::{crash_matrix_one_commit, sql_csv};
 use crate::*;
 
 /// What a reader sees of the ingest: layers, stage rows, documents.
@@ -26,14 +26,7 @@ fn ingest_killed_anywhere_resumes_to_the_uninterrupted_tables() {
     args.extend(["--chunk-batches", "1"].map(String::from));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
-    let full = dir.path().join("full");
-    let o = crate::shared::run_saerl(&full, &args, None);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let empty = dir.path().join("empty");
-    std::fs::create_dir_all(&empty).unwrap();
-    let (none, all) = (visible(&empty), visible(&full));
-    assert_ne!(none, all);
-    let kills = crash_matrix(
+    let kills = crash_matrix_one_commit(
         &[
             "ingest.chunk",
             "commit.staged",
@@ -42,14 +35,8 @@ fn ingest_killed_anywhere_resumes_to_the_uninterrupted_tables() {
             "commit.published",
         ],
         &args,
-        &|_| {},
-        &|lake| {
-            let v = visible(lake);
-            assert!(
-                v == none || v == all,
-                "a reader saw part of an ingest:\n{v}"
-            );
-        },
+        "an ingest",
+        &visible,
     );
     println!("kills per point: {kills:?}");
 }

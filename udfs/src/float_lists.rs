@@ -20,6 +20,10 @@ impl FloatSlice<'_> {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Copies the row into `out` as f32 (the SAE's working precision).
     pub fn to_f32(self, out: &mut Vec<f32>) {
         out.clear();

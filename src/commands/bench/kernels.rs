@@ -32,7 +32,7 @@ fn compare(what: &str, got: &[f32], want: &[f32], tol: f32) -> Result<f32> {
     let mut worst = 0f32;
     for (i, (a, b)) in got.iter().zip(want).enumerate() {
         let err = (a - b).abs() / (1.0 + b.abs());
-        if !(err <= tol) {
+        if err.is_nan() || err > tol {
             bail!("{what}: value {i} is {a} on the device, {b} on the CPU");
         }
         worst = worst.max(err);
