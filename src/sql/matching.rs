@@ -48,7 +48,8 @@ pub fn assignment(a: &[f32], b: &[f32], d: usize) -> anyhow::Result<Vec<(usize, 
         .iter()
         .enumerate()
         .filter(|&(i, &j)| i < na && j < nb)
-        .map(|(i, &j)| (i, j, (1.0 - costs[(i, j)]) as f32))
+        // Unit rows in float32 can give a cosine a hair above 1.
+        .map(|(i, &j)| (i, j, (1.0 - costs[(i, j)]).clamp(-1.0, 1.0) as f32))
         .collect())
 }
 
