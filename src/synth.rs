@@ -130,5 +130,6 @@ pub fn write_chain(txn: &mut Txn, plan: &ChainPlan, mut on_sae: impl FnMut()) ->
             model_path: None,
         })
         .collect();
-    txn.upsert_stages(&rows)
+    txn.upsert_stages(&rows);
+    Ok(())
 }

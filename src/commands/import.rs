@@ -267,7 +267,7 @@ fn import(lake: &Lake, a: &ImportPt, kind: Kind) -> Result<()> {
     if imported == 0 {
         return Ok(());
     }
-    txn.upsert_stages(&stage_rows)?;
+    txn.upsert_stages(&stage_rows);
     txn.commit()?;
     let mut chains: Vec<&str> = stage_rows.iter().map(|r| r.chain.as_str()).collect();
     chains.dedup();

@@ -173,7 +173,7 @@ pub fn run(lake: &Lake, a: &Ingest) -> Result<Summary> {
     lake.recover()?;
     let staging = lake.ingest_staging(&a.chain, &a.stage);
     let _work = lake.lock_work(
-        &staging.lock_file(),
+        staging.lock_file(),
         &format!("ingesting chain {} stage {}", a.chain, a.stage),
     )?;
     let Some(plan) = plan(lake, a)? else {
@@ -491,7 +491,7 @@ fn publish(
         reward,
         kl_coef,
         model_path: Some(std::path::absolute(&plan.model_dir)?.display().to_string()),
-    }])?;
+    }]);
     txn.commit()?;
     lake.clear_staging(staging.dir())
 }

@@ -165,6 +165,17 @@ fn dots3(a: &[f32], b: &[f32], body: usize, acc: &mut [[f32; 16]; 3]) {
 }
 }
 
+/// A row-major [rows × cols] matrix transposed to [cols × rows].
+pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,15 +209,4 @@ mod tests {
         let want = acc.iter().sum::<f32>() + (896..901).map(|i| x[i] * y[i]).sum::<f32>();
         assert_eq!(dot(&x, &y).to_bits(), want.to_bits());
     }
-}
-
-/// A row-major [rows × cols] matrix transposed to [cols × rows].
-pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; m.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = m[r * cols + c];
-        }
-    }
-    t
 }

@@ -117,8 +117,7 @@ impl Lake {
                 return Ok(Some(guard));
             }
             drop(guard);
-            let _x = self.lock_exclusive()?;
-            self.roll_forward()?;
+            self.recover()?;
         }
     }
 
@@ -135,7 +134,7 @@ impl Lake {
     /// The lock of one piece of resumable work (lock file `path`), held for a whole run.
     /// Busy: an error naming the work, or with `wait` a message and a wait.
     pub fn lock_work(&self, path: &Path, what: &str) -> Result<LockGuard> {
-        let file = open_lock_file(&path, true)?.expect("created");
+        let file = open_lock_file(path, true)?.expect("created");
         match file.try_lock() {
             Ok(()) => Ok(LockGuard { _file: file }),
             Err(TryLockError::WouldBlock) if self.wait() => {

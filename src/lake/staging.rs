@@ -31,8 +31,8 @@ impl IngestStaging {
     }
 
     /// The lock held by the command doing this ingest.
-    pub fn lock_file(&self) -> PathBuf {
-        self.lock.clone()
+    pub fn lock_file(&self) -> &Path {
+        &self.lock
     }
 
     /// Writes `text` as the manifest atomically and durably.

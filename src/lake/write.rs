@@ -48,6 +48,8 @@ pub struct Txn {
 /// The file whose presence in a transaction directory means "committed".
 const COMMIT_RECORD: &str = "COMMIT";
 const TXN_PREFIX: &str = "txn-";
+/// The lock a live transaction holds in its directory.
+const OWNER_LOCK: &str = ".lock";
 
 /// What a committed transaction publishes, as paths relative to the lake root.
 #[derive(Serialize, Deserialize)]
@@ -137,7 +139,7 @@ impl Txn {
                 dir.display()
             )
         })?;
-        let owner = lake.lock_work(&dir.join(".lock"), "staging this transaction")?;
+        let owner = lake.lock_work(&dir.join(OWNER_LOCK), "staging this transaction")?;
         Ok(Self {
             lake: lake.clone(),
             dir,
@@ -274,10 +276,10 @@ impl Txn {
         self.finish(w).map(|_| ())
     }
 
-    /// Adds or updates rows of the `stages` table when the transaction commits.
-    pub fn upsert_stages(&mut self, rows: &[StageRow]) -> Result<()> {
+    /// Adds or updates rows of the `stages` table when the transaction commits (the merge,
+    /// and its checks, happen then, under the lake lock).
+    pub fn upsert_stages(&mut self, rows: &[StageRow]) {
         self.stage_rows.extend_from_slice(rows);
-        Ok(())
     }
 
     /// Publishes every staged partition at once (see the module comment); returns how many.
@@ -351,7 +353,7 @@ impl Lake {
                     dir.display()
                 );
                 self.finish_commit(&dir)?;
-            } else if let Ok(owner) = std::fs::File::open(dir.join(".lock")) {
+            } else if let Ok(owner) = std::fs::File::open(dir.join(OWNER_LOCK)) {
                 // A live writer holds its transaction's lock; a dead one's was released.
                 if owner.try_lock().is_ok() {
                     let _ = std::fs::remove_dir_all(&dir);
