@@ -1,6 +1,7 @@
 //! saerl: an embedded analytics engine over sparse-autoencoder artifacts of RL fine-tuning.
 //! Data flows one way: files → lake (Parquet) → SQL.
 
+pub mod cluster;
 pub mod commands;
 pub mod data;
 pub mod fault;

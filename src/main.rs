@@ -1,11 +1,10 @@
 //! Command-line entry: parses arguments and hands over to `saerl::commands`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use saerl::commands::{
-    bench, demo, eval, export, import, ingest, init, plot, report, sql, stats, train,
+    bench, cluster, demo, eval, export, import, ingest, init, plot, report, sql, stats, train,
 };
 use saerl::lake::Lake;
 
@@ -16,9 +15,10 @@ use saerl::lake::Lake;
     about = "What does RL change inside a language model? SAE analytics over a Parquet lake."
 )]
 struct Cli {
-    /// The lake directory.
+    /// The lake: a directory, or an object store `s3://BUCKET/PREFIX` (credentials and endpoint
+    /// from the AWS_* variables).
     #[arg(long, global = true, env = "SAERL_LAKE", default_value = "./lake")]
-    lake: PathBuf,
+    lake: String,
     /// When another saerl is doing the same work in the lake (ingesting the same stage, training
     /// the same SAE), wait for it instead of failing.
     #[arg(long, global = true)]
@@ -53,12 +53,20 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmarks (figures and ratios, not pass/fail).
     Bench(bench::BenchArgs),
+    /// Run a Ballista scheduler or executor for `sql --cluster` (same --lake everywhere).
+    Cluster(cluster::ClusterArgs),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let lake = Lake::new(&cli.lake).waiting(cli.wait);
+    let lake = match Lake::at(&cli.lake) {
+        Ok(l) => l.waiting(cli.wait),
+        Err(e) => {
+            eprintln!("error: --lake {}: {e:#}", cli.lake);
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match &cli.command {
         Command::Init(a) => init::run(a),
         Command::Ingest(a) => ingest::run(&lake, a).map(|_| ()),
@@ -71,7 +79,8 @@ async fn main() -> ExitCode {
         Command::Plot(a) => plot::run(&lake, a).await,
         Command::Report(a) => report::run(&lake, a).await,
         Command::Demo(a) => demo::run(a).await,
-        Command::Bench(a) => bench::run(a).await,
+        Command::Bench(a) => bench::run(&lake, a).await,
+        Command::Cluster(a) => cluster::run(&lake, a).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -317,7 +317,7 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
     .await?;
     println!("\nKL ratio (kl0p025 / flexible per-step decoder drift):");
     print_batches(&kl, Format::Table, &mut std::io::stdout().lock())?;
-    let page = super::report::write_report(&lake, &out.join("report")).await?;
+    let page = super::report::write_report(&lake, &out.join("report"), None).await?;
     println!(
         "\nFigures and tables are in {}/. Explore further with:\n  saerl sql --lake {}\n\nThe report: {}",
         out.display(),

@@ -60,7 +60,7 @@ fn export(lake: &Lake, out: &Path, chain: Option<&str>, format: Option<Format>) 
         anyhow::bail!(
             "no SAEs{} in {}",
             chain.map(|c| format!(" of chain {c}")).unwrap_or_default(),
-            lake.root().display()
+            lake.location()
         );
     }
     // SAEs per (chain, layer): a chain needs k-folders when any of its layers has several.

@@ -274,7 +274,7 @@ fn import(lake: &Lake, a: &ImportPt, kind: Kind) -> Result<()> {
     println!(
         "imported {imported} SAE(s) of chain(s) {} into {}",
         chains.join(", "),
-        lake.root().display()
+        lake.location()
     );
     Ok(())
 }

@@ -202,7 +202,7 @@ pub fn run(lake: &Lake, a: &Ingest) -> Result<Summary> {
         a.chain,
         a.stage,
         plan.layers,
-        lake.root().display()
+        lake.location()
     );
     Ok(Summary {
         rows: plan.n_rows(),

@@ -1,6 +1,7 @@
 //! One file per subcommand; each reads like the paragraph of DESIGN.md it implements.
 
 pub mod bench;
+pub mod cluster;
 pub mod demo;
 pub mod eval;
 pub mod export;
@@ -64,7 +65,7 @@ impl SaeSelection {
             anyhow::bail!(
                 "no SAEs of chain {} in {} (train or import them first)",
                 self.chain,
-                lake.root().display()
+                lake.location()
             );
         }
         let list = |v: Vec<String>| {

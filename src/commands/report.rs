@@ -11,7 +11,7 @@ use arrow::util::display::array_value_to_string;
 
 use crate::lake::Lake;
 use crate::sql::saved::QUERIES;
-use crate::sql::{header, open_session, plot, print_batches, run_sql, Format};
+use crate::sql::{header, plot, print_batches, run_sql, Format};
 
 /// Rows shown per table in the page (the CSV beside it has them all).
 const TABLE_ROWS: usize = 100;
@@ -66,19 +66,22 @@ pub struct ReportArgs {
     /// Output directory (report.html and one CSV per query).
     #[arg(default_value = "report")]
     pub dir: PathBuf,
+    /// Run the queries on a Ballista cluster (`df://HOST:PORT`, see `saerl cluster`).
+    #[arg(long)]
+    pub cluster: Option<String>,
 }
 
 pub async fn run(lake: &Lake, a: &ReportArgs) -> Result<()> {
-    let page = write_report(lake, &a.dir).await?;
+    let page = write_report(lake, &a.dir, a.cluster.as_deref()).await?;
     println!("wrote {}", page.display());
     Ok(())
 }
 
 /// Writes the report; returns the page's path.
-pub async fn write_report(lake: &Lake, dir: &Path) -> Result<PathBuf> {
+pub async fn write_report(lake: &Lake, dir: &Path, cluster: Option<&str>) -> Result<PathBuf> {
     let lake = lake.existing()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let ctx = open_session(&lake).await?;
+    let ctx = crate::cluster::session(&lake, cluster).await?;
     let mut body = String::new();
     let mut toc = String::new();
     let bar = super::progress(QUERIES.len() as u64, "report");
@@ -150,7 +153,7 @@ section {{ border-top: 1px solid #ddd; padding-top: 1em; }}
 {body}
 </body></html>
 "#,
-        lake = escape(&lake.root().display().to_string())
+        lake = escape(&lake.location())
     );
     let path = dir.join("report.html");
     let tmp = dir.join("report.html.tmp");

@@ -8,7 +8,7 @@ use crate::lake::Lake;
 use crate::sql::exec::run_each;
 use crate::sql::format::print_batches;
 use crate::sql::repl::Repl;
-use crate::sql::{open_session, Format};
+use crate::sql::Format;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SqlArgs {
@@ -20,10 +20,13 @@ pub struct SqlArgs {
     pub file: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+    /// Run on a Ballista cluster (`df://HOST:PORT`, see `saerl cluster`) instead of in-process.
+    #[arg(long)]
+    pub cluster: Option<String>,
 }
 
 pub async fn run(lake: &Lake, a: &SqlArgs) -> Result<()> {
-    let ctx = open_session(&lake.existing()?).await?;
+    let ctx = crate::cluster::session(&lake.existing()?, a.cluster.as_deref()).await?;
     let (sql, source) = match (&a.command, &a.file) {
         (Some(c), _) => (c.clone(), "-c".to_string()),
         (None, Some(f)) => (

@@ -84,7 +84,7 @@ pub fn run(lake: &Lake, a: &TrainArgs) -> Result<()> {
         bail!(
             "chain {} has no stages in {} (ingest activations first)",
             a.chain,
-            lake.root().display()
+            lake.location()
         );
     }
     for s in &a.stage {

@@ -41,7 +41,7 @@ impl Lake {
     /// The data files of activation partition `key`; a missing partition is an error naming
     /// what exists.
     fn activation_files(&self, key: &PartitionKey) -> Result<Vec<PathBuf>> {
-        let dir = self.partition_dir(Table::Activations, key)?;
+        let dir = self.data_dir(Table::Activations, key)?;
         if !dir.is_dir() {
             return Err(self.missing(Table::Activations, key));
         }

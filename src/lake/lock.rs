@@ -98,6 +98,11 @@ impl Lake {
     /// forward any commit a crashed writer left half-published. `None` for a lake no writer has
     /// locked yet and this process may not create the lock file in (read-only).
     pub fn read_guard(&self) -> Result<Option<LockGuard>> {
+        if let Some(r) = self.remote() {
+            // The store has no locks: complete any interrupted commit, then read what is there.
+            r.roll_forward()?;
+            r.refresh();
+        }
         loop {
             let writable = std::fs::metadata(self.root())
                 .map(|m| !m.permissions().readonly())
@@ -124,6 +129,9 @@ impl Lake {
     /// Completes any commit a crashed writer left half-published, so that a command sees the
     /// lake as it was committed before it plans its work. Writers call it first.
     pub fn recover(&self) -> Result<()> {
+        if let Some(r) = self.remote() {
+            r.roll_forward()?;
+        }
         if self.root().is_dir() && self.has_pending_commits()? {
             let _x = self.lock_exclusive()?;
             self.roll_forward()?;

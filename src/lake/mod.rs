@@ -5,6 +5,7 @@ mod activation_rows;
 mod durable;
 mod lock;
 mod read;
+mod remote;
 mod rows;
 mod saes;
 mod schema;
@@ -24,6 +25,7 @@ pub use durable::{sync_path, write_atomic};
 pub use lock::LockGuard;
 pub(crate) use read::panic_text;
 pub use read::{check_parquet, partition_files, read_parquet};
+pub use remote::{is_remote, rel_str, s3_store, Remote, RemoteFile};
 pub use rows::{
     activation_batch, docs_batch, evals_batch, feature_stats_batch, top_examples_batch,
     train_log_batch, vocab_batch,
@@ -164,12 +166,14 @@ pub fn check_name(what: &str, v: &str) -> Result<()> {
     Ok(())
 }
 
-/// A lake directory.
+/// A lake: a directory, or an object store with a local cache directory (`remote.rs`).
 #[derive(Debug, Clone)]
 pub struct Lake {
+    /// The directory: the lake itself, or for an object store this machine's cache of it.
     root: PathBuf,
     /// Whether a command queues behind another doing the same work (`--wait`) or fails.
     wait: bool,
+    remote: Option<std::sync::Arc<Remote>>,
 }
 
 /// The one data file a partition holds.
@@ -181,6 +185,36 @@ impl Lake {
         Self {
             root: root.into(),
             wait: false,
+            remote: None,
+        }
+    }
+
+    /// The lake `--lake` names: a directory (or `file://` URL), or `s3://bucket/prefix`.
+    pub fn at(location: &str) -> Result<Self> {
+        if is_remote(location) {
+            let remote = Remote::parse(location)?;
+            Ok(Self {
+                root: remote.default_cache(),
+                wait: false,
+                remote: Some(std::sync::Arc::new(remote)),
+            })
+        } else {
+            Ok(Self::new(
+                location.strip_prefix("file://").unwrap_or(location),
+            ))
+        }
+    }
+
+    /// The object store this lake lives on, if it is not a local directory.
+    pub fn remote(&self) -> Option<&Remote> {
+        self.remote.as_deref()
+    }
+
+    /// Where the lake is, for messages and for other processes: a path or an `s3://` URL.
+    pub fn location(&self) -> String {
+        match &self.remote {
+            Some(r) => r.url().to_string(),
+            None => self.root.display().to_string(),
         }
     }
 
@@ -195,6 +229,15 @@ impl Lake {
 
     /// This lake, which must already exist (for readers).
     pub fn existing(&self) -> Result<Self> {
+        if let Some(r) = &self.remote {
+            if !r.exists()? {
+                bail!(
+                    "no lake at {}: create one there with `saerl --lake {0} import ...` or `ingest`",
+                    r.url()
+                );
+            }
+            return Ok(self.clone());
+        }
         Self::open(self.root.clone()).map(|l| l.waiting(self.wait))
     }
 
@@ -227,10 +270,37 @@ impl Lake {
         self.root.join(".tmp")
     }
 
-    /// Every complete partition of a table, sorted. A missing table has none.
+    /// Every complete partition of a table, sorted. A missing table has none. On an object
+    /// store the paths are where the cache keeps them (see `data_dir`).
     pub fn partitions(&self, table: Table) -> Result<Vec<(PartitionKey, PathBuf)>> {
         let base = self.table_dir(table);
         let mut out = Vec::new();
+        if let Some(r) = &self.remote {
+            let files = r.table_files(table)?;
+            let mut dirs: Vec<&str> = files
+                .iter()
+                .filter_map(|f| f.rel.rsplit_once('/').map(|(d, _)| d))
+                .collect::<Vec<_>>();
+            dirs.dedup();
+            let rels: Vec<String> = dirs.into_iter().map(str::to_string).collect();
+            for d in rels {
+                let dir = self.root.join(&d);
+                let rel = Path::new(&d)
+                    .strip_prefix(table.name())
+                    .unwrap_or(Path::new(""));
+                match PartitionKey::parse(table, rel) {
+                    Some(key) => out.push((key, dir)),
+                    None => bail!(
+                        "unexpected object {}/{d} in table {}",
+                        r.url(),
+                        table.name()
+                    ),
+                }
+            }
+            out.sort();
+            out.dedup();
+            return Ok(out);
+        }
         if base.is_dir() {
             walk_partitions(table, &base, &base, 0, &mut out)?;
         }
@@ -238,10 +308,11 @@ impl Lake {
         Ok(out)
     }
 
-    /// The Parquet files of a table.
+    /// The Parquet files of a table (on an object store, fetched into the cache).
     pub fn files(&self, table: Table) -> Result<Vec<PathBuf>> {
         let mut files = Vec::new();
-        for (_, dir) in self.partitions(table)? {
+        for (key, _) in self.partitions(table)? {
+            let dir = self.data_dir(table, &key)?;
             for e in
                 std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
             {
@@ -256,7 +327,26 @@ impl Lake {
     }
 
     pub fn has_partition(&self, table: Table, key: &PartitionKey) -> Result<bool> {
-        Ok(self.partition_dir(table, key)?.is_dir())
+        match &self.remote {
+            Some(r) => Ok(!r.partition_files(table, key)?.is_empty()),
+            None => Ok(self.partition_dir(table, key)?.is_dir()),
+        }
+    }
+
+    /// The directory holding partition `key`'s data files, for reading: on an object store,
+    /// the cache's copy, brought up to date first (a missing partition gives a missing
+    /// directory, as locally).
+    pub fn data_dir(&self, table: Table, key: &PartitionKey) -> Result<PathBuf> {
+        let dir = self.partition_dir(table, key)?;
+        if let Some(r) = &self.remote {
+            if self.has_partition(table, key)? {
+                r.fetch_partition(table, key, &dir)?;
+            } else if dir.is_dir() {
+                // Gone from the store (a stale cache entry): readers must not see it.
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+        Ok(dir)
     }
 }
 

@@ -158,7 +158,7 @@ pub fn partition_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
 impl Lake {
     /// Reads one partition; a missing partition is an error naming what exists instead.
     pub fn read_partition(&self, table: Table, key: &PartitionKey) -> Result<Vec<RecordBatch>> {
-        let dir = self.partition_dir(table, key)?;
+        let dir = self.data_dir(table, key)?;
         if !dir.is_dir() {
             return Err(self.missing(table, key));
         }
@@ -183,7 +183,7 @@ impl Lake {
         anyhow::anyhow!(
             "no {} partition {key} in lake {}{}",
             table.name(),
-            self.root().display(),
+            self.location(),
             if have.is_empty() {
                 " (the table is empty)".to_string()
             } else {
@@ -200,12 +200,12 @@ impl Lake {
         key: &PartitionKey,
         columns: &[&str],
     ) -> Result<RecordBatch> {
-        let path = self.partition_dir(table, key)?.join(PART_FILE);
+        let path = self.data_dir(table, key)?.join(PART_FILE);
         if !path.is_file() {
             anyhow::bail!(
                 "no {} partition {key} in lake {}",
                 table.name(),
-                self.root().display()
+                self.location()
             );
         }
         decoding(&path, || {
@@ -339,7 +339,7 @@ impl Lake {
     pub fn partition_fingerprint(&self, table: Table, key: &PartitionKey) -> Result<String> {
         use std::hash::Hasher;
         use std::io::{Read, Seek, SeekFrom};
-        let dir = self.partition_dir(table, key)?;
+        let dir = self.data_dir(table, key)?;
         let mut h = twox_hash::XxHash64::with_seed(0);
         for path in partition_files(&dir)? {
             let mut f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;

@@ -124,7 +124,7 @@ fn column<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
 
 /// Loads an SAE back from the lake.
 pub fn read_sae(lake: &Lake, key: &PartitionKey) -> Result<Sae> {
-    let ctx = || format!("reading SAE {key} from {}", lake.root().display());
+    let ctx = || format!("reading SAE {key} from {}", lake.location());
     let saes = lake.read_partition(Table::Saes, key).with_context(ctx)?;
     let row = saes
         .first()

@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::{infer_step, Lake, PartitionKey, Table};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Transition {
     pub chain: String,
     pub layer: i32,

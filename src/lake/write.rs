@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::durable::{sync_path, sync_tree, write_atomic};
 use super::lock::LockGuard;
+use super::remote::{rel_str, Remote, RemoteRecord};
 use super::stages::StageRow;
 use super::{Lake, PartitionKey, Table, PART_FILE};
 
@@ -160,7 +161,7 @@ impl Txn {
             bail!(
                 "{} partition {key} already exists in {}; pass --overwrite to replace it",
                 table.name(),
-                self.lake.root().display()
+                self.lake.location()
             );
         }
         if self
@@ -286,13 +287,18 @@ impl Txn {
     pub fn commit(mut self) -> Result<usize> {
         let _lock = self.lake.lock_exclusive()?;
         self.lake.roll_forward()?;
-        let rows = std::mem::take(&mut self.stage_rows);
-        if !rows.is_empty() {
-            self.stage_merged_stages(&rows)?;
-        }
-        for s in &self.staged {
-            if s.dest.exists() && !(s.replace || self.overwrite) {
-                bail!("{} appeared while this command ran; nothing was written (re-run with --overwrite to replace it)", s.label);
+        if let Some(remote) = self.lake.remote.clone() {
+            // The store's commit is the one that counts; the cache then takes the same files.
+            self.commit_remote(&remote)?;
+        } else {
+            let rows = std::mem::take(&mut self.stage_rows);
+            if !rows.is_empty() {
+                self.stage_merged_stages(&rows)?;
+            }
+            for s in &self.staged {
+                if s.dest.exists() && !(s.replace || self.overwrite) {
+                    bail!("{} appeared while this command ran; nothing was written (re-run with --overwrite to replace it)", s.label);
+                }
             }
         }
         crate::fault::point("commit.staged");
@@ -312,6 +318,58 @@ impl Txn {
         crate::fault::point("commit.recorded");
         self.lake.finish_commit(&self.dir)?;
         Ok(std::mem::take(&mut self.staged).len())
+    }
+}
+
+impl Txn {
+    /// The commit on an object store (see `remote.rs`): upload the staged partitions, then race
+    /// for the next commit record; a lost race re-reads the lake, re-merges `stages` and
+    /// re-checks the destinations before trying the next number.
+    fn commit_remote(&mut self, remote: &Remote) -> Result<()> {
+        let txn = self.dir.file_name().unwrap().to_string_lossy().into_owned();
+        let result = self.record_remote(remote, &txn);
+        if result.is_err() && !remote.has_record_of(&txn)? {
+            remote.discard(&txn);
+        }
+        result
+    }
+
+    fn record_remote(&mut self, remote: &Remote, txn: &str) -> Result<()> {
+        let root = self.lake.root().to_path_buf();
+        let rel = |p: &Path| -> Result<String> { Ok(rel_str(p.strip_prefix(&root)?)) };
+        let rows = std::mem::take(&mut self.stage_rows);
+        let mut moves = Vec::new();
+        for s in &self.staged {
+            moves.push(remote.stage_partition(txn, &s.tmp, &rel(&s.dest)?)?);
+        }
+        crate::fault::point("remote.staged");
+        let data = self.staged.len();
+        loop {
+            let head = remote.roll_forward()?;
+            remote.refresh();
+            self.staged.truncate(data);
+            moves.truncate(data);
+            if !rows.is_empty() {
+                self.stage_merged_stages(&rows)?;
+                for s in &self.staged[data..] {
+                    moves.push(remote.stage_partition(txn, &s.tmp, &rel(&s.dest)?)?);
+                }
+            }
+            for s in &self.staged {
+                if !(s.replace || self.overwrite) && remote.has_dir(&rel(&s.dest)?)? {
+                    bail!("{} appeared in {} while this command ran; nothing was written (re-run with --overwrite to replace it)", s.label, remote.url());
+                }
+            }
+            let record = RemoteRecord {
+                txn: txn.to_string(),
+                moves,
+            };
+            if remote.try_record(head + 1, &record)? {
+                crate::fault::point("remote.recorded");
+                return remote.publish(head + 1, &record);
+            }
+            moves = record.moves;
+        }
     }
 }
 

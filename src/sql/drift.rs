@@ -15,15 +15,21 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use futures::StreamExt;
 use rayon::prelude::*;
 use saerl_udfs::{cosine, FloatLists};
+use serde::{Deserialize, Serialize};
 
 use crate::lake::{Lake, Table, Transition};
 
@@ -59,11 +65,27 @@ pub fn schema() -> SchemaRef {
 pub struct FeatureDrift {
     lake: Lake,
     transitions: Vec<Transition>,
+    /// One output partition (the shards still run concurrently inside it): for a Ballista
+    /// scheduler, which can only split the partitions of the scans it knows among tasks and
+    /// would otherwise run every shard in every task.
+    merged: bool,
 }
 
 impl FeatureDrift {
     pub fn new(lake: Lake, transitions: Vec<Transition>) -> Self {
-        Self { lake, transitions }
+        Self {
+            lake,
+            transitions,
+            merged: false,
+        }
+    }
+
+    /// The provider a cluster's scheduler plans with (see `merged`).
+    pub fn merged(self) -> Self {
+        Self {
+            merged: true,
+            ..self
+        }
     }
 }
 
@@ -178,7 +200,7 @@ impl TableProvider for FeatureDrift {
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
-        limit: Option<usize>,
+        _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let wanted: Vec<&Transition> = self
             .transitions
@@ -209,26 +231,150 @@ impl TableProvider for FeatureDrift {
             projection.is_none_or(|p| p.contains(&i))
         };
         let (dec, enc) = (needs("dec_cos"), needs("enc_cos"));
-        let partitions: Vec<Arc<dyn PartitionStream>> = shards
+        let streams = shards
             .into_iter()
-            .map(|groups| {
-                Arc::new(DriftStream {
-                    lake: self.lake.clone(),
-                    schema: schema(),
-                    groups,
-                    dec,
-                    enc,
-                }) as _
+            .map(|groups| DriftStream {
+                lake: self.lake.clone(),
+                schema: schema(),
+                groups,
+                dec,
+                enc,
             })
             .collect();
-        Ok(Arc::new(StreamingTableExec::try_new(
-            schema(),
-            partitions,
+        Ok(Arc::new(DriftExec::new(
+            streams,
+            projection.cloned(),
+            self.merged,
+        )))
+    }
+}
+
+/// The scan of `feature_drift`: one stream per shard of transition groups. A plan node of its
+/// own (not a generic streaming scan) so a cluster can ship it to executors: `DriftPlan` is all
+/// it takes to rebuild it against the executor's view of the lake.
+#[derive(Debug)]
+pub struct DriftExec {
+    streams: Vec<DriftStream>,
+    projection: Option<Vec<usize>>,
+    merged: bool,
+    props: Arc<PlanProperties>,
+}
+
+/// What a `DriftExec` is, without the lake (for the cluster codec).
+#[derive(Serialize, Deserialize)]
+pub struct DriftPlan {
+    shards: Vec<Vec<Vec<Transition>>>,
+    dec: bool,
+    enc: bool,
+    projection: Option<Vec<usize>>,
+    merged: bool,
+}
+
+impl DriftExec {
+    fn new(streams: Vec<DriftStream>, projection: Option<Vec<usize>>, merged: bool) -> Self {
+        let full = schema();
+        let out = match &projection {
+            Some(p) => Arc::new(full.project(p).expect("projection of feature_drift")),
+            None => full,
+        };
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(out),
+            Partitioning::UnknownPartitioning(if merged { 1 } else { streams.len().max(1) }),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self {
+            streams,
             projection,
-            vec![],
-            false,
-            limit,
-        )?))
+            merged,
+            props: Arc::new(props),
+        }
+    }
+
+    pub fn plan(&self) -> DriftPlan {
+        DriftPlan {
+            shards: self.streams.iter().map(|s| s.groups.clone()).collect(),
+            dec: self.streams.first().is_some_and(|s| s.dec),
+            enc: self.streams.first().is_some_and(|s| s.enc),
+            projection: self.projection.clone(),
+            merged: self.merged,
+        }
+    }
+
+    pub fn from_plan(lake: &Lake, plan: DriftPlan) -> Self {
+        let streams = plan
+            .shards
+            .into_iter()
+            .map(|groups| DriftStream {
+                lake: lake.clone(),
+                schema: schema(),
+                groups,
+                dec: plan.dec,
+                enc: plan.enc,
+            })
+            .collect();
+        Self::new(streams, plan.projection, plan.merged)
+    }
+}
+
+impl DisplayAs for DriftExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "DriftExec: shards={}, merged={}",
+            self.streams.len(),
+            self.merged
+        )
+    }
+}
+
+impl ExecutionPlan for DriftExec {
+    fn name(&self) -> &str {
+        "DriftExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(
+            &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+        ) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let out = self.props.eq_properties.schema().clone();
+        let shards: Vec<&DriftStream> = match self.merged {
+            true => self.streams.iter().collect(),
+            false => self.streams.get(partition).into_iter().collect(),
+        };
+        // No shard (no transition matched): an empty partition.
+        let merged = futures::stream::select_all(shards.into_iter().map(|s| Box::pin(s.execute())));
+        let projection = self.projection.clone();
+        let stream = merged.map(move |b| match &projection {
+            Some(p) => b.and_then(|b| Ok(b.project(p)?)),
+            None => b,
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(out, stream)))
     }
 }
 
@@ -364,12 +510,8 @@ impl DriftStream {
     }
 }
 
-impl PartitionStream for DriftStream {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+impl DriftStream {
+    fn execute(&self) -> impl futures::Stream<Item = Result<RecordBatch>> + Send + 'static {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -377,9 +519,7 @@ impl PartitionStream for DriftStream {
                 let _ = tx.blocking_send(Err(DataFusionError::Execution(format!("{e:#}"))));
             }
         });
-        let stream =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
     }
 }
 

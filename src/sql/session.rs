@@ -11,10 +11,12 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::datasource::MemTable;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use saerl_udfs::{Encoder, SaeKey, SaeSource};
 
-use crate::lake::{check_parquet, read_sae, vector_width, Lake, PartitionKey, Table};
+use crate::lake::{check_parquet, read_sae, vector_width, Lake, PartitionKey, Remote, Table};
 
 /// The device the SQL functions compute on: `SAERL_DEVICE` (cpu, the default, or cuda).
 fn sql_device() -> Result<candle_core::Device> {
@@ -23,23 +25,56 @@ fn sql_device() -> Result<candle_core::Device> {
 }
 
 pub async fn open_session(lake: &Lake) -> Result<SessionContext> {
-    let device = sql_device()?;
-    let config = SessionConfig::new()
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(session_config(SessionConfig::new(), lake))
+        .with_runtime_env(runtime_env(lake)?)
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    register_lake(&ctx, lake).await?;
+    Ok(ctx)
+}
+
+/// `config` with what every saerl session has: information_schema, and the lake for the
+/// statements' read guard.
+pub fn session_config(config: SessionConfig, lake: &Lake) -> SessionConfig {
+    config
         .with_information_schema(true)
-        .with_extension(Arc::new(SessionLake(lake.clone())));
-    let ctx = SessionContext::new_with_config(config);
-    let _snapshot = lake.read_guard()?;
-    for table in Table::ALL {
-        register_table(&ctx, lake, table).await?;
+        .with_extension(Arc::new(SessionLake(lake.clone())))
+}
+
+/// A runtime that reaches the lake's object store (if any) through DataFusion's registry.
+pub fn runtime_env(lake: &Lake) -> Result<Arc<RuntimeEnv>> {
+    let rt = RuntimeEnvBuilder::new().build_arc()?;
+    if let Some(r) = lake.remote() {
+        let url = url::Url::parse(&format!("s3://{}", r.bucket()))?;
+        rt.register_object_store(&url, r.sql_store()?);
     }
+    Ok(rt)
+}
+
+/// saerl's SQL functions, with `topk_encode` loading SAEs from `lake` on the SQL device.
+pub fn register_udfs(ctx: &SessionContext, lake: &Lake) -> Result<()> {
     saerl_udfs::register_all(
-        &ctx,
+        ctx,
         Arc::new(LakeSaes {
             lake: lake.clone(),
-            device: device.clone(),
+            device: sql_device()?,
             cache: Mutex::default(),
         }),
     );
+    Ok(())
+}
+
+/// Registers every lake table, the UDFs, and the Rust providers in `ctx` (a local session or
+/// a cluster client).
+pub async fn register_lake(ctx: &SessionContext, lake: &Lake) -> Result<()> {
+    let device = sql_device()?;
+    let _snapshot = lake.read_guard()?;
+    for table in Table::ALL {
+        register_table(ctx, lake, table).await?;
+    }
+    register_udfs(ctx, lake)?;
     // Transitions and per-feature drift are computed by Rust providers (see drift.rs).
     let transitions = lake.sae_transitions()?;
     let batch = super::drift::transitions_batch(&transitions)?;
@@ -62,7 +97,7 @@ pub async fn open_session(lake: &Lake) -> Result<SessionContext> {
             device,
         }),
     );
-    Ok(ctx)
+    Ok(())
 }
 
 fn with_partition_cols(table: Table, file_schema: &Schema) -> SchemaRef {
@@ -95,11 +130,17 @@ pub(super) fn statement_guard(ctx: &SessionContext) -> Result<Option<crate::lake
 /// Registers a table over its Parquet files, after checking every file's footer so a corrupt
 /// file is reported by name up front. An empty table is registered with its schema.
 async fn register_table(ctx: &SessionContext, lake: &Lake, table: Table) -> Result<()> {
-    let files = lake.files(table)?;
+    let schemas = match lake.remote() {
+        None => lake
+            .files(table)?
+            .iter()
+            .map(|f| check_parquet(f))
+            .collect::<Result<Vec<_>>>()?,
+        Some(r) => remote_schemas(ctx, r, table).await?,
+    };
     let mut widths = Vec::new();
-    for f in &files {
-        let schema = check_parquet(f)?;
-        if let Some(col) = table.vector_columns().first() {
+    if let Some(col) = table.vector_columns().first() {
+        for schema in &schemas {
             widths.push(
                 schema
                     .field_with_name(col)
@@ -112,7 +153,7 @@ async fn register_table(ctx: &SessionContext, lake: &Lake, table: Table) -> Resu
     // One width across the table keeps FixedSizeList; mixed widths are read as List<Float32>.
     let width = if widths.len() == 1 { widths[0] } else { None };
     let file_schema = table.file_schema(width);
-    if files.is_empty() {
+    if schemas.is_empty() {
         let schema = with_partition_cols(table, &file_schema);
         ctx.register_table(
             table.name(),
@@ -120,8 +161,13 @@ async fn register_table(ctx: &SessionContext, lake: &Lake, table: Table) -> Resu
         )?;
         return Ok(());
     }
-    let dir = std::path::absolute(lake.table_dir(table))?;
-    let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
+    let url = match lake.remote() {
+        Some(r) => ListingTableUrl::parse(format!("{}/{}/", r.url(), table.name()))?,
+        None => {
+            let dir = std::path::absolute(lake.table_dir(table))?;
+            ListingTableUrl::parse(format!("{}/", dir.display()))?
+        }
+    };
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(".parquet")
         .with_table_partition_cols(
@@ -138,6 +184,30 @@ async fn register_table(ctx: &SessionContext, lake: &Lake, table: Table) -> Resu
     Ok(())
 }
 
+/// The Arrow schemas of a table's files on the object store, from their footers (a corrupt
+/// file is named up front, as for a local lake).
+// The footer is all this reads; ParquetObjectReader's deprecation asks for a hand-written
+// AsyncFileReader, which would do exactly what it does.
+#[allow(deprecated)]
+async fn remote_schemas(ctx: &SessionContext, r: &Remote, table: Table) -> Result<Vec<SchemaRef>> {
+    use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+    let url =
+        datafusion::execution::object_store::ObjectStoreUrl::parse(format!("s3://{}", r.bucket()))?;
+    let store = ctx.runtime_env().object_store(url)?;
+    let mut out = Vec::new();
+    for f in r.table_files(table)?.iter() {
+        let path = object_store::path::Path::from(
+            format!("{}/{}", r.prefix_str(), f.rel).trim_start_matches('/'),
+        );
+        let reader = ParquetObjectReader::new(store.clone(), path).with_file_size(f.size);
+        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .with_context(|| format!("{}/{}: not a readable Parquet file", r.url(), f.rel))?;
+        out.push(builder.schema().clone());
+    }
+    Ok(out)
+}
+
 /// `topk_encode`'s SAEs, loaded from the lake once per session.
 struct LakeSaes {
     lake: Lake,
@@ -147,12 +217,7 @@ struct LakeSaes {
 
 impl std::fmt::Debug for LakeSaes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "LakeSaes({}, {:?})",
-            self.lake.root().display(),
-            self.device
-        )
+        write!(f, "LakeSaes({}, {:?})", self.lake.location(), self.device)
     }
 }
 
@@ -214,7 +279,7 @@ impl LakeSaes {
                 key.chain,
                 key.stage,
                 key.layer,
-                self.lake.root().display()
+                self.lake.location()
             ),
             _ => anyhow::bail!(
                 "chain {} stage {} layer {} has SAEs for k = {ks:?}: pass k as the fifth argument",

@@ -3,6 +3,7 @@
 //! run (PyTorch/transformers scripts from a reference directory, DuckDB), so the ratio compares
 //! like with like. Without the references it prints the figures recorded for this machine kind.
 
+mod cluster;
 mod gemm;
 mod ingest;
 mod kernels;
@@ -72,6 +73,14 @@ pub enum BenchWhat {
     Ingest(BenchIngest),
     /// Time decoder_drift.sql over a full-size synthetic chain.
     Sql(BenchSql),
+    /// Every saved query in-process and on a Ballista cluster over the same `--lake`.
+    Cluster {
+        /// The cluster (`df://HOST:PORT`, see `saerl cluster`).
+        #[arg(long)]
+        cluster: String,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// match_features's one-to-one assignment at the study's shape.
     Match {
         #[arg(long, default_value_t = 7168)]
@@ -81,7 +90,7 @@ pub enum BenchWhat {
     },
 }
 
-pub async fn run(a: &BenchArgs) -> Result<()> {
+pub async fn run(lake: &crate::lake::Lake, a: &BenchArgs) -> Result<()> {
     let refs = References {
         dir: a.refs.clone(),
         python: a.python.clone(),
@@ -103,6 +112,7 @@ pub async fn run(a: &BenchArgs) -> Result<()> {
         BenchWhat::Ingest(b) => ingest::run(b, &refs),
         BenchWhat::Sql(b) => sql::run(b, &refs).await,
         BenchWhat::Match { d_sae, d_model } => matching::run(*d_sae, *d_model),
+        BenchWhat::Cluster { cluster, runs } => cluster::run(lake, cluster, *runs).await,
     }
 }
 

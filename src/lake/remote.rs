@@ -1,0 +1,507 @@
+//! The lake on an object store (`--lake s3://bucket/prefix`).
+//!
+//! The store holds the same hive-partitioned tables as a local lake, under the prefix, so any
+//! engine (and DataFusion's object-store registry, for `saerl sql`) reads them in place. Beside
+//! them, `_saerl/` holds what makes commits atomic without rename or locks:
+//! - `_saerl/staging/<txn>/<table>/<partition>/<files>`: a writer's uploads (multipart);
+//! - `_saerl/log/<n>.json`: commit record n, created with a conditional PUT (`PutMode::Create`),
+//!   so of two writers racing for number n exactly one wins; the loser re-reads the lake, re-checks
+//!   its destinations and tries n + 1. Creating the record is the commit point;
+//! - `_saerl/log/<n>.done`: written once record n is published (its staged files copied to their
+//!   partitions, the partitions' other files deleted). Any reader or writer that finds a record
+//!   without its marker completes it first (idempotent), so a writer killed mid-publication is
+//!   rolled forward, and a writer killed before its record leaves the lake as it was.
+//!
+//! Commands that compute in Rust (train, eval, stats, the SQL providers) read partitions through
+//! a local cache of the files they touch (`SAERL_LAKE_CACHE`, default
+//! `~/.cache/saerl/lakes/<bucket>/<prefix>`), which also keeps their resumable work; the cache is
+//! refreshed by ETag, so it never serves a replaced partition.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use anyhow::{bail, Context, Result};
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use super::{PartitionKey, Table};
+
+/// Object-store requests in flight at once when uploading, publishing or deleting.
+const CONCURRENCY: usize = 16;
+
+/// One data file of a table on the store.
+#[derive(Debug, Clone)]
+pub struct RemoteFile {
+    /// Relative to the lake prefix: `features/chain=a/stage=b/layer=6/k=32/part-0.parquet`.
+    pub rel: String,
+    pub size: u64,
+    pub e_tag: Option<String>,
+}
+
+/// What commit record n publishes: each staged partition directory replaces its destination.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct RemoteRecord {
+    pub txn: String,
+    pub moves: Vec<RemoteMove>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct RemoteMove {
+    /// Directories relative to the lake prefix.
+    pub staged: String,
+    pub dest: String,
+    /// File names the destination holds once published (anything else there is deleted).
+    pub files: Vec<String>,
+}
+
+pub struct Remote {
+    url: String,
+    bucket: String,
+    prefix: ObjPath,
+    store: Arc<dyn ObjectStore>,
+    /// Table listings, read once per process and dropped when this process commits.
+    listings: Mutex<HashMap<Table, Arc<Vec<RemoteFile>>>>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Remote({})", self.url)
+    }
+}
+
+/// The object-store client's own runtime: lake code is synchronous and may run inside another
+/// runtime (the SQL engine's), where blocking on a future is not allowed. Never dropped.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("saerl-object-store")
+            .enable_all()
+            .build()
+            .expect("starting the object-store runtime")
+    })
+}
+
+fn block<F>(f: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    // A plain channel, not a JoinHandle polled here: inside the SQL engine's runtime, tokio's
+    // cooperative budget would make a foreign poll of the handle spin.
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime().spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv().expect("object-store task panicked")
+}
+
+/// Whether `--lake` names an object store rather than a directory.
+pub fn is_remote(location: &str) -> bool {
+    location.starts_with("s3://")
+}
+
+/// An S3 client for `bucket` from the usual `AWS_*` variables (`AWS_ENDPOINT_URL` and
+/// `AWS_ALLOW_HTTP` for an S3-compatible server), with conditional PUTs on.
+pub fn s3_store(bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+    let store = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_conditional_put(S3ConditionalPut::ETagMatch)
+        .build()
+        .with_context(|| {
+            format!("configuring S3 for bucket {bucket} (set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, and AWS_ENDPOINT_URL / AWS_ALLOW_HTTP for an S3-compatible server)")
+        })?;
+    Ok(Arc::new(store))
+}
+
+impl Remote {
+    /// `s3://bucket[/prefix]`.
+    pub fn parse(location: &str) -> Result<Self> {
+        let rest = location
+            .strip_prefix("s3://")
+            .with_context(|| format!("{location}: only s3:// object stores are supported"))?;
+        let rest = rest.trim_end_matches('/');
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            bail!("{location}: no bucket (use s3://BUCKET/PREFIX)");
+        }
+        Ok(Self {
+            url: format!("s3://{rest}"),
+            bucket: bucket.to_string(),
+            prefix: ObjPath::from(prefix),
+            store: s3_store(bucket)?,
+            listings: Mutex::default(),
+        })
+    }
+
+    /// `s3://bucket/prefix`, without a trailing slash.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The prefix inside the bucket ("" for the bucket's root).
+    pub fn prefix_str(&self) -> &str {
+        self.prefix.as_ref()
+    }
+
+    /// Where this machine caches the files it reads and keeps resumable work.
+    pub fn default_cache(&self) -> PathBuf {
+        let base = std::env::var_os("SAERL_LAKE_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+                PathBuf::from(home).join(".cache/saerl/lakes")
+            });
+        let mut dir = base.join(&self.bucket);
+        for part in self.prefix.parts() {
+            dir.push(part.as_ref());
+        }
+        dir
+    }
+
+    fn path(&self, rel: &str) -> ObjPath {
+        let mut p = self.prefix.clone();
+        for part in rel.split('/').filter(|s| !s.is_empty()) {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    fn rel(&self, path: &ObjPath) -> String {
+        path.prefix_match(&self.prefix)
+            .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .join("/")
+    }
+
+    fn err(&self, what: &str) -> String {
+        format!(
+            "{what} in {} (check the AWS_* variables and that the bucket exists)",
+            self.url
+        )
+    }
+
+    /// Every object under `rel` (recursively).
+    fn list(&self, rel: &str) -> Result<Vec<RemoteFile>> {
+        let store = self.store.clone();
+        let prefix = self.path(rel);
+        let metas: Vec<object_store::ObjectMeta> =
+            block(async move { store.list(Some(&prefix)).try_collect().await })
+                .with_context(|| self.err(&format!("listing {rel}")))?;
+        let mut out: Vec<RemoteFile> = metas
+            .into_iter()
+            .map(|m| RemoteFile {
+                rel: self.rel(&m.location),
+                size: m.size,
+                e_tag: m.e_tag,
+            })
+            .collect();
+        out.sort_by(|a, b| a.rel.cmp(&b.rel));
+        Ok(out)
+    }
+
+    /// Whether anything at all lives under the prefix (a lake or the start of one).
+    pub fn exists(&self) -> Result<bool> {
+        let store = self.store.clone();
+        let prefix = self.prefix.clone();
+        let listing = block(async move { store.list_with_delimiter(Some(&prefix)).await })
+            .with_context(|| self.err("listing the lake"))?;
+        Ok(!listing.common_prefixes.is_empty() || !listing.objects.is_empty())
+    }
+
+    /// The data files of `table`, as last read by this process.
+    pub fn table_files(&self, table: Table) -> Result<Arc<Vec<RemoteFile>>> {
+        if let Some(l) = self.listings.lock().unwrap().get(&table) {
+            return Ok(l.clone());
+        }
+        let files: Vec<RemoteFile> = self
+            .list(table.name())?
+            .into_iter()
+            .filter(|f| {
+                f.rel.ends_with(".parquet") && !f.rel.split('/').any(|p| p.starts_with(['.', '_']))
+            })
+            .collect();
+        let files = Arc::new(files);
+        self.listings.lock().unwrap().insert(table, files.clone());
+        Ok(files)
+    }
+
+    /// Forget the listings, so the next read sees commits made since.
+    pub fn refresh(&self) {
+        self.listings.lock().unwrap().clear();
+    }
+
+    /// The files of one partition directory (`rel` relative to the prefix).
+    pub fn partition_files(&self, table: Table, key: &PartitionKey) -> Result<Vec<RemoteFile>> {
+        let dir = format!("{}/", rel_str(&key.rel_dir(table)?));
+        Ok(self
+            .table_files(table)?
+            .iter()
+            .filter(|f| f.rel.starts_with(&dir) && !f.rel[dir.len()..].contains('/'))
+            .cloned()
+            .collect())
+    }
+
+    /// Makes `local` (the cache's copy of partition `key`) hold exactly the store's files,
+    /// downloading those whose ETag changed.
+    pub fn fetch_partition(&self, table: Table, key: &PartitionKey, local: &Path) -> Result<()> {
+        let files = self.partition_files(table, key)?;
+        std::fs::create_dir_all(local).with_context(|| format!("creating {}", local.display()))?;
+        for f in &files {
+            let name = f.rel.rsplit('/').next().unwrap();
+            let dest = local.join(name);
+            let tag_file = local.join(format!(".{name}.etag"));
+            let tag = f.e_tag.clone().unwrap_or_default();
+            let cached = dest.metadata().map(|m| m.len() == f.size).unwrap_or(false)
+                && std::fs::read_to_string(&tag_file).ok().as_deref() == Some(tag.as_str());
+            if !cached {
+                self.download(&f.rel, &dest)?;
+                super::write_atomic(&tag_file, tag.as_bytes())?;
+            }
+        }
+        // Files the store no longer has (a replaced partition's extra chunks).
+        for e in std::fs::read_dir(local)? {
+            let p = e?.path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with(".parquet") && !files.iter().any(|f| f.rel.ends_with(&name)) {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams an object to a temporary file beside `dest`, then renames it into place.
+    fn download(&self, rel: &str, dest: &Path) -> Result<()> {
+        // Unique per call: tasks of one process may fetch the same partition at once.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dest.with_extension(format!("download-{}-{seq}", std::process::id()));
+        let (store, path, tmp2) = (self.store.clone(), self.path(rel), tmp.clone());
+        block(async move {
+            let mut stream = store.get(&path).await?.into_stream();
+            let mut file = tokio::fs::File::create(&tmp2).await?;
+            while let Some(chunk) = stream.try_next().await? {
+                file.write_all(&chunk).await?;
+            }
+            file.sync_all().await?;
+            anyhow::Ok(())
+        })
+        .with_context(|| self.err(&format!("downloading {rel}")))?;
+        std::fs::rename(&tmp, dest).with_context(|| format!("placing {}", dest.display()))?;
+        Ok(())
+    }
+
+    /// Stages a local partition directory's data files under `_saerl/staging/<txn>/<dest>`.
+    pub fn stage_partition(&self, txn: &str, local: &Path, dest: &str) -> Result<RemoteMove> {
+        let staged = format!("_saerl/staging/{txn}/{dest}");
+        let mut files = Vec::new();
+        let mut uploads = Vec::new();
+        for p in super::partition_files(local)? {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            uploads.push((p, format!("{staged}/{name}")));
+            files.push(name);
+        }
+        self.upload_all(uploads)?;
+        Ok(RemoteMove {
+            staged,
+            dest: dest.to_string(),
+            files,
+        })
+    }
+
+    /// Uploads local files (multipart for large ones), several at a time.
+    fn upload_all(&self, files: Vec<(PathBuf, String)>) -> Result<()> {
+        let jobs = files.into_iter().map(|(file, rel)| {
+            let (store, path) = (self.store.clone(), self.path(&rel));
+            let what = self.err(&format!("uploading {} as {rel}", file.display()));
+            async move {
+                let mut src = tokio::fs::File::open(&file).await?;
+                let mut w = object_store::buffered::BufWriter::new(store, path);
+                tokio::io::copy(&mut src, &mut w).await?;
+                w.shutdown().await?;
+                anyhow::Ok(())
+            }
+            .map(move |r| r.context(what))
+        });
+        self.all(jobs.collect())
+    }
+
+    /// Runs object-store requests `CONCURRENCY` at a time; the first error wins.
+    fn all<F>(&self, jobs: Vec<F>) -> Result<()>
+    where
+        F: Future<Output = Result<()>> + Send + 'static,
+    {
+        block(async move {
+            futures::stream::iter(jobs)
+                .buffer_unordered(CONCURRENCY)
+                .try_collect::<Vec<()>>()
+                .await
+        })
+        .map(|_| ())
+    }
+
+    /// Commit record numbers, and which of them are published.
+    fn log(&self) -> Result<(Vec<u64>, Vec<u64>)> {
+        let (mut records, mut done) = (Vec::new(), Vec::new());
+        for f in self.list("_saerl/log")? {
+            let name = f.rel.rsplit('/').next().unwrap_or("");
+            if let Some(n) = name.strip_suffix(".json").and_then(|n| n.parse().ok()) {
+                records.push(n);
+            } else if let Some(n) = name.strip_suffix(".done").and_then(|n| n.parse().ok()) {
+                done.push(n);
+            }
+        }
+        records.sort();
+        Ok((records, done))
+    }
+
+    fn record_rel(n: u64, ext: &str) -> String {
+        format!("_saerl/log/{n:020}.{ext}")
+    }
+
+    /// Completes every commit whose record is not yet published; returns the last record
+    /// number (0 for none).
+    pub fn roll_forward(&self) -> Result<u64> {
+        let (records, done) = self.log()?;
+        for &n in records.iter().filter(|n| !done.contains(n)) {
+            let rel = Self::record_rel(n, "json");
+            let (store, path) = (self.store.clone(), self.path(&rel));
+            let bytes = block(async move { store.get(&path).await?.bytes().await })
+                .with_context(|| self.err(&format!("reading {rel}")))?;
+            let record: RemoteRecord = serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{}/{rel} is not a saerl commit record; delete it to discard that commit",
+                    self.url
+                )
+            })?;
+            self.publish(n, &record)?;
+        }
+        Ok(records.last().copied().unwrap_or(0))
+    }
+
+    /// Creates commit record `n` unless another writer did first (then `Ok(false)`).
+    pub fn try_record(&self, n: u64, record: &RemoteRecord) -> Result<bool> {
+        let rel = Self::record_rel(n, "json");
+        let (store, path) = (self.store.clone(), self.path(&rel));
+        let body = PutPayload::from(serde_json::to_vec(record)?);
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match block(async move { store.put_opts(&path, body, opts).await }) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e).with_context(|| self.err(&format!("writing the commit record {rel}"))),
+        }
+    }
+
+    /// Publishes record `n`: copies, deletes, then the `.done` marker, then the staged files go.
+    /// Safe to repeat after a crash at any point.
+    pub fn publish(&self, n: u64, record: &RemoteRecord) -> Result<()> {
+        let staging = format!("_saerl/staging/{}", record.txn);
+        let staged: std::collections::HashSet<String> =
+            self.list(&staging)?.into_iter().map(|f| f.rel).collect();
+        let mut copies = Vec::new();
+        for m in &record.moves {
+            for name in &m.files {
+                let from = format!("{}/{name}", m.staged);
+                // Not there: copied before, and the staged copy already removed.
+                if staged.contains(&from) {
+                    let to = format!("{}/{name}", m.dest);
+                    let (store, a, b) = (self.store.clone(), self.path(&from), self.path(&to));
+                    let what = self.err(&format!("publishing {to}"));
+                    copies.push(async move {
+                        store.copy(&a, &b).await.context(what)?;
+                        crate::fault::point("remote.publish");
+                        Ok(())
+                    });
+                }
+            }
+        }
+        self.all(copies)?;
+        // A replaced partition's files that the new one does not have.
+        let mut stale = Vec::new();
+        for m in &record.moves {
+            for old in self.list(&m.dest)? {
+                let rest = old.rel[m.dest.len()..].trim_start_matches('/').to_string();
+                if !rest.contains('/') && !m.files.contains(&rest) {
+                    stale.push(old.rel);
+                }
+            }
+        }
+        self.delete_all(stale)?;
+        let (store, path) = (self.store.clone(), self.path(&Self::record_rel(n, "done")));
+        block(async move { store.put(&path, PutPayload::from_static(b"")).await })
+            .with_context(|| self.err("marking a commit published"))?;
+        crate::fault::point("remote.published");
+        self.delete_all(staged.into_iter().collect())?;
+        self.refresh();
+        Ok(())
+    }
+
+    /// Whether anything lives under directory `rel` (uncached).
+    pub fn has_dir(&self, rel: &str) -> Result<bool> {
+        Ok(!self.list(rel)?.is_empty())
+    }
+
+    /// Whether transaction `txn` got as far as its commit record.
+    pub fn has_record_of(&self, txn: &str) -> Result<bool> {
+        let (records, _) = self.log()?;
+        for n in records {
+            let rel = Self::record_rel(n, "json");
+            let (store, path) = (self.store.clone(), self.path(&rel));
+            let bytes = block(async move { store.get(&path).await?.bytes().await })
+                .with_context(|| self.err(&format!("reading {rel}")))?;
+            if serde_json::from_slice::<RemoteRecord>(&bytes).is_ok_and(|r| r.txn == txn) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Removes what a writer staged before giving up (it never wrote a record).
+    pub fn discard(&self, txn: &str) {
+        if let Ok(files) = self.list(&format!("_saerl/staging/{txn}")) {
+            let _ = self.delete_all(files.into_iter().map(|f| f.rel).collect());
+        }
+    }
+
+    fn delete_all(&self, rels: Vec<String>) -> Result<()> {
+        let jobs = rels.into_iter().map(|rel| {
+            let (store, path) = (self.store.clone(), self.path(&rel));
+            let what = self.err(&format!("deleting {rel}"));
+            async move {
+                match store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(e).context(what),
+                }
+            }
+        });
+        self.all(jobs.collect())
+    }
+
+    /// A client of its own for DataFusion's object-store registry (connections belong to the
+    /// runtime that opened them, and the SQL engine runs on another).
+    pub fn sql_store(&self) -> Result<Arc<dyn ObjectStore>> {
+        s3_store(&self.bucket)
+    }
+}
+
+/// A relative path with `/` separators.
+pub fn rel_str(p: &Path) -> String {
+    p.iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}

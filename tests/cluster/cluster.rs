@@ -1,0 +1,181 @@
+//! Every saved query gives the same rows on a local lake, on the same lake in the object store,
+//! and on a Ballista cluster (one scheduler, two executors) reading the object store.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::s3::{S3Env, S3Server};
+use crate::{ok, output, query, sae_pt, saerl, saved_queries};
+
+/// The cluster's processes: killed when dropped, when the test process dies (parent-death
+/// signal), and in any case after `--stop-after` seconds.
+pub struct Cluster {
+    pub url: String,
+    children: Vec<Child>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A port `p` on 127.0.0.1 with `p + 1` free too (an executor takes both).
+fn free_ports() -> u16 {
+    loop {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+impl Cluster {
+    pub fn start(env: &S3Env, lake: &str, work: &std::path::Path) -> Self {
+        let sched = free_ports();
+        let mut cluster = Cluster {
+            url: format!("df://127.0.0.1:{sched}"),
+            children: Vec::new(),
+        };
+        let spawn = |name: &str, args: Vec<String>| -> Child {
+            let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+            args.extend(["--stop-after", "900"]);
+            let mut cmd = saerl(
+                &env.with_cache(work.join(format!("cache-{name}"))),
+                lake,
+                &args,
+            );
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            cmd.spawn().expect("starting a cluster process")
+        };
+        cluster.children.push(spawn(
+            "scheduler",
+            vec![
+                "cluster".into(),
+                "scheduler".into(),
+                "--bind".into(),
+                format!("127.0.0.1:{sched}"),
+            ],
+        ));
+        for i in 0..2 {
+            let port = free_ports();
+            cluster.children.push(spawn(
+                &format!("executor{i}"),
+                vec![
+                    "cluster".into(),
+                    "executor".into(),
+                    "--scheduler".into(),
+                    format!("127.0.0.1:{sched}"),
+                    "--bind".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--work-dir".into(),
+                    work.join(format!("shuffle{i}")).display().to_string(),
+                    "--concurrency".into(),
+                    "2".into(),
+                ],
+            ));
+        }
+        // Ready once a statement runs through it.
+        let start = Instant::now();
+        loop {
+            let o = output(saerl(
+                env,
+                lake,
+                &["sql", "--cluster", &cluster.url, "-c", "SELECT 1"],
+            ));
+            if o.status.success() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "the cluster did not come up:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        cluster
+    }
+}
+
+/// Two CSV cells agree: equal text, or floats equal up to summation order (a distributed
+/// aggregate adds its partial sums in another order, which moves the last bits).
+fn cell_agrees(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => (x - y).abs() <= 1e-12 * x.abs().max(y.abs()).max(1e-300),
+        _ => false,
+    }
+}
+
+/// The same rows in the same order, or a panic showing the first line that differs.
+fn same(want: &str, got: &str, what: &str) {
+    let (w, g): (Vec<_>, Vec<_>) = (want.lines().collect(), got.lines().collect());
+    let agrees = |x: &str, y: &str| {
+        let (xs, ys): (Vec<_>, Vec<_>) = (x.split(',').collect(), y.split(',').collect());
+        xs.len() == ys.len() && xs.iter().zip(&ys).all(|(a, b)| cell_agrees(a, b))
+    };
+    let Some(i) = (0..w.len().max(g.len())).find(|&i| match (w.get(i), g.get(i)) {
+        (Some(x), Some(y)) => !agrees(x, y),
+        _ => true,
+    }) else {
+        return;
+    };
+    panic!(
+        "{what}: {} rows vs {} locally; first difference at line {i}:\n  local: {:?}\n  here:  {:?}",
+        g.len(),
+        w.len(),
+        w.get(i),
+        g.get(i)
+    );
+}
+
+#[test]
+fn saved_queries_give_the_same_rows_locally_on_the_object_store_and_on_a_cluster() {
+    let server = S3Server::start(&["study"]);
+    let work = tempfile::tempdir().unwrap();
+    let env = server.env(work.path().join("cache"));
+    let local = work.path().join("lake").display().to_string();
+    let s3 = "s3://study/lake";
+    let fx = sae_pt();
+    for lake in [local.as_str(), s3] {
+        ok(saerl(&env, lake, &["import", "pt", fx.to_str().unwrap()]));
+    }
+    let cluster = Cluster::start(&env, s3, work.path());
+    let mut nonempty = 0;
+    for (name, file) in saved_queries() {
+        let want = query(&env, &local, &[], &file);
+        nonempty += usize::from(want.lines().count() > 1);
+        let on_s3 = query(&env, s3, &[], &file);
+        same(&want, &on_s3, &format!("{name} on the object store"));
+        let on_cluster = query(&env, s3, &["--cluster", &cluster.url], &file);
+        same(&want, &on_cluster, &format!("{name} on the cluster"));
+    }
+    assert!(nonempty > 0, "every saved query came back empty");
+    // The report runs on the cluster too.
+    let out = work.path().join("report");
+    ok(saerl(
+        &env,
+        s3,
+        &["report", out.to_str().unwrap(), "--cluster", &cluster.url],
+    ));
+    let page = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        !page.contains("The query failed"),
+        "a query failed on the cluster"
+    );
+    drop(cluster);
+}
