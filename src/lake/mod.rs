@@ -280,12 +280,12 @@ impl Lake {
             let mut dirs: Vec<&str> = files
                 .iter()
                 .filter_map(|f| f.rel.rsplit_once('/').map(|(d, _)| d))
-                .collect::<Vec<_>>();
+                .collect();
+            dirs.sort_unstable();
             dirs.dedup();
-            let rels: Vec<String> = dirs.into_iter().map(str::to_string).collect();
-            for d in rels {
-                let dir = self.root.join(&d);
-                let rel = Path::new(&d)
+            for d in dirs {
+                let dir = self.root.join(d);
+                let rel = Path::new(d)
                     .strip_prefix(table.name())
                     .unwrap_or(Path::new(""));
                 match PartitionKey::parse(table, rel) {
@@ -298,7 +298,6 @@ impl Lake {
                 }
             }
             out.sort();
-            out.dedup();
             return Ok(out);
         }
         if base.is_dir() {
@@ -312,15 +311,7 @@ impl Lake {
     pub fn files(&self, table: Table) -> Result<Vec<PathBuf>> {
         let mut files = Vec::new();
         for (key, _) in self.partitions(table)? {
-            let dir = self.data_dir(table, &key)?;
-            for e in
-                std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
-            {
-                let p = e?.path();
-                if p.extension().is_some_and(|x| x == "parquet") {
-                    files.push(p);
-                }
-            }
+            files.extend(read::partition_files(&self.data_dir(table, &key)?)?);
         }
         files.sort();
         Ok(files)

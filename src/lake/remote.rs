@@ -375,19 +375,22 @@ impl Remote {
     pub fn roll_forward(&self) -> Result<u64> {
         let (records, done) = self.log()?;
         for &n in records.iter().filter(|n| !done.contains(n)) {
-            let rel = Self::record_rel(n, "json");
-            let (store, path) = (self.store.clone(), self.path(&rel));
-            let bytes = block(async move { store.get(&path).await?.bytes().await })
-                .with_context(|| self.err(&format!("reading {rel}")))?;
-            let record: RemoteRecord = serde_json::from_slice(&bytes).with_context(|| {
-                format!(
-                    "{}/{rel} is not a saerl commit record; delete it to discard that commit",
-                    self.url
-                )
-            })?;
-            self.publish(n, &record)?;
+            self.publish(n, &self.read_record(n)?)?;
         }
         Ok(records.last().copied().unwrap_or(0))
+    }
+
+    fn read_record(&self, n: u64) -> Result<RemoteRecord> {
+        let rel = Self::record_rel(n, "json");
+        let (store, path) = (self.store.clone(), self.path(&rel));
+        let bytes = block(async move { store.get(&path).await?.bytes().await })
+            .with_context(|| self.err(&format!("reading {rel}")))?;
+        serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{}/{rel} is not a saerl commit record; delete it to discard that commit",
+                self.url
+            )
+        })
     }
 
     /// Creates commit record `n` unless another writer did first (then `Ok(false)`).
@@ -459,11 +462,7 @@ impl Remote {
     pub fn has_record_of(&self, txn: &str) -> Result<bool> {
         let (records, _) = self.log()?;
         for n in records {
-            let rel = Self::record_rel(n, "json");
-            let (store, path) = (self.store.clone(), self.path(&rel));
-            let bytes = block(async move { store.get(&path).await?.bytes().await })
-                .with_context(|| self.err(&format!("reading {rel}")))?;
-            if serde_json::from_slice::<RemoteRecord>(&bytes).is_ok_and(|r| r.txn == txn) {
+            if self.read_record(n)?.txn == txn {
                 return Ok(true);
             }
         }

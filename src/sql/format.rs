@@ -97,3 +97,40 @@ fn flatten_nested(b: &RecordBatch) -> Result<RecordBatch> {
     }
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
 }
+
+/// The first line where two CSV outputs of one statement disagree, or `None`. Cells agree when
+/// their text is equal or they are floats equal to 1e-12 relative: a distributed aggregate adds
+/// its partial sums in another order, which moves the last bits.
+pub fn first_csv_difference(a: &str, b: &str) -> Option<usize> {
+    let cell = |x: &str, y: &str| {
+        x == y
+            || match (x.parse::<f64>(), y.parse::<f64>()) {
+                (Ok(x), Ok(y)) => (x - y).abs() <= 1e-12 * x.abs().max(y.abs()).max(1e-300),
+                _ => false,
+            }
+    };
+    let row = |x: &str, y: &str| {
+        let (xs, ys): (Vec<_>, Vec<_>) = (x.split(',').collect(), y.split(',').collect());
+        xs.len() == ys.len() && xs.iter().zip(&ys).all(|(p, q)| cell(p, q))
+    };
+    let (a, b): (Vec<_>, Vec<_>) = (a.lines().collect(), b.lines().collect());
+    (0..a.len().max(b.len())).find(|&i| match (a.get(i), b.get(i)) {
+        (Some(x), Some(y)) => !row(x, y),
+        _ => true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_csv_difference;
+
+    #[test]
+    fn csv_outputs_agree_up_to_summation_order_and_no_further() {
+        let a = "name,x\nq,0.30000000000000004\nr,1\n";
+        assert_eq!(first_csv_difference(a, "name,x\nq,0.3\nr,1\n"), None);
+        assert_eq!(first_csv_difference(a, "name,x\nq,0.3001\nr,1\n"), Some(1));
+        assert_eq!(first_csv_difference(a, "name,x\nq,0.3\n"), Some(2));
+        assert_eq!(first_csv_difference(a, "name,x\nq,0.3,1\nr,1\n"), Some(1));
+        assert_eq!(first_csv_difference("a\nNaN\n", "a\nNaN\n"), None);
+    }
+}

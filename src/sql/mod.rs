@@ -12,5 +12,5 @@ pub mod saved;
 pub mod session;
 
 pub use exec::run_sql;
-pub use format::{print_batches, Format};
+pub use format::{first_csv_difference, print_batches, Format};
 pub use session::open_session;

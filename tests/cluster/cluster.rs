@@ -109,31 +109,13 @@ impl Cluster {
     }
 }
 
-/// Two CSV cells agree: equal text, or floats equal up to summation order (a distributed
-/// aggregate adds its partial sums in another order, which moves the last bits).
-fn cell_agrees(a: &str, b: &str) -> bool {
-    if a == b {
-        return true;
-    }
-    match (a.parse::<f64>(), b.parse::<f64>()) {
-        (Ok(x), Ok(y)) => (x - y).abs() <= 1e-12 * x.abs().max(y.abs()).max(1e-300),
-        _ => false,
-    }
-}
-
-/// The same rows in the same order, or a panic showing the first line that differs.
+/// The same rows in the same order (floats up to summation order), or a panic showing the first
+/// line that differs.
 fn same(want: &str, got: &str, what: &str) {
-    let (w, g): (Vec<_>, Vec<_>) = (want.lines().collect(), got.lines().collect());
-    let agrees = |x: &str, y: &str| {
-        let (xs, ys): (Vec<_>, Vec<_>) = (x.split(',').collect(), y.split(',').collect());
-        xs.len() == ys.len() && xs.iter().zip(&ys).all(|(a, b)| cell_agrees(a, b))
-    };
-    let Some(i) = (0..w.len().max(g.len())).find(|&i| match (w.get(i), g.get(i)) {
-        (Some(x), Some(y)) => !agrees(x, y),
-        _ => true,
-    }) else {
+    let Some(i) = saerl::sql::first_csv_difference(want, got) else {
         return;
     };
+    let (w, g): (Vec<_>, Vec<_>) = (want.lines().collect(), got.lines().collect());
     panic!(
         "{what}: {} rows vs {} locally; first difference at line {i}:\n  local: {:?}\n  here:  {:?}",
         g.len(),

@@ -46,10 +46,9 @@ pub async fn run(lake: &Lake, cluster: &str, runs: usize) -> Result<()> {
     for (name, sql) in QUERIES {
         let (tl, a) = time(&local, sql, runs).await?;
         let (tc, b) = time(&remote, sql, runs).await?;
-        let same = if csv(&a)? == csv(&b)? {
-            "same"
-        } else {
-            "DIFFER"
+        let same = match crate::sql::first_csv_difference(&csv(&a)?, &csv(&b)?) {
+            None => "same".to_string(),
+            Some(line) => format!("DIFFER from line {line}"),
         };
         let rows: usize = a.iter().map(|b| b.num_rows()).sum();
         println!(
