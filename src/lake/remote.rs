@@ -194,21 +194,51 @@ impl Remote {
 
     /// Every object under `rel` (recursively).
     fn list(&self, rel: &str) -> Result<Vec<RemoteFile>> {
-        let store = self.store.clone();
-        let prefix = self.path(rel);
-        let metas: Vec<object_store::ObjectMeta> =
-            block(async move { store.list(Some(&prefix)).try_collect().await })
-                .with_context(|| self.err(&format!("listing {rel}")))?;
-        let mut out: Vec<RemoteFile> = metas
-            .into_iter()
-            .map(|m| RemoteFile {
-                rel: self.rel(&m.location),
-                size: m.size,
-                e_tag: m.e_tag,
+        Ok(self
+            .list_many(&[rel.to_string()])?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// Every object under each of `rels` (recursively), listed concurrently: a commit checks
+    /// and publishes one directory per SAE or stage.
+    fn list_many(&self, rels: &[String]) -> Result<Vec<Vec<RemoteFile>>> {
+        let jobs: Vec<_> = rels
+            .iter()
+            .map(|rel| {
+                let (store, prefix) = (self.store.clone(), self.path(rel));
+                let what = self.err(&format!("listing {rel}"));
+                async move {
+                    let metas: Vec<object_store::ObjectMeta> = store
+                        .list(Some(&prefix))
+                        .try_collect()
+                        .await
+                        .context(what)?;
+                    anyhow::Ok(metas)
+                }
             })
             .collect();
-        out.sort_by(|a, b| a.rel.cmp(&b.rel));
-        Ok(out)
+        let listings = block(async move {
+            futures::stream::iter(jobs)
+                .buffered(CONCURRENCY)
+                .try_collect::<Vec<_>>()
+                .await
+        })?;
+        Ok(listings
+            .into_iter()
+            .map(|metas| {
+                let mut out: Vec<RemoteFile> = metas
+                    .into_iter()
+                    .map(|m| RemoteFile {
+                        rel: self.rel(&m.location),
+                        size: m.size,
+                        e_tag: m.e_tag,
+                    })
+                    .collect();
+                out.sort_by(|a, b| a.rel.cmp(&b.rel));
+                out
+            })
+            .collect())
     }
 
     /// Whether anything at all lives under the prefix (a lake or the start of one).
@@ -434,9 +464,10 @@ impl Remote {
         }
         self.all(copies)?;
         // A replaced partition's files that the new one does not have.
+        let dests: Vec<String> = record.moves.iter().map(|m| m.dest.clone()).collect();
         let mut stale = Vec::new();
-        for m in &record.moves {
-            for old in self.list(&m.dest)? {
+        for (m, listing) in record.moves.iter().zip(self.list_many(&dests)?) {
+            for old in listing {
                 let rest = old.rel[m.dest.len()..].trim_start_matches('/').to_string();
                 if !rest.contains('/') && !m.files.contains(&rest) {
                     stale.push(old.rel);
@@ -453,9 +484,9 @@ impl Remote {
         Ok(())
     }
 
-    /// Whether anything lives under directory `rel` (uncached).
-    pub fn has_dir(&self, rel: &str) -> Result<bool> {
-        Ok(!self.list(rel)?.is_empty())
+    /// The first of directories `rels` that holds anything (uncached).
+    pub fn first_occupied(&self, rels: &[String]) -> Result<Option<usize>> {
+        Ok(self.list_many(rels)?.iter().position(|l| !l.is_empty()))
     }
 
     /// Whether transaction `txn` got as far as its commit record.

@@ -355,10 +355,15 @@ impl Txn {
                     moves.push(remote.stage_partition(txn, &s.tmp, &rel(&s.dest)?)?);
                 }
             }
-            for s in &self.staged {
-                if !(s.replace || self.overwrite) && remote.has_dir(&rel(&s.dest)?)? {
-                    bail!("{} appeared in {} while this command ran; nothing was written (re-run with --overwrite to replace it)", s.label, remote.url());
-                }
+            let fresh: Vec<_> = (self.staged.iter())
+                .filter(|s| !(s.replace || self.overwrite))
+                .collect();
+            let dests = fresh
+                .iter()
+                .map(|s| rel(&s.dest))
+                .collect::<Result<Vec<_>>>()?;
+            if let Some(i) = remote.first_occupied(&dests)? {
+                bail!("{} appeared in {} while this command ran; nothing was written (re-run with --overwrite to replace it)", fresh[i].label, remote.url());
             }
             let record = RemoteRecord {
                 txn: txn.to_string(),

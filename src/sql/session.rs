@@ -190,23 +190,34 @@ async fn register_table(ctx: &SessionContext, lake: &Lake, table: Table) -> Resu
 // AsyncFileReader, which would do exactly what it does.
 #[allow(deprecated)]
 async fn remote_schemas(ctx: &SessionContext, r: &Remote, table: Table) -> Result<Vec<SchemaRef>> {
+    use futures::{StreamExt, TryStreamExt};
     use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
     let url =
         datafusion::execution::object_store::ObjectStoreUrl::parse(format!("s3://{}", r.bucket()))?;
     let store = ctx.runtime_env().object_store(url)?;
-    let mut out = Vec::new();
-    for f in r.table_files(table)?.iter() {
+    // Two small requests per file: issued concurrently, as a table holds one file per SAE.
+    let files = r.table_files(table)?;
+    let reads = files.iter().map(|f| {
         let path = object_store::path::Path::from(
             format!("{}/{}", r.prefix_str(), f.rel).trim_start_matches('/'),
         );
         let reader = ParquetObjectReader::new(store.clone(), path).with_file_size(f.size);
-        let builder = ParquetRecordBatchStreamBuilder::new(reader)
-            .await
-            .with_context(|| format!("{}/{}: not a readable Parquet file", r.url(), f.rel))?;
-        out.push(builder.schema().clone());
-    }
-    Ok(out)
+        let what = format!("{}/{}: not a readable Parquet file", r.url(), f.rel);
+        async move {
+            let builder = ParquetRecordBatchStreamBuilder::new(reader)
+                .await
+                .context(what)?;
+            anyhow::Ok(builder.schema().clone())
+        }
+    });
+    futures::stream::iter(reads)
+        .buffered(FOOTER_READS)
+        .try_collect()
+        .await
 }
+
+/// Footer reads in flight per table when a session opens on an object store.
+const FOOTER_READS: usize = 16;
 
 /// `topk_encode`'s SAEs, loaded from the lake once per session.
 struct LakeSaes {

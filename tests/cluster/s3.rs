@@ -43,6 +43,9 @@ impl S3Server {
                 let Ok((socket, _)) = listener.accept().await else {
                     continue;
                 };
+                // Headers and body go out in two writes; with Nagle on, each response waits
+                // for the client's delayed ACK (40 ms), as no real S3 endpoint does.
+                let _ = socket.set_nodelay(true);
                 let service = service.clone();
                 tokio::spawn(async move {
                     let conn = ConnBuilder::new(TokioExecutor::new());
