@@ -355,7 +355,9 @@ impl Txn {
                     moves.push(remote.stage_partition(txn, &s.tmp, &rel(&s.dest)?)?);
                 }
             }
-            let fresh: Vec<_> = (self.staged.iter())
+            let fresh: Vec<_> = self
+                .staged
+                .iter()
                 .filter(|s| !(s.replace || self.overwrite))
                 .collect();
             let dests = fresh
