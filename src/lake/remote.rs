@@ -103,6 +103,16 @@ where
     rx.recv().expect("object-store task panicked")
 }
 
+/// A temporary name beside `dest`, unique per call: tasks of one process (an executor's) and
+/// processes sharing a cache may fetch the same partition at once. Not `*.parquet`, so readers
+/// and the cache's clean-up pass over it.
+fn unique_tmp(dest: &Path) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    dest.with_file_name(format!(".{name}.{}-{seq}.tmp", std::process::id()))
+}
+
 /// Whether `--lake` names an object store rather than a directory.
 pub fn is_remote(location: &str) -> bool {
     location.starts_with("s3://")
@@ -297,7 +307,10 @@ impl Remote {
                 && std::fs::read_to_string(&tag_file).ok().as_deref() == Some(tag.as_str());
             if !cached {
                 self.download(&f.rel, &dest)?;
-                super::write_atomic(&tag_file, tag.as_bytes())?;
+                let tmp = unique_tmp(&tag_file);
+                std::fs::write(&tmp, tag.as_bytes())
+                    .and_then(|_| std::fs::rename(&tmp, &tag_file))
+                    .with_context(|| format!("writing {}", tag_file.display()))?;
             }
         }
         // Files the store no longer has (a replaced partition's extra chunks).
@@ -313,10 +326,7 @@ impl Remote {
 
     /// Streams an object to a temporary file beside `dest`, then renames it into place.
     fn download(&self, rel: &str, dest: &Path) -> Result<()> {
-        // Unique per call: tasks of one process may fetch the same partition at once.
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = dest.with_extension(format!("download-{}-{seq}", std::process::id()));
+        let tmp = unique_tmp(dest);
         let (store, path, tmp2) = (self.store.clone(), self.path(rel), tmp.clone());
         block(async move {
             let mut stream = store.get(&path).await?.into_stream();

@@ -24,26 +24,11 @@ fn questions(dir: &Path) -> String {
 
 fn ingest(env: &S3Env, lake: &str, data: &str, stage: &str) -> std::process::Command {
     let model = fixtures().join("tiny-qwen2");
+    let args = crate::shared::ingest_args(&model, Path::new(data), stage, &last_layer(), 24, 4);
     saerl(
         env,
         lake,
-        &[
-            "ingest",
-            "--chain",
-            "tiny",
-            "--stage",
-            stage,
-            "--model",
-            model.to_str().unwrap(),
-            "--layers",
-            &last_layer(),
-            "--data",
-            data,
-            "--max-len",
-            "24",
-            "--batch",
-            "4",
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
     )
 }
 

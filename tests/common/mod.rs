@@ -263,3 +263,35 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `saerl ingest` of chain `tiny` at `stage` with the fixture model `model`.
+pub fn ingest_args(
+    model: &Path,
+    data: &Path,
+    stage: &str,
+    layers: &str,
+    max_len: usize,
+    batch: usize,
+) -> Vec<String> {
+    let (model, data) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let (max_len, batch) = (max_len.to_string(), batch.to_string());
+    [
+        "ingest",
+        "--chain",
+        "tiny",
+        "--stage",
+        stage,
+        "--model",
+        model,
+        "--layers",
+        layers,
+        "--data",
+        data,
+        "--max-len",
+        &max_len,
+        "--batch",
+        &batch,
+    ]
+    .map(String::from)
+    .to_vec()
+}

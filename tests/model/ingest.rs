@@ -32,25 +32,7 @@ pub fn questions_file(dir: &Path) -> PathBuf {
 }
 
 pub fn ingest_args(data: &Path, stage: &str, layers: &str, batch: usize) -> Vec<String> {
-    [
-        "ingest",
-        "--chain",
-        "tiny",
-        "--stage",
-        stage,
-        "--model",
-        tiny().to_str().unwrap(),
-        "--layers",
-        layers,
-        "--data",
-        data.to_str().unwrap(),
-        "--max-len",
-        &max_len().to_string(),
-        "--batch",
-        &batch.to_string(),
-    ]
-    .map(String::from)
-    .to_vec()
+    crate::shared::ingest_args(&tiny(), data, stage, layers, max_len(), batch)
 }
 
 fn run_ok(lake: &Path, args: &[String]) {
