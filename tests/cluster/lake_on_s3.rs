@@ -76,11 +76,17 @@ fn ingest_and_train_on_the_object_store_give_the_local_tables() {
                 s,
             );
             c.stdout(std::process::Stdio::null());
+            c.stderr(std::process::Stdio::piped());
             c.spawn().unwrap()
         })
         .collect();
-    for r in racers.iter_mut() {
-        assert!(r.wait().unwrap().success(), "a concurrent ingest failed");
+    for r in racers.drain(..) {
+        let o = r.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "a concurrent ingest failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     ok(saerl(&env, s3, &train));
     let (want, got) = (answers(&env, &local), answers(&env, s3));
