@@ -465,7 +465,12 @@ impl Remote {
                     let (store, a, b) = (self.store.clone(), self.path(&from), self.path(&to));
                     let what = self.err(&format!("publishing {to}"));
                     copies.push(async move {
-                        store.copy(&a, &b).await.context(what)?;
+                        match store.copy(&a, &b).await {
+                            // Another reader or writer published this record meanwhile and
+                            // removed the staged copy (it does so only after the marker).
+                            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                            Err(e) => return Err(e).context(what),
+                        }
                         crate::fault::point("remote.publish");
                         Ok(())
                     });
