@@ -219,7 +219,7 @@ impl ActivationRows {
         } else {
             batch
         };
-        let mut rng = SplitMix64::new(shuffle.unwrap_or(0) ^ 0x5EED_0F_B0FFE2);
+        let mut rng = SplitMix64::new(shuffle.unwrap_or(0) ^ 0x5EED_0FB0_FFE2);
         let mut buf: Vec<f32> = Vec::new();
         for (i, &p) in order.iter().enumerate() {
             buf.extend(self.read_piece(&self.pieces[p])?);

@@ -100,8 +100,8 @@ pub fn read_vectors(
             }
         };
         if values.len() != n * 4
-            || !levels_match(&def, n, |_, _, level| level == 1)
-            || !levels_match(&rep, n, list_runs)
+            || !levels_match(def, n, |_, _, level| level == 1)
+            || !levels_match(rep, n, list_runs)
         {
             return Ok(None);
         }

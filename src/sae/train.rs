@@ -452,7 +452,7 @@ pub fn train_on(
     on_epoch: &mut dyn FnMut(&EpochLog),
 ) -> Result<TrainResult> {
     let d = init.d_model;
-    if train.len() % d != 0 || val.len() % d != 0 {
+    if !train.len().is_multiple_of(d) || !val.len().is_multiple_of(d) {
         bail!("rows must be multiples of d_model = {d}");
     }
     let (train, val) = (MemRows::new(d, train), MemRows::new(d, val));

@@ -435,10 +435,10 @@ where
             ch.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
                 .map_err(plot_err)?;
         }
-        let mut drawn = ch
+        let drawn = ch
             .draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
             .map_err(plot_err)?;
-        label_series(&mut drawn, name, c);
+        label_series(drawn, name, c);
     }
     draw_legend(&mut ch, &names)
 }
@@ -484,8 +484,8 @@ where
                 ))
             })
             .collect();
-        let mut drawn = ch.draw_series(bars).map_err(plot_err)?;
-        label_series(&mut drawn, name, c);
+        let drawn = ch.draw_series(bars).map_err(plot_err)?;
+        label_series(drawn, name, c);
     }
     draw_legend(&mut ch, &names)
 }

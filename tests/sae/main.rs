@@ -209,8 +209,8 @@ fn resampling_reinitialises_planted_dead_features_from_high_error_rows() {
             idx.sort_by(|&a, &b| z[b].total_cmp(&z[a]));
             let mut x_hat = before.b_dec.clone();
             for &i in &idx[..before.k] {
-                for j in 0..d {
-                    x_hat[j] += z[i] * before.w_dec[i * d + j];
+                for (xh, w) in x_hat.iter_mut().zip(&before.w_dec[i * d..(i + 1) * d]) {
+                    *xh += z[i] * w;
                 }
             }
             x.iter()

@@ -403,8 +403,8 @@ fn stats_density_effective_count_and_lifecycle_match_first_principles() {
         let cos = t["decoder_cos"].as_array().unwrap();
         for r in bm.iter().filter(|r| {
             r["chain"] == t["chain"].as_str().unwrap()
-                && r["layer"] == t["layer"].to_string()
-                && r["k"] == t["k"].to_string()
+                && r["layer"].parse::<i64>().ok() == t["layer"].as_i64()
+                && r["k"].parse::<i64>().ok() == t["k"].as_i64()
                 && r["stage_from"] == t["from"].as_str().unwrap()
                 && r["stage_to"] == t["to"].as_str().unwrap()
         }) {
