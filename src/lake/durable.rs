@@ -2,7 +2,8 @@
 //! that name them.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 
@@ -27,12 +28,22 @@ pub fn sync_tree(dir: &Path) -> Result<()> {
     sync_path(dir)
 }
 
+/// A temporary name beside `dest`, unique per call: tasks of one process (an executor's) and
+/// processes sharing a directory (the object-store cache) may write the same file at once. Not
+/// `*.parquet`, so readers and the cache's clean-up pass over it.
+pub fn unique_tmp(dest: &Path) -> PathBuf {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    dest.with_file_name(format!(".{name}.{}-{seq}.tmp", std::process::id()))
+}
+
 /// Replaces `path` with `bytes` all at once: a temporary file beside it, fsynced, renamed over
 /// it, and the directory fsynced. A crash leaves the old file or the new one, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().context("a file path has a parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("partial");
+    let tmp = unique_tmp(path);
     let write = || -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
         std::io::Write::write_all(&mut f, bytes)?;

@@ -25,7 +25,7 @@ pub use durable::{sync_path, write_atomic};
 pub use lock::LockGuard;
 pub(crate) use read::panic_text;
 pub use read::{check_parquet, partition_files, read_parquet};
-pub use remote::{is_remote, rel_str, s3_store, Remote, RemoteFile};
+pub use remote::{is_remote, rel_str, s3_store, Remote, RemoteFile, CONCURRENCY};
 pub use rows::{
     activation_batch, docs_batch, evals_batch, feature_stats_batch, top_examples_batch,
     train_log_batch, vocab_batch,

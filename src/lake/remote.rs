@@ -32,8 +32,9 @@ use tokio::io::AsyncWriteExt;
 
 use super::{PartitionKey, Table};
 
-/// Object-store requests in flight at once when uploading, publishing or deleting.
-const CONCURRENCY: usize = 16;
+/// Object-store requests in flight at once when listing, uploading, publishing, deleting or
+/// reading footers.
+pub const CONCURRENCY: usize = 16;
 
 /// One data file of a table on the store.
 #[derive(Debug, Clone)]
@@ -101,16 +102,6 @@ where
         let _ = tx.send(f.await);
     });
     rx.recv().expect("object-store task panicked")
-}
-
-/// A temporary name beside `dest`, unique per call: tasks of one process (an executor's) and
-/// processes sharing a cache may fetch the same partition at once. Not `*.parquet`, so readers
-/// and the cache's clean-up pass over it.
-fn unique_tmp(dest: &Path) -> PathBuf {
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = dest.file_name().unwrap_or_default().to_string_lossy();
-    dest.with_file_name(format!(".{name}.{}-{seq}.tmp", std::process::id()))
 }
 
 /// Whether `--lake` names an object store rather than a directory.
@@ -307,10 +298,7 @@ impl Remote {
                 && std::fs::read_to_string(&tag_file).ok().as_deref() == Some(tag.as_str());
             if !cached {
                 self.download(&f.rel, &dest)?;
-                let tmp = unique_tmp(&tag_file);
-                std::fs::write(&tmp, tag.as_bytes())
-                    .and_then(|_| std::fs::rename(&tmp, &tag_file))
-                    .with_context(|| format!("writing {}", tag_file.display()))?;
+                super::write_atomic(&tag_file, tag.as_bytes())?;
             }
         }
         // Files the store no longer has (a replaced partition's extra chunks).
@@ -326,7 +314,7 @@ impl Remote {
 
     /// Streams an object to a temporary file beside `dest`, then renames it into place.
     fn download(&self, rel: &str, dest: &Path) -> Result<()> {
-        let tmp = unique_tmp(dest);
+        let tmp = super::durable::unique_tmp(dest);
         let (store, path, tmp2) = (self.store.clone(), self.path(rel), tmp.clone());
         block(async move {
             let mut stream = store.get(&path).await?.into_stream();

@@ -211,13 +211,10 @@ async fn remote_schemas(ctx: &SessionContext, r: &Remote, table: Table) -> Resul
         }
     });
     futures::stream::iter(reads)
-        .buffered(FOOTER_READS)
+        .buffered(crate::lake::CONCURRENCY)
         .try_collect()
         .await
 }
-
-/// Footer reads in flight per table when a session opens on an object store.
-const FOOTER_READS: usize = 16;
 
 /// `topk_encode`'s SAEs, loaded from the lake once per session.
 struct LakeSaes {
