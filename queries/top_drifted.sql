@@ -36,7 +36,7 @@ SELECT r.chain, r.layer, r.k, r.first_stage, r.last_stage, r.feature, r.drift, r
        string_agg(v.token, ' | ' ORDER BY t.rank) AS top_tokens
 FROM ranked r
 LEFT JOIN top_examples t ON t.chain = r.chain AND t.stage = r.last_stage AND t.layer = r.layer
- AND t.k = r.k AND t.feature = r.feature AND t.rank <= 8
+ AND t.k = r.k AND t.feature = r.feature AND t.rank <= 8 AND coalesce(t.split, 'val') = 'val'
 LEFT JOIN vocab v ON v.chain = r.chain AND v.stage = r.last_stage AND v.token_id = t.token_id
 WHERE r.rnk <= 10
 GROUP BY r.chain, r.layer, r.k, r.first_stage, r.last_stage, r.feature, r.drift, r.density

@@ -106,7 +106,13 @@ fn parquet_questions(path: &Path, limit: Option<usize>) -> Result<Vec<Doc>> {
                 .with_context(|| format!("{}: column {name} is not text", path.display()))?;
             Ok(Some(col.as_string::<i32>().clone()))
         };
-        let (q, a) = (text("question")?.unwrap(), text("answer")?);
+        let q = text("question")?.with_context(|| {
+            format!(
+                "{}: no `question` column (GSM8k files have `question` and `answer`)",
+                path.display()
+            )
+        })?;
+        let a = text("answer")?;
         for i in 0..batch.num_rows() {
             if limit.is_some_and(|n| docs.len() >= n) {
                 return Ok(docs);

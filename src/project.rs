@@ -95,6 +95,28 @@ impl Project {
     }
 }
 
+impl Project {
+    /// The PPO step of a stage: `flag` (`--step`) when given, else the step this project
+    /// declares for it, else the study's naming (`instruct_base` 0, `ppo_stepN` N), else an
+    /// error naming the stage and both fixes.
+    pub fn step_of(&self, chain: &str, stage: &str, flag: Option<i64>) -> Result<i64> {
+        if let Some(s) = flag {
+            if s < 0 {
+                bail!("--step must be ≥ 0, got {s}");
+            }
+            return Ok(s);
+        }
+        if let Some(s) = self.stage(chain, stage).ok().and_then(|(_, s)| s.step) {
+            return Ok(s);
+        }
+        crate::lake::infer_step(stage).map_err(|_| {
+            anyhow::anyhow!(
+                "cannot tell the step of stage {stage:?} of chain {chain}: pass --step N, or declare it in saerl.toml under [chains.{chain}] as {{ name = \"{stage}\", step = N }} (stages named `instruct_base` or `ppo_stepN` need neither)"
+            )
+        })
+    }
+}
+
 /// Which prompt set a command reads.
 #[derive(Debug, Clone, Copy)]
 pub enum DataSet {
@@ -180,5 +202,24 @@ mod tests {
         assert_eq!(p.chains["flexible"].stages.len(), 8);
         assert_eq!(p.chains["kl0p025"].kl_coef, Some(0.025));
         assert!(p.data.train.is_some() && p.data.test.is_some());
+    }
+
+    /// The template is the study of `study.rs` (DESIGN.md's table): same chains, rewards, KL
+    /// coefficients and steps, so the two cannot drift apart.
+    #[test]
+    fn template_and_study_agree() {
+        let p: super::Project = toml::from_str(super::TEMPLATE).unwrap();
+        let names: Vec<&str> = crate::study::CHAINS.iter().map(|c| c.name).collect();
+        assert_eq!(p.chains.len(), names.len());
+        for c in crate::study::CHAINS {
+            let t = &p.chains[c.name];
+            assert_eq!(t.reward.as_deref(), Some(c.reward), "{}", c.name);
+            assert_eq!(t.kl_coef, Some(c.kl_coef), "{}", c.name);
+            let steps: Vec<i64> = t.stages.iter().map(|s| s.step.unwrap()).collect();
+            assert_eq!(steps, c.steps, "{}", c.name);
+            for s in &t.stages {
+                assert_eq!(s.name, crate::study::stage_name(s.step.unwrap()));
+            }
+        }
     }
 }

@@ -40,6 +40,28 @@ fn header(buf: &mut Vec<u8>, tag: u8) {
     buf.push(tag);
 }
 
+/// The lake a plan was made for travels with saerl's nodes: a process serving another lake
+/// would answer from the wrong tables (an empty drift, say), so it refuses instead.
+fn put_lake(buf: &mut Vec<u8>, lake: &Lake) {
+    buf.extend_from_slice(lake.identity().as_bytes());
+    buf.push(b'\n');
+}
+
+fn take_lake<'a>(ours: &Lake, payload: &'a [u8]) -> Result<&'a [u8]> {
+    let nl = payload
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| err("a plan node without its lake (a saerl of another version?)"))?;
+    let theirs = String::from_utf8_lossy(&payload[..nl]);
+    let mine = ours.identity();
+    if theirs != mine {
+        return Err(DataFusionError::Plan(format!(
+            "this cluster serves the lake {mine}, but the statement was planned for the lake {theirs}: start the scheduler and executors with --lake {theirs}, or run the client with --lake {mine}"
+        )));
+    }
+    Ok(&payload[nl + 1..])
+}
+
 fn err(e: impl std::fmt::Display) -> DataFusionError {
     DataFusionError::Execution(format!("saerl cluster codec: {e:#}"))
 }
@@ -81,7 +103,8 @@ impl LogicalExtensionCodec for LogicalCodec {
         ctx: &TaskContext,
     ) -> Result<Arc<dyn TableProvider>> {
         match ours(buf) {
-            Some((DRIFT_TABLE, _)) => {
+            Some((DRIFT_TABLE, payload)) => {
+                take_lake(&self.lake, payload)?;
                 let transitions = self.lake.sae_transitions().map_err(err)?;
                 Ok(Arc::new(
                     FeatureDrift::new(self.lake.clone(), transitions).merged(),
@@ -106,6 +129,7 @@ impl LogicalExtensionCodec for LogicalCodec {
     ) -> Result<()> {
         if node.is::<FeatureDrift>() {
             header(buf, DRIFT_TABLE);
+            put_lake(buf, &self.lake);
             return Ok(());
         }
         if let Some(mem) = node.downcast_ref::<MemTable>() {
@@ -166,7 +190,8 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match ours(buf) {
-            Some((DRIFT_EXEC, json)) => {
+            Some((DRIFT_EXEC, payload)) => {
+                let json = take_lake(&self.lake, payload)?;
                 let plan = serde_json::from_slice(json).map_err(err)?;
                 Ok(Arc::new(DriftExec::from_plan(&self.lake, plan)))
             }
@@ -182,6 +207,7 @@ impl PhysicalExtensionCodec for PhysicalCodec {
     ) -> Result<()> {
         if let Some(d) = node.downcast_ref::<DriftExec>() {
             header(buf, DRIFT_EXEC);
+            put_lake(buf, &self.lake);
             serde_json::to_writer(&mut *buf, &d.plan()).map_err(err)?;
             return Ok(());
         }

@@ -20,6 +20,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::lake::Lake;
+use crate::sql::rules::optimizer_rules;
 use crate::sql::session::{register_lake, register_udfs, runtime_env, session_config};
 
 /// Ballista's session settings for saerl: its plan codecs, and the adaptive planner off (in
@@ -51,6 +52,7 @@ pub async fn connect(lake: &Lake, url: &str) -> Result<SessionContext> {
         .with_default_features()
         .with_config(config)
         .with_runtime_env(runtime_env(lake)?)
+        .with_optimizer_rules(optimizer_rules())
         .build();
     let ctx = SessionContext::remote_with_state(url, state)
         .await
@@ -69,6 +71,7 @@ fn job_state(
         runtime_env(lake).map_err(|e| datafusion::common::DataFusionError::External(e.into()))?;
     let state = SessionStateBuilder::new_from_existing(base)
         .with_runtime_env(runtime)
+        .with_optimizer_rules(optimizer_rules())
         .build();
     let ctx = SessionContext::new_with_state(state);
     register_udfs(&ctx, lake)

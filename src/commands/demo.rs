@@ -132,7 +132,7 @@ fn prompt_files(out: &Path, a: &DemoArgs) -> Result<(PathBuf, PathBuf)> {
 fn write_project(out: &Path, train: &Path, test: &Path) -> Result<PathBuf> {
     let path = out.join("saerl.toml");
     let text = format!(
-        r#"# Written by `saerl demo`: the tiny chain it trains, ingests and analyses.
+        r#"{DEMO_PROJECT_HEAD}: the tiny chain it trains, ingests and analyses.
 [data]
 train = {train:?}
 test = {test:?}
@@ -211,16 +211,46 @@ fn tiny_models(out: &Path, train: &Path, a: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(a: &DemoArgs) -> Result<()> {
-    let out = a.out.as_path();
-    let lake = Lake::new(out.join("lake"));
-    for old in [lake.root().to_path_buf(), out.join("models")] {
-        if old.exists() {
-            std::fs::remove_dir_all(&old)
-                .with_context(|| format!("clearing the previous demo's {}", old.display()))?;
+/// The file that says a directory is the demo's own, so a rerun may clear what it made.
+const DEMO_MARKER: &str = ".saerl-demo";
+/// The first line of the project file the demo writes (how a demo directory made before the
+/// marker is recognised).
+const DEMO_PROJECT_HEAD: &str = "# Written by `saerl demo`";
+
+/// Makes `out` the demo's directory: a new or empty one gets the marker; one a previous demo
+/// made has its lake and models cleared; any other directory is refused, as it may hold a
+/// user's lake, models or project.
+fn claim_out_dir(out: &Path) -> Result<()> {
+    let marker = out.join(DEMO_MARKER);
+    let made_by_demo = marker.is_file()
+        || std::fs::read_to_string(out.join("saerl.toml"))
+            .is_ok_and(|t| t.starts_with(DEMO_PROJECT_HEAD));
+    if made_by_demo {
+        for old in [out.join("lake"), out.join("models")] {
+            if old.exists() {
+                std::fs::remove_dir_all(&old)
+                    .with_context(|| format!("clearing the previous demo's {}", old.display()))?;
+            }
         }
+    } else if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
+        anyhow::bail!(
+            "{} is not empty and was not made by `saerl demo` (no {DEMO_MARKER} in it); the demo writes a lake, models and a project there, so give it a new or empty directory with --out",
+            out.display()
+        );
+    } else if out.exists() && !out.is_dir() {
+        anyhow::bail!("{} is not a directory: pass --out a new or empty directory", out.display());
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    crate::durable::write_atomic(
+        &marker,
+        b"made by `saerl demo`: a rerun clears its lake and models\n",
+    )
+}
+
+pub async fn run(a: &DemoArgs) -> Result<()> {
+    let out = a.out.as_path();
+    claim_out_dir(out)?;
+    let lake = Lake::new(out.join("lake"));
     let (train_file, test_file) = prompt_files(out, a)?;
     let project = write_project(out, &train_file, &test_file)?;
     tiny_models(out, &train_file, a)?;
@@ -293,14 +323,17 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
         Format::Table,
         &mut std::io::stdout().lock(),
     )?;
-    for (name, sql) in QUERIES {
-        let batches = run_sql(&ctx, sql)
+    let queries = crate::sql::saved::builtin();
+    for q in &queries {
+        let (name, sql) = (q.name.as_str(), q.sql.as_str());
+        let params = q.defaults()?;
+        let batches = crate::sql::run_sql_with(&ctx, sql, &params)
             .await
             .with_context(|| format!("running queries/{name}.sql"))?;
         let csv = out.join(format!("{name}.csv"));
         print_batches(&batches, Format::Csv, &mut std::fs::File::create(&csv)?)?;
         for ext in ["svg", "png"] {
-            plot_query(&ctx, sql, &out.join(format!("{name}.{ext}")))
+            plot_query(&ctx, sql, &params, &out.join(format!("{name}.{ext}")))
                 .await
                 .with_context(|| format!("plotting {name}"))?;
         }
@@ -317,7 +350,14 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
     .await?;
     println!("\nKL ratio (kl0p025 / flexible per-step decoder drift):");
     print_batches(&kl, Format::Table, &mut std::io::stdout().lock())?;
-    let page = super::report::write_report(&lake, &out.join("report"), None).await?;
+    let page = super::report::write_report(
+        &lake,
+        &out.join("report"),
+        &queries,
+        &Default::default(),
+        None,
+    )
+    .await?;
     println!(
         "\nFigures and tables are in {}/. Explore further with:\n  saerl sql --lake {}\n\nThe report: {}",
         out.display(),

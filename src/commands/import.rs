@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use regex::Regex;
 
-use crate::lake::{check_name, infer_step, write_sae, Lake, PartitionKey, StageRow, Table, Txn};
+use crate::lake::{check_name, write_sae, Lake, PartitionKey, StageRow, Table, Txn};
 use crate::sae::interop::{self, Format};
 use crate::sae::{pt, Sae};
+use crate::project::Project;
 use crate::study::chain_defaults;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -68,13 +69,24 @@ impl Kind {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ImportPt {
+    /// One SAE (a file or directory), or a tree of `sae_<chain>/` folders.
     pub path: PathBuf,
+    /// The chain of a single SAE (default: from a `sae_<chain>/` folder above it).
     #[arg(long)]
     pub chain: Option<String>,
+    /// The stage of a single SAE (default: from its name `sae_{stage}_layer{N}`).
     #[arg(long)]
     pub stage: Option<String>,
+    /// The PPO step of a single SAE's stage (default: saerl.toml's, else from the stage name
+    /// `instruct_base` / `ppo_stepN`).
+    #[arg(long)]
+    pub step: Option<i64>,
+    /// The layer of a single SAE (default: from its name).
     #[arg(long)]
     pub layer: Option<i32>,
+    /// Project file whose declared stages give the steps of stages the study's naming does not.
+    #[arg(long, default_value = "saerl.toml")]
+    pub project: PathBuf,
     /// Replace partitions that already exist.
     #[arg(long)]
     pub overwrite: bool,
@@ -136,7 +148,7 @@ fn discover(root: &Path, kind: Kind) -> Result<Vec<Job>> {
                         path.display()
                     )
                 })?;
-            let name = path.file_name().unwrap().to_string_lossy();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
             let caps = re.captures(&name).with_context(|| {
                 format!("{}: the name is not {}", path.display(), kind.pattern())
             })?;
@@ -210,8 +222,8 @@ fn import(lake: &Lake, a: &ImportPt, kind: Kind) -> Result<()> {
     let jobs = if kind.is_sae(&a.path) {
         vec![single(a, kind)?]
     } else if a.path.is_dir() {
-        if a.chain.is_some() || a.stage.is_some() || a.layer.is_some() {
-            bail!("--chain/--stage/--layer apply to a single SAE; a tree names them by its folders and names");
+        if a.chain.is_some() || a.stage.is_some() || a.layer.is_some() || a.step.is_some() {
+            bail!("--chain/--stage/--step/--layer apply to a single SAE; a tree names them by its folders and names (steps from saerl.toml or the stage names)");
         }
         discover(&a.path, kind)?
     } else {
@@ -221,24 +233,21 @@ fn import(lake: &Lake, a: &ImportPt, kind: Kind) -> Result<()> {
         check_name("chain", &j.chain).with_context(|| j.file.display().to_string())?;
         check_name("stage", &j.stage).with_context(|| j.file.display().to_string())?;
     }
-    let mut jobs: Vec<(Job, i64)> = jobs
-        .into_iter()
-        .map(|j| -> Result<(Job, i64)> {
-            let step = infer_step(&j.stage).with_context(|| j.file.display().to_string())?;
-            Ok((j, step))
-        })
-        .collect::<Result<_>>()?;
-    jobs.sort_by(|(a, sa), (b, sb)| {
-        (&a.chain, sa, a.layer, &a.file).cmp(&(&b.chain, sb, b.layer, &b.file))
-    });
+    let project = Project::load_or_default(&a.project)?;
+    let mut jobs = jobs;
+    jobs.sort_by(|a, b| (&a.chain, &a.stage, a.layer, &a.file).cmp(&(&b.chain, &b.stage, b.layer, &b.file)));
 
     let mut txn = Txn::begin(lake, a.overwrite)?;
     let bar = super::progress(jobs.len() as u64, "import");
     let mut stage_rows: Vec<StageRow> = Vec::new();
     let mut imported = 0;
-    for (j, step) in &jobs {
-        bar.set_message(j.file.file_name().unwrap().to_string_lossy().into_owned());
+    for j in &jobs {
+        bar.set_message(j.file.display().to_string());
+        // The file first: "not a .pt file" says more than a missing step.
         let sae = kind.read(&j.file)?;
+        let step = project
+            .step_of(&j.chain, &j.stage, a.step)
+            .with_context(|| j.file.display().to_string())?;
         let key = PartitionKey::sae(&j.chain, &j.stage, j.layer, sae.k as i32);
         bar.inc(1);
         if !a.overwrite && lake.has_partition(Table::Saes, &key)? {
@@ -252,11 +261,14 @@ fn import(lake: &Lake, a: &ImportPt, kind: Kind) -> Result<()> {
             .iter()
             .any(|r| r.chain == j.chain && r.stage == j.stage)
         {
-            let (reward, kl_coef) = chain_defaults(&j.chain);
+            let (reward, kl_coef) = match project.chains.get(&j.chain) {
+                Some(c) => (c.reward.clone(), c.kl_coef),
+                None => chain_defaults(&j.chain),
+            };
             stage_rows.push(StageRow {
                 chain: j.chain.clone(),
                 stage: j.stage.clone(),
-                step: *step,
+                step,
                 reward,
                 kl_coef,
                 model_path: None,

@@ -16,8 +16,9 @@ use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{read_questions, val_rows, Doc, SplitKind};
+use crate::durable::AtomicFile;
 use crate::lake::{
-    activation_batch, check_name, docs_batch, infer_step, sync_path, vocab_batch,
+    activation_batch, check_name, docs_batch, vocab_batch,
     writer_properties, IngestStaging, Lake, PartitionKey, StageRow, Table, Txn,
 };
 use crate::model::{device, load_model, Qwen2, Qwen2Config, TextTokenizer};
@@ -28,10 +29,16 @@ use crate::study::chain_defaults;
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "ingest")]
 pub struct Ingest {
+    /// The chain the checkpoint belongs to.
     #[arg(long)]
     pub chain: String,
+    /// The stage (checkpoint) name, e.g. `instruct_base` or `ppo_step10`.
     #[arg(long)]
     pub stage: String,
+    /// The stage's PPO step (default: its step in saerl.toml, else from the name
+    /// `instruct_base` / `ppo_stepN`).
+    #[arg(long)]
+    pub step: Option<i64>,
     /// Hugging Face checkpoint directory (default: the stage's model in saerl.toml).
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -39,14 +46,16 @@ pub struct Ingest {
     #[arg(long, default_value = "saerl.toml")]
     pub project: PathBuf,
     /// Blocks whose output to store (0-based).
-    #[arg(long, value_delimiter = ',', default_value = "6,12,18,23")]
+    #[arg(long, value_delimiter = ',', default_values_t = crate::study::LAYERS.iter().map(|&l| l as usize).collect::<Vec<_>>())]
     pub layers: Vec<usize>,
     /// Questions: JSON lines or Hugging Face Parquet with a `question` column (raw text, no chat
     /// template). Default: `[data] train` in saerl.toml.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Tokens kept per question (longer ones are truncated).
     #[arg(long, default_value_t = 512)]
     pub max_len: usize,
+    /// Questions per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
     /// Only the first N questions.
@@ -55,15 +64,22 @@ pub struct Ingest {
     /// Fraction of rows in the val split: 0 = all train, 1 = all val (a held-out prompt set).
     #[arg(long, default_value_t = 0.2)]
     pub val_frac: f64,
+    /// How val rows are chosen: a seeded random permutation, or the last fraction.
     #[arg(long, value_enum, default_value = "random")]
     pub split: SplitKind,
+    /// Seed of the random split.
     #[arg(long, default_value_t = 0)]
     pub split_seed: u64,
+    /// `cpu` or `cuda` (the model on the GPU; needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Replace partitions that already exist.
     #[arg(long)]
     pub overwrite: bool,
+    /// When another saerl is ingesting the same stage into the lake, wait for it instead of
+    /// failing.
+    #[arg(long)]
+    pub wait: bool,
     /// Forward batches per chunk file (the unit of resumption).
     #[arg(long, default_value_t = 32, hide = true)]
     pub chunk_batches: usize,
@@ -104,6 +120,7 @@ struct Manifest {
 /// What one ingest will do: the questions as token rows, their split, and the blocks to store.
 struct Plan {
     project: Project,
+    step: i64,
     model_dir: PathBuf,
     data: PathBuf,
     tok: TextTokenizer,
@@ -223,6 +240,7 @@ fn plan(lake: &Lake, a: &Ingest) -> Result<Option<Plan>> {
         bail!("--val-frac must be between 0 and 1, got {}", a.val_frac);
     }
     let project = Project::load_or_default(&a.project)?;
+    let step = project.step_of(&a.chain, &a.stage, a.step)?;
     let model_dir = match &a.model {
         Some(m) => m.clone(),
         None => project
@@ -287,6 +305,7 @@ fn plan(lake: &Lake, a: &Ingest) -> Result<Option<Plan>> {
     }
     Ok(Some(Plan {
         project,
+        step,
         model_dir,
         data,
         tok,
@@ -372,17 +391,13 @@ fn write_chunk(
     let d = plan.d_model;
     let mut writers = Vec::new();
     for &l in &plan.layers {
-        let path = staging.chunk(l, c);
-        std::fs::create_dir_all(path.parent().unwrap())?;
-        let tmp = path.with_extension("parquet.tmp");
-        let file =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let file = AtomicFile::create(&staging.chunk(l, c))?;
         let schema = Table::Activations.file_schema(Some(d as i32));
-        writers.push((
-            ArrowWriter::try_new(file, schema, Some(writer_properties(Table::Activations)))?,
-            tmp,
-            path,
-        ));
+        writers.push(ArrowWriter::try_new(
+            file,
+            schema,
+            Some(writer_properties(Table::Activations)),
+        )?);
     }
     let docs: Vec<usize> = chunk.iter().flat_map(|r| r.clone()).collect();
     for window in docs.chunks(batch * BUCKET_BATCHES) {
@@ -405,7 +420,7 @@ fn write_chunk(
             }
             progress(rows.iter().map(Vec::len).sum::<usize>() as u64);
         }
-        for ((&l, (w, _, _)), per_doc) in plan.layers.iter().zip(writers.iter_mut()).zip(&outputs) {
+        for ((&l, w), per_doc) in plan.layers.iter().zip(writers.iter_mut()).zip(&outputs) {
             let (mut doc_id, mut pos, mut token, mut flags, mut x) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for (&doc, h) in window.iter().zip(per_doc) {
@@ -427,10 +442,8 @@ fn write_chunk(
             w.write(&activation_batch(doc_id, pos, token, &flags, x, d)?)?;
         }
     }
-    for (w, tmp, path) in writers {
-        w.close()?;
-        sync_path(&tmp)?;
-        std::fs::rename(&tmp, &path)?;
+    for w in writers {
+        w.into_inner()?.finish()?;
     }
     crate::fault::point("ingest.chunk");
     Ok(())
@@ -480,14 +493,10 @@ fn publish(
         Some((c, _)) => (c.reward.clone(), c.kl_coef),
         None => chain_defaults(&a.chain),
     };
-    let step = match declared.and_then(|(_, s)| s.step) {
-        Some(s) => s,
-        None => infer_step(&a.stage)?,
-    };
     txn.upsert_stages(&[StageRow {
         chain: a.chain.clone(),
         stage: a.stage.clone(),
-        step,
+        step: plan.step,
         reward,
         kl_coef,
         model_path: Some(std::path::absolute(&plan.model_dir)?.display().to_string()),

@@ -8,6 +8,7 @@ use crate::project::TEMPLATE;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct InitArgs {
+    /// Where to write the project file.
     #[arg(long, default_value = "saerl.toml")]
     pub path: PathBuf,
     /// Replace an existing file.
@@ -23,7 +24,7 @@ pub fn run(a: &InitArgs) -> Result<()> {
             path.display()
         );
     }
-    std::fs::write(path, TEMPLATE)?;
+    crate::durable::write_atomic(path, TEMPLATE.as_bytes())?;
     println!("wrote {}: edit the model paths, then `saerl ingest --chain flexible --stage instruct_base`", path.display());
     Ok(())
 }

@@ -33,12 +33,16 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
 /// `--k` (default all).
 #[derive(clap::Args, Debug, Clone)]
 pub struct SaeSelection {
+    /// The chain whose SAEs to work on.
     #[arg(long)]
     pub chain: String,
+    /// Only this stage (repeatable; default every stage with an SAE).
     #[arg(long)]
     pub stage: Vec<String>,
+    /// Only these layers (comma-separated; default all).
     #[arg(long, value_delimiter = ',')]
     pub layers: Vec<i32>,
+    /// Only SAEs of this k (default all).
     #[arg(long)]
     pub k: Option<i32>,
 }
@@ -62,10 +66,19 @@ impl SaeSelection {
             .filter(|k| k.chain == self.chain)
             .collect();
         if all.is_empty() {
+            let chains: Vec<String> = lake
+                .partitions(Table::Saes)?
+                .into_iter()
+                .map(|(k, _)| k.chain)
+                .collect();
             anyhow::bail!(
-                "no SAEs of chain {} in {} (train or import them first)",
-                self.chain,
-                lake.location()
+                "{} (train or import its SAEs first)",
+                crate::suggest::unknown(
+                    "chain with SAEs",
+                    &self.chain,
+                    &lake.location(),
+                    &chains
+                )
             );
         }
         let list = |v: Vec<String>| {

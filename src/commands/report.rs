@@ -10,8 +10,8 @@ use arrow::compute::concat_batches;
 use arrow::util::display::array_value_to_string;
 
 use crate::lake::Lake;
-use crate::sql::saved::QUERIES;
-use crate::sql::{header, plot, print_batches, run_sql, Format};
+use crate::sql::saved::{self, Params, SavedQuery};
+use crate::sql::{header, plot, print_batches, run_sql_with, Format};
 
 /// Rows shown per table in the page (the CSV beside it has them all).
 const TABLE_ROWS: usize = 100;
@@ -25,7 +25,7 @@ fn escape(s: &str) -> String {
 
 /// The comment lines of a query's header that are not `key: value` settings.
 fn description(sql: &str) -> String {
-    let keys = ["title", "chart", "x", "y", "value", "series", "facet"];
+    let keys = ["title", "chart", "x", "y", "value", "series", "facet", "param"];
     sql.lines()
         .map_while(|l| l.trim().strip_prefix("--"))
         .map(str::trim)
@@ -55,7 +55,8 @@ fn table_html(batch: &RecordBatch, csv: &str) -> Result<String> {
         writeln!(
             h,
             "<p class=note>First {TABLE_ROWS} of {} rows; all of them are in <a href=\"{csv}\">{csv}</a>.</p>",
-            batch.num_rows()
+            batch.num_rows(),
+            csv = escape(csv)
         )?;
     }
     Ok(h)
@@ -66,50 +67,87 @@ pub struct ReportArgs {
     /// Output directory (report.html and one CSV per query).
     #[arg(default_value = "report")]
     pub dir: PathBuf,
+    /// Run every `.sql` file of this directory instead of the built-in saved queries.
+    #[arg(long)]
+    pub queries: Option<PathBuf>,
+    /// A value for a parameter the queries declare (`-- param: NAME = DEFAULT`); repeatable.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = crate::sql::saved::parse_param)]
+    pub params: Vec<(String, String)>,
     /// Run the queries on a Ballista cluster (`df://HOST:PORT`, see `saerl cluster`).
     #[arg(long)]
     pub cluster: Option<String>,
 }
 
 pub async fn run(lake: &Lake, a: &ReportArgs) -> Result<()> {
-    let page = write_report(lake, &a.dir, a.cluster.as_deref()).await?;
+    let queries = match &a.queries {
+        Some(dir) => saved::load_dir(dir)?,
+        None => saved::builtin(),
+    };
+    let given: Params = a.params.iter().cloned().collect();
+    // A parameter no query declares is a typo, not something to ignore.
+    for k in given.keys() {
+        let mut declared = Vec::new();
+        for q in &queries {
+            declared.extend(q.defaults()?.into_keys());
+        }
+        if !declared.contains(k) {
+            declared.sort();
+            declared.dedup();
+            anyhow::bail!(
+                "no query declares the parameter {k:?} (declared: {})",
+                if declared.is_empty() { "none".into() } else { declared.join(", ") }
+            );
+        }
+    }
+    let page = write_report(lake, &a.dir, &queries, &given, a.cluster.as_deref()).await?;
     println!("wrote {}", page.display());
     Ok(())
 }
 
-/// Writes the report; returns the page's path.
-pub async fn write_report(lake: &Lake, dir: &Path, cluster: Option<&str>) -> Result<PathBuf> {
+/// Writes the report of `queries` (each with its defaults, overridden by `given` where it
+/// declares them); returns the page's path.
+pub async fn write_report(
+    lake: &Lake,
+    dir: &Path,
+    queries: &[SavedQuery],
+    given: &Params,
+    cluster: Option<&str>,
+) -> Result<PathBuf> {
     let lake = lake.existing()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let ctx = crate::cluster::session(&lake, cluster).await?;
     let mut body = String::new();
     let mut toc = String::new();
-    let bar = super::progress(QUERIES.len() as u64, "report");
-    for (name, sql) in QUERIES {
-        bar.set_message(name.to_string());
+    let bar = super::progress(queries.len() as u64, "report");
+    for q in queries {
+        let (name, sql) = (escape(&q.name), q.sql.as_str());
+        let mut params = q.defaults()?;
+        for (k, v) in given {
+            if params.contains_key(k) {
+                params.insert(k.clone(), v.clone());
+            }
+        }
+        bar.set_message(q.name.clone());
         let h = header::parse(sql)?;
         let title = h.title.clone().unwrap_or_else(|| name.to_string());
         write!(toc, "<li><a href=\"#{name}\">{}</a></li>", escape(&title))?;
         writeln!(
             body,
-            "<section id=\"{name}\"><h2>{}</h2><p>{}</p><p class=note>queries/{name}.sql</p>",
+            "<section id=\"{name}\"><h2>{}</h2><p>{}</p><p class=note>{name}.sql</p>",
             escape(&title),
             escape(&description(sql))
         )?;
-        match run_sql(&ctx, sql).await {
+        match run_sql_with(&ctx, sql, &params).await {
             Err(e) => write!(
                 body,
                 "<p class=err>The query failed: {}</p>",
                 escape(&format!("{e:#}"))
             )?,
             Ok(batches) => {
-                let csv = format!("{name}.csv");
-                print_batches(
-                    &batches,
-                    Format::Csv,
-                    &mut std::fs::File::create(dir.join(&csv))
-                        .with_context(|| format!("writing {}", dir.join(&csv).display()))?,
-                )?;
+                let csv = format!("{}.csv", q.name);
+                let mut file = crate::durable::AtomicFile::create(&dir.join(&csv))?;
+                print_batches(&batches, Format::Csv, &mut file)?;
+                file.finish()?;
                 let batch = match batches.first() {
                     Some(b) => concat_batches(&b.schema(), &batches)?,
                     None => RecordBatch::new_empty(std::sync::Arc::new(
@@ -148,7 +186,7 @@ figure {{ margin: 1em 0; overflow-x: auto; }}
 section {{ border-top: 1px solid #ddd; padding-top: 1em; }}
 </style></head><body>
 <h1>saerl report</h1>
-<p class=note>Lake {lake}; every saved query of queries/, run now.</p>
+<p class=note>Lake {lake}; every saved query, run now.</p>
 <ul>{toc}</ul>
 {body}
 </body></html>
@@ -156,8 +194,6 @@ section {{ border-top: 1px solid #ddd; padding-top: 1em; }}
         lake = escape(&lake.location())
     );
     let path = dir.join("report.html");
-    let tmp = dir.join("report.html.tmp");
-    std::fs::write(&tmp, page).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path)?;
+    crate::durable::write_atomic(&path, page.as_bytes())?;
     Ok(path)
 }

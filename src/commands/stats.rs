@@ -19,6 +19,7 @@ pub struct StatsArgs {
     /// `cpu` or `cuda` (the encoder and top-k on the GPU; needs `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Recompute statistics that exist already.
     #[arg(long)]
     pub overwrite: bool,
 }
@@ -28,7 +29,14 @@ pub fn run(lake: &Lake, a: &StatsArgs) -> Result<()> {
     let dev = crate::model::device(&a.device)?;
     for key in a.select.keys(lake)? {
         if !a.overwrite && lake.has_partition(Table::FeatureStats, &key)? {
-            println!("{key}: statistics exist, skipped (--overwrite to recompute)");
+            if top_examples_lack_split(lake, &key)? {
+                println!(
+                    "{key}: statistics exist, but its top_examples were written before their `split` column (SQL reads it as NULL, train and val mixed): rerun `saerl stats --chain {} --overwrite` to separate them",
+                    key.chain
+                );
+            } else {
+                println!("{key}: statistics exist, skipped (--overwrite to recompute)");
+            }
             continue;
         }
         let stats = compute(lake, &key, &dev)?;
@@ -46,6 +54,20 @@ pub fn run(lake: &Lake, a: &StatsArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether SAE `key`'s `top_examples` come from a saerl that mixed the splits.
+fn top_examples_lack_split(lake: &Lake, key: &PartitionKey) -> Result<bool> {
+    let dir = lake.data_dir(Table::TopExamples, key)?;
+    for f in crate::lake::partition_files(&dir)? {
+        if crate::lake::check_parquet(&f)?
+            .field_with_name("split")
+            .is_err()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The statistics of SAE `key` over its stage's activations at its layer.

@@ -14,24 +14,31 @@ use crate::sae::Sae;
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "train")]
 pub struct TrainArgs {
+    /// The chain whose stages to train along (its activations must be ingested).
     #[arg(long)]
     pub chain: String,
     /// Only these stages (their parents must be trained already); default all, in step order.
     #[arg(long)]
     pub stage: Vec<String>,
-    #[arg(long, value_delimiter = ',', default_value = "6,12,18,23")]
+    /// Layers to train SAEs at (comma-separated; default the study's).
+    #[arg(long, value_delimiter = ',', default_values_t = crate::study::LAYERS.to_vec())]
     pub layers: Vec<i32>,
+    /// Active latents per row (TopK's k).
     #[arg(long, default_value_t = 64)]
     pub k: usize,
     /// Dictionary size (default 8 × d_model).
     #[arg(long)]
     pub d_sae: Option<usize>,
+    /// Passes over the training rows; the best epoch by val MSE is kept.
     #[arg(long, default_value_t = 20)]
     pub epochs: usize,
+    /// Adam learning rate (cosine-annealed per step to a tenth).
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
+    /// Rows per optimiser step.
     #[arg(long, default_value_t = 512)]
     pub batch: usize,
+    /// Seed of the cold start, the shuffles and resampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Resample dead features after every this many epochs (never after the last); 0 = never.
@@ -50,8 +57,13 @@ pub struct TrainArgs {
     /// `cpu` (the CPU step) or `cuda` (the device path; needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Retrain SAEs that exist already.
     #[arg(long)]
     pub overwrite: bool,
+    /// When another saerl is training the same chain's layer and k, wait for it instead of
+    /// failing.
+    #[arg(long)]
+    pub wait: bool,
     /// Stop (with an error) after this many epochs of an SAE, leaving its checkpoint: for the
     /// resume test.
     #[arg(long, hide = true)]

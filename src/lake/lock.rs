@@ -18,6 +18,21 @@ use anyhow::{bail, Context, Result};
 
 use super::Lake;
 
+/// One statement's view of the lake: the shared lake lock (when the lake has one) and the
+/// commit the lake was at when it was taken.
+#[derive(Debug)]
+pub struct Snapshot {
+    _lock: Option<LockGuard>,
+    generation: u64,
+}
+
+impl Snapshot {
+    /// The lake's commit count (for an object store, its last commit record's number).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
 /// A held lock; released on drop.
 #[derive(Debug)]
 pub struct LockGuard {
@@ -95,20 +110,33 @@ impl Lake {
     }
 
     /// A consistent view of the lake for one read: holds the lake lock shared, after rolling
-    /// forward any commit a crashed writer left half-published. `None` for a lake no writer has
-    /// locked yet and this process may not create the lock file in (read-only).
-    pub fn read_guard(&self) -> Result<Option<LockGuard>> {
-        if let Some(r) = self.remote() {
-            // The store has no locks: complete any interrupted commit, then read what is there.
-            r.roll_forward()?;
-            r.refresh();
-        }
+    /// forward any commit a crashed writer left half-published, and says which commit the lake
+    /// is at. A reader creates nothing outside a lake: in a directory no writer has claimed
+    /// (or one it may not write to) it takes no lock, as there is nothing to coordinate with.
+    pub fn read_guard(&self) -> Result<Snapshot> {
+        let remote_head = match self.remote() {
+            Some(r) => {
+                // The store has no locks: complete any interrupted commit, then read what is there.
+                let head = r.roll_forward()?;
+                r.refresh();
+                Some(head)
+            }
+            None => None,
+        };
+        let generation = || match remote_head {
+            Some(h) => Ok(h),
+            None => self.local_generation(),
+        };
         loop {
-            let writable = std::fs::metadata(self.root())
-                .map(|m| !m.permissions().readonly())
-                .unwrap_or(false);
+            let writable = (remote_head.is_some() || self.is_claimed())
+                && std::fs::metadata(self.root())
+                    .map(|m| !m.permissions().readonly())
+                    .unwrap_or(false);
             let Some(file) = open_lock_file(&self.lock_path(), writable)? else {
-                return Ok(None);
+                return Ok(Snapshot {
+                    _lock: None,
+                    generation: generation()?,
+                });
             };
             let guard = acquire(
                 file,
@@ -119,16 +147,29 @@ impl Lake {
                 ),
             )?;
             if !self.has_pending_commits()? {
-                return Ok(Some(guard));
+                return Ok(Snapshot {
+                    _lock: Some(guard),
+                    generation: generation()?,
+                });
             }
             drop(guard);
             self.recover()?;
         }
     }
 
+    /// Which commit the lake is at now (changes with every commit), without taking a lock.
+    pub fn generation(&self) -> Result<u64> {
+        match self.remote() {
+            Some(r) => r.roll_forward(),
+            None => self.local_generation(),
+        }
+    }
+
     /// Completes any commit a crashed writer left half-published, so that a command sees the
-    /// lake as it was committed before it plans its work. Writers call it first.
+    /// lake as it was committed before it plans its work. Writers call it first; it refuses a
+    /// directory that is neither a lake nor new or empty.
     pub fn recover(&self) -> Result<()> {
+        self.check_writable_dir()?;
         if let Some(r) = self.remote() {
             r.roll_forward()?;
         }

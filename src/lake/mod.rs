@@ -2,8 +2,8 @@
 //! that knows paths, partition levels and schemas; everything else asks it.
 
 mod activation_rows;
-mod durable;
 mod lock;
+mod marker;
 mod read;
 mod remote;
 mod rows;
@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 pub use activation_rows::{ActivationBatch, ActivationRows};
-pub use durable::{sync_path, write_atomic};
-pub use lock::LockGuard;
+pub use lock::{LockGuard, Snapshot};
+pub use marker::MARKER;
 pub(crate) use read::panic_text;
 pub use read::{check_parquet, partition_files, read_parquet};
 pub use remote::{is_remote, rel_str, s3_store, Remote, RemoteFile, CONCURRENCY};
@@ -218,6 +218,19 @@ impl Lake {
         }
     }
 
+    /// What names this lake across processes and machines: its `s3://` URL, or the directory's
+    /// canonical path (so `lake` and `/work/lake` are one lake).
+    pub fn identity(&self) -> String {
+        match &self.remote {
+            Some(r) => r.url().to_string(),
+            None => std::fs::canonicalize(&self.root)
+                .or_else(|_| std::path::absolute(&self.root))
+                .unwrap_or_else(|_| self.root.clone())
+                .display()
+                .to_string(),
+        }
+    }
+
     /// Queue behind another command doing the same work instead of failing (`--wait`).
     pub fn waiting(self, wait: bool) -> Self {
         Self { wait, ..self }
@@ -241,16 +254,12 @@ impl Lake {
         Self::open(self.root.clone()).map(|l| l.waiting(self.wait))
     }
 
-    /// A lake that must already exist (for readers).
+    /// A lake that must already exist (for readers): a directory a writer made a lake, or an
+    /// empty one.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
-        let root = root.into();
-        if !root.is_dir() {
-            bail!(
-                "no lake at {}: create one with `saerl import pt ROOT --lake {0}` or `saerl demo`, or point --lake / SAERL_LAKE at an existing lake",
-                root.display()
-            );
-        }
-        Ok(Self::new(root))
+        let lake = Self::new(root);
+        lake.check_readable_dir()?;
+        Ok(lake)
     }
 
     pub fn root(&self) -> &Path {

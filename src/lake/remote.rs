@@ -298,7 +298,7 @@ impl Remote {
                 && std::fs::read_to_string(&tag_file).ok().as_deref() == Some(tag.as_str());
             if !cached {
                 self.download(&f.rel, &dest)?;
-                super::write_atomic(&tag_file, tag.as_bytes())?;
+                crate::durable::write_atomic(&tag_file, tag.as_bytes())?;
             }
         }
         // Files the store no longer has (a replaced partition's extra chunks).
@@ -314,7 +314,7 @@ impl Remote {
 
     /// Streams an object to a temporary file beside `dest`, then renames it into place.
     fn download(&self, rel: &str, dest: &Path) -> Result<()> {
-        let tmp = super::durable::unique_tmp(dest);
+        let tmp = crate::durable::unique_tmp(dest);
         let (store, path, tmp2) = (self.store.clone(), self.path(rel), tmp.clone());
         block(async move {
             let mut stream = store.get(&path).await?.into_stream();

@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, Field};
 use super::Table;
 use crate::data::Doc;
 use crate::sae::quality::{Ce, Eval};
-use crate::sae::stats::{Example, FeatureStats, SplitStats};
+use crate::sae::stats::{Example, FeatureStats};
 
 /// Activation rows: `x` holds `doc_id.len()` vectors of width `d`, row-major.
 pub fn activation_batch(
@@ -127,7 +127,7 @@ pub fn evals_batch(e: &Eval) -> Result<RecordBatch> {
 /// The `feature_stats` rows of one SAE: every feature × split.
 pub fn feature_stats_batch(s: &FeatureStats) -> Result<RecordBatch> {
     let n = s.train.fire_count.len();
-    let splits: [(&str, &SplitStats); 2] = [("train", &s.train), ("val", &s.val)];
+    let splits = s.splits();
     let rows = || {
         splits
             .iter()
@@ -164,13 +164,17 @@ pub fn feature_stats_batch(s: &FeatureStats) -> Result<RecordBatch> {
     )?)
 }
 
-/// The `top_examples` rows of one SAE: every feature's examples, rank 1 first.
+/// The `top_examples` rows of one SAE: per split (train, then val), every feature's examples,
+/// rank 1 first.
 pub fn top_examples_batch(s: &FeatureStats) -> Result<RecordBatch> {
-    let rows: Vec<(usize, usize, &Example)> = s
-        .top
-        .iter()
-        .enumerate()
-        .flat_map(|(f, list)| list.iter().enumerate().map(move |(r, e)| (f, r, e)))
+    let rows: Vec<(usize, usize, &Example, &str)> = s
+        .splits()
+        .into_iter()
+        .flat_map(|(split, st)| {
+            st.top.iter().enumerate().flat_map(move |(f, list)| {
+                list.iter().enumerate().map(move |(r, e)| (f, r, e, split))
+            })
+        })
         .collect();
     Ok(RecordBatch::try_new(
         Table::TopExamples.file_schema(None),
@@ -178,6 +182,7 @@ pub fn top_examples_batch(s: &FeatureStats) -> Result<RecordBatch> {
             Arc::new(Int32Array::from_iter_values(
                 rows.iter().map(|r| r.0 as i32),
             )),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.3))),
             Arc::new(Int32Array::from_iter_values(
                 rows.iter().map(|r| r.1 as i32 + 1),
             )),

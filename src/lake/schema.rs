@@ -178,6 +178,8 @@ impl Table {
             ],
             Table::TopExamples => vec![
                 f("feature", Int32),
+                // Nullable: lakes written before the column read it as NULL.
+                n("split", Utf8),
                 f("rank", Int32),
                 f("doc_id", Int64),
                 f("pos", Int32),

@@ -37,7 +37,7 @@ impl IngestStaging {
 
     /// Writes `text` as the manifest atomically and durably.
     pub fn write_manifest(&self, text: &str) -> Result<()> {
-        super::write_atomic(&self.manifest(), text.as_bytes())
+        crate::durable::write_atomic(&self.manifest(), text.as_bytes())
     }
 }
 

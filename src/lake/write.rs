@@ -26,7 +26,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
-use super::durable::{sync_path, sync_tree, write_atomic};
+use crate::durable::{sync_path, sync_tree, write_atomic};
 use super::lock::LockGuard;
 use super::remote::{rel_str, Remote, RemoteRecord};
 use super::stages::StageRow;
@@ -133,6 +133,7 @@ fn unique_id() -> String {
 
 impl Txn {
     pub fn begin(lake: &Lake, overwrite: bool) -> Result<Self> {
+        lake.check_writable_dir()?;
         let dir = lake.tmp_root().join(format!("{TXN_PREFIX}{}", unique_id()));
         std::fs::create_dir_all(&dir).with_context(|| {
             format!(
@@ -438,6 +439,9 @@ impl Lake {
                 path.display()
             )
         })?;
+        // Counted before publishing, under the exclusive lock: a session sees the new count only
+        // with the whole commit, and a crash here is counted again when rolled forward.
+        self.count_commit()?;
         let root = self.root();
         let mut parents = Vec::new();
         for m in &record.moves {

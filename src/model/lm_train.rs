@@ -78,10 +78,11 @@ pub fn train_lm(
         on_step(step, l);
         losses.push(l);
     }
-    let tmp = weights.with_extension("safetensors.tmp");
+    // candle writes to a path: the temporary one, then durably into place.
+    let file = crate::durable::AtomicFile::create(&weights)?;
     varmap
-        .save(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &weights).with_context(|| format!("writing {}", weights.display()))?;
+        .save(file.tmp_path())
+        .with_context(|| format!("writing {}", file.tmp_path().display()))?;
+    file.finish()?;
     Ok(losses)
 }

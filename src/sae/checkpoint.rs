@@ -115,12 +115,9 @@ impl Trainer {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let tmp = path.with_extension("tmp");
-        safetensors::serialize_to_file(views, Some(info), &tmp)
-            .with_context(|| format!("writing the checkpoint {}", tmp.display()))?;
-        crate::lake::sync_path(&tmp)?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
-        crate::lake::sync_path(path.parent().unwrap_or(Path::new(".")))
+        let bytes = safetensors::serialize(views, Some(info))
+            .with_context(|| format!("serialising the checkpoint {}", path.display()))?;
+        crate::durable::write_atomic(path, &bytes)
     }
 
     /// The trainer saved at `path`, or None when there is none or it belongs to another run

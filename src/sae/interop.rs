@@ -338,9 +338,11 @@ pub fn write(dir: &Path, sae: &Sae, format: Format, hook: &str) -> Result<Vec<St
         let sidecar = json!({ "activation": sae.activation.name(), "inexact": notes });
         std::fs::write(tmp.join(NOTES_FILE), serde_json::to_vec_pretty(&sidecar)?)?;
     }
+    crate::durable::sync_tree(&tmp)?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("replacing {}", dir.display()))?;
     }
     std::fs::rename(&tmp, dir).with_context(|| format!("writing {}", dir.display()))?;
+    crate::durable::sync_path(dir.parent().unwrap_or(Path::new(".")))?;
     Ok(notes)
 }

@@ -357,8 +357,5 @@ pub fn write_raw(
         zip.add(&format!("{stem}/data/{i}"), bytes)?;
     }
     zip.add(&format!("{stem}/version"), b"3\n")?;
-    let tmp = path.with_extension("pt.tmp");
-    std::fs::write(&tmp, zip.finish()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    crate::durable::write_atomic(path, &zip.finish())
 }

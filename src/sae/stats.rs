@@ -3,7 +3,8 @@
 //! - fire_count: rows with z_i > 0 after top-k (density = fire_count / n_tokens, the study's);
 //! - topk_count: rows with z_i ≠ 0 (selected by top-k, the training-time notion);
 //! - mean_act: mean z_i over the rows where it fired (z_i > 0); max_act: the largest z_i selected;
-//! - the top examples: the `TOP_EXAMPLES` rows with the largest selected z_i (ties: earlier row).
+//! - the top examples: per split, the `TOP_EXAMPLES` rows with the largest selected z_i (ties:
+//!   earlier row), so a feature dead on val shows no train examples as its own.
 
 pub const TOP_EXAMPLES: usize = 20;
 
@@ -17,6 +18,10 @@ pub struct SplitStats {
     pub fire_sum: Vec<f64>,
     /// Largest selected z_i (None: never selected).
     pub max_act: Vec<Option<f32>>,
+    /// Per feature, up to TOP_EXAMPLES examples, best first once `finish`ed.
+    pub top: Vec<Vec<Example>>,
+    /// Per feature, the smallest value kept while its list is full.
+    floor: Vec<f32>,
 }
 
 impl SplitStats {
@@ -27,6 +32,8 @@ impl SplitStats {
             topk_count: vec![0; n],
             fire_sum: vec![0.0; n],
             max_act: vec![None; n],
+            top: vec![Vec::new(); n],
+            floor: vec![f32::NEG_INFINITY; n],
         }
     }
 
@@ -55,10 +62,6 @@ pub struct Example {
 pub struct FeatureStats {
     pub train: SplitStats,
     pub val: SplitStats,
-    /// Per feature, up to TOP_EXAMPLES examples, best first once `finish`ed.
-    pub top: Vec<Vec<Example>>,
-    /// Per feature, the smallest value kept while its list is full.
-    floor: Vec<f32>,
 }
 
 /// The provenance of each row of a batch.
@@ -74,22 +77,22 @@ impl FeatureStats {
         Self {
             train: SplitStats::new(d_sae),
             val: SplitStats::new(d_sae),
-            top: vec![Vec::new(); d_sae],
-            floor: vec![f32::NEG_INFINITY; d_sae],
         }
+    }
+
+    /// Both splits by name, train first (the order tables list them in).
+    pub fn splits(&self) -> [(&'static str, &SplitStats); 2] {
+        [("train", &self.train), ("val", &self.val)]
     }
 
     /// Adds rows by their active latents (one list per row, as `BatchEncoder::latents` gives).
     pub fn add(&mut self, latents: &[Vec<(u32, f32)>], info: &RowInfo) {
-        let Self {
-            train,
-            val,
-            top,
-            floor,
-            ..
-        } = self;
         for (r, lat) in latents.iter().enumerate() {
-            let s = if info.val[r] { &mut *val } else { &mut *train };
+            let s = if info.val[r] {
+                &mut self.val
+            } else {
+                &mut self.train
+            };
             s.n_tokens += 1;
             for &(i, v) in lat {
                 let i = i as usize;
@@ -101,10 +104,10 @@ impl FeatureStats {
                     s.fire_sum[i] += v as f64;
                 }
                 s.max_act[i] = Some(s.max_act[i].map_or(v, |m| m.max(v)));
-                if v > floor[i] || top[i].len() < TOP_EXAMPLES {
+                if v > s.floor[i] || s.top[i].len() < TOP_EXAMPLES {
                     keep(
-                        &mut top[i],
-                        &mut floor[i],
+                        &mut s.top[i],
+                        &mut s.floor[i],
                         Example {
                             value: v,
                             doc_id: info.doc_id[r],
@@ -119,8 +122,10 @@ impl FeatureStats {
 
     /// Sorts every feature's examples, best first (ties keep arrival order).
     pub fn finish(mut self) -> Self {
-        for list in &mut self.top {
-            list.sort_by(|a, b| b.value.total_cmp(&a.value));
+        for s in [&mut self.train, &mut self.val] {
+            for list in &mut s.top {
+                list.sort_by(|a, b| b.value.total_cmp(&a.value));
+            }
         }
         self
     }

@@ -178,12 +178,12 @@ impl saerl_udfs::Encoder for Sae {
         self.d_model
     }
 
-    fn encode(&self, x: &[f32]) -> Vec<(u32, f32)> {
-        Sae::encode(self, x)
+    fn encode(&self, x: &[f32]) -> Result<Vec<(u32, f32)>, String> {
+        Ok(Sae::encode(self, x))
     }
 
     /// Through the encoder GEMM, 1,024 rows at a time.
-    fn encode_rows(&self, x: &[f32]) -> Vec<Vec<(u32, f32)>> {
+    fn encode_rows(&self, x: &[f32]) -> Result<Vec<Vec<(u32, f32)>>, String> {
         let mut enc = Encoded::default();
         let mut out = Vec::with_capacity(x.len() / self.d_model);
         for chunk in x.chunks(1024 * self.d_model) {
@@ -193,6 +193,6 @@ impl saerl_udfs::Encoder for Sae {
                 lat
             }));
         }
-        out
+        Ok(out)
     }
 }

@@ -129,10 +129,13 @@ impl TableFunctionImpl for BestMatch {
             return plan_err!("{usage}: too many arguments");
         }
         let ext = |err: anyhow::Error| DataFusionError::External(err.into());
-        let transitions: Vec<_> = self
-            .lake
-            .sae_transitions()
-            .map_err(ext)?
+        let all = self.lake.sae_transitions().map_err(ext)?;
+        if let Some(c) = &chain {
+            if let Err(e) = super::check_sae_names(&self.lake, c, None) {
+                return plan_err!("best_match: {e:#}");
+            }
+        }
+        let transitions: Vec<_> = all
             .into_iter()
             .filter(|t| chain.as_ref().is_none_or(|c| &t.chain == c))
             .filter(|t| layer.is_none_or(|l| t.layer as i64 == l))

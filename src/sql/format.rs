@@ -27,7 +27,22 @@ impl std::str::FromStr for Format {
     }
 }
 
+/// Significant digits of floats in table output unless asked otherwise (CSV and JSON keep
+/// full precision).
+pub const DEFAULT_PRECISION: usize = 6;
+
+/// Prints results in `format`, table floats at `DEFAULT_PRECISION` significant digits.
 pub fn print_batches(batches: &[RecordBatch], format: Format, out: &mut dyn Write) -> Result<()> {
+    print_batches_at(batches, format, DEFAULT_PRECISION, out)
+}
+
+/// Prints results in `format`; in a table, floats show `precision` significant digits.
+pub fn print_batches_at(
+    batches: &[RecordBatch],
+    format: Format,
+    precision: usize,
+    out: &mut dyn Write,
+) -> Result<()> {
     match format {
         Format::Table => {
             if batches.iter().all(|b| b.num_rows() == 0) {
@@ -51,10 +66,14 @@ pub fn print_batches(batches: &[RecordBatch], format: Format, out: &mut dyn Writ
                     }
                 )?;
             } else {
+                let rounded = batches
+                    .iter()
+                    .map(|b| round_floats(b, precision))
+                    .collect::<Result<Vec<_>>>()?;
                 writeln!(
                     out,
                     "{}",
-                    arrow::util::pretty::pretty_format_batches(batches)?
+                    arrow::util::pretty::pretty_format_batches(&rounded)?
                 )?;
             }
         }
@@ -76,6 +95,69 @@ pub fn print_batches(batches: &[RecordBatch], format: Format, out: &mut dyn Writ
         }
     }
     Ok(())
+}
+
+/// A table's float columns as text with `precision` significant digits (as a person reads
+/// them; the other formats keep every digit).
+fn round_floats(b: &RecordBatch, precision: usize) -> Result<RecordBatch> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Float32Type, Float64Type};
+    let mut fields = Vec::new();
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    for (f, c) in b.schema().fields().iter().zip(b.columns()) {
+        let text: Option<StringArray> = match f.data_type() {
+            DataType::Float64 => Some(
+                c.as_primitive::<Float64Type>()
+                    .iter()
+                    .map(|v| v.map(|v| significant(v, precision)))
+                    .collect(),
+            ),
+            DataType::Float32 => Some(
+                c.as_primitive::<Float32Type>()
+                    .iter()
+                    .map(|v| v.map(|v| significant(v as f64, precision)))
+                    .collect(),
+            ),
+            _ => None,
+        };
+        match text {
+            Some(t) => {
+                fields.push(Field::new(f.name(), DataType::Utf8, true));
+                cols.push(Arc::new(t));
+            }
+            None => {
+                fields.push(f.as_ref().clone());
+                cols.push(c.clone());
+            }
+        }
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+}
+
+/// `v` with `digits` significant digits, like C's `%g`: fixed notation for moderate
+/// magnitudes, scientific for very small or large ones, trailing zeros dropped.
+pub fn significant(v: f64, digits: usize) -> String {
+    let digits = digits.max(1);
+    if v == 0.0 || !v.is_finite() {
+        return if v == 0.0 { "0".into() } else { v.to_string() };
+    }
+    let trim = |s: &str| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    // The exponent after rounding to `digits` (999999.7 is 1e6 at six digits).
+    let sci = format!("{:.*e}", digits - 1, v);
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if exp < -5 || exp >= digits as i32 {
+        format!("{}e{exp}", trim(mantissa))
+    } else {
+        let decimals = (digits as i32 - 1 - exp).max(0) as usize;
+        trim(&format!("{v:.decimals$}"))
+    }
 }
 
 /// CSV has no nested types: render lists and structs as their display text.
@@ -122,7 +204,18 @@ pub fn first_csv_difference(a: &str, b: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::first_csv_difference;
+    use super::{first_csv_difference, significant};
+
+    #[test]
+    fn floats_show_significant_digits() {
+        assert_eq!(significant(0.123456789, 6), "0.123457");
+        assert_eq!(significant(1234.56789, 6), "1234.57");
+        assert_eq!(significant(1e-7, 6), "1e-7");
+        assert_eq!(significant(-2.5e9, 3), "-2.5e9");
+        assert_eq!(significant(3.0, 6), "3");
+        assert_eq!(significant(0.0, 6), "0");
+        assert_eq!(significant(999999.7, 6), "1e6");
+    }
 
     #[test]
     fn csv_outputs_agree_up_to_summation_order_and_no_further() {

@@ -20,6 +20,8 @@ pub struct Header {
     pub value: Option<String>,
     pub series: Option<String>,
     pub facet: Option<String>,
+    /// `-- param: NAME = DEFAULT` lines: the statement's `$NAME` placeholders.
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 /// Reads the leading comment block; lines that are not `-- key: value` with a known key are
@@ -33,6 +35,7 @@ pub fn parse(sql: &str) -> Result<Header> {
         value: None,
         series: None,
         facet: None,
+        params: Default::default(),
     };
     for line in sql.lines().map(str::trim) {
         if line.is_empty() {
@@ -52,6 +55,13 @@ pub fn parse(sql: &str) -> Result<Header> {
             "value" => h.value = Some(value),
             "series" => h.series = Some(value),
             "facet" => h.facet = Some(value),
+            "param" => {
+                let Some((name, default)) = value.split_once('=') else {
+                    bail!("`-- param: {value}` needs a default: `-- param: NAME = VALUE`");
+                };
+                h.params
+                    .insert(name.trim().to_string(), default.trim().to_string());
+            }
             "chart" => {
                 h.chart = Some(match value.as_str() {
                     "line" => Chart::Line,
@@ -74,12 +84,13 @@ mod tests {
     #[test]
     fn reads_keys_until_the_first_statement_line() {
         let h = super::parse(
-            "-- title: T\n-- chart: bar\n-- note: free text\n-- x: a\nSELECT 1\n-- y: late",
+            "-- title: T\n-- chart: bar\n-- note: free text\n-- x: a\n-- param: chain = flexible\nSELECT 1\n-- y: late",
         )
         .unwrap();
         assert_eq!(h.title.as_deref(), Some("T"));
         assert_eq!(h.chart, Some(super::Chart::Bar));
         assert_eq!(h.x.as_deref(), Some("a"));
         assert_eq!(h.y, None);
+        assert_eq!(h.params["chain"], "flexible");
     }
 }

@@ -173,6 +173,11 @@ impl TableFunctionImpl for MatchFeatures {
                     _ => return plan_err!("{usage}: chains and stages must be string literals"),
                 }
             }
+            for (chain, stage) in [(&text[0], &text[1]), (&text[2], &text[3])] {
+                if let Err(e) = super::check_sae_names(&self.lake, chain, Some(stage)) {
+                    return plan_err!("match_features: {e:#}");
+                }
+            }
             let Some(layer) = int_arg(e.get(4)) else {
                 return plan_err!("{usage}: layer must be an integer literal");
             };

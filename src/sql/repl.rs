@@ -12,7 +12,7 @@ use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
 
 use super::exec::run_each;
-use super::format::{print_batches, Format};
+use super::format::{print_batches_at, Format};
 
 const HELP: &str = "\
 Statements end with `;` and may span lines. Dot-commands:
@@ -20,15 +20,26 @@ Statements end with `;` and may span lines. Dot-commands:
   .schema TABLE      columns and types of a table
   .mode table|csv|json   output format
   .timing [on|off]   print how long each statement took
+  .precision N       significant digits of floats in table mode (default 6)
   .read FILE         run the statements in a file
   .help              this text
   .quit              leave (or Ctrl-D)
-Functions: decoder_cosine(a, b), effective_count(w), topk_encode(x, chain, stage, layer [, k]),
-gsm8k_score_flexible(response, answer), gsm8k_score_strict(response, answer).";
+saerl's functions and tables (beside DataFusion's and the lake's tables):";
+
+/// `.help`: the commands, then every saerl function from the one list of them.
+fn help_text() -> String {
+    let mut text = HELP.to_string();
+    for (_, signature) in super::FUNCTIONS {
+        text.push_str("\n  ");
+        text.push_str(signature);
+    }
+    text
+}
 
 pub struct Repl {
     ctx: SessionContext,
     format: Format,
+    precision: usize,
     timing: bool,
 }
 
@@ -38,12 +49,18 @@ enum Flow {
 }
 
 impl Repl {
-    pub fn new(ctx: SessionContext, format: Format) -> Self {
+    pub fn new(ctx: SessionContext, format: Format, precision: usize) -> Self {
         Self {
             ctx,
             format,
+            precision,
             timing: false,
         }
+    }
+
+    /// Runs one dot-command non-interactively (`saerl sql -c ".tables"`).
+    pub async fn command(&mut self, line: &str) -> Result<()> {
+        self.dot_command(line.trim()).await.map(|_| ())
     }
 
     pub async fn run(&mut self) -> Result<()> {
@@ -64,7 +81,7 @@ impl Repl {
                         match self.dot_command(trimmed).await {
                             Ok(Flow::Quit) => break,
                             Ok(Flow::Continue) => {}
-                            Err(e) => eprintln!("Error: {e:#}"),
+                            Err(e) => eprintln!("Error: {}", crate::error_text(&e)),
                         }
                         continue;
                     }
@@ -76,7 +93,9 @@ impl Repl {
                     if trimmed.ends_with(';') {
                         let sql = std::mem::take(&mut buf);
                         let _ = rl.add_history_entry(sql.trim());
-                        self.execute(&sql, "input").await;
+                        if let Err(e) = self.execute(&sql, "input").await {
+                            eprintln!("Error: {}", crate::error_text(&e));
+                        }
                     }
                 }
                 Err(ReadlineError::Interrupted) => {
@@ -95,12 +114,12 @@ impl Repl {
 
     /// Runs every statement of `sql`, printing each result in order; the first error stops
     /// (naming the statement's line in `source`). Ctrl-C cancels.
-    async fn execute(&self, sql: &str, source: &str) {
+    async fn execute(&self, sql: &str, source: &str) -> Result<()> {
         let mut start = Instant::now();
-        let (format, timing) = (self.format, self.timing);
+        let (format, precision, timing) = (self.format, self.precision, self.timing);
         let mut print = |_: &super::exec::Statement, batches: Vec<arrow::array::RecordBatch>| {
             let mut out = std::io::stdout().lock();
-            print_batches(&batches, format, &mut out)?;
+            print_batches_at(&batches, format, precision, &mut out)?;
             if timing {
                 let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
                 writeln!(out, "{rows} rows in {:.3} s", start.elapsed().as_secs_f64())?;
@@ -108,15 +127,12 @@ impl Repl {
             start = Instant::now();
             Ok(())
         };
-        let result = tokio::select! {
+        tokio::select! {
             r = run_each(&self.ctx, sql, source, &mut print) => r,
             _ = tokio::signal::ctrl_c() => {
                 eprintln!("cancelled");
-                return;
+                Ok(())
             }
-        };
-        if let Err(e) = result {
-            eprintln!("Error: {e:#}");
         }
     }
 
@@ -125,10 +141,10 @@ impl Repl {
         let cmd = parts.next().unwrap_or("");
         let arg = parts.next();
         match (cmd, arg) {
-            (".help", _) => println!("{HELP}"),
+            (".help", _) => println!("{}", help_text()),
             (".quit" | ".exit", _) => return Ok(Flow::Quit),
             (".tables", _) => {
-                self.execute("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name;", ".tables").await
+                self.execute("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name;", ".tables").await?
             }
             (".schema", Some(t)) => {
                 let t = t.trim_end_matches(';').replace('\'', "''");
@@ -136,7 +152,7 @@ impl Repl {
                     "SELECT column_name, data_type, is_nullable FROM information_schema.columns \
                      WHERE table_schema = 'public' AND table_name = '{t}' ORDER BY ordinal_position;"
                 ), ".schema")
-                .await;
+                .await?;
                 if self.ctx.table_exist(t.as_str())? {
                     return Ok(Flow::Continue);
                 }
@@ -145,6 +161,14 @@ impl Repl {
             (".schema", None) => bail!("usage: .schema TABLE"),
             (".mode", Some(m)) => self.format = m.parse()?,
             (".mode", None) => println!("{:?}", self.format),
+            (".precision", Some(n)) => {
+                self.precision = n
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| anyhow::anyhow!("usage: .precision N (N ≥ 1), not {n:?}"))?;
+            }
+            (".precision", None) => println!("{}", self.precision),
             (".timing", a) => {
                 self.timing = match a {
                     Some("on") => true,
@@ -156,7 +180,7 @@ impl Repl {
             }
             (".read", Some(path)) => {
                 let sql = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {path}: {e}"))?;
-                self.execute(&sql, path).await;
+                self.execute(&sql, path).await?;
             }
             (".read", None) => bail!("usage: .read FILE"),
             _ => bail!("unknown command {cmd} (see .help)"),

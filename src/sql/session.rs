@@ -2,6 +2,7 @@
 //! saerl UDFs, and the built-in views the saved queries share.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -16,7 +17,9 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use saerl_udfs::{Encoder, SaeKey, SaeSource};
 
-use crate::lake::{check_parquet, read_sae, vector_width, Lake, PartitionKey, Remote, Table};
+use crate::lake::{
+    check_parquet, read_sae, vector_width, Lake, PartitionKey, Remote, Snapshot, Table,
+};
 
 /// The device the SQL functions compute on: `SAERL_DEVICE` (cpu, the default, or cuda).
 fn sql_device() -> Result<candle_core::Device> {
@@ -29,6 +32,7 @@ pub async fn open_session(lake: &Lake) -> Result<SessionContext> {
         .with_default_features()
         .with_config(session_config(SessionConfig::new(), lake))
         .with_runtime_env(runtime_env(lake)?)
+        .with_optimizer_rules(super::rules::optimizer_rules())
         .build();
     let ctx = SessionContext::new_with_state(state);
     register_lake(&ctx, lake).await?;
@@ -36,11 +40,14 @@ pub async fn open_session(lake: &Lake) -> Result<SessionContext> {
 }
 
 /// `config` with what every saerl session has: information_schema, and the lake for the
-/// statements' read guard.
+/// statements' snapshots.
 pub fn session_config(config: SessionConfig, lake: &Lake) -> SessionConfig {
     config
         .with_information_schema(true)
-        .with_extension(Arc::new(SessionLake(lake.clone())))
+        .with_extension(Arc::new(SessionLake {
+            lake: lake.clone(),
+            seen: AtomicU64::new(u64::MAX),
+        }))
 }
 
 /// A runtime that reaches the lake's object store (if any) through DataFusion's registry.
@@ -67,17 +74,35 @@ pub fn register_udfs(ctx: &SessionContext, lake: &Lake) -> Result<()> {
 }
 
 /// Registers every lake table, the UDFs, and the Rust providers in `ctx` (a local session or
-/// a cluster client).
+/// a cluster client), as the lake is now; statements re-register them when the lake changes.
 pub async fn register_lake(ctx: &SessionContext, lake: &Lake) -> Result<()> {
+    let snapshot = lake.read_guard()?;
+    register_contents(ctx, lake).await?;
+    if let Some(l) = ctx.state().config().get_extension::<SessionLake>() {
+        l.seen.store(snapshot.generation(), Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+/// Everything a session knows of the lake's contents: its tables (footers read), the
+/// transitions, the providers, and the UDFs (whose SAE cache starts empty).
+async fn register_contents(ctx: &SessionContext, lake: &Lake) -> Result<()> {
     let device = sql_device()?;
-    let _snapshot = lake.read_guard()?;
+    // Listings DataFusion cached belong to the lake as it was.
+    if let Some(cache) = ctx.runtime_env().cache_manager.get_list_files_cache() {
+        cache.clear();
+    }
     for table in Table::ALL {
+        ctx.deregister_table(table.name())?;
         register_table(ctx, lake, table).await?;
     }
     register_udfs(ctx, lake)?;
     // Transitions and per-feature drift are computed by Rust providers (see drift.rs).
     let transitions = lake.sae_transitions()?;
     let batch = super::drift::transitions_batch(&transitions)?;
+    for name in ["sae_transitions", "feature_drift"] {
+        ctx.deregister_table(name)?;
+    }
     ctx.register_table(
         "sae_transitions",
         Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?),
@@ -115,16 +140,40 @@ fn with_partition_cols(table: Table, file_schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// The lake a session reads, for statements to take its read lock.
-struct SessionLake(Lake);
+/// The lake a session reads, and the commit its registered tables show.
+struct SessionLake {
+    lake: Lake,
+    seen: AtomicU64,
+}
 
-/// Holds the session's lake steady for one statement: no commit publishes meanwhile, and one a
-/// crashed writer left half-published is completed first. `None` for a session without a lake.
-pub(super) fn statement_guard(ctx: &SessionContext) -> Result<Option<crate::lake::LockGuard>> {
-    match ctx.state().config().get_extension::<SessionLake>() {
-        Some(l) => l.0.read_guard(),
-        None => Ok(None),
+/// One statement's snapshot of the session's lake: no commit publishes meanwhile, one a crashed
+/// writer left half-published is completed first, and when the lake changed since the session
+/// last looked, its tables and providers are registered again (on an unchanged lake this reads
+/// one small file, no footers). `None` for a session without a lake.
+pub(super) async fn begin_statement(ctx: &SessionContext) -> Result<Option<Snapshot>> {
+    let Some(l) = ctx.state().config().get_extension::<SessionLake>() else {
+        return Ok(None);
+    };
+    let snapshot = l.lake.read_guard()?;
+    if l.seen.load(Ordering::SeqCst) != snapshot.generation() {
+        register_contents(ctx, &l.lake).await?;
+        l.seen.store(snapshot.generation(), Ordering::SeqCst);
     }
+    Ok(Some(snapshot))
+}
+
+/// The first file of the session's (local) lake whose data does not decode, for naming it
+/// after the decoder gave up inside a statement. Reads every file: only for that error.
+pub(super) fn damaged_file(ctx: &SessionContext) -> Option<std::path::PathBuf> {
+    let l = ctx.state().config().get_extension::<SessionLake>()?;
+    if l.lake.remote().is_some() {
+        return None;
+    }
+    Table::ALL
+        .iter()
+        .filter_map(|&t| l.lake.files(t).ok())
+        .flatten()
+        .find(|f| crate::lake::read_parquet(f).is_err())
 }
 
 /// Registers a table over its Parquet files, after checking every file's footer so a corrupt
@@ -216,11 +265,12 @@ async fn remote_schemas(ctx: &SessionContext, r: &Remote, table: Table) -> Resul
         .await
 }
 
-/// `topk_encode`'s SAEs, loaded from the lake once per session.
+/// `topk_encode`'s SAEs, loaded from the lake once per commit of it (an executor's registry
+/// lives as long as the executor, so the cache notes the commit it belongs to).
 struct LakeSaes {
     lake: Lake,
     device: candle_core::Device,
-    cache: Mutex<HashMap<SaeKey, Arc<dyn Encoder>>>,
+    cache: Mutex<(u64, HashMap<SaeKey, Arc<dyn Encoder>>)>,
 }
 
 impl std::fmt::Debug for LakeSaes {
@@ -241,11 +291,11 @@ impl Encoder for DeviceEncoder {
         self.d_model
     }
 
-    fn encode(&self, x: &[f32]) -> Vec<(u32, f32)> {
-        self.encode_rows(x).pop().unwrap_or_default()
+    fn encode(&self, x: &[f32]) -> Result<Vec<(u32, f32)>, String> {
+        Ok(self.encode_rows(x)?.pop().unwrap_or_default())
     }
 
-    fn encode_rows(&self, x: &[f32]) -> Vec<Vec<(u32, f32)>> {
+    fn encode_rows(&self, x: &[f32]) -> Result<Vec<Vec<(u32, f32)>>, String> {
         let run = || -> candle_core::Result<Vec<Vec<(u32, f32)>>> {
             let t = candle_core::Tensor::from_slice(
                 x,
@@ -260,7 +310,7 @@ impl Encoder for DeviceEncoder {
                 .map(|(i, v)| i.into_iter().zip(v).collect())
                 .collect())
         };
-        run().expect("encoding on the SQL device")
+        run().map_err(|e| format!("encoding on {:?}: {e}", self.device))
     }
 }
 
@@ -282,13 +332,16 @@ impl LakeSaes {
             .collect();
         match ks.as_slice() {
             [k] => Ok(PartitionKey::sae(&key.chain, &key.stage, key.layer, *k)),
-            [] => anyhow::bail!(
+            [] => {
+                crate::sql::check_sae_names(&self.lake, &key.chain, Some(&key.stage))?;
+                anyhow::bail!(
                 "no SAE for chain {} stage {} layer {} in lake {} (see `SELECT chain, stage, layer, k FROM saes`)",
                 key.chain,
                 key.stage,
                 key.layer,
                 self.lake.location()
-            ),
+            )
+            }
             _ => anyhow::bail!(
                 "chain {} stage {} layer {} has SAEs for k = {ks:?}: pass k as the fifth argument",
                 key.chain,
@@ -301,8 +354,15 @@ impl LakeSaes {
 
 impl SaeSource for LakeSaes {
     fn encoder(&self, key: &SaeKey) -> std::result::Result<Arc<dyn Encoder>, String> {
-        if let Some(sae) = self.cache.lock().unwrap().get(key) {
-            return Ok(sae.clone());
+        let generation = self.lake.generation().map_err(|e| format!("{e:#}"))?;
+        {
+            let mut cache = self.cache.lock().unwrap();
+            if cache.0 != generation {
+                *cache = (generation, HashMap::new());
+            }
+            if let Some(sae) = cache.1.get(key) {
+                return Ok(sae.clone());
+            }
         }
         let load = || -> Result<Arc<dyn Encoder>> {
             let sae = read_sae(&self.lake, &self.resolve(key)?)?;
@@ -316,7 +376,7 @@ impl SaeSource for LakeSaes {
             })
         };
         let sae = load().map_err(|e| format!("{e:#}"))?;
-        self.cache.lock().unwrap().insert(key.clone(), sae.clone());
+        self.cache.lock().unwrap().1.insert(key.clone(), sae.clone());
         Ok(sae)
     }
 }

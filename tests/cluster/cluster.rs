@@ -147,6 +147,23 @@ fn saved_queries_give_the_same_rows_locally_on_the_object_store_and_on_a_cluster
         same(&want, &on_cluster, &format!("{name} on the cluster"));
     }
     assert!(nonempty > 0, "every saved query came back empty");
+    // A client of another lake (the same tables elsewhere) is refused, naming both lakes, not
+    // answered from the cluster's lake or with nothing.
+    let drift = saved_queries()
+        .into_iter()
+        .find(|(n, _)| n == "decoder_drift")
+        .expect("queries/decoder_drift.sql");
+    let o = output(saerl(
+        &env,
+        &local,
+        &["sql", "--cluster", &cluster.url, "-f", drift.1.to_str().unwrap()],
+    ));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a statement for another lake ran on the cluster");
+    assert!(
+        err.contains(s3) && err.contains(&local),
+        "the error names both lakes: {err}"
+    );
     // The report runs on the cluster too.
     let out = work.path().join("report");
     ok(saerl(

@@ -50,6 +50,54 @@ pub fn imported_lake() -> (tempfile::TempDir, PathBuf) {
     (dir, lake)
 }
 
+/// A lake with every base table filled from the fixtures, built once per run of this test
+/// binary (read it; copy it with `fixture_lake_copy` to change it): the `sae-pt` tree (stages,
+/// saes, features), and the tiny model's activations, docs and vocab with its SAE's statistics
+/// (feature_stats, top_examples).
+pub fn fixture_lake() -> &'static Path {
+    static LAKE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LAKE.get_or_init(|| {
+        let lake = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("fixture-lake-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&lake);
+        let l = lake.as_path();
+        let fx = fixtures();
+        ok(l, &["import", "pt", fx.join("sae-pt").to_str().unwrap()]);
+        let tiny = fx.join("tiny-qwen2");
+        let layer = json(&tiny.join("sae_eval.json"))["layer"]
+            .as_i64()
+            .unwrap()
+            .to_string();
+        let pt = tiny.join(format!("sae_layer{layer}.pt"));
+        ok(
+            l,
+            &[
+                "import", "pt", pt.to_str().unwrap(), "--chain", "tiny", "--stage",
+                "instruct_base", "--layer", &layer,
+            ],
+        );
+        let data = fx.join("../data/gsm8k/train.jsonl");
+        ok(
+            l,
+            &[
+                "ingest", "--chain", "tiny", "--stage", "instruct_base", "--model",
+                tiny.to_str().unwrap(), "--data", data.to_str().unwrap(), "--layers", &layer,
+                "--limit", "48", "--max-len", "64",
+            ],
+        );
+        ok(l, &["stats", "--chain", "tiny"]);
+        lake
+    })
+}
+
+/// A copy of `fixture_lake` to change.
+pub fn fixture_lake_copy() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    crate::shared::copy_dir(fixture_lake(), &lake);
+    (dir, lake)
+}
+
 pub async fn session(lake: &Path) -> SessionContext {
     saerl::sql::open_session(&Lake::open(lake).unwrap())
         .await

@@ -4,11 +4,14 @@
 mod bad_input;
 mod common;
 mod crash;
+mod differential;
 mod hostile;
 mod import_pt;
 mod interop;
 mod repl;
 mod rewards;
+mod rough_edges;
+mod sessions;
 #[path = "../common/mod.rs"]
 mod shared;
 mod udfs;

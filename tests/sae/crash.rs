@@ -107,8 +107,8 @@ fn a_second_trainer_of_the_same_saes_fails_clearly_or_waits() {
     let mut waiting = std::process::Command::new(env!("CARGO_BIN_EXE_saerl"))
         .arg("--lake")
         .arg(&lake)
-        .arg("--wait")
         .args(TRAIN)
+        .arg("--wait")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -29,10 +29,11 @@ pub struct SaeKey {
 /// An SAE's encoder as `topk_encode` needs it.
 pub trait Encoder: Send + Sync {
     fn d_model(&self) -> usize;
-    /// The top-k latents of `x`, largest first, as (feature, value).
-    fn encode(&self, x: &[f32]) -> Vec<(u32, f32)>;
+    /// The top-k latents of `x`, largest first, as (feature, value); an error (a device that
+    /// failed, say) ends the statement with its message.
+    fn encode(&self, x: &[f32]) -> std::result::Result<Vec<(u32, f32)>, String>;
     /// `encode` of each row of `x` (row-major, d_model wide); implementations may batch it.
-    fn encode_rows(&self, x: &[f32]) -> Vec<Vec<(u32, f32)>> {
+    fn encode_rows(&self, x: &[f32]) -> std::result::Result<Vec<Vec<(u32, f32)>>, String> {
         x.chunks(self.d_model()).map(|r| self.encode(r)).collect()
     }
 }
@@ -142,14 +143,19 @@ impl ScalarUDFImpl for TopkEncode {
         let flush = |enc: &Option<(SaeKey, Arc<dyn Encoder>)>,
                      run: &mut Vec<usize>,
                      buf: &mut Vec<f32>,
-                     encoded: &mut Vec<Option<Vec<(u32, f32)>>>| {
+                     encoded: &mut Vec<Option<Vec<(u32, f32)>>>|
+         -> Result<()> {
             if let Some((_, enc)) = enc {
-                for (&i, lat) in run.iter().zip(enc.encode_rows(buf)) {
+                let rows = enc
+                    .encode_rows(buf)
+                    .map_err(|e| DataFusionError::Execution(format!("topk_encode: {e}")))?;
+                for (&i, lat) in run.iter().zip(rows) {
                     encoded[i] = Some(lat);
                 }
             }
             run.clear();
             buf.clear();
+            Ok(())
         };
         for i in 0..args.number_rows {
             let xi = x.row(i);
@@ -164,7 +170,7 @@ impl ScalarUDFImpl for TopkEncode {
                 k: k.and_then(|k| (!k.is_null(i)).then(|| k.value(i))),
             };
             if current.as_ref().is_none_or(|(c, _)| *c != key) {
-                flush(&current, &mut run, &mut buf, &mut encoded);
+                flush(&current, &mut run, &mut buf, &mut encoded)?;
                 let enc = self
                     .saes
                     .encoder(&key)
@@ -183,7 +189,7 @@ impl ScalarUDFImpl for TopkEncode {
             buf.extend_from_slice(&row_buf);
             run.push(i);
         }
-        flush(&current, &mut run, &mut buf, &mut encoded);
+        flush(&current, &mut run, &mut buf, &mut encoded)?;
         let mut offsets = vec![0i32];
         let (mut features, mut values) = (Vec::new(), Vec::new());
         let mut nulls = Vec::with_capacity(args.number_rows);

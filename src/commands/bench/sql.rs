@@ -97,6 +97,7 @@ pub async fn run(a: &BenchSql, refs: &References) -> Result<()> {
         best = best.min(s);
         println!("decoder_drift.sql run {run}: {s:.3} s, {rows} transitions");
     }
+    statement_overhead(&ctx, &lake).await?;
     let rss = peak_rss().unwrap_or(0);
     println!("saerl:  best {best:.3} s = {:.0} feature rows/s ({:.0} pairs/s); peak RSS {:.2} GiB (target ≤ 1 GiB)", feature_rows / best, pairs / best, gib(rss));
     match duckdb_seconds(refs, &root, a.runs) {
@@ -107,6 +108,28 @@ pub async fn run(a: &BenchSql, refs: &References) -> Result<()> {
         ),
         Err(e) => println!("duckdb: not measured ({e:#}); `pip install duckdb` to compare"),
     }
+    Ok(())
+}
+
+/// What a statement pays for seeing the lake as last committed: on an unchanged lake (one small
+/// file read, no footers), and the first statement after a commit (every table registered again).
+async fn statement_overhead(ctx: &datafusion::prelude::SessionContext, lake: &Lake) -> Result<()> {
+    let probe = "SELECT count(*) FROM stages";
+    let n = 50;
+    let t = Instant::now();
+    for _ in 0..n {
+        run_sql(ctx, probe).await?;
+    }
+    let unchanged = t.elapsed().as_secs_f64() / n as f64;
+    Txn::begin(lake, false)?.commit()?;
+    let t = Instant::now();
+    run_sql(ctx, probe).await?;
+    let after = t.elapsed().as_secs_f64();
+    println!(
+        "a small statement: {:.2} ms on an unchanged lake, {:.1} ms as the first after a commit (tables re-registered)",
+        unchanged * 1e3,
+        after * 1e3
+    );
     Ok(())
 }
 

@@ -75,7 +75,10 @@ pub fn run(rows: usize, device: &str) -> Result<()> {
         "  {} train / {} val tokens counted; {} top examples kept",
         acc.train.n_tokens,
         acc.val.n_tokens,
-        acc.top.iter().map(Vec::len).sum::<usize>()
+        acc.splits()
+            .iter()
+            .map(|(_, s)| s.top.iter().map(Vec::len).sum::<usize>())
+            .sum::<usize>()
     );
     Ok(())
 }
