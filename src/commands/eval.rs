@@ -48,18 +48,25 @@ pub struct EvalArgs {
     /// Prompts the mean ablation vector is estimated on (the first of the N).
     #[arg(long, default_value_t = 32)]
     pub mean_prompts: usize,
+    /// Prompts per forward pass of the CE loss measurement.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
+    /// Tokens kept per prompt (longer ones are truncated).
     #[arg(long, default_value_t = 256)]
     pub max_len: usize,
+    /// The baseline the SAE is compared with: the layer's real-token mean (the study's) or zero.
     #[arg(long, value_enum, default_value_t = Ablation::Mean)]
     pub ablation: Ablation,
+    /// NMSE's denominator: the variance of x (the study's) or its second moment.
     #[arg(long, value_enum, default_value_t = NmseDenom::Var)]
     pub nmse_denom: NmseDenom,
+    /// `cpu` or `cuda` (the model and SAE on the GPU; needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Project file declaring the stages' models and the test prompts.
     #[arg(long, default_value = "saerl.toml")]
     pub project: PathBuf,
+    /// Re-evaluate SAEs that have an `evals` row already.
     #[arg(long)]
     pub overwrite: bool,
 }

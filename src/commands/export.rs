@@ -30,6 +30,7 @@ pub enum ExportWhat {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ExportTo {
+    /// The directory to write the tree into (`sae_<chain>/[k<K>/]...`).
     out: PathBuf,
     /// Only this chain.
     #[arg(long)]

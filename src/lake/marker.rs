@@ -147,8 +147,12 @@ impl Lake {
         Ok(self.read_marker()?.map_or(0, |m| m.commits))
     }
 
-    /// Whether a writer has made this directory a lake (so a reader may create its lock file).
+    /// Whether this directory is a lake, or an empty one a writer may make one (so a reader
+    /// may create the lock file that keeps it from seeing half of the first commit).
     pub(super) fn is_claimed(&self) -> bool {
-        matches!(dir_kind(self.root()), Ok(DirKind::Lake | DirKind::Unmarked))
+        matches!(
+            dir_kind(self.root()),
+            Ok(DirKind::Lake | DirKind::Unmarked | DirKind::Empty)
+        )
     }
 }

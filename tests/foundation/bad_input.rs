@@ -175,7 +175,7 @@ fn sql_errors_are_clear_and_exit_non_zero() {
             "-c",
             "SELECT topk_encode(w_dec, 'flexible', 'nope', 6) FROM features LIMIT 1",
         ],
-        &["no SAE for chain flexible stage nope layer 6"],
+        &["no stage \"nope\"", "flexible", "instruct_base"],
     );
     fails(
         &lake,

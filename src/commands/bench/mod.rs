@@ -39,6 +39,7 @@ pub enum BenchWhat {
     Gemm,
     /// saerl's device kernels against their CPU references, then timed (fails on a mismatch).
     Kernels {
+        /// The device whose kernels to check and time.
         #[arg(long, default_value = "cuda")]
         device: String,
         /// Only compile the CUDA kernels with NVRTC (no GPU needed): checks their source.
@@ -47,6 +48,7 @@ pub enum BenchWhat {
     },
     /// SAE training steps at the study's shape (d 896, d_sae 7168, k 64, batch 512).
     Train {
+        /// Training steps to time.
         #[arg(long, default_value_t = 8)]
         steps: usize,
         /// `cpu` or `cuda`.
@@ -78,13 +80,16 @@ pub enum BenchWhat {
         /// The cluster (`df://HOST:PORT`, see `saerl cluster`).
         #[arg(long)]
         cluster: String,
+        /// Runs of each query (the best is reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
     /// match_features's one-to-one assignment at the study's shape.
     Match {
+        /// Features per SAE.
         #[arg(long, default_value_t = 7168)]
         d_sae: usize,
+        /// The decoder's width.
         #[arg(long, default_value_t = 896)]
         d_model: usize,
     },

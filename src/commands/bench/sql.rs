@@ -16,14 +16,19 @@ use crate::synth::{write_chain, ChainPlan};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchSql {
+    /// Stages of the synthetic chain.
     #[arg(long, default_value_t = 8)]
     pub stages: usize,
+    /// The SAEs' input width.
     #[arg(long, default_value_t = 896)]
     pub d_model: usize,
+    /// Features per SAE.
     #[arg(long, default_value_t = 7168)]
     pub d_sae: usize,
+    /// The SAEs' k.
     #[arg(long, default_value_t = 64)]
     pub k: usize,
+    /// Runs of the query (the best is reported).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Keep (and reuse) the generated lake in this directory.
