@@ -105,6 +105,19 @@ mod tests {
         assert!(missing.is_empty(), "flags without a --help line:\n{}", missing.join("\n"));
     }
 
+    /// `--wait` is offered only by the commands that take a work lock (ingest, train).
+    #[test]
+    fn wait_appears_only_where_it_acts() {
+        let cli = super::Cli::command();
+        let with_wait: Vec<&str> = cli
+            .get_subcommands()
+            .filter(|c| c.get_arguments().any(|a| a.get_id() == "wait"))
+            .map(|c| c.get_name())
+            .collect();
+        assert_eq!(with_wait, ["ingest", "train"]);
+        assert!(cli.get_arguments().all(|a| a.get_id() != "wait"));
+    }
+
     #[test]
     fn the_command_line_is_consistent() {
         super::Cli::command().debug_assert();

@@ -74,9 +74,9 @@ impl SaeSelection {
             anyhow::bail!(
                 "{} (train or import its SAEs first)",
                 crate::suggest::unknown(
-                    "chain with SAEs",
+                    "chain",
                     &self.chain,
-                    &lake.location(),
+                    &format!("the SAEs of {}", lake.location()),
                     &chains
                 )
             );

@@ -19,7 +19,8 @@ pub fn fixtures() -> PathBuf {
 }
 
 /// Every file under `dir` with a hash of its bytes: equal snapshots mean an untouched lake.
-/// A missing directory has an empty snapshot. Lock files (`.locks/`) are not data.
+/// A missing directory has an empty snapshot. Lock files (`.locks/`) and the marker are not
+/// data.
 pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, u64> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -29,7 +30,8 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, u64> {
         };
         for e in entries {
             let p = e.unwrap().path();
-            if p.file_name().is_some_and(|n| n == ".locks") {
+            // Lock files and the lake's marker (its commit count) are not data.
+            if p.file_name().is_some_and(|n| n == ".locks" || n == saerl::lake::MARKER) {
                 continue;
             }
             if p.is_dir() {

@@ -96,6 +96,10 @@ fn unknown_names_get_what_exists_and_the_nearest() {
     let o = saerl(&lake, &["sql", "-c", "SELECT * FROM featurse"]);
     let err = stderr(&o);
     assert!(err.contains("did you mean \"features\""), "{err}");
+    // A function's own message comes first, not after DataFusion's planning wrappers.
+    let o = saerl(&lake, &["sql", "-c", "SELECT topk_encode(1.5, 'a', 'b', 1)"]);
+    let err = stderr(&o);
+    assert!(err.starts_with("error: topk_encode"), "{err}");
     // Each error once: a column typo said "No field named" three times.
     let o = saerl(&lake, &["sql", "-c", "SELECT nosuch FROM saes"]);
     let err = stderr(&o);
