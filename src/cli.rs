@@ -4,7 +4,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    bench, cluster, demo, eval, export, import, ingest, init, plot, report, sql, stats, train,
+    bench, cluster, demo, eval, export, import, ingest, init, plot, report, serve, sql, stats,
+    train,
 };
 use crate::lake::Lake;
 
@@ -45,6 +46,9 @@ pub enum Command {
     Plot(plot::PlotArgs),
     /// Run every saved query into one HTML page (inline SVG figures, tables) and CSVs.
     Report(report::ReportArgs),
+    /// A read-only feature browser over the lake: study, transition and feature pages, search
+    /// and a SQL box, each page with a JSON twin under /api.
+    Serve(serve::ServeArgs),
     /// The whole pipeline on a tiny model trained on the spot and a synthetic study.
     Demo(demo::DemoArgs),
     /// Benchmarks (figures and ratios, not pass/fail).
@@ -67,6 +71,7 @@ pub async fn run(cli: &Cli) -> Result<()> {
         Command::Sql(a) => sql::run(&lake, a).await,
         Command::Plot(a) => plot::run(&lake, a).await,
         Command::Report(a) => report::run(&lake, a).await,
+        Command::Serve(a) => serve::run(&lake, a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Bench(a) => bench::run(&lake, a).await,
         Command::Cluster(a) => cluster::run(&lake, a).await,

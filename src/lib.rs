@@ -15,6 +15,7 @@ mod report_error;
 pub use report_error::error_text;
 pub mod rng;
 pub mod sae;
+pub mod serve;
 pub mod sql;
 pub mod study;
 pub mod suggest;

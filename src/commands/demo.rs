@@ -359,7 +359,7 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
     )
     .await?;
     println!(
-        "\nFigures and tables are in {}/. Explore further with:\n  saerl sql --lake {}\n\nThe report: {}",
+        "\nFigures and tables are in {}/. Explore further with:\n  saerl sql --lake {}\n\nThe report: {}\nBrowse the features:\n  saerl serve --lake {1}    # then open http://127.0.0.1:8080/",
         out.display(),
         lake.root().display(),
         page.display()

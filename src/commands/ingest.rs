@@ -483,8 +483,13 @@ fn publish(
             &stage_key,
             &[docs_batch(&plan.docs, dataset_split)?],
         )?;
-        let vocab: Vec<(u32, String)> = (0..plan.tok.vocab_size() as u32)
-            .filter_map(|id| plan.tok.id_to_token(id).map(|t| (id, t)))
+        let vocab: Vec<(u32, String, String)> = (0..plan.tok.vocab_size() as u32)
+            .filter_map(|id| {
+                plan.tok.id_to_token(id).map(|t| {
+                    let text = crate::model::token_text::symbol_text(&t);
+                    (id, t, text)
+                })
+            })
             .collect();
         txn.write(Table::Vocab, &stage_key, &[vocab_batch(&vocab)?])?;
     }

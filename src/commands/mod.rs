@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod init;
 pub mod plot;
 pub mod report;
+pub mod serve;
 pub mod sql;
 pub mod stats;
 pub mod train;

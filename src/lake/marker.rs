@@ -57,8 +57,9 @@ pub fn dir_kind(dir: &Path) -> Result<DirKind> {
     for e in entries {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
-        // What a writer leaves before its first commit (locks, staging) is not content.
-        if SAERL_DIRS.contains(&name.as_str()) {
+        // What a writer leaves before its first commit (locks, staging) is not content, nor is
+        // the marker's temporary file while another writer puts it in place.
+        if SAERL_DIRS.contains(&name.as_str()) || name.contains(MARKER) {
             continue;
         }
         if e.file_type()?.is_dir() && Table::ALL.iter().any(|t| t.name() == name) {

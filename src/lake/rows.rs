@@ -60,7 +60,8 @@ pub fn docs_batch(docs: &[Doc], dataset_split: &str) -> Result<RecordBatch> {
     )?)
 }
 
-pub fn vocab_batch(tokens: &[(u32, String)]) -> Result<RecordBatch> {
+/// The `vocab` rows of one stage: (token id, the tokenizer's symbol, the text a person reads).
+pub fn vocab_batch(tokens: &[(u32, String, String)]) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(
         Table::Vocab.file_schema(None),
         vec![
@@ -69,6 +70,9 @@ pub fn vocab_batch(tokens: &[(u32, String)]) -> Result<RecordBatch> {
             )),
             Arc::new(StringArray::from_iter_values(
                 tokens.iter().map(|t| t.1.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                tokens.iter().map(|t| t.2.as_str()),
             )),
         ],
     )?)

@@ -122,7 +122,8 @@ impl Table {
                 f("question", Utf8),
                 n("answer", Utf8),
             ],
-            Table::Vocab => vec![f("token_id", Int32), f("token", Utf8)],
+            // `text`: what a person reads (` the` for `Ġthe`); NULL in lakes written before it.
+            Table::Vocab => vec![f("token_id", Int32), f("token", Utf8), n("text", Utf8)],
             Table::Saes => vec![
                 f("d_model", Int32),
                 f("d_sae", Int32),

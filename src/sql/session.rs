@@ -246,7 +246,9 @@ async fn remote_schemas(ctx: &SessionContext, r: &Remote, table: Table) -> Resul
     let store = ctx.runtime_env().object_store(url)?;
     // Two small requests per file: issued concurrently, as a table holds one file per SAE.
     let files = r.table_files(table)?;
-    let reads = files.iter().map(|f| {
+    // The futures are made up front (owning what they read), so the stream holds no closure
+    // over borrowed files: a session's futures stay Send for the web server.
+    let reads: Vec<_> = files.iter().map(|f| {
         let path = object_store::path::Path::from(
             format!("{}/{}", r.prefix_str(), f.rel).trim_start_matches('/'),
         );
@@ -258,7 +260,7 @@ async fn remote_schemas(ctx: &SessionContext, r: &Remote, table: Table) -> Resul
                 .context(what)?;
             anyhow::Ok(builder.schema().clone())
         }
-    });
+    }).collect();
     futures::stream::iter(reads)
         .buffered(crate::lake::CONCURRENCY)
         .try_collect()

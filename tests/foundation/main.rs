@@ -11,6 +11,7 @@ mod interop;
 mod repl;
 mod rewards;
 mod rough_edges;
+mod serve;
 mod sessions;
 #[path = "../common/mod.rs"]
 mod shared;
