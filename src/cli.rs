@@ -107,7 +107,11 @@ mod tests {
         }
         let mut missing = Vec::new();
         walk(&super::Cli::command(), "saerl", &mut missing);
-        assert!(missing.is_empty(), "flags without a --help line:\n{}", missing.join("\n"));
+        assert!(
+            missing.is_empty(),
+            "flags without a --help line:\n{}",
+            missing.join("\n")
+        );
     }
 
     /// `--wait` is offered only by the commands that take a work lock (ingest, train).

@@ -143,7 +143,11 @@ mod tests {
         std::fs::write(&dest, b"old").unwrap();
         let mut f = super::AtomicFile::create(&dest).unwrap();
         f.write_all(b"new contents").unwrap();
-        assert_eq!(std::fs::read(&dest).unwrap(), b"old", "not in place before finish");
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            b"old",
+            "not in place before finish"
+        );
         f.finish().unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"new contents");
         // Dropped unfinished: the old file stays and no temporary is left.

@@ -78,19 +78,31 @@ mod tests {
     #[test]
     fn each_message_once_and_ours_first() {
         let inner = Wrap("Schema error: No field named x.", None);
-        let mid = Wrap("External error: Schema error: No field named x.", Some(Box::new(inner)));
+        let mid = Wrap(
+            "External error: Schema error: No field named x.",
+            Some(Box::new(inner)),
+        );
         let e = anyhow::Error::new(mid).context("-c line 1");
         let text = error_text(&e);
         assert_eq!(text.matches("No field named x").count(), 1, "{text}");
         assert!(text.starts_with("-c line 1"), "{text}");
 
-        let udf = Wrap("topk_encode: the vector has 3 values, the SAE's d_model is 16", None);
-        let plan = Wrap("Error during planning: Failed to coerce arguments", Some(Box::new(udf)));
+        let udf = Wrap(
+            "topk_encode: the vector has 3 values, the SAE's d_model is 16",
+            None,
+        );
+        let plan = Wrap(
+            "Error during planning: Failed to coerce arguments",
+            Some(Box::new(udf)),
+        );
         let text = error_text(&anyhow::Error::new(plan));
         assert!(text.starts_with("topk_encode: the vector"), "{text}");
         assert!(text.contains("Failed to coerce"), "{text}");
         // Also when DataFusion formatted the cause into its own text.
-        let flat = Wrap("Error during planning: Execution error: topk_encode: bad k", None);
+        let flat = Wrap(
+            "Error during planning: Execution error: topk_encode: bad k",
+            None,
+        );
         assert_eq!(
             error_text(&anyhow::Error::new(flat)),
             "topk_encode: bad k (in: Error during planning: Execution error)"

@@ -238,7 +238,10 @@ fn claim_out_dir(out: &Path) -> Result<()> {
             out.display()
         );
     } else if out.exists() && !out.is_dir() {
-        anyhow::bail!("{} is not a directory: pass --out a new or empty directory", out.display());
+        anyhow::bail!(
+            "{} is not a directory: pass --out a new or empty directory",
+            out.display()
+        );
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     crate::durable::write_atomic(

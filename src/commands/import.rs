@@ -13,9 +13,9 @@ use anyhow::{bail, Context, Result};
 use regex::Regex;
 
 use crate::lake::{check_name, write_sae, Lake, PartitionKey, StageRow, Table, Txn};
+use crate::project::Project;
 use crate::sae::interop::{self, Format};
 use crate::sae::{pt, Sae};
-use crate::project::Project;
 use crate::study::chain_defaults;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -235,7 +235,9 @@ fn import(lake: &Lake, a: &ImportPt, kind: Kind) -> Result<()> {
     }
     let project = Project::load_or_default(&a.project)?;
     let mut jobs = jobs;
-    jobs.sort_by(|a, b| (&a.chain, &a.stage, a.layer, &a.file).cmp(&(&b.chain, &b.stage, b.layer, &b.file)));
+    jobs.sort_by(|a, b| {
+        (&a.chain, &a.stage, a.layer, &a.file).cmp(&(&b.chain, &b.stage, b.layer, &b.file))
+    });
 
     let mut txn = Txn::begin(lake, a.overwrite)?;
     let bar = super::progress(jobs.len() as u64, "import");

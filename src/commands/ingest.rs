@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::data::{read_questions, val_rows, Doc, SplitKind};
 use crate::durable::AtomicFile;
 use crate::lake::{
-    activation_batch, check_name, docs_batch, vocab_batch,
-    writer_properties, IngestStaging, Lake, PartitionKey, StageRow, Table, Txn,
+    activation_batch, check_name, docs_batch, vocab_batch, writer_properties, IngestStaging, Lake,
+    PartitionKey, StageRow, Table, Txn,
 };
 use crate::model::{device, load_model, Qwen2, Qwen2Config, TextTokenizer};
 use crate::project::{DataSet, Project};

@@ -25,7 +25,9 @@ fn escape(s: &str) -> String {
 
 /// The comment lines of a query's header that are not `key: value` settings.
 fn description(sql: &str) -> String {
-    let keys = ["title", "chart", "x", "y", "value", "series", "facet", "param"];
+    let keys = [
+        "title", "chart", "x", "y", "value", "series", "facet", "param",
+    ];
     sql.lines()
         .map_while(|l| l.trim().strip_prefix("--"))
         .map(str::trim)
@@ -95,7 +97,11 @@ pub async fn run(lake: &Lake, a: &ReportArgs) -> Result<()> {
             declared.dedup();
             anyhow::bail!(
                 "no query declares the parameter {k:?} (declared: {})",
-                if declared.is_empty() { "none".into() } else { declared.join(", ") }
+                if declared.is_empty() {
+                    "none".into()
+                } else {
+                    declared.join(", ")
+                }
             );
         }
     }

@@ -14,7 +14,12 @@ use crate::sql::Format;
 pub struct SqlArgs {
     /// Run one SQL text (statements, or a dot-command such as `.tables`) and exit. It may start
     /// with `--` comments, as a saved query does.
-    #[arg(short = 'c', long = "command", conflicts_with = "file", allow_hyphen_values = true)]
+    #[arg(
+        short = 'c',
+        long = "command",
+        conflicts_with = "file",
+        allow_hyphen_values = true
+    )]
     pub command: Option<String>,
     /// Run the statements of a file and exit.
     #[arg(short = 'f', long)]

@@ -13,8 +13,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::durable::write_atomic;
 use super::{Lake, Table};
+use crate::durable::write_atomic;
 
 /// The marker file at the lake's root.
 pub const MARKER: &str = ".saerl-lake";
@@ -67,15 +67,20 @@ pub fn dir_kind(dir: &Path) -> Result<DirKind> {
         }
         empty = false;
     }
-    Ok(if empty { DirKind::Empty } else { DirKind::Other })
+    Ok(if empty {
+        DirKind::Empty
+    } else {
+        DirKind::Other
+    })
 }
 
 /// The error for a directory that is not a lake, with the nearest lake below it if any.
 fn not_a_lake(dir: &Path) -> anyhow::Error {
     let below = std::fs::read_dir(dir).ok().and_then(|entries| {
-        entries.flatten().map(|e| e.path()).find(|p| {
-            matches!(dir_kind(p), Ok(DirKind::Lake | DirKind::Unmarked))
-        })
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| matches!(dir_kind(p), Ok(DirKind::Lake | DirKind::Unmarked)))
     });
     match below {
         Some(p) => anyhow::anyhow!(

@@ -26,11 +26,11 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
-use crate::durable::{sync_path, sync_tree, write_atomic};
 use super::lock::LockGuard;
 use super::remote::{rel_str, Remote, RemoteRecord};
 use super::stages::StageRow;
 use super::{Lake, PartitionKey, Table, PART_FILE};
+use crate::durable::{sync_path, sync_tree, write_atomic};
 
 /// Rows per Parquet row group: bounds reader memory for wide vector columns.
 pub const ROW_GROUP_ROWS: usize = 8192;

@@ -5,7 +5,9 @@
 /// The byte a stand-in character encodes, by GPT-2's table: printable Latin-1 bytes stand for
 /// themselves, the other 68 bytes take the characters from U+0100 on, in byte order.
 fn byte_of(c: char) -> Option<u8> {
-    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let printable = |b: u32| {
+        (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
     let u = c as u32;
     if u < 0x100 {
         return printable(u).then_some(u as u8);

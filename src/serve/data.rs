@@ -76,7 +76,12 @@ async fn sae_groups(app: &App) -> Result<Vec<(String, i64, i64)>> {
 }
 
 /// Stages with an SAE at (chain, layer, k), in step order: (stage, step).
-async fn stages_of(app: &App, chain: &str, layer: i32, k: i32) -> Result<Vec<(String, i64)>, Failure> {
+async fn stages_of(
+    app: &App,
+    chain: &str,
+    layer: i32,
+    k: i32,
+) -> Result<Vec<(String, i64)>, Failure> {
     name("chain", chain)?;
     let rows = app
         .rows(&format!(
@@ -123,7 +128,9 @@ pub(super) async fn study(app: &App) -> Result<Value, Failure> {
              GROUP BY chain, layer, k, stage_from, stage_to, step_from, step_to",
         )
         .await?;
-    let life = app.rows(include_str!("../../queries/lifecycle.sql")).await?;
+    let life = app
+        .rows(include_str!("../../queries/lifecycle.sql"))
+        .await?;
     let key = |r: &Row| (s(r, "chain").to_string(), i(r, "layer"), i(r, "k"));
     let mut groups: BTreeMap<(String, i64, i64), (Vec<Value>, Vec<Value>)> = BTreeMap::new();
     for r in &stages {
@@ -135,7 +142,9 @@ pub(super) async fn study(app: &App) -> Result<Value, Failure> {
     }
     for r in &drift {
         let l = life.iter().find(|x| {
-            key(x) == key(r) && s(x, "stage_from") == s(r, "stage_from") && s(x, "stage_to") == s(r, "stage_to")
+            key(x) == key(r)
+                && s(x, "stage_from") == s(r, "stage_from")
+                && s(x, "stage_to") == s(r, "stage_to")
         });
         let alive = l.map(|x| i(x, "stayed") + i(x, "born"));
         if let Some(g) = groups.get_mut(&key(r)) {
@@ -150,6 +159,13 @@ pub(super) async fn study(app: &App) -> Result<Value, Failure> {
     for g in groups.values_mut() {
         g.1.sort_by_key(|t| t["step_to"].as_i64());
     }
+    // Groups with measurements (evals or statistics) first: they are what a researcher opens.
+    let measured = |st: &[Value]| {
+        st.iter()
+            .any(|s| !s["nmse"].is_null() || !s["effective_count"].is_null())
+    };
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by_key(|(_, (st, _))| !measured(st));
     let missing = missing_tables(app).await?;
     Ok(json!({
         "lake": app.lake.location(),
@@ -205,7 +221,9 @@ pub(super) async fn feature(
     split: &str,
 ) -> Result<Value, Failure> {
     if split != "val" && split != "train" {
-        return Err(Failure::BadRequest(format!("split must be val or train, not {split:?}")));
+        return Err(Failure::BadRequest(format!(
+            "split must be val or train, not {split:?}"
+        )));
     }
     let stages = stages_of(app, chain, layer, k).await?;
     let keys: Vec<PartitionKey> = stages
@@ -418,8 +436,14 @@ pub(super) async fn transition(
              AND k = {k} AND stage_from = '{a}' AND stage_to = '{b}' ORDER BY feature"
         ))
         .await?;
-    let dec: Vec<f64> = rows.iter().map(|r| f(r, "dec_cos").unwrap_or(f64::NAN)).collect();
-    let enc: Vec<f64> = rows.iter().map(|r| f(r, "enc_cos").unwrap_or(f64::NAN)).collect();
+    let dec: Vec<f64> = rows
+        .iter()
+        .map(|r| f(r, "dec_cos").unwrap_or(f64::NAN))
+        .collect();
+    let enc: Vec<f64> = rows
+        .iter()
+        .map(|r| f(r, "enc_cos").unwrap_or(f64::NAN))
+        .collect();
     let (md, me) = (median(&dec), median(&enc));
     let mut quadrants = [0usize; 4];
     for (x, y) in dec.iter().zip(&enc) {
@@ -448,7 +472,12 @@ pub(super) async fn transition(
             .map(|r| i(r, "feature"))
             .collect()
     };
-    let lo = dec.iter().chain(&enc).cloned().fold(1.0f64, f64::min).min(0.0);
+    let lo = dec
+        .iter()
+        .chain(&enc)
+        .cloned()
+        .fold(1.0f64, f64::min)
+        .min(0.0);
     Ok(json!({
         "chain": chain, "layer": layer, "k": k, "stage_from": a, "stage_to": b,
         "n_features": rows.len(),
@@ -467,7 +496,9 @@ pub(super) async fn transition(
 pub(super) async fn search(app: &App, q: &HashMap<String, String>) -> Result<Value, Failure> {
     let groups = sae_groups(app).await?;
     let Some(text) = q.get("text").filter(|t| !t.is_empty()) else {
-        return Ok(json!({ "groups": groups.iter().map(|(c, l, k)| json!({"chain": c, "layer": l, "k": k})).collect::<Vec<_>>(), "hits": [] }));
+        return Ok(
+            json!({ "groups": groups.iter().map(|(c, l, k)| json!({"chain": c, "layer": l, "k": k})).collect::<Vec<_>>(), "hits": [] }),
+        );
     };
     // Byte-level BPE spells a leading space `Ġ`; match either spelling.
     let lit = |t: &str| t.replace('\'', "''");
@@ -496,7 +527,9 @@ pub(super) async fn sql_box(app: &App, q: Option<&str>) -> Result<Value, Failure
     let statements = datafusion::sql::parser::DFParser::parse_sql(q)
         .map_err(|e| Failure::BadRequest(format!("{e}")))?;
     if statements.len() != 1 {
-        return Err(Failure::BadRequest("the SQL box runs one statement at a time".into()));
+        return Err(Failure::BadRequest(
+            "the SQL box runs one statement at a time".into(),
+        ));
     }
     use datafusion::sql::parser::Statement as S;
     use datafusion::sql::sqlparser::ast::Statement as A;
@@ -507,7 +540,8 @@ pub(super) async fn sql_box(app: &App, q: Option<&str>) -> Result<Value, Failure
     };
     if !read_only {
         return Err(Failure::BadRequest(
-            "the SQL box is read-only: only SELECT, WITH and EXPLAIN (no DDL, DML, COPY or SET)".into(),
+            "the SQL box is read-only: only SELECT, WITH and EXPLAIN (no DDL, DML, COPY or SET)"
+                .into(),
         ));
     }
     let limit = app.cfg.sql_rows;
@@ -527,7 +561,13 @@ pub(super) async fn sql_box(app: &App, q: Option<&str>) -> Result<Value, Failure
     };
     let columns: Vec<String> = batches
         .first()
-        .map(|b| b.schema().fields().iter().map(|f| f.name().clone()).collect())
+        .map(|b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        })
         .unwrap_or_default();
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
     let mut kept = Vec::new();

@@ -52,8 +52,8 @@ header .brand { font-weight: 700; letter-spacing: .02em; }
 main { max-width: 1200px; margin: 0 auto; padding: 16px 24px 48px; }
 h1 { font-size: 22px; margin: 8px 0 4px; } h2 { font-size: 17px; margin: 24px 0 8px; }
 .muted, .note { color: var(--muted); } .note { font-size: 13px; }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr)); gap: 14px; }
-.card { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(440px, 1fr)); gap: 14px; align-items: start; }
+.card { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; overflow-x: auto; }
 .card h3 { margin: 0 0 6px; font-size: 15px; }
 table { border-collapse: collapse; font-size: 13px; margin: 6px 0; }
 td, th { padding: 3px 8px; border-bottom: 1px solid var(--line); text-align: right; white-space: nowrap; }
@@ -81,7 +81,10 @@ fn page(title: &str, body: &str) -> String {
 pub fn error_page(status: u16, message: &str) -> String {
     page(
         &format!("{status}"),
-        &format!("<h1>{status}</h1><p class=err>{}</p><p><a href=\"/\">Back to the study</a></p>", esc(message)),
+        &format!(
+            "<h1>{status}</h1><p class=err>{}</p><p><a href=\"/\">Back to the study</a></p>",
+            esc(message)
+        ),
     )
 }
 
@@ -111,17 +114,35 @@ fn sparkline(values: &[Option<f64>], w: f64, h: f64) -> String {
     if known.is_empty() {
         return "<span class=muted>–</span>".into();
     }
-    let (lo, hi) = known.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let (lo, hi) = known
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
     let span = if hi > lo { hi - lo } else { 1.0 };
     let n = (values.len().max(2) - 1) as f64;
     let pts: Vec<String> = values
         .iter()
         .enumerate()
-        .filter_map(|(i, v)| v.map(|v| format!("{:.1},{:.1}", 4.0 + i as f64 * (w - 8.0) / n, h - 4.0 - (v - lo) / span * (h - 8.0))))
+        .filter_map(|(i, v)| {
+            v.map(|v| {
+                format!(
+                    "{:.1},{:.1}",
+                    4.0 + i as f64 * (w - 8.0) / n,
+                    h - 4.0 - (v - lo) / span * (h - 8.0)
+                )
+            })
+        })
         .collect();
+    let first = values.iter().flatten().next().copied().unwrap_or(lo);
+    let last = values.iter().flatten().last().copied().unwrap_or(hi);
     format!(
-        r#"<svg width="{w}" height="{h}"><polyline fill="none" stroke="var(--accent)" stroke-width="1.6" points="{}"/></svg>"#,
-        pts.join(" ")
+        r#"<svg width="{w}" height="{}"><polyline fill="none" stroke="var(--accent)" stroke-width="1.6" points="{}"/><text x="2" y="{}">{}</text><text x="{}" y="{}" text-anchor="end">{}</text></svg>"#,
+        h + 12.0,
+        pts.join(" "),
+        h + 10.0,
+        num(first),
+        w - 2.0,
+        h + 10.0,
+        num(last)
     )
 }
 
@@ -145,7 +166,13 @@ pub fn study(v: &Value) -> String {
         b.push_str("<p class=note>Not in this lake yet: ");
         let items: Vec<String> = m
             .iter()
-            .map(|x| format!("<code>{}</code> (<code>{}</code>)", text(&x["table"]), text(&x["command"])))
+            .map(|x| {
+                format!(
+                    "<code>{}</code> (<code>{}</code>)",
+                    text(&x["table"]),
+                    text(&x["command"])
+                )
+            })
             .collect();
         b.push_str(&items.join(", "));
         b.push_str("</p>");
@@ -154,7 +181,10 @@ pub fn study(v: &Value) -> String {
     for g in v["groups"].as_array().into_iter().flatten() {
         let chain = g["chain"].as_str().unwrap_or("");
         let stages = g["stages"].as_array().cloned().unwrap_or_default();
-        let eff: Vec<Option<f64>> = stages.iter().map(|s| s["effective_count"].as_f64()).collect();
+        let eff: Vec<Option<f64>> = stages
+            .iter()
+            .map(|s| s["effective_count"].as_f64())
+            .collect();
         let _ = write!(
             b,
             "<div class=card><h3>{} · layer {} · k {}</h3><div class=note>effective count {}</div><table><tr><th>stage</th><th>step</th><th>NMSE</th><th>frac_rec</th><th>L0</th><th>eff. count</th></tr>",
@@ -203,10 +233,19 @@ fn scatter(points: &[Value], md: f64, me: f64, lo: f64) -> String {
     let (w, h) = (360.0, 300.0);
     let x = |v: f64| 30.0 + (v - lo) / (1.0 - lo) * (w - 40.0);
     let y = |v: f64| h - 24.0 - (v - lo) / (1.0 - lo) * (h - 34.0);
-    let mut s = format!(r#"<svg width="{w}" height="{h}" role="img"><rect x="30" y="10" width="{}" height="{}" fill="none" stroke="silver"/>"#, w - 40.0, h - 34.0);
+    let mut s = format!(
+        r#"<svg width="{w}" height="{h}" role="img"><rect x="30" y="10" width="{}" height="{}" fill="none" stroke="silver"/>"#,
+        w - 40.0,
+        h - 34.0
+    );
     for p in points {
         if let (Some(a), Some(b)) = (p[0].as_f64(), p[1].as_f64()) {
-            let _ = write!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="1.6" fill="rgba(37,99,235,.45)"/>"#, x(a), y(b));
+            let _ = write!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="1.6" fill="rgba(37,99,235,.45)"/>"#,
+                x(a),
+                y(b)
+            );
         }
     }
     let _ = write!(
@@ -291,13 +330,26 @@ pub fn transition(v: &Value) -> String {
             .flatten()
             .map(|f| link_feature(chain, l, k, f))
             .collect();
-        let _ = write!(b, "<h2>{what} ({})</h2><p>{}</p>", list.len(), if list.is_empty() { "none".into() } else { list.join(" ") });
+        let _ = write!(
+            b,
+            "<h2>{what} ({})</h2><p>{}</p>",
+            list.len(),
+            if list.is_empty() {
+                "none".into()
+            } else {
+                list.join(" ")
+            }
+        );
     }
     page("Transition", &b)
 }
 
 fn tint(a: f64, max: f64) -> String {
-    let t = if max > 0.0 { (a / max).clamp(0.0, 1.0) } else { 0.0 };
+    let t = if max > 0.0 {
+        (a / max).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     format!("rgba(234,88,12,{:.2})", t * 0.85)
 }
 
@@ -352,21 +404,39 @@ pub fn feature(v: &Value) -> String {
     }
     b.push_str("</table>");
     for s in &stages {
-        let _ = write!(b, "<div class=stage><h2>{} <span class=muted>(step {})</span></h2>", text(&s["stage"]), s["step"]);
+        let _ = write!(
+            b,
+            "<div class=stage><h2>{} <span class=muted>(step {})</span></h2>",
+            text(&s["stage"]),
+            s["step"]
+        );
         let examples = s["top_examples"].as_array().cloned().unwrap_or_default();
         if examples.is_empty() {
             b.push_str("<p class=note>No top examples at this stage (run <code>saerl stats</code>, or the feature never fired on this split).</p>");
         }
         for e in &examples {
             let ctx = e["context"].as_array().cloned().unwrap_or_default();
-            let max = ctx.iter().filter_map(|t| t["activation"].as_f64()).fold(0.0, f64::max);
-            let _ = write!(b, "<div class=ex><span class=v>#{} · {} · doc {}</span><span class=ctx>", e["rank"], opt(&e["value"]), e["doc_id"]);
+            let max = ctx
+                .iter()
+                .filter_map(|t| t["activation"].as_f64())
+                .fold(0.0, f64::max);
+            let _ = write!(
+                b,
+                "<div class=ex><span class=v>#{} · {} · doc {}</span><span class=ctx>",
+                e["rank"],
+                opt(&e["value"]),
+                e["doc_id"]
+            );
             for t in &ctx {
                 let a = t["activation"].as_f64().unwrap_or(0.0);
                 let _ = write!(
                     b,
                     r#"<span{} style="background:{}" title="{}">{}</span>"#,
-                    if t["peak"].as_bool() == Some(true) { " class=peak" } else { "" },
+                    if t["peak"].as_bool() == Some(true) {
+                        " class=peak"
+                    } else {
+                        ""
+                    },
                     tint(a, max),
                     num(a),
                     text(&t["text"])
@@ -378,9 +448,19 @@ pub fn feature(v: &Value) -> String {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|n| format!("{} ({})", link_feature(chain, l, k, &n["feature"]), opt(&n["dec_cos"])))
+            .map(|n| {
+                format!(
+                    "{} ({})",
+                    link_feature(chain, l, k, &n["feature"]),
+                    opt(&n["dec_cos"])
+                )
+            })
             .collect();
-        let _ = write!(b, "<p class=note>Nearest features (decoder cosine): {}</p></div>", nearest.join(", "));
+        let _ = write!(
+            b,
+            "<p class=note>Nearest features (decoder cosine): {}</p></div>",
+            nearest.join(", ")
+        );
     }
     for n in v["notes"].as_array().into_iter().flatten() {
         let _ = write!(b, "<p class=note>{}</p>", text(n));
@@ -389,7 +469,8 @@ pub fn feature(v: &Value) -> String {
 }
 
 pub fn search(v: &Value) -> String {
-    let mut b = String::from("<h1>Search</h1><form method=get action=\"/search\"><p>Jump to a feature: ");
+    let mut b =
+        String::from("<h1>Search</h1><form method=get action=\"/search\"><p>Jump to a feature: ");
     b.push_str("<input name=chain placeholder=chain size=10> <input name=layer placeholder=layer size=4> <input name=k placeholder=k size=4> <input name=feature placeholder=feature size=6> <button>Go</button></p></form>");
     let _ = write!(
         b,
@@ -420,7 +501,14 @@ pub fn search(v: &Value) -> String {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|g| format!("{} · layer {} · k {}", text(&g["chain"]), g["layer"], g["k"]))
+        .map(|g| {
+            format!(
+                "{} · layer {} · k {}",
+                text(&g["chain"]),
+                g["layer"],
+                g["k"]
+            )
+        })
         .collect();
     b.push_str(&groups.join("<br>"));
     b.push_str("</p>");
@@ -440,7 +528,11 @@ pub fn sql(v: &Value) -> String {
         .collect();
     if !cols.is_empty() {
         if v["truncated"].as_bool() == Some(true) {
-            let _ = write!(b, "<p class=note>First {} of {} rows.</p>", v["row_limit"], v["total_rows"]);
+            let _ = write!(
+                b,
+                "<p class=note>First {} of {} rows.</p>",
+                v["row_limit"], v["total_rows"]
+            );
         }
         b.push_str("<table><tr>");
         for c in &cols {

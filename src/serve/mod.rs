@@ -157,7 +157,10 @@ fn router(app: Arc<App>) -> Router {
             get(|s: S, p: TransitionPath| transition(s, p, Twin::Api)),
         )
         .route("/search", get(|s: S, q: Params| search(s, q, Twin::Page)))
-        .route("/api/search", get(|s: S, q: Params| search(s, q, Twin::Api)))
+        .route(
+            "/api/search",
+            get(|s: S, q: Params| search(s, q, Twin::Api)),
+        )
         .route(
             "/sql",
             get(|s: S, q: Params| sql_get(s, q, Twin::Page))
@@ -209,7 +212,11 @@ async fn transition(
     Path((chain, layer, k, a, b)): Path<(String, i32, i32, String, String)>,
     twin: Twin,
 ) -> Response {
-    respond(twin, data::transition(&app, &chain, layer, k, &a, &b).await, html::transition)
+    respond(
+        twin,
+        data::transition(&app, &chain, layer, k, &a, &b).await,
+        html::transition,
+    )
 }
 
 async fn search(State(app): State<Arc<App>>, Query(q): Params, twin: Twin) -> Response {
@@ -221,31 +228,49 @@ async fn search(State(app): State<Arc<App>>, Query(q): Params, twin: Twin) -> Re
         q.get("k"),
         q.get("feature"),
     ) {
-        if [l, k, f].iter().all(|v| v.parse::<i32>().is_ok()) && crate::lake::check_name("chain", c).is_ok() {
-            return Redirect::to(&format!("/chain/{c}/layer/{l}/k/{k}/feature/{f}")).into_response();
+        if [l, k, f].iter().all(|v| v.parse::<i32>().is_ok())
+            && crate::lake::check_name("chain", c).is_ok()
+        {
+            return Redirect::to(&format!("/chain/{c}/layer/{l}/k/{k}/feature/{f}"))
+                .into_response();
         }
     }
     respond(twin, data::search(&app, &q).await, html::search)
 }
 
 async fn sql_get(State(app): State<Arc<App>>, Query(q): Params, twin: Twin) -> Response {
-    respond(twin, data::sql_box(&app, q.get("q").map(String::as_str)).await, html::sql)
+    respond(
+        twin,
+        data::sql_box(&app, q.get("q").map(String::as_str)).await,
+        html::sql,
+    )
 }
 
 async fn sql_post(State(app): State<Arc<App>>, Form(f): SqlForm, twin: Twin) -> Response {
-    respond(twin, data::sql_box(&app, f.get("q").map(String::as_str)).await, html::sql)
+    respond(
+        twin,
+        data::sql_box(&app, f.get("q").map(String::as_str)).await,
+        html::sql,
+    )
 }
 
 const COOKIE: &str = "saerl_token";
 
 /// Equal in time independent of where they differ.
 fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 fn presented(headers: &HeaderMap) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         if let Some(t) = v.strip_prefix("Bearer ") {
             out.push(t.trim().to_string());
         }
@@ -266,15 +291,25 @@ async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) ->
     let Some(token) = app.cfg.token.as_deref() else {
         return next.run(req).await;
     };
-    if presented(req.headers()).iter().any(|t| same_secret(t, token)) {
+    if presented(req.headers())
+        .iter()
+        .any(|t| same_secret(t, token))
+    {
         return next.run(req).await;
     }
     let query: Vec<(String, String)> = req
         .uri()
         .query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default();
-    if query.iter().any(|(k, v)| k == "token" && same_secret(v, token)) {
+    if query
+        .iter()
+        .any(|(k, v)| k == "token" && same_secret(v, token))
+    {
         let rest: Vec<(String, String)> = query.into_iter().filter(|(k, _)| k != "token").collect();
         let mut to = req.uri().path().to_string();
         if !rest.is_empty() {

@@ -174,7 +174,12 @@ fn with_table_hint(ctx: &SessionContext, e: datafusion::error::DataFusionError) 
         })
         .collect();
     tables.sort();
-    anyhow::anyhow!(crate::suggest::unknown("table", &name, "this session", &tables))
+    anyhow::anyhow!(crate::suggest::unknown(
+        "table",
+        &name,
+        "this session",
+        &tables
+    ))
 }
 
 /// Where caught panics came from: the Parquet decoder's asserts mean a damaged file, anything
@@ -221,7 +226,9 @@ mod panics {
             "/root/.cargo/registry/src/index.crates.io-1/parquet-59.3.2/src/encodings/rle.rs:12"
         ));
         assert!(!in_parquet_decoder("src/sql/session.rs:300"));
-        assert!(!in_parquet_decoder("/x/datafusion-datasource-parquet-55.2.0/src/a.rs:1"));
+        assert!(!in_parquet_decoder(
+            "/x/datafusion-datasource-parquet-55.2.0/src/a.rs:1"
+        ));
     }
 }
 

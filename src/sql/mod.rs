@@ -62,7 +62,12 @@ pub(crate) fn check_sae_names(
     let saes = lake.partitions(crate::lake::Table::Saes)?;
     if !saes.iter().any(|(p, _)| p.chain == chain) {
         let known: Vec<String> = saes.into_iter().map(|(p, _)| p.chain).collect();
-        anyhow::bail!(crate::suggest::unknown("chain", chain, "the lake's SAEs", &known));
+        anyhow::bail!(crate::suggest::unknown(
+            "chain",
+            chain,
+            "the lake's SAEs",
+            &known
+        ));
     }
     if let Some(stage) = stage {
         let stages: Vec<String> = saes

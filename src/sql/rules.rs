@@ -71,7 +71,11 @@ impl OptimizerRule for DedupKeys {
                 }
                 let changed = expr.len() != n;
                 let plan = LogicalPlan::Sort(Sort { expr, ..sort });
-                Ok(if changed { Transformed::yes(plan) } else { Transformed::no(plan) })
+                Ok(if changed {
+                    Transformed::yes(plan)
+                } else {
+                    Transformed::no(plan)
+                })
             }
             LogicalPlan::Aggregate(agg) if has_repeats(&agg.group_expr) => {
                 let mut group: Vec<Expr> = Vec::with_capacity(agg.group_expr.len());
@@ -89,7 +93,10 @@ impl OptimizerRule for DedupKeys {
 }
 
 fn has_repeats(exprs: &[Expr]) -> bool {
-    exprs.iter().enumerate().any(|(i, e)| exprs[..i].contains(e))
+    exprs
+        .iter()
+        .enumerate()
+        .any(|(i, e)| exprs[..i].contains(e))
 }
 
 #[cfg(test)]
@@ -109,12 +116,27 @@ mod tests {
     ];
 
     async fn steps(ctx: &SessionContext) -> Vec<i32> {
-        ctx.sql(REPRODUCER[0]).await.unwrap().collect().await.unwrap();
-        let batches = ctx.sql(REPRODUCER[1]).await.unwrap().collect().await.unwrap();
+        ctx.sql(REPRODUCER[0])
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let batches = ctx
+            .sql(REPRODUCER[1])
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
         batches
             .iter()
             .flat_map(|b| {
-                let c = b.column(1).as_any().downcast_ref::<arrow::array::Int32Array>().unwrap();
+                let c = b
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int32Array>()
+                    .unwrap();
                 c.values().to_vec()
             })
             .collect()
@@ -131,7 +153,13 @@ mod tests {
         assert_eq!(steps(&ours).await, vec![30, 10, 0, 5]);
         // When this fails, DataFusion fixed its rule: drop `DedupKeys` and use theirs again.
         let stock = SessionContext::new();
-        stock.sql(REPRODUCER[0]).await.unwrap().collect().await.unwrap();
+        stock
+            .sql(REPRODUCER[0])
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
         let plan = stock
             .sql(REPRODUCER[1])
             .await

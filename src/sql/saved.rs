@@ -121,11 +121,18 @@ mod tests {
     #[test]
     fn the_built_in_list_is_the_queries_directory() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
-        let mut on_disk: Vec<String> = load_dir(&dir).unwrap().into_iter().map(|q| q.name).collect();
+        let mut on_disk: Vec<String> = load_dir(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|q| q.name)
+            .collect();
         let mut built_in: Vec<String> = QUERIES.iter().map(|(n, _)| n.to_string()).collect();
         on_disk.sort();
         built_in.sort();
-        assert_eq!(built_in, on_disk, "src/sql/saved.rs QUERIES and queries/*.sql differ");
+        assert_eq!(
+            built_in, on_disk,
+            "src/sql/saved.rs QUERIES and queries/*.sql differ"
+        );
     }
 
     #[test]
@@ -140,6 +147,9 @@ mod tests {
         assert_eq!(q.defaults().unwrap()["chain"], "flexible");
         given.insert("layer".into(), "6".into());
         let e = q.params(&given).unwrap_err().to_string();
-        assert!(e.contains("no parameter \"layer\"") && e.contains("chain"), "{e}");
+        assert!(
+            e.contains("no parameter \"layer\"") && e.contains("chain"),
+            "{e}"
+        );
     }
 }

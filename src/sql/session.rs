@@ -248,19 +248,22 @@ async fn remote_schemas(ctx: &SessionContext, r: &Remote, table: Table) -> Resul
     let files = r.table_files(table)?;
     // The futures are made up front (owning what they read), so the stream holds no closure
     // over borrowed files: a session's futures stay Send for the web server.
-    let reads: Vec<_> = files.iter().map(|f| {
-        let path = object_store::path::Path::from(
-            format!("{}/{}", r.prefix_str(), f.rel).trim_start_matches('/'),
-        );
-        let reader = ParquetObjectReader::new(store.clone(), path).with_file_size(f.size);
-        let what = format!("{}/{}: not a readable Parquet file", r.url(), f.rel);
-        async move {
-            let builder = ParquetRecordBatchStreamBuilder::new(reader)
-                .await
-                .context(what)?;
-            anyhow::Ok(builder.schema().clone())
-        }
-    }).collect();
+    let reads: Vec<_> = files
+        .iter()
+        .map(|f| {
+            let path = object_store::path::Path::from(
+                format!("{}/{}", r.prefix_str(), f.rel).trim_start_matches('/'),
+            );
+            let reader = ParquetObjectReader::new(store.clone(), path).with_file_size(f.size);
+            let what = format!("{}/{}: not a readable Parquet file", r.url(), f.rel);
+            async move {
+                let builder = ParquetRecordBatchStreamBuilder::new(reader)
+                    .await
+                    .context(what)?;
+                anyhow::Ok(builder.schema().clone())
+            }
+        })
+        .collect();
     futures::stream::iter(reads)
         .buffered(crate::lake::CONCURRENCY)
         .try_collect()
@@ -378,7 +381,11 @@ impl SaeSource for LakeSaes {
             })
         };
         let sae = load().map_err(|e| format!("{e:#}"))?;
-        self.cache.lock().unwrap().1.insert(key.clone(), sae.clone());
+        self.cache
+            .lock()
+            .unwrap()
+            .1
+            .insert(key.clone(), sae.clone());
         Ok(sae)
     }
 }

@@ -156,10 +156,19 @@ fn saved_queries_give_the_same_rows_locally_on_the_object_store_and_on_a_cluster
     let o = output(saerl(
         &env,
         &local,
-        &["sql", "--cluster", &cluster.url, "-f", drift.1.to_str().unwrap()],
+        &[
+            "sql",
+            "--cluster",
+            &cluster.url,
+            "-f",
+            drift.1.to_str().unwrap(),
+        ],
     ));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "a statement for another lake ran on the cluster");
+    assert!(
+        !o.status.success(),
+        "a statement for another lake ran on the cluster"
+    );
     assert!(
         err.contains(s3) && err.contains(&local),
         "the error names both lakes: {err}"

@@ -31,7 +31,9 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, u64> {
         for e in entries {
             let p = e.unwrap().path();
             // Lock files and the lake's marker (its commit count) are not data.
-            if p.file_name().is_some_and(|n| n == ".locks" || n == saerl::lake::MARKER) {
+            if p.file_name()
+                .is_some_and(|n| n == ".locks" || n == saerl::lake::MARKER)
+            {
                 continue;
             }
             if p.is_dir() {

@@ -72,17 +72,36 @@ pub fn fixture_lake() -> &'static Path {
         ok(
             l,
             &[
-                "import", "pt", pt.to_str().unwrap(), "--chain", "tiny", "--stage",
-                "instruct_base", "--layer", &layer,
+                "import",
+                "pt",
+                pt.to_str().unwrap(),
+                "--chain",
+                "tiny",
+                "--stage",
+                "instruct_base",
+                "--layer",
+                &layer,
             ],
         );
         let data = fx.join("../data/gsm8k/train.jsonl");
         ok(
             l,
             &[
-                "ingest", "--chain", "tiny", "--stage", "instruct_base", "--model",
-                tiny.to_str().unwrap(), "--data", data.to_str().unwrap(), "--layers", &layer,
-                "--limit", "48", "--max-len", "64",
+                "ingest",
+                "--chain",
+                "tiny",
+                "--stage",
+                "instruct_base",
+                "--model",
+                tiny.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--layers",
+                &layer,
+                "--limit",
+                "48",
+                "--max-len",
+                "64",
             ],
         );
         ok(l, &["stats", "--chain", "tiny"]);

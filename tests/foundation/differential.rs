@@ -88,7 +88,15 @@ fn generate(r: &mut Rng, p: &Pools, n: usize) -> Vec<Case> {
         let chain = r.pick(&p.chains).clone();
         let layer = r.pick(&p.layers).clone();
         let step = r.pick(&p.steps).clone();
-        let agg = *r.pick(&["min", "max", "avg", "sum", "count", "stddev_pop", "var_samp"]);
+        let agg = *r.pick(&[
+            "min",
+            "max",
+            "avg",
+            "sum",
+            "count",
+            "stddev_pop",
+            "var_samp",
+        ]);
         let case = match t {
             // The reported shape: a CTE keyed by chain, joined one-to-many, grouped, ordered.
             0 => {
@@ -318,7 +326,11 @@ fn generate(r: &mut Rng, p: &Pools, n: usize) -> Vec<Case> {
 fn rows_of(batches: &[RecordBatch]) -> Vec<Vec<Value>> {
     let mut rows = Vec::new();
     for b in batches {
-        let cols: Vec<Vec<Value>> = b.columns().iter().map(|c| column_values(c.as_ref())).collect();
+        let cols: Vec<Vec<Value>> = b
+            .columns()
+            .iter()
+            .map(|c| column_values(c.as_ref()))
+            .collect();
         for i in 0..b.num_rows() {
             rows.push(cols.iter().map(|c| c[i].clone()).collect());
         }
@@ -333,20 +345,32 @@ fn column_values(c: &dyn Array) -> Vec<Value> {
     if dt.is_integer() {
         let a = cast(&arrow::array::make_array(c.to_data()), &DataType::Int64).unwrap();
         let a = a.as_primitive::<Int64Type>();
-        (0..a.len()).map(|i| get(i, Value::from(a.value(i)))).collect()
+        (0..a.len())
+            .map(|i| get(i, Value::from(a.value(i))))
+            .collect()
     } else if dt.is_floating() || matches!(dt, DataType::Decimal128(..)) {
         let a = cast(&arrow::array::make_array(c.to_data()), &DataType::Float64).unwrap();
         let a = a.as_primitive::<Float64Type>();
         (0..a.len())
-            .map(|i| get(i, serde_json::Number::from_f64(a.value(i)).map_or(Value::String(a.value(i).to_string()), Value::Number)))
+            .map(|i| {
+                get(
+                    i,
+                    serde_json::Number::from_f64(a.value(i))
+                        .map_or(Value::String(a.value(i).to_string()), Value::Number),
+                )
+            })
             .collect()
     } else if dt == &DataType::Boolean {
         let a = c.as_boolean();
-        (0..a.len()).map(|i| get(i, Value::Bool(a.value(i)))).collect()
+        (0..a.len())
+            .map(|i| get(i, Value::Bool(a.value(i))))
+            .collect()
     } else {
         let a = cast(&arrow::array::make_array(c.to_data()), &DataType::Utf8).unwrap();
         let a = a.as_string::<i32>();
-        (0..a.len()).map(|i| get(i, Value::from(a.value(i)))).collect()
+        (0..a.len())
+            .map(|i| get(i, Value::from(a.value(i))))
+            .collect()
     }
 }
 
@@ -421,19 +445,28 @@ fn check(case: &Case, ours: &[Vec<Value>], duck: &[Vec<Value>]) -> Option<String
                 KeyOrder::Tie => continue,
                 KeyOrder::NearTie | KeyOrder::In(std::cmp::Ordering::Less) => break,
                 KeyOrder::In(_) => {
-                    return Some(format!("rows out of ORDER BY order: {:?} before {:?}", w[0], w[1]))
+                    return Some(format!(
+                        "rows out of ORDER BY order: {:?} before {:?}",
+                        w[0], w[1]
+                    ))
                 }
             }
         }
     }
-    let (mut a, mut b): (Vec<&[Value]>, Vec<&[Value]>) =
-        (ours.iter().map(Vec::as_slice).collect(), duck.iter().map(Vec::as_slice).collect());
+    let (mut a, mut b): (Vec<&[Value]>, Vec<&[Value]>) = (
+        ours.iter().map(Vec::as_slice).collect(),
+        duck.iter().map(Vec::as_slice).collect(),
+    );
     if case.limited {
         // Under LIMIT the rows tied with the last one may differ; the keys may not.
         for (x, y) in ours.iter().zip(duck) {
             let (kx, ky) = (key_of(x, &case.keys), key_of(y, &case.keys));
             // Keys after one whose value is only equal within tolerance may differ.
-            let n = kx.iter().zip(&ky).position(|(p, q)| p != q && same(p, q)).map_or(kx.len(), |i| i + 1);
+            let n = kx
+                .iter()
+                .zip(&ky)
+                .position(|(p, q)| p != q && same(p, q))
+                .map_or(kx.len(), |i| i + 1);
             if !same_row(&kx[..n], &ky[..n]) {
                 return Some(format!("ORDER BY keys differ: saerl {kx:?}, DuckDB {ky:?}"));
             }
@@ -454,7 +487,10 @@ pub fn test_python() -> PathBuf {
         return PathBuf::from(p);
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/setup.sh");
-    let o = Command::new("bash").arg(&script).output().expect("running bash");
+    let o = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("running bash");
     assert!(
         o.status.success(),
         "making the Python test environment ({}) failed:\n{}",
@@ -476,7 +512,11 @@ fn duckdb(lake: &Path, tables: &[&str], statements: &[String]) -> Vec<Value> {
     let job = serde_json::json!({ "lake": lake, "tables": tables, "statements": statements });
     serde_json::to_writer(child.stdin.take().unwrap(), &job).unwrap();
     let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "DuckDB runner failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "DuckDB runner failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap()
 }
 
@@ -495,9 +535,20 @@ async fn saerl_answers_as_duckdb_does_on_the_same_files() {
     };
     let cases = generate(&mut Rng(seed), &pools, 300);
     let tables = [
-        "stages", "saes", "features", "activations", "docs", "vocab", "feature_stats", "top_examples",
+        "stages",
+        "saes",
+        "features",
+        "activations",
+        "docs",
+        "vocab",
+        "feature_stats",
+        "top_examples",
     ];
-    let duck = duckdb(lake, &tables, &cases.iter().map(|c| c.sql.clone()).collect::<Vec<_>>());
+    let duck = duckdb(
+        lake,
+        &tables,
+        &cases.iter().map(|c| c.sql.clone()).collect::<Vec<_>>(),
+    );
     let mut failures = Vec::new();
     let mut non_empty = 0;
     for (case, d) in cases.iter().zip(&duck) {
@@ -528,28 +579,57 @@ async fn saerl_answers_as_duckdb_does_on_the_same_files() {
         "{} of {} statements differ from DuckDB (SAERL_DIFF_SEED={seed}):\n{}",
         failures.len(),
         cases.len(),
-        failures.iter().take(8).cloned().collect::<Vec<_>>().join("\n")
+        failures
+            .iter()
+            .take(8)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     // The templates must exercise real data, not agree on empty results.
-    assert!(non_empty * 10 >= cases.len() * 9, "only {non_empty} of {} results have rows", cases.len());
+    assert!(
+        non_empty * 10 >= cases.len() * 9,
+        "only {non_empty} of {} results have rows",
+        cases.len()
+    );
 }
 
 #[test]
 fn the_comparison_catches_wrong_order_and_wrong_rows() {
     let row = |v: &[f64]| v.iter().map(|&x| Value::from(x)).collect::<Vec<_>>();
-    let case = Case { sql: String::new(), keys: vec![(0, false), (1, true)], limited: false };
+    let case = Case {
+        sql: String::new(),
+        keys: vec![(0, false), (1, true)],
+        limited: false,
+    };
     let good = vec![row(&[1.0, 9.0]), row(&[1.0, 2.0]), row(&[2.0, 5.0])];
     let shuffled = vec![good[2].clone(), good[0].clone(), good[1].clone()];
-    assert!(check(&case, &good, &shuffled).is_none(), "ties and order are free in DuckDB's result");
+    assert!(
+        check(&case, &good, &shuffled).is_none(),
+        "ties and order are free in DuckDB's result"
+    );
     let swapped = vec![good[1].clone(), good[0].clone(), good[2].clone()];
-    assert!(check(&case, &swapped, &good).is_some(), "a DESC key out of order is caught");
-    let limited = Case { limited: true, ..case };
+    assert!(
+        check(&case, &swapped, &good).is_some(),
+        "a DESC key out of order is caught"
+    );
+    let limited = Case {
+        limited: true,
+        ..case
+    };
     let other = vec![row(&[1.0, 9.0]), row(&[1.0, 3.0]), row(&[2.0, 5.0])];
-    assert!(check(&limited, &other, &good).is_some(), "other rows under LIMIT are caught");
+    assert!(
+        check(&limited, &other, &good).is_some(),
+        "other rows under LIMIT are caught"
+    );
     // Rows tied with the last one under LIMIT may differ beyond the keys.
     let a = vec![row(&[1.0, 9.0, 0.0])];
     let b = vec![row(&[1.0, 9.0, 1.0])];
-    let lim = Case { sql: String::new(), keys: vec![(0, false), (1, true)], limited: true };
+    let lim = Case {
+        sql: String::new(),
+        keys: vec![(0, false), (1, true)],
+        limited: true,
+    };
     assert!(check(&lim, &a, &b).is_none());
     assert!(same(&Value::from(1.0), &Value::from(1.0 + 1e-12)));
     assert!(!same(&Value::from(1.0), &Value::from(1.0001)));

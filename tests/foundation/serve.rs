@@ -26,7 +26,11 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start(lake: &Path, extra: &[&str]) -> Server {
@@ -44,7 +48,10 @@ fn start(lake: &Path, extra: &[&str]) -> Server {
     let server = Server { child, addr };
     let t = Instant::now();
     while TcpStream::connect(&server.addr).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(30), "the server did not come up");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the server did not come up"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     server
@@ -116,11 +123,17 @@ fn the_json_twins_match_the_lake_and_the_pages_render() {
     // The study: every chain × layer × k of the lake.
     let study = get(a, "/api/").json();
     let groups = study["groups"].as_array().unwrap();
-    let want = csv_rows(lake, "SELECT DISTINCT chain, layer, k FROM saes ORDER BY chain, layer, k");
+    let want = csv_rows(
+        lake,
+        "SELECT DISTINCT chain, layer, k FROM saes ORDER BY chain, layer, k",
+    );
     assert_eq!(groups.len(), want.len());
     let page = get(a, "/");
     assert_eq!(page.status, 200);
-    assert!(want.iter().all(|w| page.body.contains(&w[0])), "every chain on the study page");
+    assert!(
+        want.iter().all(|w| page.body.contains(&w[0])),
+        "every chain on the study page"
+    );
 
     // The tiny SAE (with statistics and activations): density as feature_stats has it, and each
     // top example's peak activation recomputed from the stored activations equals the stored
@@ -135,7 +148,10 @@ fn the_json_twins_match_the_lake_and_the_pages_render() {
     let path = format!("/chain/tiny/layer/{layer}/k/{k}/feature/{feature}");
     let f = get(a, &format!("/api{path}")).json();
     let st = &f["stages"][0];
-    assert!((st["density"].as_f64().unwrap() - density).abs() < 1e-12, "{st}");
+    assert!(
+        (st["density"].as_f64().unwrap() - density).abs() < 1e-12,
+        "{st}"
+    );
     let examples = st["top_examples"].as_array().unwrap();
     assert!(!examples.is_empty(), "the densest feature has top examples");
     for e in examples {
@@ -145,8 +161,14 @@ fn the_json_twins_match_the_lake_and_the_pages_render() {
             .iter()
             .find(|t| t["peak"] == true)
             .expect("the peak token is in its context");
-        let (got, want) = (peak["activation"].as_f64().unwrap(), e["value"].as_f64().unwrap());
-        assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "peak {got} vs stored {want}");
+        let (got, want) = (
+            peak["activation"].as_f64().unwrap(),
+            e["value"].as_f64().unwrap(),
+        );
+        assert!(
+            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+            "peak {got} vs stored {want}"
+        );
         assert!(e["context"].as_array().unwrap().len() <= 25);
     }
     let html = get(a, &path);
@@ -159,25 +181,55 @@ fn the_json_twins_match_the_lake_and_the_pages_render() {
         "SELECT chain, layer, k, stage_to, feature, dec_cos FROM feature_drift WHERE chain <> 'tiny' ORDER BY chain, layer, k, step_to, feature LIMIT 1",
     );
     let d = &drift[0];
-    let f = get(a, &format!("/api/chain/{}/layer/{}/k/{}/feature/{}", d[0], d[1], d[2], d[4])).json();
-    let st = f["stages"].as_array().unwrap().iter().find(|s| s["stage"] == d[3].as_str()).unwrap();
+    let f = get(
+        a,
+        &format!(
+            "/api/chain/{}/layer/{}/k/{}/feature/{}",
+            d[0], d[1], d[2], d[4]
+        ),
+    )
+    .json();
+    let st = f["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == d[3].as_str())
+        .unwrap();
     let want: f64 = d[5].parse().unwrap();
-    assert!((st["dec_cos_prev"].as_f64().unwrap() - want).abs() < 1e-6, "{st}");
+    assert!(
+        (st["dec_cos_prev"].as_f64().unwrap() - want).abs() < 1e-6,
+        "{st}"
+    );
     // Its transition page.
     let stages = csv_rows(lake, &format!("SELECT stage_from, stage_to FROM sae_transitions WHERE chain = '{}' AND layer = {} AND k = {} ORDER BY step_to LIMIT 1", d[0], d[1], d[2]));
-    let t = format!("/chain/{}/layer/{}/k/{}/transition/{}/{}", d[0], d[1], d[2], stages[0][0], stages[0][1]);
+    let t = format!(
+        "/chain/{}/layer/{}/k/{}/transition/{}/{}",
+        d[0], d[1], d[2], stages[0][0], stages[0][1]
+    );
     let tj = get(a, &format!("/api{t}")).json();
     let n: usize = csv_rows(lake, &format!("SELECT count(*) FROM feature_drift WHERE chain = '{}' AND layer = {} AND k = {} AND stage_to = '{}'", d[0], d[1], d[2], stages[0][1]))[0][0].parse().unwrap();
     assert_eq!(tj["n_features"].as_u64().unwrap() as usize, n);
     let q = &tj["quadrants"];
-    let total: u64 = ["stable", "reweighted", "redirected", "rotated"].iter().map(|k| q[*k].as_u64().unwrap()).sum();
+    let total: u64 = ["stable", "reweighted", "redirected", "rotated"]
+        .iter()
+        .map(|k| q[*k].as_u64().unwrap())
+        .sum();
     assert_eq!(total as usize, n);
     assert_eq!(get(a, &t).status, 200);
 
     // Search by token and the SQL box.
     assert_eq!(get(a, "/search?text=the").status, 200);
-    let r = get(a, &format!("/api/sql?q={}", enc("SELECT count(*) AS n FROM saes"))).json();
-    assert_eq!(r["rows"][0]["n"].as_u64().unwrap() as usize, csv_rows(lake, "SELECT count(*) FROM saes")[0][0].parse::<usize>().unwrap());
+    let r = get(
+        a,
+        &format!("/api/sql?q={}", enc("SELECT count(*) AS n FROM saes")),
+    )
+    .json();
+    assert_eq!(
+        r["rows"][0]["n"].as_u64().unwrap() as usize,
+        csv_rows(lake, "SELECT count(*) FROM saes")[0][0]
+            .parse::<usize>()
+            .unwrap()
+    );
     drop(server);
     assert_eq!(snapshot(lake), before, "the server changed the lake");
 }
@@ -191,11 +243,26 @@ fn bad_addresses_get_404s_naming_what_exists() {
     assert_eq!(r.status, 404);
     let err = r.json()["error"].as_str().unwrap().to_string();
     assert!(err.contains("flexible"), "{err}");
-    let tiny = csv_rows(lake, "SELECT layer, k, d_sae FROM saes WHERE chain = 'tiny'");
-    let r = get(a, &format!("/chain/tiny/layer/{}/k/{}/feature/{}", tiny[0][0], tiny[0][1], tiny[0][2]));
+    let tiny = csv_rows(
+        lake,
+        "SELECT layer, k, d_sae FROM saes WHERE chain = 'tiny'",
+    );
+    let r = get(
+        a,
+        &format!(
+            "/chain/tiny/layer/{}/k/{}/feature/{}",
+            tiny[0][0], tiny[0][1], tiny[0][2]
+        ),
+    );
     assert_eq!(r.status, 404);
     assert!(r.body.contains("features 0 to"), "{}", r.body);
-    let r = get(a, &format!("/api/chain/tiny/layer/{}/k/{}/transition/a/b", tiny[0][0], tiny[0][1]));
+    let r = get(
+        a,
+        &format!(
+            "/api/chain/tiny/layer/{}/k/{}/transition/a/b",
+            tiny[0][0], tiny[0][1]
+        ),
+    );
     assert_eq!(r.status, 404);
     assert_eq!(get(a, "/no/such/page").status, 404);
 }
@@ -215,24 +282,48 @@ fn the_sql_box_is_read_only_bounded_and_escaped() {
     ] {
         let r = get(a, &format!("/api/sql?q={}", enc(q)));
         assert_eq!(r.status, 400, "{q}");
-        assert!(r.json()["error"].as_str().unwrap().contains("read-only"), "{q}: {}", r.body);
+        assert!(
+            r.json()["error"].as_str().unwrap().contains("read-only"),
+            "{q}: {}",
+            r.body
+        );
     }
     // Too slow for the 1 ms limit: stopped, with a message.
     let slow = "SELECT count(*) FROM features a, features b, features c";
     let r = get(a, &format!("/api/sql?q={}", enc(slow)));
     assert_eq!(r.status, 400);
-    assert!(r.json()["error"].as_str().unwrap().contains("limit"), "{}", r.body);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("limit"),
+        "{}",
+        r.body
+    );
     drop(server);
     let server = start(lake, &["--sql-rows", "5"]);
     let a = &server.addr;
-    let r = request(a, "POST", "/api/sql", &[], &format!("q={}", enc("SELECT feature FROM features")));
+    let r = request(
+        a,
+        "POST",
+        "/api/sql",
+        &[],
+        &format!("q={}", enc("SELECT feature FROM features")),
+    );
     let j = r.json();
     assert_eq!(j["rows"].as_array().unwrap().len(), 5);
     assert_eq!(j["truncated"], true);
     // Strings from the lake and from statements are text, never markup.
-    let r = get(a, &format!("/sql?q={}", enc("SELECT '<script>alert(1)</script>' AS s")));
-    assert!(r.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{}", r.body);
-    assert!(!r.body.contains("<script>alert"), "unescaped markup on the page");
+    let r = get(
+        a,
+        &format!("/sql?q={}", enc("SELECT '<script>alert(1)</script>' AS s")),
+    );
+    assert!(
+        r.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{}",
+        r.body
+    );
+    assert!(
+        !r.body.contains("<script>alert"),
+        "unescaped markup on the page"
+    );
     drop(server);
     assert_eq!(snapshot(lake), before);
 }
@@ -244,15 +335,29 @@ fn a_token_is_always_required_when_given_and_loopback_is_the_default() {
     let a = &server.addr;
     assert_eq!(get(a, "/").status, 401);
     assert_eq!(get(a, "/api/").status, 401);
-    assert_eq!(request(a, "GET", "/api/", &["Authorization: Bearer wrong"], "").status, 401);
-    assert_eq!(request(a, "GET", "/api/", &["Authorization: Bearer s3cret"], "").status, 200);
+    assert_eq!(
+        request(a, "GET", "/api/", &["Authorization: Bearer wrong"], "").status,
+        401
+    );
+    assert_eq!(
+        request(a, "GET", "/api/", &["Authorization: Bearer s3cret"], "").status,
+        200
+    );
     // A browser presents it once; the cookie carries it after.
     let r = get(a, "/search?token=s3cret&text=the");
     assert_eq!(r.status, 303, "{}", r.headers);
     let h = r.headers.to_lowercase();
-    assert!(h.contains("set-cookie: saerl_token=s3cret") && h.contains("httponly") && h.contains("samesite=strict"), "{h}");
+    assert!(
+        h.contains("set-cookie: saerl_token=s3cret")
+            && h.contains("httponly")
+            && h.contains("samesite=strict"),
+        "{h}"
+    );
     assert!(h.contains("location: /search?text=the"), "{h}");
-    assert_eq!(request(a, "GET", "/", &["Cookie: saerl_token=s3cret"], "").status, 200);
+    assert_eq!(
+        request(a, "GET", "/", &["Cookie: saerl_token=s3cret"], "").status,
+        200
+    );
     drop(server);
     // Any address but loopback needs a token.
     let o = saerl(lake, &["serve", "--bind", "0.0.0.0:0"]);
@@ -264,7 +369,10 @@ fn a_token_is_always_required_when_given_and_loopback_is_the_default() {
 #[test]
 fn vocab_holds_the_text_a_person_reads() {
     let lake = fixture_lake();
-    let rows = csv_rows(lake, "SELECT token, '[' || text || ']' AS text FROM vocab WHERE token = 'Ġthe'");
+    let rows = csv_rows(
+        lake,
+        "SELECT token, '[' || text || ']' AS text FROM vocab WHERE token = 'Ġthe'",
+    );
     assert!(!rows.is_empty(), "the fixture tokenizer has Ġthe");
     for r in &rows {
         assert_eq!(r[1], "[ the]", "{r:?}");

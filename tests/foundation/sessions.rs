@@ -33,8 +33,15 @@ async fn a_long_session_sees_every_commit() {
     let import = |f: &crate::shared::PtFile, overwrite: bool| {
         let path = fixtures().join("sae-pt").join(&f.rel);
         let mut args = vec![
-            "import", "pt", path.to_str().unwrap(), "--chain", "probe", "--stage",
-            "instruct_base", "--layer", "1",
+            "import",
+            "pt",
+            path.to_str().unwrap(),
+            "--chain",
+            "probe",
+            "--stage",
+            "instruct_base",
+            "--layer",
+            "1",
         ];
         if overwrite {
             args.push("--overwrite");
@@ -42,7 +49,11 @@ async fn a_long_session_sees_every_commit() {
         ok(&lake, &args);
     };
     import(a, false);
-    assert_eq!(scalar(&ctx, count).await, "n\n1\n", "a table empty at start fills");
+    assert_eq!(
+        scalar(&ctx, count).await,
+        "n\n1\n",
+        "a table empty at start fills"
+    );
 
     // topk_encode's SAE cache follows the lake: the same input encodes with the new weights.
     let encode = "SELECT topk_encode(w_enc, 'probe', 'instruct_base', 1) AS z FROM features \
@@ -56,7 +67,10 @@ async fn a_long_session_sees_every_commit() {
     let n_trans = "SELECT count(*) AS n FROM sae_transitions";
     let n_drift = "SELECT count(*) AS n FROM feature_drift";
     assert_eq!(scalar(&ctx, n_trans).await, "n\n0\n");
-    ok(&lake, &["import", "pt", fixtures().join("sae-pt").to_str().unwrap()]);
+    ok(
+        &lake,
+        &["import", "pt", fixtures().join("sae-pt").to_str().unwrap()],
+    );
     assert_ne!(scalar(&ctx, n_trans).await, "n\n0\n");
     assert_ne!(scalar(&ctx, n_drift).await, "n\n0\n");
     assert_eq!(
@@ -90,7 +104,10 @@ async fn order_by_keys_survive_a_one_to_many_join() {
         );
     }
     let plan = scalar(&ctx, &format!("EXPLAIN {sql}")).await;
-    assert!(plan.contains("s.step DESC"), "the sort keeps both keys:\n{plan}");
+    assert!(
+        plan.contains("s.step DESC"),
+        "the sort keeps both keys:\n{plan}"
+    );
     // Under LIMIT: the top b_enc per chain and stage, against the same computed by hand.
     let top = "SELECT c.chain, f.stage, max(f.b_enc) AS mx FROM (SELECT chain FROM saes GROUP BY chain) c \
                JOIN features f ON f.chain = c.chain GROUP BY c.chain, f.stage ORDER BY c.chain, mx DESC LIMIT 3";
@@ -126,16 +143,35 @@ fn a_directory_that_is_not_a_lake_is_refused_and_left_alone() {
     std::fs::write(parent.join("notes.txt"), "mine").unwrap();
     let before = snapshot(parent);
     let o = saerl(parent, &["sql", "-c", "SELECT count(*) FROM saes"]);
-    assert!(!o.status.success(), "a non-lake directory was read as a lake");
+    assert!(
+        !o.status.success(),
+        "a non-lake directory was read as a lake"
+    );
     let err = stderr(&o);
     assert!(err.contains("is not a saerl lake"), "{err}");
-    assert!(err.contains(lake.to_str().unwrap()), "the lake below is named: {err}");
-    assert!(!parent.join(".locks").exists(), "a reader created .locks/ outside a lake");
+    assert!(
+        err.contains(lake.to_str().unwrap()),
+        "the lake below is named: {err}"
+    );
+    assert!(
+        !parent.join(".locks").exists(),
+        "a reader created .locks/ outside a lake"
+    );
     // Writers refuse it too, before creating anything.
     let pt = fixtures().join("sae-pt").join(&pt_files()[0].rel);
     let o = saerl(
         parent,
-        &["import", "pt", pt.to_str().unwrap(), "--chain", "c", "--stage", "instruct_base", "--layer", "1"],
+        &[
+            "import",
+            "pt",
+            pt.to_str().unwrap(),
+            "--chain",
+            "c",
+            "--stage",
+            "instruct_base",
+            "--layer",
+            "1",
+        ],
     );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("is not a saerl lake"), "{}", stderr(&o));
@@ -146,17 +182,39 @@ fn a_directory_that_is_not_a_lake_is_refused_and_left_alone() {
     // commit marks it.
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let o = saerl(&empty, &["sql", "--format", "csv", "-c", "SELECT count(*) AS n FROM saes"]);
+    let o = saerl(
+        &empty,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            "SELECT count(*) AS n FROM saes",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "n\n0\n");
     let names: Vec<String> = std::fs::read_dir(&empty)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(names.iter().all(|n| n == ".locks"), "a reader wrote {names:?} into an empty directory");
+    assert!(
+        names.iter().all(|n| n == ".locks"),
+        "a reader wrote {names:?} into an empty directory"
+    );
     ok(
         &empty,
-        &["import", "pt", pt.to_str().unwrap(), "--chain", "c", "--stage", "instruct_base", "--layer", "1"],
+        &[
+            "import",
+            "pt",
+            pt.to_str().unwrap(),
+            "--chain",
+            "c",
+            "--stage",
+            "instruct_base",
+            "--layer",
+            "1",
+        ],
     );
     assert!(empty.join(saerl::lake::MARKER).is_file());
 }
@@ -171,9 +229,15 @@ fn the_demo_refuses_a_directory_it_did_not_make() {
         .args(["demo", "--out", project.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(!o.status.success(), "the demo ran in a directory it did not make");
+    assert!(
+        !o.status.success(),
+        "the demo ran in a directory it did not make"
+    );
     let err = stderr(&o);
-    assert!(err.contains(project.to_str().unwrap()) && err.contains("not made by `saerl demo`"), "{err}");
+    assert!(
+        err.contains(project.to_str().unwrap()) && err.contains("not made by `saerl demo`"),
+        "{err}"
+    );
     assert_eq!(snapshot(project), before, "the demo changed the directory");
     assert!(lake.join(saerl::lake::MARKER).is_file());
     assert_demo_marker_is_what_clears(project);
@@ -186,18 +250,39 @@ fn assert_demo_marker_is_what_clears(project: &Path) {
     std::fs::create_dir_all(other.join("lake")).unwrap();
     std::fs::write(other.join("lake/keep"), "x").unwrap();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_saerl"))
-        .args(["demo", "--out", other.to_str().unwrap(), "--data", "/nonexistent/train.jsonl"])
+        .args([
+            "demo",
+            "--out",
+            other.to_str().unwrap(),
+            "--data",
+            "/nonexistent/train.jsonl",
+        ])
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(other.join("lake/keep").exists(), "an unmarked directory was cleared");
+    assert!(
+        other.join("lake/keep").exists(),
+        "an unmarked directory was cleared"
+    );
     std::fs::write(other.join(".saerl-demo"), "").unwrap();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_saerl"))
-        .args(["demo", "--out", other.to_str().unwrap(), "--data", "/nonexistent/train.jsonl"])
+        .args([
+            "demo",
+            "--out",
+            other.to_str().unwrap(),
+            "--data",
+            "/nonexistent/train.jsonl",
+        ])
         .output()
         .unwrap();
-    assert!(!o.status.success(), "the missing prompt file stops the demo");
-    assert!(!other.join("lake").exists(), "a marked directory's lake is the demo's to clear");
+    assert!(
+        !o.status.success(),
+        "the missing prompt file stops the demo"
+    );
+    assert!(
+        !other.join("lake").exists(),
+        "a marked directory's lake is the demo's to clear"
+    );
 }
 
 /// `.help` and error messages know saerl's functions from one list; it must be what a session
@@ -206,7 +291,10 @@ fn assert_demo_marker_is_what_clears(project: &Path) {
 async fn the_function_list_is_what_a_session_registers() {
     let (_dir, lake) = imported_lake();
     let ctx = session(&lake).await;
-    let (ours, plain) = (ctx.state(), datafusion::prelude::SessionContext::new().state());
+    let (ours, plain) = (
+        ctx.state(),
+        datafusion::prelude::SessionContext::new().state(),
+    );
     let mut registered: Vec<String> = Vec::new();
     for (name, _) in ours.scalar_functions() {
         if !plain.scalar_functions().contains_key(name) {
@@ -231,7 +319,13 @@ async fn the_function_list_is_what_a_session_registers() {
         }
     }
     registered.sort();
-    let mut listed: Vec<String> = saerl::sql::FUNCTIONS.iter().map(|(n, _)| n.to_string()).collect();
+    let mut listed: Vec<String> = saerl::sql::FUNCTIONS
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
     listed.sort();
-    assert_eq!(listed, registered, "saerl::sql::FUNCTIONS and the session differ");
+    assert_eq!(
+        listed, registered,
+        "saerl::sql::FUNCTIONS and the session differ"
+    );
 }

@@ -646,7 +646,10 @@ fn stats_and_eval_name_what_is_missing_and_write_nothing() {
     let l = lake.to_str().unwrap();
     let before = crate::shared::snapshot(&lake);
     for (args, want) in [
-        (vec!["stats", "--chain", "nope"], "no chain \"nope\" in the SAEs of"),
+        (
+            vec!["stats", "--chain", "nope"],
+            "no chain \"nope\" in the SAEs of",
+        ),
         (
             vec!["stats", "--chain", "tiny", "--layers", "9"],
             "no SAE at layer 9",
