@@ -111,8 +111,9 @@ impl Lake {
 
     /// A consistent view of the lake for one read: holds the lake lock shared, after rolling
     /// forward any commit a crashed writer left half-published, and says which commit the lake
-    /// is at. A reader creates nothing outside a lake: in a directory no writer has claimed
-    /// (or one it may not write to) it takes no lock, as there is nothing to coordinate with.
+    /// is at. A reader creates nothing outside a lake: only in a lake, or an empty directory a
+    /// writer may make one, does it create the lock file; elsewhere (or where it may not write)
+    /// it reads without a lock, as no saerl writer can be there.
     pub fn read_guard(&self) -> Result<Snapshot> {
         let remote_head = match self.remote() {
             Some(r) => {

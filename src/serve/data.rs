@@ -559,16 +559,7 @@ pub(super) async fn sql_box(app: &App, q: Option<&str>) -> Result<Value, Failure
             )))
         }
     };
-    let columns: Vec<String> = batches
-        .first()
-        .map(|b| {
-            b.schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect()
-        })
-        .unwrap_or_default();
+    let columns = crate::sql::format::column_names(&batches);
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
     let mut kept = Vec::new();
     let mut left = limit;

@@ -46,16 +46,7 @@ pub fn print_batches_at(
     match format {
         Format::Table => {
             if batches.iter().all(|b| b.num_rows() == 0) {
-                let cols: Vec<String> = batches
-                    .first()
-                    .map(|b| {
-                        b.schema()
-                            .fields()
-                            .iter()
-                            .map(|f| f.name().clone())
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let cols = column_names(batches);
                 writeln!(
                     out,
                     "(0 rows{})",
@@ -95,6 +86,20 @@ pub fn print_batches_at(
         }
     }
     Ok(())
+}
+
+/// The column names of a result (none for a result without batches).
+pub fn column_names(batches: &[RecordBatch]) -> Vec<String> {
+    batches
+        .first()
+        .map(|b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A table's float columns as text with `precision` significant digits (as a person reads

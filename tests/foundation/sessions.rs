@@ -249,34 +249,22 @@ fn assert_demo_marker_is_what_clears(project: &Path) {
     let other = project.join("other");
     std::fs::create_dir_all(other.join("lake")).unwrap();
     std::fs::write(other.join("lake/keep"), "x").unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_saerl"))
-        .args([
-            "demo",
-            "--out",
-            other.to_str().unwrap(),
-            "--data",
-            "/nonexistent/train.jsonl",
-        ])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
+    // The demo with a missing prompt file: it stops after deciding what it may clear.
+    let demo = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_saerl"))
+            .args(["demo", "--out", other.to_str().unwrap()])
+            .args(["--data", "/nonexistent/train.jsonl"])
+            .output()
+            .unwrap()
+    };
+    assert!(!demo().status.success());
     assert!(
         other.join("lake/keep").exists(),
         "an unmarked directory was cleared"
     );
     std::fs::write(other.join(".saerl-demo"), "").unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_saerl"))
-        .args([
-            "demo",
-            "--out",
-            other.to_str().unwrap(),
-            "--data",
-            "/nonexistent/train.jsonl",
-        ])
-        .output()
-        .unwrap();
     assert!(
-        !o.status.success(),
+        !demo().status.success(),
         "the missing prompt file stops the demo"
     );
     assert!(
