@@ -87,14 +87,14 @@ pub async fn run(lake: &Lake, a: &ReportArgs) -> Result<()> {
     };
     let given: Params = a.params.iter().cloned().collect();
     // A parameter no query declares is a typo, not something to ignore.
+    let mut declared: Vec<String> = Vec::new();
+    for q in &queries {
+        declared.extend(q.defaults()?.into_keys());
+    }
+    declared.sort();
+    declared.dedup();
     for k in given.keys() {
-        let mut declared = Vec::new();
-        for q in &queries {
-            declared.extend(q.defaults()?.into_keys());
-        }
         if !declared.contains(k) {
-            declared.sort();
-            declared.dedup();
             anyhow::bail!(
                 "no query declares the parameter {k:?} (declared: {})",
                 if declared.is_empty() {

@@ -115,13 +115,17 @@ mod tests {
          GROUP BY e.chain, s.step ORDER BY e.chain, s.step DESC",
     ];
 
-    async fn steps(ctx: &SessionContext) -> Vec<i32> {
+    async fn create_table(ctx: &SessionContext) {
         ctx.sql(REPRODUCER[0])
             .await
             .unwrap()
             .collect()
             .await
             .unwrap();
+    }
+
+    async fn steps(ctx: &SessionContext) -> Vec<i32> {
+        create_table(ctx).await;
         let batches = ctx
             .sql(REPRODUCER[1])
             .await
@@ -153,13 +157,7 @@ mod tests {
         assert_eq!(steps(&ours).await, vec![30, 10, 0, 5]);
         // When this fails, DataFusion fixed its rule: drop `DedupKeys` and use theirs again.
         let stock = SessionContext::new();
-        stock
-            .sql(REPRODUCER[0])
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        create_table(&stock).await;
         let plan = stock
             .sql(REPRODUCER[1])
             .await

@@ -159,20 +159,18 @@ fn a_directory_that_is_not_a_lake_is_refused_and_left_alone() {
     );
     // Writers refuse it too, before creating anything.
     let pt = fixtures().join("sae-pt").join(&pt_files()[0].rel);
-    let o = saerl(
-        parent,
-        &[
-            "import",
-            "pt",
-            pt.to_str().unwrap(),
-            "--chain",
-            "c",
-            "--stage",
-            "instruct_base",
-            "--layer",
-            "1",
-        ],
-    );
+    let import = [
+        "import",
+        "pt",
+        pt.to_str().unwrap(),
+        "--chain",
+        "c",
+        "--stage",
+        "instruct_base",
+        "--layer",
+        "1",
+    ];
+    let o = saerl(parent, &import);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("is not a saerl lake"), "{}", stderr(&o));
     assert_eq!(snapshot(parent), before);
@@ -202,20 +200,7 @@ fn a_directory_that_is_not_a_lake_is_refused_and_left_alone() {
         names.iter().all(|n| n == ".locks"),
         "a reader wrote {names:?} into an empty directory"
     );
-    ok(
-        &empty,
-        &[
-            "import",
-            "pt",
-            pt.to_str().unwrap(),
-            "--chain",
-            "c",
-            "--stage",
-            "instruct_base",
-            "--layer",
-            "1",
-        ],
-    );
+    ok(&empty, &import);
     assert!(empty.join(saerl::lake::MARKER).is_file());
 }
 
