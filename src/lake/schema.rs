@@ -18,6 +18,12 @@ pub enum Table {
     Evals,
     FeatureStats,
     TopExamples,
+    FeatureExamples,
+    FeatureHistograms,
+    LogitEffects,
+    FeatureNeighbors,
+    FeatureTransitions,
+    FeaturePartners,
 }
 
 /// A hive partition level.
@@ -50,7 +56,7 @@ impl PartCol {
 use PartCol::*;
 
 impl Table {
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 16] = [
         Table::Stages,
         Table::Activations,
         Table::Docs,
@@ -61,6 +67,22 @@ impl Table {
         Table::Evals,
         Table::FeatureStats,
         Table::TopExamples,
+        Table::FeatureExamples,
+        Table::FeatureHistograms,
+        Table::LogitEffects,
+        Table::FeatureNeighbors,
+        Table::FeatureTransitions,
+        Table::FeaturePartners,
+    ];
+
+    /// The tables `stats` writes for the feature pages (beside `feature_stats`, `top_examples`).
+    pub const PAGES: [Table; 6] = [
+        Table::FeatureExamples,
+        Table::FeatureHistograms,
+        Table::LogitEffects,
+        Table::FeatureNeighbors,
+        Table::FeatureTransitions,
+        Table::FeaturePartners,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +97,12 @@ impl Table {
             Table::Evals => "evals",
             Table::FeatureStats => "feature_stats",
             Table::TopExamples => "top_examples",
+            Table::FeatureExamples => "feature_examples",
+            Table::FeatureHistograms => "feature_histograms",
+            Table::LogitEffects => "logit_effects",
+            Table::FeatureNeighbors => "feature_neighbors",
+            Table::FeatureTransitions => "feature_transitions",
+            Table::FeaturePartners => "feature_partners",
         }
     }
 
@@ -187,6 +215,67 @@ impl Table {
                 f("token_id", Int32),
                 f("value", Float32),
             ],
+            // Top (`kind` 'top', `bin` NULL) and quantile examples ('quantile', `bin` 0..9 of
+            // (0, max]) with their contexts: tokens from `context_start` on and this feature's
+            // activation at each.
+            Table::FeatureExamples => vec![
+                f("feature", Int32),
+                f("split", Utf8),
+                f("kind", Utf8),
+                n("bin", Int32),
+                f("rank", Int32),
+                f("doc_id", Int64),
+                f("pos", Int32),
+                f("value", Float32),
+                f("context_start", Int32),
+                f("context_tokens", int_list()),
+                f("context_acts", float_list()),
+            ],
+            // Non-zero activations in equal bins of (0, hi]; features that never fired have no row.
+            Table::FeatureHistograms => vec![
+                f("feature", Int32),
+                f("split", Utf8),
+                f("n_nonzero", Int64),
+                f("hi", Float32),
+                f("counts", long_list()),
+            ],
+            // unembedding · (final norm weight ⊙ decoder direction): 'top' raised, 'bottom' lowered.
+            Table::LogitEffects => vec![
+                f("feature", Int32),
+                f("direction", Utf8),
+                f("rank", Int32),
+                f("token_id", Int32),
+                f("value", Float32),
+                f("norm_folded", Boolean),
+            ],
+            Table::FeatureNeighbors => vec![
+                f("feature", Int32),
+                f("rank", Int32),
+                f("neighbor", Int32),
+                f("dec_cos", Float32),
+            ],
+            // The transition into this stage (NULL at a chain's first stage): index-aligned
+            // cosines, the previous stage's feature's best decoder match here, and the cosines
+            // to the chain's first stage.
+            Table::FeatureTransitions => vec![
+                f("feature", Int32),
+                n("stage_from", Utf8),
+                n("dec_cos", Float64),
+                n("enc_cos", Float64),
+                n("best_match", Int32),
+                n("best_cos", Float64),
+                f("first_stage", Utf8),
+                n("dec_cos_first", Float64),
+                n("enc_cos_first", Float64),
+            ],
+            // The one-to-one partner (match_features) in each other chain at this layer and k.
+            Table::FeaturePartners => vec![
+                f("feature", Int32),
+                f("other_chain", Utf8),
+                f("other_stage", Utf8),
+                f("partner", Int32),
+                f("dec_cos", Float64),
+            ],
         };
         Arc::new(Schema::new(fields))
     }
@@ -201,8 +290,20 @@ impl Table {
     }
 }
 
+fn list_of(t: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new("item", t, false)))
+}
+
 fn float_list() -> DataType {
-    DataType::List(Arc::new(Field::new("item", DataType::Float32, false)))
+    list_of(DataType::Float32)
+}
+
+fn int_list() -> DataType {
+    list_of(DataType::Int32)
+}
+
+fn long_list() -> DataType {
+    list_of(DataType::Int64)
 }
 
 /// `FixedSizeList<Float32, d>` for a known width, `List<Float32>` otherwise.

@@ -28,8 +28,8 @@ impl Transition {
 }
 
 impl Lake {
-    /// Every transition in the lake, grouped by (chain, layer, k) and in step order.
-    pub fn sae_transitions(&self) -> Result<Vec<Transition>> {
+    /// The stages with an SAE of each (chain, layer, k), in step order: (step, stage).
+    pub fn sae_sequences(&self) -> Result<BTreeMap<(String, i32, i32), Vec<(i64, String)>>> {
         let mut steps: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
         let mut groups: BTreeMap<(String, i32, i32), Vec<(i64, String)>> = BTreeMap::new();
         for (key, _) in self.partitions(Table::Saes)? {
@@ -57,9 +57,14 @@ impl Lake {
                 .or_default()
                 .push((step, stage));
         }
+        groups.values_mut().for_each(|s| s.sort());
+        Ok(groups)
+    }
+
+    /// Every transition in the lake, grouped by (chain, layer, k) and in step order.
+    pub fn sae_transitions(&self) -> Result<Vec<Transition>> {
         let mut out = Vec::new();
-        for ((chain, layer, k), mut stages) in groups {
-            stages.sort();
+        for ((chain, layer, k), stages) in self.sae_sequences()? {
             for w in stages.windows(2) {
                 out.push(Transition {
                     chain: chain.clone(),

@@ -52,7 +52,7 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<Qwen2> {
     let cfg = Qwen2Config::from_file(&dir.join("config.json"))?;
     let mut tensors = HashMap::new();
     for f in weight_files(dir)? {
-        read_tensors(&f, device, &mut tensors)?;
+        read_tensors(&f, device, &mut tensors, &|_| true)?;
     }
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     Qwen2::new(&cfg, vb).with_context(|| {
@@ -63,6 +63,35 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<Qwen2> {
     })
 }
 
+/// A checkpoint's unembedding [vocab × d] (`lm_head`, or the tied embedding) and its final
+/// RMSNorm weight [d], read without the rest of the model.
+pub fn load_unembedding(dir: &Path) -> Result<(Vec<f32>, Vec<f32>, usize)> {
+    let cfg = Qwen2Config::from_file(&dir.join("config.json"))?;
+    let head = if cfg.tie_word_embeddings {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    };
+    const NORM: &str = "model.norm.weight";
+    let mut tensors = HashMap::new();
+    for f in weight_files(dir)? {
+        read_tensors(&f, &Device::Cpu, &mut tensors, &|n| n == head || n == NORM)?;
+    }
+    let take = |tensors: &mut HashMap<String, Tensor>, name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+        let t = tensors
+            .remove(name)
+            .with_context(|| format!("{}: no tensor {name}", dir.display()))?;
+        if t.dims() != shape {
+            bail!("{}: {name} is {:?}, config.json says {shape:?}", dir.display(), t.dims());
+        }
+        Ok(t.flatten_all()?.to_vec1::<f32>()?)
+    };
+    let (v, d) = (cfg.vocab_size, cfg.hidden_size);
+    let w = take(&mut tensors, head, &[v, d])?;
+    let g = take(&mut tensors, NORM, &[d])?;
+    Ok((w, g, d))
+}
+
 /// One tensor's entry in a safetensors header.
 #[derive(serde::Deserialize)]
 struct Entry {
@@ -71,10 +100,15 @@ struct Entry {
     data_offsets: (usize, usize),
 }
 
-/// Reads every tensor of a safetensors file into f32 tensors on `device`, one at a time: each
+/// Reads every `wanted` tensor of a safetensors file into f32 tensors on `device`, one at a time: each
 /// is read straight into its f32 buffer (bf16/f16 upcast in blocks), so loading needs the
 /// model's f32 size and no more (a memory map would add the file's pages on top).
-fn read_tensors(path: &Path, device: &Device, out: &mut HashMap<String, Tensor>) -> Result<()> {
+fn read_tensors(
+    path: &Path,
+    device: &Device,
+    out: &mut HashMap<String, Tensor>,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Result<()> {
     use std::io::Read;
     use std::os::unix::fs::FileExt;
     let bad = || format!("{} is not a valid safetensors file", path.display());
@@ -92,7 +126,7 @@ fn read_tensors(path: &Path, device: &Device, out: &mut HashMap<String, Tensor>)
     let entries: HashMap<String, serde_json::Value> =
         serde_json::from_slice(&header).with_context(bad)?;
     for (name, v) in entries {
-        if name == "__metadata__" {
+        if name == "__metadata__" || !wanted(&name) {
             continue;
         }
         let e: Entry =

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod dashboard;
 pub mod device;
 pub mod interop;
 pub mod pickle;

@@ -1,6 +1,7 @@
 //! What each page shows, as JSON (the `/api` twin returns it as it is; `html.rs` renders it).
-//! Everything is read through the session's SQL, each statement one snapshot of the lake, plus
-//! the SAE weights for per-token activations and decoder geometry.
+//! Everything is read through the session's SQL, each statement one snapshot of the lake: the
+//! feature pages from the tables `stats` writes for them (`Table::PAGES`), so a page reads a
+//! few rows per stage, never activations or weights.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -8,17 +9,11 @@ use anyhow::Result;
 use serde_json::{json, Map, Value};
 
 use super::{App, Failure};
-use crate::lake::{check_name, read_sae, PartitionKey, Table};
+use crate::lake::{check_name, Table};
 use crate::suggest::unknown;
 
-/// Tokens shown on each side of a top example's peak.
-const CONTEXT: i32 = 12;
-/// Top examples shown per stage.
-const TOP: usize = 10;
 /// "Moved away": the index-aligned decoder cosine below this while another feature matches better.
 const MOVED: f64 = 0.7;
-/// Nearest features listed (decoder cosine within the same SAE).
-const NEAREST: usize = 5;
 /// Histogram bins of cosines.
 const BINS: usize = 40;
 
@@ -122,11 +117,12 @@ pub(super) async fn study(app: &App) -> Result<Value, Failure> {
         )
         .await?;
     let drift = app
-        .rows(
+        .rows(&format!(
             "SELECT chain, layer, k, stage_from, stage_to, step_from, step_to, avg(dec_cos) AS dec_cos_mean, \
-             avg(enc_cos) AS enc_cos_mean FROM feature_drift \
+             avg(enc_cos) AS enc_cos_mean FROM {} \
              GROUP BY chain, layer, k, stage_from, stage_to, step_from, step_to",
-        )
+            drift_source(app)?
+        ))
         .await?;
     let life = app
         .rows(include_str!("../../queries/lifecycle.sql"))
@@ -176,6 +172,19 @@ pub(super) async fn study(app: &App) -> Result<Value, Failure> {
     }))
 }
 
+/// Per-feature drift with `feature_drift`'s columns: from `feature_transitions` when every SAE
+/// has it (a few columns per stage), else computed from the weights by `feature_drift`.
+fn drift_source(app: &App) -> Result<&'static str> {
+    let n = |t| app.lake.partitions(t).map(|p| p.len());
+    Ok(if n(Table::FeatureTransitions)? == n(Table::Saes)? {
+        "(SELECT t.chain, t.layer, t.k, t.stage_from, t.stage_to, t.step_from, t.step_to, f.feature, \
+         f.dec_cos, f.enc_cos FROM sae_transitions t JOIN feature_transitions f ON f.chain = t.chain \
+         AND f.layer = t.layer AND f.k = t.k AND f.stage = t.stage_to AND f.stage_from = t.stage_from)"
+    } else {
+        "feature_drift"
+    })
+}
+
 /// Which tables the pages use are still empty, with the command that fills each.
 async fn missing_tables(app: &App) -> Result<Vec<Value>> {
     let mut out = Vec::new();
@@ -191,27 +200,118 @@ async fn missing_tables(app: &App) -> Result<Vec<Value>> {
     Ok(out)
 }
 
-/// Cosine of two vectors (0 for a zero vector).
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        let (x, y) = (*x as f64, *y as f64);
-        ab += x * y;
-        aa += x * x;
-        bb += y * y;
+/// Rows of a feature page table for one (chain, layer, k, feature), every stage at once.
+async fn feature_rows(
+    app: &App,
+    table: Table,
+    cols: &str,
+    g: &Group<'_>,
+    feature: i32,
+    extra: &str,
+) -> Result<Vec<Row>> {
+    app.rows(&format!(
+        "SELECT stage, {cols} FROM {} WHERE chain = '{}' AND layer = {} AND k = {} AND feature = {feature}{extra}",
+        table.name(),
+        g.chain,
+        g.layer,
+        g.k
+    ))
+    .await
+}
+
+/// A (chain, layer, k): the SAEs a feature page follows.
+struct Group<'a> {
+    chain: &'a str,
+    layer: i32,
+    k: i32,
+}
+
+/// The readable text of each token id a page shows, from the chain's `vocab` (its `text`, or
+/// the byte-level symbol decoded for lakes written before it).
+async fn token_texts(app: &App, chain: &str, ids: &[i64]) -> Result<HashMap<i64, String>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
     }
-    if aa == 0.0 || bb == 0.0 {
-        0.0
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let rows = app
+        .rows(&format!(
+            "SELECT DISTINCT token_id, token, text FROM vocab WHERE chain = '{chain}' AND token_id IN ({})",
+            list.join(", ")
+        ))
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let t = match r.get("text").and_then(Value::as_str) {
+                Some(t) => t.to_string(),
+                None => crate::model::token_text::symbol_text(s(r, "token")),
+            };
+            (i(r, "token_id"), t)
+        })
+        .collect())
+}
+
+fn ints(v: Option<&Value>) -> Vec<i64> {
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_i64).collect())
+        .unwrap_or_default()
+}
+
+fn floats(v: Option<&Value>) -> Vec<f64> {
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+/// An example with its context, each token with its text and this feature's activation.
+fn example(r: &Row, texts: &HashMap<i64, String>) -> Value {
+    let (pos, start) = (i(r, "pos"), i(r, "context_start"));
+    let acts = floats(r.get("context_acts"));
+    let context: Vec<Value> = ints(r.get("context_tokens"))
+        .iter()
+        .zip(&acts)
+        .enumerate()
+        .map(|(n, (t, a))| {
+            let p = start + n as i64;
+            json!({
+                "pos": p, "token_id": t, "text": texts.get(t).cloned().unwrap_or_else(|| format!("#{t}")),
+                "activation": a, "peak": p == pos,
+            })
+        })
+        .collect();
+    json!({ "rank": i(r, "rank"), "doc_id": i(r, "doc_id"), "pos": pos, "value": f(r, "value"), "context": context })
+}
+
+/// Whether any SAE of the group has a partition of `table`.
+fn group_has(app: &App, table: Table, g: &Group<'_>) -> Result<bool> {
+    Ok(app.lake.partitions(table)?.iter().any(|(key, _)| {
+        key.chain == g.chain && key.layer == Some(g.layer) && key.k == Some(g.k)
+    }))
+}
+
+/// A note naming the page tables this group lacks and the command that writes them.
+fn page_notes(app: &App, g: &Group<'_>, tables: &[Table]) -> Result<Vec<String>> {
+    let mut lacking = Vec::new();
+    for &t in tables {
+        if !group_has(app, t, g)? {
+            lacking.push(t.name());
+        }
+    }
+    Ok(if lacking.is_empty() {
+        Vec::new()
     } else {
-        (ab / (aa * bb).sqrt()).clamp(-1.0, 1.0)
-    }
+        vec![format!(
+            "this lake has no {} for chain {} layer {} k {}: `saerl stats --chain {}` writes them (it fills in only what is missing)",
+            lacking.join(", "),
+            g.chain,
+            g.layer,
+            g.k,
+            g.chain
+        )]
+    })
 }
 
-fn row_of(m: &[f32], i: usize, d: usize) -> &[f32] {
-    &m[i * d..(i + 1) * d]
-}
-
-/// The feature page: the feature at every stage of its chain.
+/// The feature page: the feature at every stage of its chain, from the tables `stats` writes.
 pub(super) async fn feature(
     app: &App,
     chain: &str,
@@ -226,159 +326,142 @@ pub(super) async fn feature(
         )));
     }
     let stages = stages_of(app, chain, layer, k).await?;
-    let keys: Vec<PartitionKey> = stages
-        .iter()
-        .map(|(st, _)| PartitionKey::sae(chain, st, layer, k))
-        .collect();
-    let saes = keys
-        .iter()
-        .map(|key| read_sae(&app.lake, key))
-        .collect::<Result<Vec<_>>>()?;
-    let d_sae = saes[0].d_sae;
-    if feature < 0 || feature as usize >= d_sae {
+    let g = Group { chain, layer, k };
+    let d_sae = app
+        .rows(&format!(
+            "SELECT max(d_sae) AS d FROM saes WHERE chain = '{chain}' AND layer = {layer} AND k = {k}"
+        ))
+        .await?
+        .first()
+        .map_or(0, |r| i(r, "d"));
+    if feature < 0 || feature as i64 >= d_sae {
         return Err(Failure::NotFound(format!(
             "no feature {feature} in chain {chain} layer {layer} k {k}: its SAEs have features 0 to {}",
             d_sae - 1
         )));
     }
-    let fi = feature as usize;
-    let stats = app
-        .rows(&format!(
-            "SELECT stage, density, mean_act, max_act FROM feature_stats WHERE chain = '{chain}' \
-             AND layer = {layer} AND k = {k} AND feature = {feature} AND split = 'val'"
-        ))
-        .await?;
+    let val = " AND split = 'val'";
+    let this_split = format!(" AND split = '{split}'");
+    let stats = feature_rows(app, Table::FeatureStats, "density, mean_act, max_act", &g, feature, val).await?;
+    let moves = feature_rows(app, Table::FeatureTransitions, "dec_cos, enc_cos, best_match, best_cos, dec_cos_first, enc_cos_first", &g, feature, "").await?;
+    let near = feature_rows(app, Table::FeatureNeighbors, "rank, neighbor, dec_cos", &g, feature, " ORDER BY rank").await?;
+    let mut examples = feature_rows(
+        app,
+        Table::FeatureExamples,
+        "kind, bin, rank, doc_id, pos, value, context_start, context_tokens, context_acts",
+        &g,
+        feature,
+        &format!("{this_split} ORDER BY kind, bin, rank"),
+    )
+    .await?;
+    if examples.is_empty() && !group_has(app, Table::FeatureExamples, &g)? {
+        // A lake without contexts still shows its top examples (the peak token alone).
+        examples = feature_rows(app, Table::TopExamples, "'top' AS kind, rank, doc_id, pos, value, pos AS context_start, make_array(token_id) AS context_tokens, make_array(value) AS context_acts", &g, feature,
+            &format!(" AND (split = '{split}' OR split IS NULL) AND rank <= {} ORDER BY rank", crate::sae::dashboard::TOP_IN_CONTEXT)).await?;
+    }
+    let hist = feature_rows(app, Table::FeatureHistograms, "n_nonzero, hi, counts", &g, feature, &this_split).await?;
+    let logits = feature_rows(app, Table::LogitEffects, "direction, rank, token_id, value, norm_folded", &g, feature, " ORDER BY direction, rank").await?;
+    let partners = feature_rows(app, Table::FeaturePartners, "other_chain, other_stage, partner, dec_cos", &g, feature, " ORDER BY other_chain").await?;
+    let mut ids: Vec<i64> = examples
+        .iter()
+        .flat_map(|r| ints(r.get("context_tokens")))
+        .chain(logits.iter().map(|r| i(r, "token_id")))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let texts = token_texts(app, chain, &ids).await?;
+    let at = |rows: &[Row], stage: &str| -> Vec<Row> {
+        rows.iter().filter(|r| s(r, "stage") == stage).cloned().collect()
+    };
     let mut out_stages = Vec::new();
-    let first = &saes[0];
-    for (n, ((stage, step), sae)) in stages.iter().zip(&saes).enumerate() {
-        let d = sae.d_model;
-        let dec = row_of(&sae.w_dec, fi, d);
-        let enc = row_of(&sae.w_enc, fi, d);
-        let prev = n.checked_sub(1).map(|p| &saes[p]);
-        let st = stats.iter().find(|r| s(r, "stage") == stage);
-        let density = st.and_then(|r| f(r, "density"));
+    let mut prev_top: Option<Vec<String>> = None;
+    for (n, (stage, step)) in stages.iter().enumerate() {
+        let st = at(&stats, stage);
+        let density = st.first().and_then(|r| f(r, "density"));
+        let mv = at(&moves, stage);
+        let mv = mv.first();
         // The best match in the next stage, when the index-aligned feature has moved away.
-        let next_match = saes.get(n + 1).and_then(|next| {
-            let aligned = cosine(dec, row_of(&next.w_dec, fi, d));
-            let (best, cos) = (0..next.d_sae)
-                .map(|j| (j, cosine(dec, row_of(&next.w_dec, j, d))))
-                .max_by(|a, b| a.1.total_cmp(&b.1))?;
-            (aligned < MOVED && best != fi).then(|| json!({
-                "stage": stages[n + 1].0, "feature": best, "dec_cos": cos, "aligned_dec_cos": aligned,
+        let next_match = stages.get(n + 1).and_then(|(next, _)| {
+            let m = moves.iter().find(|r| s(r, "stage") == next)?;
+            let (aligned, best, cos) = (f(m, "dec_cos")?, m.get("best_match")?.as_i64()?, f(m, "best_cos")?);
+            (aligned < MOVED && best != feature as i64).then(|| json!({
+                "stage": next, "feature": best, "dec_cos": cos, "aligned_dec_cos": aligned,
             }))
         });
-        let mut nearest: Vec<(usize, f64)> = (0..sae.d_sae)
-            .filter(|&j| j != fi)
-            .map(|j| (j, cosine(dec, row_of(&sae.w_dec, j, d))))
-            .collect();
-        nearest.sort_by(|a, b| b.1.total_cmp(&a.1));
-        nearest.truncate(NEAREST);
-        let examples = top_examples(app, chain, stage, layer, k, fi, split, sae).await?;
+        let ex = at(&examples, stage);
+        let top: Vec<Value> = ex.iter().filter(|r| s(r, "kind") == "top").map(|r| example(r, &texts)).collect();
+        let mut quantiles: Vec<Value> = Vec::new();
+        for r in ex.iter().filter(|r| s(r, "kind") == "quantile") {
+            let b = i(r, "bin");
+            if quantiles.last().map(|q| q["bin"].as_i64() != Some(b)).unwrap_or(true) {
+                quantiles.push(json!({ "bin": b, "examples": [] }));
+            }
+            quantiles.last_mut().unwrap()["examples"].as_array_mut().unwrap().push(example(r, &texts));
+        }
+        let h = at(&hist, stage);
+        let histogram = h.first().map(|r| json!({
+            "lo": 0.0, "hi": f(r, "hi"), "n_nonzero": i(r, "n_nonzero"), "counts": ints(r.get("counts")),
+        }));
+        if let Some(hist) = &histogram {
+            let hi = hist["hi"].as_f64().unwrap_or(0.0);
+            let bins = crate::sae::dashboard::QUANTILE_BINS as f64;
+            for q in &mut quantiles {
+                let b = q["bin"].as_f64().unwrap_or(0.0);
+                q["lo"] = json!(hi * b / bins);
+                q["hi"] = json!(hi * (b + 1.0) / bins);
+            }
+        }
+        let lg = at(&logits, stage);
+        let tokens = |dir: &str| -> Vec<Value> {
+            lg.iter().filter(|r| s(r, "direction") == dir).map(|r| {
+                let t = i(r, "token_id");
+                json!({ "token_id": t, "text": texts.get(&t).cloned().unwrap_or_else(|| format!("#{t}")), "value": f(r, "value") })
+            }).collect()
+        };
+        let logit_value = (!lg.is_empty()).then(|| {
+            let top = tokens("top");
+            let names: Vec<String> = top.iter().map(|t| s(t.as_object().unwrap(), "text").to_string()).collect();
+            let (entered, left) = match &prev_top {
+                Some(p) => (
+                    names.iter().filter(|t| !p.contains(t)).cloned().collect::<Vec<_>>(),
+                    p.iter().filter(|t| !names.contains(t)).cloned().collect::<Vec<_>>(),
+                ),
+                None => (Vec::new(), Vec::new()),
+            };
+            prev_top = Some(names);
+            json!({ "top": top, "bottom": tokens("bottom"), "entered": entered, "left": left,
+                    "norm_folded": lg[0].get("norm_folded").and_then(Value::as_bool) })
+        });
         out_stages.push(json!({
             "stage": stage,
             "step": step,
             "density": density,
             "alive": density.map(|x| x > 1e-4),
-            "mean_act": st.and_then(|r| f(r, "mean_act")),
-            "max_act": st.and_then(|r| f(r, "max_act")),
-            "dec_cos_prev": prev.map(|p| cosine(dec, row_of(&p.w_dec, fi, d))),
-            "enc_cos_prev": prev.map(|p| cosine(enc, row_of(&p.w_enc, fi, d))),
-            "dec_cos_first": cosine(dec, row_of(&first.w_dec, fi, d)),
-            "enc_cos_first": cosine(enc, row_of(&first.w_enc, fi, d)),
+            "mean_act": st.first().and_then(|r| f(r, "mean_act")),
+            "max_act": st.first().and_then(|r| f(r, "max_act")),
+            "dec_cos_prev": mv.and_then(|r| f(r, "dec_cos")),
+            "enc_cos_prev": mv.and_then(|r| f(r, "enc_cos")),
+            "dec_cos_first": mv.and_then(|r| f(r, "dec_cos_first")),
+            "enc_cos_first": mv.and_then(|r| f(r, "enc_cos_first")),
             "next_best_match": next_match,
-            "nearest": nearest.iter().map(|(j, c)| json!({ "feature": j, "dec_cos": c })).collect::<Vec<_>>(),
-            "top_examples": examples,
-            "logits": Value::Null,
+            "nearest": at(&near, stage).iter().map(|r| json!({ "feature": i(r, "neighbor"), "dec_cos": f(r, "dec_cos") })).collect::<Vec<_>>(),
+            "partners": at(&partners, stage).iter().map(|r| json!({ "chain": s(r, "other_chain"), "stage": s(r, "other_stage"), "feature": i(r, "partner"), "dec_cos": f(r, "dec_cos") })).collect::<Vec<_>>(),
+            "top_examples": top,
+            "quantile_examples": quantiles,
+            "histogram": histogram,
+            "logits": logit_value,
         }));
+    }
+    let mut notes = page_notes(app, &g, &[Table::FeatureStats, Table::FeatureExamples, Table::FeatureHistograms, Table::FeatureTransitions, Table::FeatureNeighbors])?;
+    if !group_has(app, Table::LogitEffects, &g)? {
+        notes.push(format!("no logit effects: `saerl stats --chain {chain}` writes them for stages whose model (stages.model_path) is on this machine"));
     }
     Ok(json!({
         "chain": chain, "layer": layer, "k": k, "feature": feature, "split": split,
         "d_sae": d_sae,
         "stages": out_stages,
-        "notes": [
-            "logit effects, quantile examples and histograms need tables a later `saerl stats` writes; this lake has none",
-        ],
+        "notes": notes,
     }))
-}
-
-/// A stage's top examples of feature `fi` with their contexts: the tokens around each peak,
-/// each with this feature's activation there (from the stored activations and the SAE).
-#[allow(clippy::too_many_arguments)]
-async fn top_examples(
-    app: &App,
-    chain: &str,
-    stage: &str,
-    layer: i32,
-    k: i32,
-    fi: usize,
-    split: &str,
-    sae: &crate::sae::Sae,
-) -> Result<Vec<Value>> {
-    let tops = app
-        .rows(&format!(
-            "SELECT rank, doc_id, pos, token_id, value FROM top_examples WHERE chain = '{chain}' AND stage = '{stage}' \
-             AND layer = {layer} AND k = {k} AND feature = {fi} AND (split = '{split}' OR split IS NULL) \
-             ORDER BY rank LIMIT {TOP}"
-        ))
-        .await?;
-    if tops.is_empty() {
-        return Ok(Vec::new());
-    }
-    let docs: Vec<String> = tops.iter().map(|r| i(r, "doc_id").to_string()).collect();
-    let acts = app
-        .rows(&format!(
-            "SELECT a.doc_id, a.pos, a.token_id, v.token, a.x FROM activations a \
-             LEFT JOIN vocab v ON v.chain = a.chain AND v.stage = a.stage AND v.token_id = a.token_id \
-             WHERE a.chain = '{chain}' AND a.stage = '{stage}' AND a.layer = {layer} AND a.doc_id IN ({})",
-            docs.join(", ")
-        ))
-        .await?;
-    let mut by_doc: HashMap<i64, Vec<&Row>> = HashMap::new();
-    for r in &acts {
-        by_doc.entry(i(r, "doc_id")).or_default().push(r);
-    }
-    let mut out = Vec::new();
-    for t in &tops {
-        let (doc, pos) = (i(t, "doc_id"), i(t, "pos"));
-        let mut tokens: Vec<&&Row> = by_doc
-            .get(&doc)
-            .map(|v| {
-                v.iter()
-                    .filter(|r| (i(r, "pos") - pos).abs() <= CONTEXT as i64)
-                    .collect()
-            })
-            .unwrap_or_default();
-        tokens.sort_by_key(|r| i(r, "pos"));
-        let context: Vec<Value> = tokens
-            .iter()
-            .map(|r| {
-                let x: Vec<f32> = r
-                    .get("x")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect())
-                    .unwrap_or_default();
-                let act = if x.len() == sae.d_model {
-                    sae.encode(&x)
-                        .iter()
-                        .find(|(j, _)| *j as usize == fi)
-                        .map_or(0.0, |(_, v)| *v as f64)
-                } else {
-                    0.0
-                };
-                json!({
-                    "pos": i(r, "pos"),
-                    "token_id": i(r, "token_id"),
-                    "text": crate::model::token_text::symbol_text(s(r, "token")),
-                    "activation": act,
-                    "peak": i(r, "pos") == pos,
-                })
-            })
-            .collect();
-        out.push(json!({
-            "rank": i(t, "rank"), "doc_id": doc, "pos": pos, "value": f(t, "value"), "context": context,
-        }));
-    }
-    Ok(out)
 }
 
 fn histogram(values: &[f64], lo: f64, hi: f64) -> Vec<usize> {
@@ -432,8 +515,9 @@ pub(super) async fn transition(
     }
     let rows = app
         .rows(&format!(
-            "SELECT feature, dec_cos, enc_cos FROM feature_drift WHERE chain = '{chain}' AND layer = {layer} \
-             AND k = {k} AND stage_from = '{a}' AND stage_to = '{b}' ORDER BY feature"
+            "SELECT feature, dec_cos, enc_cos FROM {} WHERE chain = '{chain}' AND layer = {layer} \
+             AND k = {k} AND stage_from = '{a}' AND stage_to = '{b}' ORDER BY feature",
+            drift_source(app)?
         ))
         .await?;
     let dec: Vec<f64> = rows
@@ -519,11 +603,16 @@ pub(super) async fn search(app: &App, q: &HashMap<String, String>) -> Result<Val
     }))
 }
 
+/// The SQL box's answer: the rows kept (at most `--sql-rows`) and how many there were.
+pub(super) struct SqlResult {
+    pub q: String,
+    pub batches: Vec<arrow::array::RecordBatch>,
+    pub total: usize,
+}
+
 /// The SQL box: one read-only statement within the row and time limits.
-pub(super) async fn sql_box(app: &App, q: Option<&str>) -> Result<Value, Failure> {
-    let Some(q) = q.map(str::trim).filter(|q| !q.is_empty()) else {
-        return Ok(json!({ "q": "", "columns": [], "rows": [] }));
-    };
+pub(super) async fn sql_batches(app: &App, q: &str) -> Result<SqlResult, Failure> {
+    let q = q.trim();
     let statements = datafusion::sql::parser::DFParser::parse_sql(q)
         .map_err(|e| Failure::BadRequest(format!("{e}")))?;
     if statements.len() != 1 {
@@ -544,7 +633,6 @@ pub(super) async fn sql_box(app: &App, q: Option<&str>) -> Result<Value, Failure
                 .into(),
         ));
     }
-    let limit = app.cfg.sql_rows;
     let run = async {
         let ctx = app.ctx.lock().await;
         let sql = q.trim_end_matches(';');
@@ -559,10 +647,9 @@ pub(super) async fn sql_box(app: &App, q: Option<&str>) -> Result<Value, Failure
             )))
         }
     };
-    let columns = crate::sql::format::column_names(&batches);
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
     let mut kept = Vec::new();
-    let mut left = limit;
+    let mut left = app.cfg.sql_rows;
     for b in &batches {
         if left == 0 {
             break;
@@ -571,9 +658,35 @@ pub(super) async fn sql_box(app: &App, q: Option<&str>) -> Result<Value, Failure
         kept.push(b.slice(0, n));
         left -= n;
     }
-    let rows = batches_to_rows(&kept)?;
+    Ok(SqlResult {
+        q: q.to_string(),
+        batches: kept,
+        total,
+    })
+}
+
+/// The SQL box as JSON (an empty form without a statement).
+pub(super) async fn sql_box(app: &App, q: Option<&str>) -> Result<Value, Failure> {
+    let Some(q) = q.map(str::trim).filter(|q| !q.is_empty()) else {
+        return Ok(json!({ "q": "", "columns": [], "rows": [] }));
+    };
+    let r = sql_batches(app, q).await?;
+    let limit = app.cfg.sql_rows;
     Ok(json!({
-        "q": q, "columns": columns, "rows": rows, "total_rows": total, "truncated": total > limit,
+        "q": r.q, "columns": crate::sql::format::column_names(&r.batches),
+        "rows": batches_to_rows(&r.batches)?, "total_rows": r.total, "truncated": r.total > limit,
         "row_limit": limit,
     }))
+}
+
+/// The SQL box's rows as CSV with a header (the same rows the table shows).
+pub(super) async fn sql_csv(app: &App, q: &str) -> Result<Vec<u8>, Failure> {
+    let r = sql_batches(app, q).await?;
+    let mut w = arrow::csv::WriterBuilder::new()
+        .with_header(true)
+        .build(Vec::new());
+    for b in &r.batches {
+        w.write(b).map_err(|e| Failure::Internal(e.into()))?;
+    }
+    Ok(w.into_inner())
 }

@@ -62,7 +62,10 @@ a { color: var(--accent); }
 .ctx { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12.5px; white-space: pre-wrap; line-height: 1.9; }
 .ctx span { border-radius: 3px; padding: 1px 0; } .ctx .peak { outline: 1.5px solid var(--warm); }
 .ex { border-bottom: 1px dashed var(--line); padding: 4px 0; } .ex .v { color: var(--muted); font-size: 12px; margin-right: 8px; }
-.stage { margin-bottom: 18px; } .pill { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 12px; }
+.stage { margin-bottom: 18px; border-top: 1px solid var(--line); }
+.cols { display: grid; grid-template-columns: minmax(0, 3fr) minmax(300px, 2fr); gap: 16px; align-items: start; }
+.cols .card { margin-bottom: 10px; } .pair { display: flex; gap: 12px; } details { margin: 4px 0; } summary { cursor: pointer; color: var(--muted); }
+.new { color: #15803d; } .tok { font-family: ui-monospace, monospace; background: #f1f5f9; border-radius: 3px; padding: 0 3px; white-space: pre; } .pill { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 12px; }
 .alive { background: #dcfce7; color: #166534; } .dead { background: #fee2e2; color: #991b1b; }
 .err { color: #991b1b; } form.sql textarea { width: 100%; height: 90px; font-family: ui-monospace, monospace; }
 svg text { font-size: 10px; fill: var(--muted); }
@@ -353,6 +356,152 @@ fn tint(a: f64, max: f64) -> String {
     format!("rgba(234,88,12,{:.2})", t * 0.85)
 }
 
+/// One example in context: each token tinted by this feature's activation there.
+fn example_html(b: &mut String, e: &Value) {
+    let ctx = e["context"].as_array().cloned().unwrap_or_default();
+    let max = ctx
+        .iter()
+        .filter_map(|t| t["activation"].as_f64())
+        .fold(0.0, f64::max);
+    let _ = write!(
+        b,
+        "<div class=ex><span class=v>#{} · {} · doc {}</span><span class=ctx>",
+        e["rank"],
+        opt(&e["value"]),
+        e["doc_id"]
+    );
+    for t in &ctx {
+        let a = t["activation"].as_f64().unwrap_or(0.0);
+        let _ = write!(
+            b,
+            r#"<span{} style="background:{}" title="{}">{}</span>"#,
+            if t["peak"].as_bool() == Some(true) {
+                " class=peak"
+            } else {
+                ""
+            },
+            tint(a, max),
+            num(a),
+            text(&t["text"])
+        );
+    }
+    b.push_str("</span></div>");
+}
+
+/// A stage's logit effects: raised and lowered tokens, those new since the previous stage marked.
+fn logits_html(b: &mut String, lg: &Value) {
+    if lg.is_null() {
+        return;
+    }
+    let entered: Vec<&str> = lg["entered"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let list = |dir: &str| -> String {
+        lg[dir]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                let new = dir == "top" && t["text"].as_str().is_some_and(|x| entered.contains(&x));
+                format!(
+                    "<tr><td>{}<span class=tok>{}</span></td><td>{}</td></tr>",
+                    if new { "<b class=new title=\"entered the list at this stage\">+</b> " } else { "" },
+                    text(&t["text"]),
+                    opt(&t["value"])
+                )
+            })
+            .collect()
+    };
+    let left: Vec<String> = lg["left"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| format!("<span class=tok>{}</span>", text(t)))
+        .collect();
+    let _ = write!(
+        b,
+        "<div class=card><h3>Logit effects</h3><p class=note>unembedding · (final norm weight ⊙ decoder direction){}</p>\
+         <div class=pair><table><tr><th>raises</th><th></th></tr>{}</table><table><tr><th>lowers</th><th></th></tr>{}</table></div>{}</div>",
+        if lg["norm_folded"] == true { "; the norm weight is folded in. <b class=new>+</b> entered the list since the previous stage" } else { "" },
+        list("top"),
+        list("bottom"),
+        if left.is_empty() { String::new() } else { format!("<p class=note>left the top list: {}</p>", left.join(" ")) }
+    );
+}
+
+/// One stage of the feature page: examples in context beside the histogram, logits and neighbours.
+fn stage_html(b: &mut String, s: &Value, chain: &str, l: &Value, k: &Value) {
+    let _ = write!(
+        b,
+        "<section class=stage id=\"stage-{st}\"><h2>{st} <span class=muted>(step {})</span></h2><div class=cols><div>",
+        s["step"],
+        st = text(&s["stage"])
+    );
+    let examples = s["top_examples"].as_array().cloned().unwrap_or_default();
+    b.push_str("<h3>Top activations</h3>");
+    if examples.is_empty() {
+        b.push_str("<p class=note>No top examples at this stage on this split (the feature never fired, or the lake has no statistics).</p>");
+    }
+    for e in &examples {
+        example_html(b, e);
+    }
+    for q in s["quantile_examples"].as_array().into_iter().flatten().rev() {
+        let _ = write!(
+            b,
+            "<details><summary>Interval {} – {} <span class=muted>({} shown)</span></summary>",
+            opt(&q["lo"]),
+            opt(&q["hi"]),
+            q["examples"].as_array().map_or(0, Vec::len)
+        );
+        for e in q["examples"].as_array().into_iter().flatten() {
+            example_html(b, e);
+        }
+        b.push_str("</details>");
+    }
+    b.push_str("</div><div>");
+    if let Some(h) = s["histogram"].as_object() {
+        let counts = h.get("counts").and_then(Value::as_array).cloned().unwrap_or_default();
+        let _ = write!(
+            b,
+            "<div class=card><h3>Activation histogram</h3>{}<p class=note>{} non-zero activations, 0 to {}</p></div>",
+            bars(&counts, 300.0, 80.0, "var(--warm)"),
+            h.get("n_nonzero").map_or("–".into(), text),
+            h.get("hi").map_or("–".into(), opt)
+        );
+    }
+    logits_html(b, &s["logits"]);
+    let links = |key: &str, f: &dyn Fn(&Value) -> String| -> String {
+        s[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(f)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let nearest = links("nearest", &|n| {
+        format!("{} ({})", link_feature(chain, l, k, &n["feature"]), opt(&n["dec_cos"]))
+    });
+    let partners = links("partners", &|p| {
+        format!(
+            "{} {} {}",
+            text(&p["chain"]),
+            link_feature(p["chain"].as_str().unwrap_or(""), l, k, &p["feature"]),
+            format_args!("(at {}, cos {})", text(&p["stage"]), opt(&p["dec_cos"]))
+        )
+    });
+    let _ = write!(
+        b,
+        "<div class=card><h3>Neighbours</h3><p class=note>Nearest in this SAE (decoder cosine): {}</p><p class=note>Partner in other chains (match_features): {}</p></div>",
+        if nearest.is_empty() { "–".into() } else { nearest },
+        if partners.is_empty() { "–".into() } else { partners }
+    );
+    b.push_str("</div></div></section>");
+}
+
 pub fn feature(v: &Value) -> String {
     let chain = v["chain"].as_str().unwrap_or("");
     let (l, k, f) = (&v["layer"], &v["k"], &v["feature"]);
@@ -404,63 +553,7 @@ pub fn feature(v: &Value) -> String {
     }
     b.push_str("</table>");
     for s in &stages {
-        let _ = write!(
-            b,
-            "<div class=stage><h2>{} <span class=muted>(step {})</span></h2>",
-            text(&s["stage"]),
-            s["step"]
-        );
-        let examples = s["top_examples"].as_array().cloned().unwrap_or_default();
-        if examples.is_empty() {
-            b.push_str("<p class=note>No top examples at this stage (run <code>saerl stats</code>, or the feature never fired on this split).</p>");
-        }
-        for e in &examples {
-            let ctx = e["context"].as_array().cloned().unwrap_or_default();
-            let max = ctx
-                .iter()
-                .filter_map(|t| t["activation"].as_f64())
-                .fold(0.0, f64::max);
-            let _ = write!(
-                b,
-                "<div class=ex><span class=v>#{} · {} · doc {}</span><span class=ctx>",
-                e["rank"],
-                opt(&e["value"]),
-                e["doc_id"]
-            );
-            for t in &ctx {
-                let a = t["activation"].as_f64().unwrap_or(0.0);
-                let _ = write!(
-                    b,
-                    r#"<span{} style="background:{}" title="{}">{}</span>"#,
-                    if t["peak"].as_bool() == Some(true) {
-                        " class=peak"
-                    } else {
-                        ""
-                    },
-                    tint(a, max),
-                    num(a),
-                    text(&t["text"])
-                );
-            }
-            b.push_str("</span></div>");
-        }
-        let nearest: Vec<String> = s["nearest"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|n| {
-                format!(
-                    "{} ({})",
-                    link_feature(chain, l, k, &n["feature"]),
-                    opt(&n["dec_cos"])
-                )
-            })
-            .collect();
-        let _ = write!(
-            b,
-            "<p class=note>Nearest features (decoder cosine): {}</p></div>",
-            nearest.join(", ")
-        );
+        stage_html(&mut b, s, chain, l, k);
     }
     for n in v["notes"].as_array().into_iter().flatten() {
         let _ = write!(b, "<p class=note>{}</p>", text(n));
@@ -548,10 +641,10 @@ pub fn sql(v: &Value) -> String {
         }
         b.push_str("</table>");
         let q = v["q"].as_str().unwrap_or("");
+        let q = esc(&url::form_urlencoded::byte_serialize(q.as_bytes()).collect::<String>());
         let _ = write!(
             b,
-            "<p><a href=\"/api/sql?q={}\">as JSON</a></p>",
-            esc(&url::form_urlencoded::byte_serialize(q.as_bytes()).collect::<String>())
+            "<p><a href=\"/api/sql?q={q}&amp;format=csv\" download>download as CSV</a> · <a href=\"/api/sql?q={q}\">as JSON</a></p>"
         );
     }
     page("SQL", &b)

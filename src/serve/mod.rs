@@ -239,6 +239,9 @@ async fn search(State(app): State<Arc<App>>, Query(q): Params, twin: Twin) -> Re
 }
 
 async fn sql_get(State(app): State<Arc<App>>, Query(q): Params, twin: Twin) -> Response {
+    if q.get("format").map(String::as_str) == Some("csv") {
+        return csv(&app, q.get("q").map_or("", String::as_str)).await;
+    }
     respond(
         twin,
         data::sql_box(&app, q.get("q").map(String::as_str)).await,
@@ -246,7 +249,25 @@ async fn sql_get(State(app): State<Arc<App>>, Query(q): Params, twin: Twin) -> R
     )
 }
 
+/// The SQL box's rows as a CSV download (errors as the JSON twin gives them).
+async fn csv(app: &App, q: &str) -> Response {
+    match data::sql_csv(app, q).await {
+        Ok(body) => (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (header::CONTENT_DISPOSITION, "attachment; filename=\"saerl.csv\""),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(f) => respond(Twin::Api, Err(f), |_| String::new()),
+    }
+}
+
 async fn sql_post(State(app): State<Arc<App>>, Form(f): SqlForm, twin: Twin) -> Response {
+    if f.get("format").map(String::as_str) == Some("csv") {
+        return csv(&app, f.get("q").map_or("", String::as_str)).await;
+    }
     respond(
         twin,
         data::sql_box(&app, f.get("q").map(String::as_str)).await,

@@ -52,6 +52,6 @@ check() { # name url marker...
 }
 check study "$base/" "The study" "$chain · layer $layer · k $k" "transition/$from/$to"
 check transition "$base/chain/$chain/layer/$layer/k/$k/transition/$from/$to" "Decoder cosine" "median quadrants" "Most-drifted features" "feature/$feature"
-check feature "$base/chain/$chain/layer/$layer/k/$k/feature/$feature" "Feature $feature" "Life along the chain" "class=\"ctx\""
+check feature "$base/chain/$chain/layer/$layer/k/$k/feature/$feature" "Feature $feature" "Life along the chain" "class=\"ctx\"" "Activation histogram" "Logit effects" "Interval "
 echo "screenshots in $out"
 exit "$failed"

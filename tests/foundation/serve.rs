@@ -378,3 +378,242 @@ fn vocab_holds_the_text_a_person_reads() {
         assert_eq!(r[1], "[ the]", "{r:?}");
     }
 }
+
+fn f64_of(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+fn close(what: &str, got: f64, want: f64) {
+    assert!(
+        (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+        "{what}: got {got}, expected {want}"
+    );
+}
+
+/// The tiny SAE's key and its densest feature on val.
+fn tiny_densest(lake: &Path) -> (String, String, String, String) {
+    let t = &csv_rows(lake, "SELECT stage, layer, k FROM saes WHERE chain = 'tiny'")[0];
+    let f = &csv_rows(
+        lake,
+        &format!("SELECT feature FROM feature_stats WHERE chain = 'tiny' AND split = 'val' AND layer = {} AND k = {} ORDER BY fire_count DESC, feature LIMIT 1", t[1], t[2]),
+    )[0][0];
+    (t[0].clone(), t[1].clone(), t[2].clone(), f.clone())
+}
+
+#[test]
+fn the_feature_page_tables_match_sql_and_numpy() {
+    let lake = fixture_lake();
+    let server = start(lake, &[]);
+    let a = &server.addr;
+    let (stage, layer, k, feature) = tiny_densest(lake);
+    let fj = get(a, &format!("/api/chain/tiny/layer/{layer}/k/{k}/feature/{feature}")).json();
+    let st = &fj["stages"][0];
+    let encoded = |filter: &str| {
+        format!(
+            "SELECT pos, e['value'] AS v FROM (SELECT pos, unnest(topk_encode(x, 'tiny', '{stage}', {layer}, {k})) AS e \
+             FROM activations WHERE chain = 'tiny' AND stage = '{stage}' AND layer = {layer} AND {filter}) WHERE e['feature'] = {feature}"
+        )
+    };
+
+    // Every token of every context: this feature's activation there, as topk_encode gives it.
+    let examples = st["top_examples"].as_array().unwrap();
+    assert!(!examples.is_empty());
+    for e in examples.iter().take(3) {
+        let ctx = e["context"].as_array().unwrap();
+        let (lo, hi) = (f64_of(&ctx[0]["pos"]), f64_of(&ctx[ctx.len() - 1]["pos"]));
+        let want: std::collections::HashMap<i64, f64> = csv_rows(
+            lake,
+            &encoded(&format!("doc_id = {} AND pos BETWEEN {lo} AND {hi}", e["doc_id"])),
+        )
+        .iter()
+        .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap()))
+        .collect();
+        for t in ctx {
+            let p = t["pos"].as_i64().unwrap();
+            close(&format!("activation at {p}"), f64_of(&t["activation"]), *want.get(&p).unwrap_or(&0.0));
+        }
+        assert!(ctx.iter().any(|t| t["peak"] == true && t["pos"] == e["pos"]));
+    }
+
+    // The histogram: non-zero val activations recounted in SQL into 40 bins of (0, hi].
+    let h = &st["histogram"];
+    let hi = f64_of(&h["hi"]);
+    let bins = csv_rows(
+        lake,
+        &format!(
+            "SELECT LEAST(CAST(floor(CAST(v AS REAL) / CAST({hi} AS REAL) * CAST(40 AS REAL)) AS INT), 39) AS b, count(*) AS n \
+             FROM ({}) WHERE v > 0 GROUP BY 1 ORDER BY 1",
+            encoded("split = 'val'")
+        ),
+    );
+    let counts: Vec<i64> = h["counts"].as_array().unwrap().iter().map(|c| c.as_i64().unwrap()).collect();
+    assert_eq!(counts.len(), 40);
+    let mut want = vec![0i64; 40];
+    for b in &bins {
+        want[b[0].parse::<usize>().unwrap()] = b[1].parse().unwrap();
+    }
+    assert_eq!(counts, want, "histogram of feature {feature}");
+    let fire = &csv_rows(lake, &format!("SELECT fire_count FROM feature_stats WHERE chain = 'tiny' AND layer = {layer} AND k = {k} AND split = 'val' AND feature = {feature}"))[0][0];
+    assert_eq!(counts.iter().sum::<i64>().to_string(), *fire);
+
+    // Quantile examples: at most 5 per interval, inside it, and 5 wherever the interval has 5.
+    let quantiles = st["quantile_examples"].as_array().unwrap();
+    assert!(!quantiles.is_empty());
+    for q in quantiles {
+        let (lo, hi, b) = (f64_of(&q["lo"]), f64_of(&q["hi"]), q["bin"].as_u64().unwrap() as usize);
+        let ex = q["examples"].as_array().unwrap();
+        let in_interval: i64 = counts[b * 4..b * 4 + 4].iter().sum();
+        assert_eq!(ex.len() as i64, in_interval.min(5), "interval {b}");
+        for e in ex {
+            let v = f64_of(&e["value"]);
+            assert!(v > lo - 1e-6 && v <= hi + 1e-6, "{v} outside ({lo}, {hi}]");
+        }
+    }
+
+    // Logit effects: numpy over the fixture checkpoint's weights and the lake's decoder row.
+    let model = fixtures().join("tiny-qwen2");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/logit_effects.py");
+    let o = Command::new(crate::differential::test_python())
+        .arg(&script)
+        .arg(&model)
+        .arg(lake)
+        .args(["tiny", &stage, &layer, &k, &feature])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let np: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let lg = &st["logits"];
+    assert_eq!(lg["norm_folded"], true);
+    for dir in ["top", "bottom"] {
+        let got = lg[dir].as_array().unwrap();
+        let want = np[&feature][dir].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "{dir}");
+        let scale = f64_of(&want[0][1]).abs().max(1e-3);
+        for (g, w) in got.iter().zip(want) {
+            assert!((f64_of(&g["value"]) - f64_of(&w[1])).abs() <= 1e-4 * scale, "{dir}: {g} vs {w}");
+            if (f64_of(&g["value"]) - f64_of(&w[1])).abs() <= 1e-6 * scale {
+                assert_eq!(g["token_id"], w[0], "{dir}");
+            }
+        }
+    }
+
+    // A chain of the sae-pt tree: nearest features by SQL, the next stage's best match by
+    // best_match(), the partner in another chain by match_features().
+    let shared = &csv_rows(
+        lake,
+        "SELECT layer, k FROM saes WHERE chain <> 'tiny' GROUP BY layer, k HAVING count(DISTINCT chain) > 1 ORDER BY layer, k LIMIT 1",
+    )[0];
+    let pick = csv_rows(
+        lake,
+        &format!(
+            "SELECT chain, layer, k, stage_from, stage_to, feature, best_feature, best_cos, aligned_cos FROM best_match() \
+             WHERE chain <> 'tiny' AND layer = {} AND k = {} ORDER BY aligned_cos, chain, step_to, feature LIMIT 1",
+            shared[0], shared[1]
+        ),
+    );
+    let p = &pick[0];
+    let (c, l, kk, from, to, f) = (&p[0], &p[1], &p[2], &p[3], &p[4], &p[5]);
+    let fj = get(a, &format!("/api/chain/{c}/layer/{l}/k/{kk}/feature/{f}")).json();
+    let at = |s: &str| -> Value {
+        fj["stages"].as_array().unwrap().iter().find(|x| x["stage"] == s).unwrap().clone()
+    };
+    let st = at(from);
+    let aligned: f64 = p[8].parse().unwrap();
+    if aligned < 0.7 && p[6] != *f {
+        let m = &st["next_best_match"];
+        assert_eq!(m["stage"], to.as_str());
+        assert_eq!(m["feature"].to_string(), p[6]);
+        close("best_cos", f64_of(&m["dec_cos"]), p[7].parse().unwrap());
+    } else {
+        assert!(st["next_best_match"].is_null(), "{st}");
+    }
+    let near = csv_rows(
+        lake,
+        &format!(
+            "SELECT b.feature, decoder_cosine(a.w_dec, b.w_dec) AS c FROM features a JOIN features b \
+             ON b.chain = a.chain AND b.stage = a.stage AND b.layer = a.layer AND b.k = a.k \
+             WHERE a.chain = '{c}' AND a.stage = '{from}' AND a.layer = {l} AND a.k = {kk} AND a.feature = {f} \
+             AND b.feature <> {f} ORDER BY c DESC LIMIT 5"
+        ),
+    );
+    let got = st["nearest"].as_array().unwrap();
+    assert_eq!(got.len(), near.len());
+    for (g, w) in got.iter().zip(&near) {
+        close("nearest cosine", f64_of(&g["dec_cos"]), w[1].parse().unwrap());
+    }
+    assert_eq!(got[0]["feature"].to_string(), near[0][0]);
+    let other = csv_rows(
+        lake,
+        &format!("SELECT DISTINCT chain FROM saes WHERE layer = {l} AND k = {kk} AND chain <> '{c}' ORDER BY chain LIMIT 1"),
+    );
+    let o = &other[0][0];
+    let partner = st["partners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["chain"] == o.as_str())
+        .unwrap_or_else(|| panic!("no partner in {o}: {st}"))
+        .clone();
+    let os = partner["stage"].as_str().unwrap();
+    let m = csv_rows(
+        lake,
+        &format!("SELECT feature_b, dec_cos FROM match_features('{c}', '{from}', '{o}', '{os}', {l}, {kk}) WHERE feature_a = {f}"),
+    );
+    assert_eq!(partner["feature"].to_string(), m[0][0]);
+    close("partner cosine", f64_of(&partner["dec_cos"]), m[0][1].parse().unwrap());
+    let has_stage = !csv_rows(lake, &format!("SELECT 1 FROM saes WHERE chain = '{o}' AND stage = '{from}' AND layer = {l} AND k = {kk}")).is_empty();
+    if has_stage {
+        assert_eq!(os, from.as_str(), "the partner is at the same stage name");
+    }
+}
+
+#[test]
+fn a_lake_without_page_tables_serves_and_stats_fills_in_only_them() {
+    let (_dir, lake) = fixture_lake_copy();
+    for t in ["feature_examples", "feature_histograms", "logit_effects"] {
+        std::fs::remove_dir_all(lake.join(t)).unwrap();
+    }
+    let (_, layer, k, feature) = tiny_densest(&lake);
+    let path = format!("/api/chain/tiny/layer/{layer}/k/{k}/feature/{feature}");
+    {
+        let server = start(&lake, &[]);
+        let fj = get(&server.addr, &path).json();
+        let notes = fj["notes"].to_string();
+        assert!(notes.contains("saerl stats --chain tiny") && notes.contains("feature_examples"), "{notes}");
+        let st = &fj["stages"][0];
+        assert!(st["logits"].is_null() && st["histogram"].is_null());
+        // The top examples still show, each as its peak token.
+        let ex = st["top_examples"].as_array().unwrap();
+        assert!(!ex.is_empty());
+        assert!(ex.iter().all(|e| e["context"].as_array().unwrap().len() == 1));
+    }
+    let kept = |l: &Path| -> Vec<(std::path::PathBuf, u64)> {
+        snapshot(l)
+            .into_iter()
+            .filter(|(p, _)| !["feature_examples", "feature_histograms", "logit_effects"].iter().any(|t| p.starts_with(t)))
+            .collect()
+    };
+    let before = kept(&lake);
+    let out = ok(&lake, &["stats", "--chain", "tiny"]);
+    assert!(out.contains("feature_examples") && out.contains("logit_effects"), "{out}");
+    assert!(!out.contains("wrote feature_stats"), "{out}");
+    assert_eq!(kept(&lake), before, "stats rewrote tables that existed");
+    let server = start(&lake, &[]);
+    let fj = get(&server.addr, &path).json();
+    assert!(!fj["stages"][0]["logits"].is_null());
+    assert!(fj["stages"][0]["top_examples"][0]["context"].as_array().unwrap().len() > 1);
+    assert!(ok(&lake, &["stats", "--chain", "tiny"]).contains("statistics exist, skipped"));
+}
+
+#[test]
+fn the_sql_box_offers_its_rows_as_csv() {
+    let lake = fixture_lake();
+    let server = start(lake, &[]);
+    let q = "SELECT chain, layer, k, count(*) AS n FROM saes GROUP BY chain, layer, k ORDER BY chain, layer, k";
+    let r = get(&server.addr, &format!("/api/sql?q={}&format=csv", enc(q)));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.headers.to_lowercase().contains("text/csv"), "{}", r.headers);
+    assert_eq!(r.body.trim(), ok(lake, &["sql", "--format", "csv", "-c", q]).trim());
+    let page = request(&server.addr, "POST", "/sql", &[], &format!("q={}", enc(q)));
+    assert!(page.body.contains("format=csv"), "the SQL page offers the CSV");
+}

@@ -8,6 +8,7 @@ mod gemm;
 mod ingest;
 mod kernels;
 mod matching;
+mod serve;
 mod sql;
 mod stats;
 mod train;
@@ -18,6 +19,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 pub use ingest::BenchIngest;
+pub use serve::BenchServe;
 pub use sql::BenchSql;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -75,6 +77,8 @@ pub enum BenchWhat {
     Ingest(BenchIngest),
     /// Time decoder_drift.sql over a full-size synthetic chain.
     Sql(BenchSql),
+    /// The feature browser over a study-sized lake after `stats`: page latency and RSS.
+    Serve(BenchServe),
     /// Every saved query in-process and on a Ballista cluster over the same `--lake`.
     Cluster {
         /// The cluster (`df://HOST:PORT`, see `saerl cluster`).
@@ -116,6 +120,7 @@ pub async fn run(lake: &crate::lake::Lake, a: &BenchArgs) -> Result<()> {
         BenchWhat::Stats { rows, device } => stats::run(*rows, device),
         BenchWhat::Ingest(b) => ingest::run(b, &refs),
         BenchWhat::Sql(b) => sql::run(b, &refs).await,
+        BenchWhat::Serve(b) => serve::run(b).await,
         BenchWhat::Match { d_sae, d_model } => matching::run(*d_sae, *d_model),
         BenchWhat::Cluster { cluster, runs } => cluster::run(lake, cluster, *runs).await,
     }

@@ -1,0 +1,396 @@
+//! What a feature page shows beyond `feature_stats`, computed once by `stats` so that pages read
+//! a few rows instead of activations (DESIGN.md, "Serving"):
+//! - the histogram of a feature's non-zero activations (`HIST_BINS` equal bins over (0, max]);
+//! - quantile examples: `QUANTILE_BINS` equal-width intervals of (0, max] (SAEDashboard's
+//!   interval groups), `PER_QUANTILE` rows drawn uniformly from each (reservoir sampling, seeded);
+//! - each example's context: this feature's activation at every token within `CONTEXT` of the
+//!   peak, in the same prompt;
+//! - logit effects: a decoder direction through the unembedding (final norm weight folded in);
+//! - nearest features: the highest decoder cosines within one SAE.
+//!
+//! Pure computation over slices and a spill file of latents; `commands/stats.rs` feeds it.
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Read, Seek, Write};
+
+use anyhow::{Context as _, Result};
+
+use super::stats::Example;
+use crate::kernels::{sgemm_nt, unit_rows};
+use crate::rng::SplitMix64;
+
+pub const HIST_BINS: usize = 40;
+pub const QUANTILE_BINS: usize = 10;
+pub const PER_QUANTILE: usize = 5;
+/// Tokens on each side of an example's peak.
+pub const CONTEXT: i32 = 12;
+/// The top examples (of `stats::TOP_EXAMPLES`) given a context.
+pub const TOP_IN_CONTEXT: usize = 10;
+pub const LOGITS: usize = 10;
+pub const NEAREST: usize = 5;
+
+/// The bin of `v` among `bins` equal bins of (0, hi].
+fn bin_of(v: f32, hi: f32, bins: usize) -> usize {
+    (((v / hi) * bins as f32) as usize).min(bins - 1)
+}
+
+/// One split's histograms and quantile samples, from each row's latents in stored order.
+pub struct Spread {
+    /// Per feature, the largest activation (from the first pass); ≤ 0: never fired.
+    hi: Vec<f32>,
+    /// feature × HIST_BINS.
+    pub counts: Vec<u64>,
+    /// feature × QUANTILE_BINS samples, and how many rows each bin has seen.
+    samples: Vec<Vec<Example>>,
+    seen: Vec<u64>,
+    rng: SplitMix64,
+}
+
+impl Spread {
+    pub fn new(max_act: &[Option<f32>], seed: u64) -> Self {
+        let n = max_act.len();
+        Self {
+            hi: max_act.iter().map(|m| m.unwrap_or(0.0)).collect(),
+            counts: vec![0; n * HIST_BINS],
+            samples: vec![Vec::new(); n * QUANTILE_BINS],
+            seen: vec![0; n * QUANTILE_BINS],
+            rng: SplitMix64::new(seed),
+        }
+    }
+
+    pub fn add(&mut self, feature: usize, e: Example) {
+        let hi = self.hi[feature];
+        if e.value <= 0.0 || hi <= 0.0 {
+            return;
+        }
+        self.counts[feature * HIST_BINS + bin_of(e.value, hi, HIST_BINS)] += 1;
+        let b = feature * QUANTILE_BINS + bin_of(e.value, hi, QUANTILE_BINS);
+        self.seen[b] += 1;
+        if self.samples[b].len() < PER_QUANTILE {
+            self.samples[b].push(e);
+        } else {
+            let j = self.rng.below(self.seen[b] as usize);
+            if j < PER_QUANTILE {
+                self.samples[b][j] = e;
+            }
+        }
+    }
+
+    /// The histogram's upper edge (lower edge 0), None for a feature that never fired.
+    pub fn hi(&self, feature: usize) -> Option<f32> {
+        (self.hi[feature] > 0.0).then_some(self.hi[feature])
+    }
+
+    pub fn histogram(&self, feature: usize) -> &[u64] {
+        &self.counts[feature * HIST_BINS..(feature + 1) * HIST_BINS]
+    }
+
+    /// The samples of each quantile bin, largest value first.
+    pub fn quantile_examples(&self, feature: usize) -> Vec<Vec<Example>> {
+        (0..QUANTILE_BINS)
+            .map(|b| {
+                let mut v = self.samples[feature * QUANTILE_BINS + b].clone();
+                v.sort_by(|x, y| y.value.total_cmp(&x.value));
+                v
+            })
+            .collect()
+    }
+}
+
+/// Every row's active latents, in stored order, in an anonymous temporary file: the later passes
+/// read them back instead of encoding the activations again.
+pub struct LatentSpill {
+    file: BufWriter<std::fs::File>,
+    rows: usize,
+}
+
+impl LatentSpill {
+    pub fn new() -> Result<Self> {
+        let file = tempfile::tempfile().context(
+            "creating a temporary file for the latents (set TMPDIR to a directory with room)",
+        )?;
+        Ok(Self {
+            file: BufWriter::with_capacity(1 << 20, file),
+            rows: 0,
+        })
+    }
+
+    pub fn push(&mut self, latents: &[(u32, f32)]) -> Result<()> {
+        self.file.write_all(&(latents.len() as u32).to_le_bytes())?;
+        for (i, v) in latents {
+            self.file.write_all(&i.to_le_bytes())?;
+            self.file.write_all(&v.to_le_bytes())?;
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Calls `f(row, latents)` for every row pushed, in order.
+    pub fn for_each(&mut self, f: &mut dyn FnMut(usize, &[(u32, f32)])) -> Result<()> {
+        self.file.flush()?;
+        let file = self.file.get_mut();
+        file.rewind()?;
+        let mut r = BufReader::with_capacity(1 << 20, &*file);
+        let mut buf = Vec::new();
+        let mut word = [0u8; 4];
+        for row in 0..self.rows {
+            r.read_exact(&mut word).context("reading the latents back")?;
+            let n = u32::from_le_bytes(word) as usize;
+            let mut raw = vec![0u8; n * 8];
+            r.read_exact(&mut raw).context("reading the latents back")?;
+            buf.clear();
+            buf.extend(raw.chunks_exact(8).map(|c| {
+                (
+                    u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                    f32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+                )
+            }));
+            f(row, &buf);
+        }
+        drop(r);
+        self.file.get_mut().seek(std::io::SeekFrom::End(0))?;
+        Ok(())
+    }
+}
+
+/// Where each activation row is: (doc_id, pos) → row number, and each row's provenance.
+#[derive(Default)]
+pub struct RowIndex {
+    rows: HashMap<(i64, i32), u32>,
+    pub doc_id: Vec<i64>,
+    pub pos: Vec<i32>,
+    pub tokens: Vec<i32>,
+    pub val: Vec<bool>,
+}
+
+impl RowIndex {
+    pub fn push(&mut self, doc_id: i64, pos: i32, token_id: i32, val: bool) {
+        self.rows.insert((doc_id, pos), self.tokens.len() as u32);
+        self.doc_id.push(doc_id);
+        self.pos.push(pos);
+        self.tokens.push(token_id);
+        self.val.push(val);
+    }
+
+    /// Row `r` as an example of activation `value`.
+    pub fn example(&self, r: usize, value: f32) -> Example {
+        Example {
+            value,
+            doc_id: self.doc_id[r],
+            pos: self.pos[r],
+            token_id: self.tokens[r],
+        }
+    }
+}
+
+/// An example whose context is wanted: feature `feature`'s peak at (doc_id, pos).
+pub struct Want {
+    pub feature: u32,
+    pub doc_id: i64,
+    pub pos: i32,
+}
+
+/// The tokens from position `start` on around a peak, with the feature's activation at each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Context {
+    pub start: i32,
+    pub tokens: Vec<i32>,
+    pub acts: Vec<f32>,
+}
+
+/// The context of every wanted example: the run of stored positions within `CONTEXT` of the
+/// peak that contains it, and the feature's activation there (0 where top-k did not select it).
+pub fn contexts(wants: &[Want], index: &RowIndex, spill: &mut LatentSpill) -> Result<Vec<Context>> {
+    let mut out = Vec::with_capacity(wants.len());
+    // (row, example, offset in its context)
+    let mut needs: Vec<(u32, u32, u16)> = Vec::new();
+    for (w_i, w) in wants.iter().enumerate() {
+        let at = |p: i32| index.rows.get(&(w.doc_id, p)).copied();
+        let (mut lo, mut hi) = (w.pos, w.pos);
+        while lo > w.pos - CONTEXT && at(lo - 1).is_some() {
+            lo -= 1;
+        }
+        while hi < w.pos + CONTEXT && at(hi + 1).is_some() {
+            hi += 1;
+        }
+        let mut c = Context {
+            start: lo,
+            tokens: Vec::new(),
+            acts: Vec::new(),
+        };
+        if at(w.pos).is_some() {
+            for p in lo..=hi {
+                let r = at(p).unwrap();
+                c.tokens.push(index.tokens[r as usize]);
+                c.acts.push(0.0);
+                needs.push((r, w_i as u32, (p - lo) as u16));
+            }
+        }
+        out.push(c);
+    }
+    needs.sort_unstable();
+    let mut next = 0;
+    spill.for_each(&mut |row, latents| {
+        while next < needs.len() && needs[next].0 as usize == row {
+            let (_, w_i, off) = needs[next];
+            let feature = wants[w_i as usize].feature;
+            if let Some(&(_, v)) = latents.iter().find(|(j, _)| *j == feature) {
+                out[w_i as usize].acts[off as usize] = v;
+            }
+            next += 1;
+        }
+    })?;
+    Ok(out)
+}
+
+/// The `n` largest and `n` smallest of `values` as (index, value), largest (smallest) first;
+/// among equal values the earlier index first. One pass: most values fail one comparison.
+fn extremes(values: &[f32], n: usize) -> (Vec<(u32, f32)>, Vec<(u32, f32)>) {
+    // `better(a, b)`: a ranks before b.
+    fn keep(list: &mut Vec<(u32, f32)>, n: usize, e: (u32, f32), better: fn(f32, f32) -> bool) {
+        if list.len() == n && !better(e.1, list[n - 1].1) {
+            return;
+        }
+        let at = list.partition_point(|x| !better(e.1, x.1));
+        list.insert(at, e);
+        list.truncate(n);
+    }
+    let (mut top, mut bottom) = (Vec::with_capacity(n + 1), Vec::with_capacity(n + 1));
+    if n == 0 {
+        return (top, bottom);
+    }
+    for (i, &v) in values.iter().enumerate() {
+        if v.is_nan() {
+            continue;
+        }
+        keep(&mut top, n, (i as u32, v), |a, b| a > b);
+        keep(&mut bottom, n, (i as u32, v), |a, b| a < b);
+    }
+    (top, bottom)
+}
+
+/// Per feature, the `LOGITS` tokens whose logits its decoder direction raises most and lowers
+/// most: `unembed · (norm ⊙ w_dec[i])`, `unembed` [vocab × d]. The final RMSNorm's weight is
+/// folded into the direction; its 1/rms scale is not (it depends on the residual).
+pub fn logit_effects(
+    w_dec: &[f32],
+    d: usize,
+    unembed: &[f32],
+    norm: &[f32],
+) -> Vec<(Vec<(u32, f32)>, Vec<(u32, f32)>)> {
+    const BLOCK: usize = 64;
+    let (n, vocab) = (w_dec.len() / d, unembed.len() / d);
+    let mut out = Vec::with_capacity(n);
+    let mut dirs = vec![0f32; BLOCK * d];
+    let mut logits = vec![0f32; BLOCK * vocab];
+    for start in (0..n).step_by(BLOCK) {
+        let m = BLOCK.min(n - start);
+        for r in 0..m {
+            for (j, v) in dirs[r * d..(r + 1) * d].iter_mut().enumerate() {
+                *v = w_dec[(start + r) * d + j] * norm[j];
+            }
+        }
+        sgemm_nt(m, vocab, d, &dirs, unembed, &mut logits[..m * vocab], false);
+        use rayon::prelude::*;
+        let block: Vec<_> = logits[..m * vocab]
+            .par_chunks(vocab)
+            .map(|row| extremes(row, LOGITS))
+            .collect();
+        out.extend(block);
+    }
+    out
+}
+
+/// Per feature, the `NEAREST` other features of the same SAE with the highest decoder cosine.
+pub fn nearest(w_dec: &[f32], d: usize) -> Vec<Vec<(u32, f32)>> {
+    const BLOCK: usize = 256;
+    let mut u = w_dec.to_vec();
+    unit_rows(&mut u, d);
+    let n = u.len() / d;
+    let mut c = vec![0f32; BLOCK * n];
+    let mut out = Vec::with_capacity(n);
+    for start in (0..n).step_by(BLOCK) {
+        let m = BLOCK.min(n - start);
+        sgemm_nt(m, n, d, &u[start * d..], &u, &mut c[..m * n], false);
+        for (r, row) in c[..m * n].chunks_mut(n).enumerate() {
+            row[start + r] = f32::NEG_INFINITY;
+            let (top, _) = extremes(row, NEAREST);
+            out.push(
+                top.into_iter()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(j, v)| (j, v.clamp(-1.0, 1.0)))
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(value: f32, pos: i32) -> Example {
+        Example {
+            value,
+            doc_id: 0,
+            pos,
+            token_id: 0,
+        }
+    }
+
+    #[test]
+    fn bins_split_zero_to_max_and_samples_stay_in_their_bin() {
+        let mut s = Spread::new(&[Some(10.0)], 1);
+        for i in 0..1000 {
+            s.add(0, ex((i % 100) as f32 / 10.0 + 0.05, i));
+        }
+        s.add(0, ex(0.0, 0)); // zero: not counted
+        assert_eq!(s.histogram(0).iter().sum::<u64>(), 1000);
+        assert_eq!(s.histogram(0)[0], 30); // 0.05, 0.15, 0.25 of every hundred
+        for (b, list) in s.quantile_examples(0).iter().enumerate() {
+            assert_eq!(list.len(), PER_QUANTILE);
+            assert!(list.iter().all(|e| bin_of(e.value, 10.0, QUANTILE_BINS) == b));
+        }
+        assert_eq!(bin_of(10.0, 10.0, HIST_BINS), HIST_BINS - 1);
+    }
+
+    #[test]
+    fn extremes_are_ordered_and_nearest_skips_itself() {
+        let (top, bottom) = extremes(&[3.0, -1.0, 7.0, 0.5, -4.0], 2);
+        assert_eq!(top, vec![(2, 7.0), (0, 3.0)]);
+        assert_eq!(bottom, vec![(4, -4.0), (1, -1.0)]);
+        let w = [1.0, 0.0, 0.9, 0.1, 0.0, 1.0];
+        let n = nearest(&w, 2);
+        assert_eq!(n[0][0].0, 1);
+        assert_eq!(n[2][0].0, 1);
+        assert!(n.iter().enumerate().all(|(i, l)| l.iter().all(|(j, _)| *j as usize != i)));
+    }
+
+    #[test]
+    fn contexts_read_the_feature_around_the_peak() {
+        let mut index = RowIndex::default();
+        let mut spill = LatentSpill::new().unwrap();
+        for p in 0..30 {
+            index.push(7, p, 100 + p, true);
+            spill.push(&[(3, p as f32), (5, 1.0)]).unwrap();
+        }
+        let wants = [
+            Want { feature: 3, doc_id: 7, pos: 2 },
+            Want { feature: 5, doc_id: 7, pos: 20 },
+            Want { feature: 3, doc_id: 8, pos: 0 },
+        ];
+        let c = contexts(&wants, &index, &mut spill).unwrap();
+        assert_eq!(c[0].start, 0);
+        assert_eq!(c[0].tokens.len(), 15);
+        assert_eq!(c[0].acts[2], 2.0);
+        assert_eq!(c[1].start, 8);
+        assert_eq!(c[1].tokens.len(), 22);
+        assert!(c[1].acts.iter().all(|&v| v == 1.0));
+        assert!(c[2].tokens.is_empty());
+    }
+}
