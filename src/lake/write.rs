@@ -105,7 +105,11 @@ pub fn writer_properties(table: Table) -> WriterProperties {
         .set_compression(Compression::SNAPPY)
         // Float vectors do not repeat; trying a dictionary first only costs time.
         .set_dictionary_enabled(false)
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+        .set_max_row_group_row_count(Some(match table {
+            // A feature page reads one feature's rows: small row groups, pruned by `feature`.
+            Table::FeatureExamples => ROW_GROUP_ROWS / 8,
+            _ => ROW_GROUP_ROWS,
+        }));
     // Trained weights and activations barely compress: store them plain and skip the codec
     // on every read (the drift scan is bound by decoding these columns).
     for col in table.vector_columns() {

@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde_json::{json, Map, Value};
 
 use super::{App, Failure};
-use crate::lake::{check_name, Table};
+use crate::lake::{check_name, PartitionKey, Table};
 use crate::suggest::unknown;
 
 /// "Moved away": the index-aligned decoder cosine below this while another feature matches better.
@@ -207,7 +207,7 @@ async fn feature_rows(
     cols: &str,
     g: &Group<'_>,
     feature: i32,
-    extra: &str,
+    extra: String,
 ) -> Result<Vec<Row>> {
     app.rows(&format!(
         "SELECT stage, {cols} FROM {} WHERE chain = '{}' AND layer = {} AND k = {} AND feature = {feature}{extra}",
@@ -226,16 +226,29 @@ struct Group<'a> {
     k: i32,
 }
 
-/// The readable text of each token id a page shows, from the chain's `vocab` (its `text`, or
-/// the byte-level symbol decoded for lakes written before it).
-async fn token_texts(app: &App, chain: &str, ids: &[i64]) -> Result<HashMap<i64, String>> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
+/// The readable text of each token id a page shows, from `vocab` (its `text`, or the byte-level
+/// symbol decoded for lakes written before it) of the first of `stages` that has one: RL
+/// fine-tuning keeps the tokenizer, and one stage's file is one read (an IN list prunes nothing).
+async fn token_texts(
+    app: &App,
+    chain: &str,
+    stages: &[(String, i64)],
+    ids: &[i64],
+) -> Result<HashMap<i64, String>> {
+    let mut with_vocab = None;
+    for (st, _) in stages {
+        if app.lake.has_partition(Table::Vocab, &PartitionKey::stage(chain, st))? {
+            with_vocab = Some(st);
+            break;
+        }
     }
+    let (Some(stage), false) = (with_vocab, ids.is_empty()) else {
+        return Ok(HashMap::new());
+    };
     let list: Vec<String> = ids.iter().map(i64::to_string).collect();
     let rows = app
         .rows(&format!(
-            "SELECT DISTINCT token_id, token, text FROM vocab WHERE chain = '{chain}' AND token_id IN ({})",
+            "SELECT token_id, token, text FROM vocab WHERE chain = '{chain}' AND stage = '{stage}' AND token_id IN ({})",
             list.join(", ")
         ))
         .await?;
@@ -274,7 +287,7 @@ fn example(r: &Row, texts: &HashMap<i64, String>) -> Value {
         .map(|(n, (t, a))| {
             let p = start + n as i64;
             json!({
-                "pos": p, "token_id": t, "text": texts.get(t).cloned().unwrap_or_else(|| format!("#{t}")),
+                "pos": p, "token_id": t, "text": text_of(texts, *t),
                 "activation": a, "peak": p == pos,
             })
         })
@@ -311,6 +324,136 @@ fn page_notes(app: &App, g: &Group<'_>, tables: &[Table]) -> Result<Vec<String>>
     })
 }
 
+/// One feature's rows of every page table, all stages at once.
+struct FeatureTables {
+    stats: Vec<Row>,
+    moves: Vec<Row>,
+    near: Vec<Row>,
+    examples: Vec<Row>,
+    hist: Vec<Row>,
+    logits: Vec<Row>,
+    partners: Vec<Row>,
+}
+
+impl FeatureTables {
+    async fn read(app: &App, g: &Group<'_>, feature: i32, split: &str) -> Result<Self> {
+        let this_split = format!(" AND split = '{split}'");
+        let rows = |t: Table, cols: &'static str, extra: String| feature_rows(app, t, cols, g, feature, extra);
+        let mut examples = rows(
+            Table::FeatureExamples,
+            "kind, bin, rank, doc_id, pos, value, context_start, context_tokens, context_acts",
+            format!("{this_split} ORDER BY kind, bin, rank"),
+        )
+        .await?;
+        if examples.is_empty() && !group_has(app, Table::FeatureExamples, g)? {
+            // A lake without contexts still shows its top examples (the peak token alone).
+            examples = rows(
+                Table::TopExamples,
+                "'top' AS kind, rank, doc_id, pos, value, pos AS context_start, \
+                 make_array(token_id) AS context_tokens, make_array(value) AS context_acts",
+                format!(
+                    " AND (split = '{split}' OR split IS NULL) AND rank <= {} ORDER BY rank",
+                    crate::sae::dashboard::TOP_IN_CONTEXT
+                ),
+            )
+            .await?;
+        }
+        Ok(Self {
+            stats: rows(Table::FeatureStats, "density, mean_act, max_act", " AND split = 'val'".into()).await?,
+            moves: rows(
+                Table::FeatureTransitions,
+                "dec_cos, enc_cos, best_match, best_cos, dec_cos_first, enc_cos_first",
+                String::new(),
+            )
+            .await?,
+            near: rows(Table::FeatureNeighbors, "rank, neighbor, dec_cos", " ORDER BY rank".into()).await?,
+            examples,
+            hist: rows(Table::FeatureHistograms, "n_nonzero, hi, counts", this_split.clone()).await?,
+            logits: rows(
+                Table::LogitEffects,
+                "direction, rank, token_id, value, norm_folded",
+                " ORDER BY direction, rank".into(),
+            )
+            .await?,
+            partners: rows(
+                Table::FeaturePartners,
+                "other_chain, other_stage, partner, dec_cos",
+                " ORDER BY other_chain".into(),
+            )
+            .await?,
+        })
+    }
+
+    /// Every token id the examples and logit effects show.
+    fn token_ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .examples
+            .iter()
+            .flat_map(|r| ints(r.get("context_tokens")))
+            .chain(self.logits.iter().map(|r| i(r, "token_id")))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
+fn at<'a>(rows: &'a [Row], stage: &str) -> Vec<&'a Row> {
+    rows.iter().filter(|r| s(r, "stage") == stage).collect()
+}
+
+fn text_of(texts: &HashMap<i64, String>, t: i64) -> String {
+    texts.get(&t).cloned().unwrap_or_else(|| format!("#{t}"))
+}
+
+/// A stage's top examples, and its quantile examples per interval of (0, hi].
+fn examples_json(ex: &[&Row], hist: Option<&Row>, texts: &HashMap<i64, String>) -> (Vec<Value>, Vec<Value>) {
+    let top = ex.iter().filter(|r| s(r, "kind") == "top").map(|r| example(r, texts)).collect();
+    let mut quantiles: Vec<Value> = Vec::new();
+    let hi = hist.and_then(|h| f(h, "hi"));
+    let bins = crate::sae::dashboard::QUANTILE_BINS as f64;
+    for r in ex.iter().filter(|r| s(r, "kind") == "quantile") {
+        let b = i(r, "bin");
+        if quantiles.last().map(|q| q["bin"].as_i64() != Some(b)).unwrap_or(true) {
+            quantiles.push(json!({
+                "bin": b,
+                "lo": hi.map(|h| h * b as f64 / bins),
+                "hi": hi.map(|h| h * (b + 1) as f64 / bins),
+                "examples": [],
+            }));
+        }
+        quantiles.last_mut().unwrap()["examples"].as_array_mut().unwrap().push(example(r, texts));
+    }
+    (top, quantiles)
+}
+
+/// A stage's logit effects, with the raised tokens that entered or left the list since the
+/// previous stage that had them (`prev_top` carries that list along the chain).
+fn logits_json(lg: &[&Row], texts: &HashMap<i64, String>, prev_top: &mut Option<Vec<String>>) -> Option<Value> {
+    if lg.is_empty() {
+        return None;
+    }
+    let tokens = |dir: &str| -> Vec<Value> {
+        lg.iter()
+            .filter(|r| s(r, "direction") == dir)
+            .map(|r| json!({ "token_id": i(r, "token_id"), "text": text_of(texts, i(r, "token_id")), "value": f(r, "value") }))
+            .collect()
+    };
+    let top = tokens("top");
+    let names: Vec<String> = top.iter().map(|t| t["text"].as_str().unwrap_or("").to_string()).collect();
+    let (entered, left): (Vec<&String>, Vec<&String>) = match prev_top.as_ref() {
+        Some(p) => (
+            names.iter().filter(|t| !p.contains(t)).collect(),
+            p.iter().filter(|t| !names.contains(t)).collect(),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    let v = json!({ "top": top, "bottom": tokens("bottom"), "entered": entered, "left": left,
+                    "norm_folded": lg[0].get("norm_folded").and_then(Value::as_bool) });
+    *prev_top = Some(names);
+    Some(v)
+}
+
 /// The feature page: the feature at every stage of its chain, from the tables `stats` writes.
 pub(super) async fn feature(
     app: &App,
@@ -340,116 +483,44 @@ pub(super) async fn feature(
             d_sae - 1
         )));
     }
-    let val = " AND split = 'val'";
-    let this_split = format!(" AND split = '{split}'");
-    let stats = feature_rows(app, Table::FeatureStats, "density, mean_act, max_act", &g, feature, val).await?;
-    let moves = feature_rows(app, Table::FeatureTransitions, "dec_cos, enc_cos, best_match, best_cos, dec_cos_first, enc_cos_first", &g, feature, "").await?;
-    let near = feature_rows(app, Table::FeatureNeighbors, "rank, neighbor, dec_cos", &g, feature, " ORDER BY rank").await?;
-    let mut examples = feature_rows(
-        app,
-        Table::FeatureExamples,
-        "kind, bin, rank, doc_id, pos, value, context_start, context_tokens, context_acts",
-        &g,
-        feature,
-        &format!("{this_split} ORDER BY kind, bin, rank"),
-    )
-    .await?;
-    if examples.is_empty() && !group_has(app, Table::FeatureExamples, &g)? {
-        // A lake without contexts still shows its top examples (the peak token alone).
-        examples = feature_rows(app, Table::TopExamples, "'top' AS kind, rank, doc_id, pos, value, pos AS context_start, make_array(token_id) AS context_tokens, make_array(value) AS context_acts", &g, feature,
-            &format!(" AND (split = '{split}' OR split IS NULL) AND rank <= {} ORDER BY rank", crate::sae::dashboard::TOP_IN_CONTEXT)).await?;
-    }
-    let hist = feature_rows(app, Table::FeatureHistograms, "n_nonzero, hi, counts", &g, feature, &this_split).await?;
-    let logits = feature_rows(app, Table::LogitEffects, "direction, rank, token_id, value, norm_folded", &g, feature, " ORDER BY direction, rank").await?;
-    let partners = feature_rows(app, Table::FeaturePartners, "other_chain, other_stage, partner, dec_cos", &g, feature, " ORDER BY other_chain").await?;
-    let mut ids: Vec<i64> = examples
-        .iter()
-        .flat_map(|r| ints(r.get("context_tokens")))
-        .chain(logits.iter().map(|r| i(r, "token_id")))
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let texts = token_texts(app, chain, &ids).await?;
-    let at = |rows: &[Row], stage: &str| -> Vec<Row> {
-        rows.iter().filter(|r| s(r, "stage") == stage).cloned().collect()
-    };
+    let t = FeatureTables::read(app, &g, feature, split).await?;
+    let texts = token_texts(app, chain, &stages, &t.token_ids()).await?;
     let mut out_stages = Vec::new();
-    let mut prev_top: Option<Vec<String>> = None;
+    let mut prev_top = None;
     for (n, (stage, step)) in stages.iter().enumerate() {
-        let st = at(&stats, stage);
-        let density = st.first().and_then(|r| f(r, "density"));
-        let mv = at(&moves, stage);
-        let mv = mv.first();
+        let st = at(&t.stats, stage).first().copied();
+        let mv = at(&t.moves, stage).first().copied();
+        let density = st.and_then(|r| f(r, "density"));
         // The best match in the next stage, when the index-aligned feature has moved away.
         let next_match = stages.get(n + 1).and_then(|(next, _)| {
-            let m = moves.iter().find(|r| s(r, "stage") == next)?;
+            let m = *at(&t.moves, next).first()?;
             let (aligned, best, cos) = (f(m, "dec_cos")?, m.get("best_match")?.as_i64()?, f(m, "best_cos")?);
             (aligned < MOVED && best != feature as i64).then(|| json!({
                 "stage": next, "feature": best, "dec_cos": cos, "aligned_dec_cos": aligned,
             }))
         });
-        let ex = at(&examples, stage);
-        let top: Vec<Value> = ex.iter().filter(|r| s(r, "kind") == "top").map(|r| example(r, &texts)).collect();
-        let mut quantiles: Vec<Value> = Vec::new();
-        for r in ex.iter().filter(|r| s(r, "kind") == "quantile") {
-            let b = i(r, "bin");
-            if quantiles.last().map(|q| q["bin"].as_i64() != Some(b)).unwrap_or(true) {
-                quantiles.push(json!({ "bin": b, "examples": [] }));
-            }
-            quantiles.last_mut().unwrap()["examples"].as_array_mut().unwrap().push(example(r, &texts));
-        }
-        let h = at(&hist, stage);
-        let histogram = h.first().map(|r| json!({
-            "lo": 0.0, "hi": f(r, "hi"), "n_nonzero": i(r, "n_nonzero"), "counts": ints(r.get("counts")),
-        }));
-        if let Some(hist) = &histogram {
-            let hi = hist["hi"].as_f64().unwrap_or(0.0);
-            let bins = crate::sae::dashboard::QUANTILE_BINS as f64;
-            for q in &mut quantiles {
-                let b = q["bin"].as_f64().unwrap_or(0.0);
-                q["lo"] = json!(hi * b / bins);
-                q["hi"] = json!(hi * (b + 1.0) / bins);
-            }
-        }
-        let lg = at(&logits, stage);
-        let tokens = |dir: &str| -> Vec<Value> {
-            lg.iter().filter(|r| s(r, "direction") == dir).map(|r| {
-                let t = i(r, "token_id");
-                json!({ "token_id": t, "text": texts.get(&t).cloned().unwrap_or_else(|| format!("#{t}")), "value": f(r, "value") })
-            }).collect()
-        };
-        let logit_value = (!lg.is_empty()).then(|| {
-            let top = tokens("top");
-            let names: Vec<String> = top.iter().map(|t| s(t.as_object().unwrap(), "text").to_string()).collect();
-            let (entered, left) = match &prev_top {
-                Some(p) => (
-                    names.iter().filter(|t| !p.contains(t)).cloned().collect::<Vec<_>>(),
-                    p.iter().filter(|t| !names.contains(t)).cloned().collect::<Vec<_>>(),
-                ),
-                None => (Vec::new(), Vec::new()),
-            };
-            prev_top = Some(names);
-            json!({ "top": top, "bottom": tokens("bottom"), "entered": entered, "left": left,
-                    "norm_folded": lg[0].get("norm_folded").and_then(Value::as_bool) })
-        });
+        let hist = at(&t.hist, stage).first().copied();
+        let (top, quantiles) = examples_json(&at(&t.examples, stage), hist, &texts);
         out_stages.push(json!({
             "stage": stage,
             "step": step,
             "density": density,
             "alive": density.map(|x| x > 1e-4),
-            "mean_act": st.first().and_then(|r| f(r, "mean_act")),
-            "max_act": st.first().and_then(|r| f(r, "max_act")),
+            "mean_act": st.and_then(|r| f(r, "mean_act")),
+            "max_act": st.and_then(|r| f(r, "max_act")),
             "dec_cos_prev": mv.and_then(|r| f(r, "dec_cos")),
             "enc_cos_prev": mv.and_then(|r| f(r, "enc_cos")),
             "dec_cos_first": mv.and_then(|r| f(r, "dec_cos_first")),
             "enc_cos_first": mv.and_then(|r| f(r, "enc_cos_first")),
             "next_best_match": next_match,
-            "nearest": at(&near, stage).iter().map(|r| json!({ "feature": i(r, "neighbor"), "dec_cos": f(r, "dec_cos") })).collect::<Vec<_>>(),
-            "partners": at(&partners, stage).iter().map(|r| json!({ "chain": s(r, "other_chain"), "stage": s(r, "other_stage"), "feature": i(r, "partner"), "dec_cos": f(r, "dec_cos") })).collect::<Vec<_>>(),
+            "nearest": at(&t.near, stage).iter().map(|r| json!({ "feature": i(r, "neighbor"), "dec_cos": f(r, "dec_cos") })).collect::<Vec<_>>(),
+            "partners": at(&t.partners, stage).iter().map(|r| json!({ "chain": s(r, "other_chain"), "stage": s(r, "other_stage"), "feature": i(r, "partner"), "dec_cos": f(r, "dec_cos") })).collect::<Vec<_>>(),
             "top_examples": top,
             "quantile_examples": quantiles,
-            "histogram": histogram,
-            "logits": logit_value,
+            "histogram": hist.map(|r| json!({
+                "lo": 0.0, "hi": f(r, "hi"), "n_nonzero": i(r, "n_nonzero"), "counts": ints(r.get("counts")),
+            })),
+            "logits": logits_json(&at(&t.logits, stage), &texts, &mut prev_top),
         }));
     }
     let mut notes = page_notes(app, &g, &[Table::FeatureStats, Table::FeatureExamples, Table::FeatureHistograms, Table::FeatureTransitions, Table::FeatureNeighbors])?;
