@@ -77,15 +77,20 @@ pub fn load_unembedding(dir: &Path) -> Result<(Vec<f32>, Vec<f32>, usize)> {
     for f in weight_files(dir)? {
         read_tensors(&f, &Device::Cpu, &mut tensors, &|n| n == head || n == NORM)?;
     }
-    let take = |tensors: &mut HashMap<String, Tensor>, name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-        let t = tensors
-            .remove(name)
-            .with_context(|| format!("{}: no tensor {name}", dir.display()))?;
-        if t.dims() != shape {
-            bail!("{}: {name} is {:?}, config.json says {shape:?}", dir.display(), t.dims());
-        }
-        Ok(t.flatten_all()?.to_vec1::<f32>()?)
-    };
+    let take =
+        |tensors: &mut HashMap<String, Tensor>, name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+            let t = tensors
+                .remove(name)
+                .with_context(|| format!("{}: no tensor {name}", dir.display()))?;
+            if t.dims() != shape {
+                bail!(
+                    "{}: {name} is {:?}, config.json says {shape:?}",
+                    dir.display(),
+                    t.dims()
+                );
+            }
+            Ok(t.flatten_all()?.to_vec1::<f32>()?)
+        };
     let (v, d) = (cfg.vocab_size, cfg.hidden_size);
     let w = take(&mut tensors, head, &[v, d])?;
     let g = take(&mut tensors, NORM, &[d])?;

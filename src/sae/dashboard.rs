@@ -138,7 +138,8 @@ impl LatentSpill {
         let mut buf = Vec::new();
         let mut word = [0u8; 4];
         for row in 0..self.rows {
-            r.read_exact(&mut word).context("reading the latents back")?;
+            r.read_exact(&mut word)
+                .context("reading the latents back")?;
             let n = u32::from_le_bytes(word) as usize;
             let mut raw = vec![0u8; n * 8];
             r.read_exact(&mut raw).context("reading the latents back")?;
@@ -354,7 +355,9 @@ mod tests {
         assert_eq!(s.histogram(0)[0], 20); // 0.05 and 0.15 of every hundred
         for (b, list) in s.quantile_examples(0).iter().enumerate() {
             assert_eq!(list.len(), PER_QUANTILE);
-            assert!(list.iter().all(|e| bin_of(e.value, 10.0, QUANTILE_BINS) == b));
+            assert!(list
+                .iter()
+                .all(|e| bin_of(e.value, 10.0, QUANTILE_BINS) == b));
         }
         assert_eq!(bin_of(10.0, 10.0, HIST_BINS), HIST_BINS - 1);
     }
@@ -368,7 +371,10 @@ mod tests {
         let n = nearest(&w, 2);
         assert_eq!(n[0][0].0, 1);
         assert_eq!(n[2][0].0, 1);
-        assert!(n.iter().enumerate().all(|(i, l)| l.iter().all(|(j, _)| *j as usize != i)));
+        assert!(n
+            .iter()
+            .enumerate()
+            .all(|(i, l)| l.iter().all(|(j, _)| *j as usize != i)));
     }
 
     #[test]
@@ -380,9 +386,21 @@ mod tests {
             spill.push(&[(3, p as f32), (5, 1.0)]).unwrap();
         }
         let wants = [
-            Want { feature: 3, doc_id: 7, pos: 2 },
-            Want { feature: 5, doc_id: 7, pos: 20 },
-            Want { feature: 3, doc_id: 8, pos: 0 },
+            Want {
+                feature: 3,
+                doc_id: 7,
+                pos: 2,
+            },
+            Want {
+                feature: 5,
+                doc_id: 7,
+                pos: 20,
+            },
+            Want {
+                feature: 3,
+                doc_id: 8,
+                pos: 0,
+            },
         ];
         let c = contexts(&wants, &index, &mut spill).unwrap();
         assert_eq!(c[0].start, 0);

@@ -237,7 +237,10 @@ async fn token_texts(
 ) -> Result<HashMap<i64, String>> {
     let mut with_vocab = None;
     for (st, _) in stages {
-        if app.lake.has_partition(Table::Vocab, &PartitionKey::stage(chain, st))? {
+        if app
+            .lake
+            .has_partition(Table::Vocab, &PartitionKey::stage(chain, st))?
+        {
             with_vocab = Some(st);
             break;
         }
@@ -297,9 +300,11 @@ fn example(r: &Row, texts: &HashMap<i64, String>) -> Value {
 
 /// Whether any SAE of the group has a partition of `table`.
 fn group_has(app: &App, table: Table, g: &Group<'_>) -> Result<bool> {
-    Ok(app.lake.partitions(table)?.iter().any(|(key, _)| {
-        key.chain == g.chain && key.layer == Some(g.layer) && key.k == Some(g.k)
-    }))
+    Ok(app
+        .lake
+        .partitions(table)?
+        .iter()
+        .any(|(key, _)| key.chain == g.chain && key.layer == Some(g.layer) && key.k == Some(g.k)))
 }
 
 /// A note naming the page tables this group lacks and the command that writes them.
@@ -338,7 +343,9 @@ struct FeatureTables {
 impl FeatureTables {
     async fn read(app: &App, g: &Group<'_>, feature: i32, split: &str) -> Result<Self> {
         let this_split = format!(" AND split = '{split}'");
-        let rows = |t: Table, cols: &'static str, extra: String| feature_rows(app, t, cols, g, feature, extra);
+        let rows = |t: Table, cols: &'static str, extra: String| {
+            feature_rows(app, t, cols, g, feature, extra)
+        };
         let mut examples = rows(
             Table::FeatureExamples,
             "kind, bin, rank, doc_id, pos, value, context_start, context_tokens, context_acts",
@@ -359,16 +366,31 @@ impl FeatureTables {
             .await?;
         }
         Ok(Self {
-            stats: rows(Table::FeatureStats, "density, mean_act, max_act", " AND split = 'val'".into()).await?,
+            stats: rows(
+                Table::FeatureStats,
+                "density, mean_act, max_act",
+                " AND split = 'val'".into(),
+            )
+            .await?,
             moves: rows(
                 Table::FeatureTransitions,
                 "dec_cos, enc_cos, best_match, best_cos, dec_cos_first, enc_cos_first",
                 String::new(),
             )
             .await?,
-            near: rows(Table::FeatureNeighbors, "rank, neighbor, dec_cos", " ORDER BY rank".into()).await?,
+            near: rows(
+                Table::FeatureNeighbors,
+                "rank, neighbor, dec_cos",
+                " ORDER BY rank".into(),
+            )
+            .await?,
             examples,
-            hist: rows(Table::FeatureHistograms, "n_nonzero, hi, counts", this_split.clone()).await?,
+            hist: rows(
+                Table::FeatureHistograms,
+                "n_nonzero, hi, counts",
+                this_split.clone(),
+            )
+            .await?,
             logits: rows(
                 Table::LogitEffects,
                 "direction, rank, token_id, value, norm_folded",
@@ -407,14 +429,26 @@ fn text_of(texts: &HashMap<i64, String>, t: i64) -> String {
 }
 
 /// A stage's top examples, and its quantile examples per interval of (0, hi].
-fn examples_json(ex: &[&Row], hist: Option<&Row>, texts: &HashMap<i64, String>) -> (Vec<Value>, Vec<Value>) {
-    let top = ex.iter().filter(|r| s(r, "kind") == "top").map(|r| example(r, texts)).collect();
+fn examples_json(
+    ex: &[&Row],
+    hist: Option<&Row>,
+    texts: &HashMap<i64, String>,
+) -> (Vec<Value>, Vec<Value>) {
+    let top = ex
+        .iter()
+        .filter(|r| s(r, "kind") == "top")
+        .map(|r| example(r, texts))
+        .collect();
     let mut quantiles: Vec<Value> = Vec::new();
     let hi = hist.and_then(|h| f(h, "hi"));
     let bins = crate::sae::dashboard::QUANTILE_BINS as f64;
     for r in ex.iter().filter(|r| s(r, "kind") == "quantile") {
         let b = i(r, "bin");
-        if quantiles.last().map(|q| q["bin"].as_i64() != Some(b)).unwrap_or(true) {
+        if quantiles
+            .last()
+            .map(|q| q["bin"].as_i64() != Some(b))
+            .unwrap_or(true)
+        {
             quantiles.push(json!({
                 "bin": b,
                 "lo": hi.map(|h| h * b as f64 / bins),
@@ -422,14 +456,21 @@ fn examples_json(ex: &[&Row], hist: Option<&Row>, texts: &HashMap<i64, String>) 
                 "examples": [],
             }));
         }
-        quantiles.last_mut().unwrap()["examples"].as_array_mut().unwrap().push(example(r, texts));
+        quantiles.last_mut().unwrap()["examples"]
+            .as_array_mut()
+            .unwrap()
+            .push(example(r, texts));
     }
     (top, quantiles)
 }
 
 /// A stage's logit effects, with the raised tokens that entered or left the list since the
 /// previous stage that had them (`prev_top` carries that list along the chain).
-fn logits_json(lg: &[&Row], texts: &HashMap<i64, String>, prev_top: &mut Option<Vec<String>>) -> Option<Value> {
+fn logits_json(
+    lg: &[&Row],
+    texts: &HashMap<i64, String>,
+    prev_top: &mut Option<Vec<String>>,
+) -> Option<Value> {
     if lg.is_empty() {
         return None;
     }
@@ -440,7 +481,10 @@ fn logits_json(lg: &[&Row], texts: &HashMap<i64, String>, prev_top: &mut Option<
             .collect()
     };
     let top = tokens("top");
-    let names: Vec<String> = top.iter().map(|t| t["text"].as_str().unwrap_or("").to_string()).collect();
+    let names: Vec<String> = top
+        .iter()
+        .map(|t| t["text"].as_str().unwrap_or("").to_string())
+        .collect();
     let (entered, left): (Vec<&String>, Vec<&String>) = match prev_top.as_ref() {
         Some(p) => (
             names.iter().filter(|t| !p.contains(t)).collect(),
@@ -494,10 +538,16 @@ pub(super) async fn feature(
         // The best match in the next stage, when the index-aligned feature has moved away.
         let next_match = stages.get(n + 1).and_then(|(next, _)| {
             let m = *at(&t.moves, next).first()?;
-            let (aligned, best, cos) = (f(m, "dec_cos")?, m.get("best_match")?.as_i64()?, f(m, "best_cos")?);
-            (aligned < MOVED && best != feature as i64).then(|| json!({
-                "stage": next, "feature": best, "dec_cos": cos, "aligned_dec_cos": aligned,
-            }))
+            let (aligned, best, cos) = (
+                f(m, "dec_cos")?,
+                m.get("best_match")?.as_i64()?,
+                f(m, "best_cos")?,
+            );
+            (aligned < MOVED && best != feature as i64).then(|| {
+                json!({
+                    "stage": next, "feature": best, "dec_cos": cos, "aligned_dec_cos": aligned,
+                })
+            })
         });
         let hist = at(&t.hist, stage).first().copied();
         let (top, quantiles) = examples_json(&at(&t.examples, stage), hist, &texts);
@@ -523,7 +573,17 @@ pub(super) async fn feature(
             "logits": logits_json(&at(&t.logits, stage), &texts, &mut prev_top),
         }));
     }
-    let mut notes = page_notes(app, &g, &[Table::FeatureStats, Table::FeatureExamples, Table::FeatureHistograms, Table::FeatureTransitions, Table::FeatureNeighbors])?;
+    let mut notes = page_notes(
+        app,
+        &g,
+        &[
+            Table::FeatureStats,
+            Table::FeatureExamples,
+            Table::FeatureHistograms,
+            Table::FeatureTransitions,
+            Table::FeatureNeighbors,
+        ],
+    )?;
     if !group_has(app, Table::LogitEffects, &g)? {
         notes.push(format!("no logit effects: `saerl stats --chain {chain}` writes them for stages whose model (stages.model_path) is on this machine"));
     }

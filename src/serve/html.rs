@@ -408,7 +408,11 @@ fn logits_html(b: &mut String, lg: &Value) {
                 let new = dir == "top" && t["text"].as_str().is_some_and(|x| entered.contains(&x));
                 format!(
                     "<tr><td>{}<span class=tok>{}</span></td><td>{}</td></tr>",
-                    if new { "<b class=new title=\"entered the list at this stage\">+</b> " } else { "" },
+                    if new {
+                        "<b class=new title=\"entered the list at this stage\">+</b> "
+                    } else {
+                        ""
+                    },
                     text(&t["text"]),
                     opt(&t["value"])
                 )
@@ -448,7 +452,12 @@ fn stage_html(b: &mut String, s: &Value, chain: &str, l: &Value, k: &Value) {
     for e in &examples {
         example_html(b, e);
     }
-    for q in s["quantile_examples"].as_array().into_iter().flatten().rev() {
+    for q in s["quantile_examples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+    {
         let _ = write!(
             b,
             "<details><summary>Interval {} – {} <span class=muted>({} shown)</span></summary>",
@@ -463,7 +472,11 @@ fn stage_html(b: &mut String, s: &Value, chain: &str, l: &Value, k: &Value) {
     }
     b.push_str("</div><div>");
     if let Some(h) = s["histogram"].as_object() {
-        let counts = h.get("counts").and_then(Value::as_array).cloned().unwrap_or_default();
+        let counts = h
+            .get("counts")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let _ = write!(
             b,
             "<div class=card><h3>Activation histogram</h3>{}<p class=note>{} non-zero activations, 0 to {}</p></div>",
@@ -483,7 +496,11 @@ fn stage_html(b: &mut String, s: &Value, chain: &str, l: &Value, k: &Value) {
             .join(", ")
     };
     let nearest = links("nearest", &|n| {
-        format!("{} ({})", link_feature(chain, l, k, &n["feature"]), opt(&n["dec_cos"]))
+        format!(
+            "{} ({})",
+            link_feature(chain, l, k, &n["feature"]),
+            opt(&n["dec_cos"])
+        )
     });
     let partners = links("partners", &|p| {
         format!(

@@ -255,7 +255,10 @@ async fn csv(app: &App, q: &str) -> Response {
         Ok(body) => (
             [
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-                (header::CONTENT_DISPOSITION, "attachment; filename=\"saerl.csv\""),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"saerl.csv\"",
+                ),
             ],
             body,
         )

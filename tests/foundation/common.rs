@@ -105,7 +105,16 @@ pub fn fixture_lake() -> &'static Path {
             ],
         );
         // Every chain's page tables (the sae-pt chains have no activations: weights only).
-        let chains = ok(l, &["sql", "--format", "csv", "-c", "SELECT DISTINCT chain FROM saes ORDER BY chain"]);
+        let chains = ok(
+            l,
+            &[
+                "sql",
+                "--format",
+                "csv",
+                "-c",
+                "SELECT DISTINCT chain FROM saes ORDER BY chain",
+            ],
+        );
         for chain in chains.lines().skip(1) {
             ok(l, &["stats", "--chain", chain]);
         }

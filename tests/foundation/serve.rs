@@ -392,7 +392,10 @@ fn close(what: &str, got: f64, want: f64) {
 
 /// The tiny SAE's key and its densest feature on val.
 fn tiny_densest(lake: &Path) -> (String, String, String, String) {
-    let t = &csv_rows(lake, "SELECT stage, layer, k FROM saes WHERE chain = 'tiny'")[0];
+    let t = &csv_rows(
+        lake,
+        "SELECT stage, layer, k FROM saes WHERE chain = 'tiny'",
+    )[0];
     let f = &csv_rows(
         lake,
         &format!("SELECT feature FROM feature_stats WHERE chain = 'tiny' AND split = 'val' AND layer = {} AND k = {} ORDER BY fire_count DESC, feature LIMIT 1", t[1], t[2]),
@@ -406,7 +409,11 @@ fn the_feature_page_tables_match_sql_and_numpy() {
     let server = start(lake, &[]);
     let a = &server.addr;
     let (stage, layer, k, feature) = tiny_densest(lake);
-    let fj = get(a, &format!("/api/chain/tiny/layer/{layer}/k/{k}/feature/{feature}")).json();
+    let fj = get(
+        a,
+        &format!("/api/chain/tiny/layer/{layer}/k/{k}/feature/{feature}"),
+    )
+    .json();
     let st = &fj["stages"][0];
     let encoded = |filter: &str| {
         format!(
@@ -423,16 +430,25 @@ fn the_feature_page_tables_match_sql_and_numpy() {
         let (lo, hi) = (f64_of(&ctx[0]["pos"]), f64_of(&ctx[ctx.len() - 1]["pos"]));
         let want: std::collections::HashMap<i64, f64> = csv_rows(
             lake,
-            &encoded(&format!("doc_id = {} AND pos BETWEEN {lo} AND {hi}", e["doc_id"])),
+            &encoded(&format!(
+                "doc_id = {} AND pos BETWEEN {lo} AND {hi}",
+                e["doc_id"]
+            )),
         )
         .iter()
         .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap()))
         .collect();
         for t in ctx {
             let p = t["pos"].as_i64().unwrap();
-            close(&format!("activation at {p}"), f64_of(&t["activation"]), *want.get(&p).unwrap_or(&0.0));
+            close(
+                &format!("activation at {p}"),
+                f64_of(&t["activation"]),
+                *want.get(&p).unwrap_or(&0.0),
+            );
         }
-        assert!(ctx.iter().any(|t| t["peak"] == true && t["pos"] == e["pos"]));
+        assert!(ctx
+            .iter()
+            .any(|t| t["peak"] == true && t["pos"] == e["pos"]));
     }
 
     // The histogram: non-zero val activations recounted in SQL into 40 bins of (0, hi].
@@ -446,7 +462,12 @@ fn the_feature_page_tables_match_sql_and_numpy() {
             encoded("split = 'val'")
         ),
     );
-    let counts: Vec<i64> = h["counts"].as_array().unwrap().iter().map(|c| c.as_i64().unwrap()).collect();
+    let counts: Vec<i64> = h["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_i64().unwrap())
+        .collect();
     assert_eq!(counts.len(), 40);
     let mut want = vec![0i64; 40];
     for b in &bins {
@@ -460,7 +481,11 @@ fn the_feature_page_tables_match_sql_and_numpy() {
     let quantiles = st["quantile_examples"].as_array().unwrap();
     assert!(!quantiles.is_empty());
     for q in quantiles {
-        let (lo, hi, b) = (f64_of(&q["lo"]), f64_of(&q["hi"]), q["bin"].as_u64().unwrap() as usize);
+        let (lo, hi, b) = (
+            f64_of(&q["lo"]),
+            f64_of(&q["hi"]),
+            q["bin"].as_u64().unwrap() as usize,
+        );
         let ex = q["examples"].as_array().unwrap();
         let in_interval: i64 = counts[b * 4..b * 4 + 4].iter().sum();
         assert_eq!(ex.len() as i64, in_interval.min(5), "interval {b}");
@@ -490,7 +515,10 @@ fn the_feature_page_tables_match_sql_and_numpy() {
         assert_eq!(got.len(), want.len(), "{dir}");
         let scale = f64_of(&want[0][1]).abs().max(1e-3);
         for (g, w) in got.iter().zip(want) {
-            assert!((f64_of(&g["value"]) - f64_of(&w[1])).abs() <= 1e-4 * scale, "{dir}: {g} vs {w}");
+            assert!(
+                (f64_of(&g["value"]) - f64_of(&w[1])).abs() <= 1e-4 * scale,
+                "{dir}: {g} vs {w}"
+            );
             if (f64_of(&g["value"]) - f64_of(&w[1])).abs() <= 1e-6 * scale {
                 assert_eq!(g["token_id"], w[0], "{dir}");
             }
@@ -515,7 +543,13 @@ fn the_feature_page_tables_match_sql_and_numpy() {
     let (c, l, kk, from, to, f) = (&p[0], &p[1], &p[2], &p[3], &p[4], &p[5]);
     let fj = get(a, &format!("/api/chain/{c}/layer/{l}/k/{kk}/feature/{f}")).json();
     let at = |s: &str| -> Value {
-        fj["stages"].as_array().unwrap().iter().find(|x| x["stage"] == s).unwrap().clone()
+        fj["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["stage"] == s)
+            .unwrap()
+            .clone()
     };
     let st = at(from);
     let aligned: f64 = p[8].parse().unwrap();
@@ -539,7 +573,11 @@ fn the_feature_page_tables_match_sql_and_numpy() {
     let got = st["nearest"].as_array().unwrap();
     assert_eq!(got.len(), near.len());
     for (g, w) in got.iter().zip(&near) {
-        close("nearest cosine", f64_of(&g["dec_cos"]), w[1].parse().unwrap());
+        close(
+            "nearest cosine",
+            f64_of(&g["dec_cos"]),
+            w[1].parse().unwrap(),
+        );
     }
     assert_eq!(got[0]["feature"].to_string(), near[0][0]);
     let other = csv_rows(
@@ -560,7 +598,11 @@ fn the_feature_page_tables_match_sql_and_numpy() {
         &format!("SELECT feature_b, dec_cos FROM match_features('{c}', '{from}', '{o}', '{os}', {l}, {kk}) WHERE feature_a = {f}"),
     );
     assert_eq!(partner["feature"].to_string(), m[0][0]);
-    close("partner cosine", f64_of(&partner["dec_cos"]), m[0][1].parse().unwrap());
+    close(
+        "partner cosine",
+        f64_of(&partner["dec_cos"]),
+        m[0][1].parse().unwrap(),
+    );
     let has_stage = !csv_rows(lake, &format!("SELECT 1 FROM saes WHERE chain = '{o}' AND stage = '{from}' AND layer = {l} AND k = {kk}")).is_empty();
     if has_stage {
         assert_eq!(os, from.as_str(), "the partner is at the same stage name");
@@ -579,29 +621,47 @@ fn a_lake_without_page_tables_serves_and_stats_fills_in_only_them() {
         let server = start(&lake, &[]);
         let fj = get(&server.addr, &path).json();
         let notes = fj["notes"].to_string();
-        assert!(notes.contains("saerl stats --chain tiny") && notes.contains("feature_examples"), "{notes}");
+        assert!(
+            notes.contains("saerl stats --chain tiny") && notes.contains("feature_examples"),
+            "{notes}"
+        );
         let st = &fj["stages"][0];
         assert!(st["logits"].is_null() && st["histogram"].is_null());
         // The top examples still show, each as its peak token.
         let ex = st["top_examples"].as_array().unwrap();
         assert!(!ex.is_empty());
-        assert!(ex.iter().all(|e| e["context"].as_array().unwrap().len() == 1));
+        assert!(ex
+            .iter()
+            .all(|e| e["context"].as_array().unwrap().len() == 1));
     }
     let kept = |l: &Path| -> Vec<(std::path::PathBuf, u64)> {
         snapshot(l)
             .into_iter()
-            .filter(|(p, _)| !["feature_examples", "feature_histograms", "logit_effects"].iter().any(|t| p.starts_with(t)))
+            .filter(|(p, _)| {
+                !["feature_examples", "feature_histograms", "logit_effects"]
+                    .iter()
+                    .any(|t| p.starts_with(t))
+            })
             .collect()
     };
     let before = kept(&lake);
     let out = ok(&lake, &["stats", "--chain", "tiny"]);
-    assert!(out.contains("feature_examples") && out.contains("logit_effects"), "{out}");
+    assert!(
+        out.contains("feature_examples") && out.contains("logit_effects"),
+        "{out}"
+    );
     assert!(!out.contains("wrote feature_stats"), "{out}");
     assert_eq!(kept(&lake), before, "stats rewrote tables that existed");
     let server = start(&lake, &[]);
     let fj = get(&server.addr, &path).json();
     assert!(!fj["stages"][0]["logits"].is_null());
-    assert!(fj["stages"][0]["top_examples"][0]["context"].as_array().unwrap().len() > 1);
+    assert!(
+        fj["stages"][0]["top_examples"][0]["context"]
+            .as_array()
+            .unwrap()
+            .len()
+            > 1
+    );
     assert!(ok(&lake, &["stats", "--chain", "tiny"]).contains("statistics exist, skipped"));
 }
 
@@ -612,8 +672,18 @@ fn the_sql_box_offers_its_rows_as_csv() {
     let q = "SELECT chain, layer, k, count(*) AS n FROM saes GROUP BY chain, layer, k ORDER BY chain, layer, k";
     let r = get(&server.addr, &format!("/api/sql?q={}&format=csv", enc(q)));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.headers.to_lowercase().contains("text/csv"), "{}", r.headers);
-    assert_eq!(r.body.trim(), ok(lake, &["sql", "--format", "csv", "-c", q]).trim());
+    assert!(
+        r.headers.to_lowercase().contains("text/csv"),
+        "{}",
+        r.headers
+    );
+    assert_eq!(
+        r.body.trim(),
+        ok(lake, &["sql", "--format", "csv", "-c", q]).trim()
+    );
     let page = request(&server.addr, "POST", "/sql", &[], &format!("q={}", enc(q)));
-    assert!(page.body.contains("format=csv"), "the SQL page offers the CSV");
+    assert!(
+        page.body.contains("format=csv"),
+        "the SQL page offers the CSV"
+    );
 }

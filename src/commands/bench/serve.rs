@@ -55,12 +55,19 @@ pub async fn run(a: &BenchServe) -> Result<()> {
     let model = root.join("model");
     let steps: Vec<i64> = CHAINS[0].steps.iter().copied().take(a.stages).collect();
     if steps.len() < a.stages {
-        bail!("--stages: the study's chains have at most {} stages", CHAINS[0].steps.len());
+        bail!(
+            "--stages: the study's chains have at most {} stages",
+            CHAINS[0].steps.len()
+        );
     }
     let t = Instant::now();
     write_model(&model, a)?;
     generate(&lake, &model, &steps, a)?;
-    println!("lake {} ready in {:.1} s", lake.location(), t.elapsed().as_secs_f64());
+    println!(
+        "lake {} ready in {:.1} s",
+        lake.location(),
+        t.elapsed().as_secs_f64()
+    );
 
     let t = Instant::now();
     let stats = crate::commands::stats::StatsArgs {
@@ -74,7 +81,11 @@ pub async fn run(a: &BenchServe) -> Result<()> {
         overwrite: false,
     };
     crate::commands::stats::run(&lake, &stats)?;
-    println!("stats: {:.1} s for {} stages", t.elapsed().as_secs_f64(), a.stages);
+    println!(
+        "stats: {:.1} s for {} stages",
+        t.elapsed().as_secs_f64(),
+        a.stages
+    );
 
     let server = Server::start(&lake)?;
     let k = a.k;
@@ -96,8 +107,14 @@ pub async fn run(a: &BenchServe) -> Result<()> {
     ))?;
     let rss = server.peak_rss()?;
     let ms = |s: f64| s * 1e3;
-    println!("saerl serve over {} stages × {} tokens, d_model {}, d_sae {}:", a.stages, a.tokens, a.d_model, a.d_sae);
-    println!("  first feature page after start: {:.0} ms (target < 1000)", ms(first));
+    println!(
+        "saerl serve over {} stages × {} tokens, d_model {}, d_sae {}:",
+        a.stages, a.tokens, a.d_model, a.d_sae
+    );
+    println!(
+        "  first feature page after start: {:.0} ms (target < 1000)",
+        ms(first)
+    );
     println!(
         "  warm feature page, HTML: median {:.0} ms, p95 {:.0} ms, max {:.0} ms (target < 200)",
         ms(quantile(&html, 0.5)),
@@ -152,8 +169,14 @@ fn write_model(dir: &Path, a: &BenchServe) -> Result<()> {
         .collect();
     use safetensors::tensor::{Dtype, TensorView};
     let views = [
-        ("model.embed_tokens.weight", TensorView::new(Dtype::BF16, vec![a.vocab, a.d_model], &embed)?),
-        ("model.norm.weight", TensorView::new(Dtype::BF16, vec![a.d_model], &norm)?),
+        (
+            "model.embed_tokens.weight",
+            TensorView::new(Dtype::BF16, vec![a.vocab, a.d_model], &embed)?,
+        ),
+        (
+            "model.norm.weight",
+            TensorView::new(Dtype::BF16, vec![a.d_model], &norm)?,
+        ),
     ];
     safetensors::serialize_to_file(views, None, &weights)?;
     Ok(())
@@ -203,7 +226,11 @@ fn generate(lake: &Lake, model: &Path, steps: &[i64], a: &BenchServe) -> Result<
             continue;
         }
         let mut txn = Txn::begin(lake, false)?;
-        let mut w = txn.partition(Table::Activations, &key, Table::Activations.file_schema(Some(a.d_model as i32)))?;
+        let mut w = txn.partition(
+            Table::Activations,
+            &key,
+            Table::Activations.file_schema(Some(a.d_model as i32)),
+        )?;
         let mut rng = rand::rngs::SmallRng::seed_from_u64(100 + si as u64);
         const BATCH: usize = 8192;
         for start in (0..a.tokens).step_by(BATCH) {
@@ -211,7 +238,9 @@ fn generate(lake: &Lake, model: &Path, steps: &[i64], a: &BenchServe) -> Result<
             let rows = start..start + m;
             let doc: Vec<i64> = rows.clone().map(|r| (r / PROMPT) as i64).collect();
             let val: Vec<bool> = doc.iter().map(|d| d % 10 == 0).collect();
-            let x: Vec<f32> = (0..m * a.d_model).map(|_| crate::rng::normal(&mut rng)).collect();
+            let x: Vec<f32> = (0..m * a.d_model)
+                .map(|_| crate::rng::normal(&mut rng))
+                .collect();
             w.write(&activation_batch(
                 doc,
                 rows.clone().map(|r| (r % PROMPT) as i32).collect(),
@@ -223,7 +252,11 @@ fn generate(lake: &Lake, model: &Path, steps: &[i64], a: &BenchServe) -> Result<
             bar.inc(m as u64);
         }
         txn.finish(w)?;
-        txn.write(Table::Vocab, &PartitionKey::stage(&plan.chain, &stage), &[vocab_batch(&tokens)?])?;
+        txn.write(
+            Table::Vocab,
+            &PartitionKey::stage(&plan.chain, &stage),
+            &[vocab_batch(&tokens)?],
+        )?;
         txn.commit()?;
     }
     bar.finish_and_clear();
@@ -238,7 +271,9 @@ struct Server {
 
 impl Server {
     fn start(lake: &Lake) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let addr = format!("127.0.0.1:{port}");
         let mut child = Command::new(std::env::current_exe()?)
             .args(["--lake", &lake.location(), "serve", "--bind", &addr])
@@ -260,13 +295,20 @@ impl Server {
         let t = Instant::now();
         let mut s = TcpStream::connect(&self.addr)?;
         s.set_read_timeout(Some(Duration::from_secs(120)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr)?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )?;
         let mut body = Vec::new();
         s.read_to_end(&mut body)?;
         let took = t.elapsed().as_secs_f64();
         let head = String::from_utf8_lossy(&body[..body.len().min(64)]).to_string();
         if !head.starts_with("HTTP/1.1 200") {
-            bail!("GET {path}: {}", String::from_utf8_lossy(&body[..body.len().min(400)]));
+            bail!(
+                "GET {path}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(400)])
+            );
         }
         Ok(took)
     }
@@ -277,7 +319,12 @@ impl Server {
             .lines()
             .find(|l| l.starts_with("VmHWM:"))
             .context("no VmHWM")?;
-        Ok(line.split_whitespace().nth(1).context("VmHWM")?.parse::<u64>()? * 1024)
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .context("VmHWM")?
+            .parse::<u64>()?
+            * 1024)
     }
 }
 

@@ -97,10 +97,7 @@ pub fn run(lake: &Lake, a: &StatsArgs) -> Result<()> {
             } else {
                 names.join(", ")
             },
-            notes
-                .iter()
-                .map(|n| format!("; {n}"))
-                .collect::<String>()
+            notes.iter().map(|n| format!("; {n}")).collect::<String>()
         );
     }
     Ok(())
@@ -116,7 +113,8 @@ fn from_activations(
     missing: &[Table],
     out: &mut Vec<(Table, RecordBatch)>,
 ) -> Result<()> {
-    let pages = missing.contains(&Table::FeatureExamples) || missing.contains(&Table::FeatureHistograms);
+    let pages =
+        missing.contains(&Table::FeatureExamples) || missing.contains(&Table::FeatureHistograms);
     let mut scan = scan(lake, key, sae, dev, pages)?;
     let stats = &scan.stats;
     println!(

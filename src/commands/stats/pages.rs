@@ -105,9 +105,13 @@ pub fn examples_and_histograms(
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind))),
             Arc::new(Int32Array::from_iter(rows.iter().map(|r| r.bin))),
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.rank))),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.e.doc_id))),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.e.doc_id),
+            )),
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.e.pos))),
-            Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.e.value))),
+            Arc::new(Float32Array::from_iter_values(
+                rows.iter().map(|r| r.e.value),
+            )),
             Arc::new(Int32Array::from_iter_values(ctx.iter().map(|c| c.start))),
             list::<Int32Type>(ctx.iter().map(|c| c.tokens.clone()), DataType::Int32),
             list::<Float32Type>(ctx.iter().map(|c| c.acts.clone()), DataType::Float32),
@@ -155,7 +159,12 @@ pub fn from_weights(
         let at = seq.iter().position(|(_, s)| *s == stage).unwrap_or(0);
         let prev = at
             .checked_sub(1)
-            .map(|p| (seq[p].1.clone(), read_sae(lake, &PartitionKey::sae(&key.chain, &seq[p].1, layer, k))))
+            .map(|p| {
+                (
+                    seq[p].1.clone(),
+                    read_sae(lake, &PartitionKey::sae(&key.chain, &seq[p].1, layer, k)),
+                )
+            })
             .map(|(s, r)| r.map(|sae| (s, sae)))
             .transpose()?;
         let first_stage = seq[0].1.clone();
@@ -259,8 +268,12 @@ fn transitions_batch(
                 best.as_ref().and_then(|b| b.get(i)).map(|b| b.1 as f64)
             }))),
             Arc::new(StringArray::from_iter_values((0..n).map(|_| first_stage))),
-            Arc::new(Float64Array::from_iter((0..n).map(|i| aligned(first, dec, i)))),
-            Arc::new(Float64Array::from_iter((0..n).map(|i| aligned(first, enc, i)))),
+            Arc::new(Float64Array::from_iter(
+                (0..n).map(|i| aligned(first, dec, i)),
+            )),
+            Arc::new(Float64Array::from_iter(
+                (0..n).map(|i| aligned(first, enc, i)),
+            )),
         ],
     )?)
 }
@@ -281,7 +294,9 @@ fn neighbors_batch(sae: &Sae) -> Result<RecordBatch> {
         vec![
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.0))),
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1))),
-            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.2 as i32))),
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|r| r.2 as i32),
+            )),
             Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.3))),
         ],
     )?)
@@ -303,7 +318,9 @@ fn logits_batch(sae: &Sae, unembed: &[f32], norm: &[f32]) -> Result<RecordBatch>
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.0))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.2))),
-            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.3 as i32))),
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|r| r.3 as i32),
+            )),
             Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.4))),
             Arc::new(BooleanArray::from(vec![true; rows.len()])),
         ],
@@ -337,7 +354,13 @@ fn partners_batch(
             continue;
         }
         for (i, j, c) in assignment(&sae.w_dec, &other.w_dec, sae.d_model)? {
-            rows.push((i as i32, chain.clone(), other_stage.clone(), j as i32, c as f64));
+            rows.push((
+                i as i32,
+                chain.clone(),
+                other_stage.clone(),
+                j as i32,
+                c as f64,
+            ));
         }
     }
     if rows.is_empty() {
@@ -347,8 +370,12 @@ fn partners_batch(
         Table::FeaturePartners.file_schema(None),
         vec![
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.0))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.as_str()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.1.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.2.as_str()),
+            )),
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.3))),
             Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.4))),
         ],
