@@ -189,12 +189,21 @@ fn reconstruction(
             sae.d_model
         );
     }
-    let mut rec = Reconstruction::default();
+    // The rows' mean first: the legacy explained variance centres each row on it.
+    let mut mean = vec![0f64; sae.d_model];
+    val.for_each_batch(4096, None, &mut |b| {
+        for row in b.chunks(sae.d_model) {
+            mean.iter_mut().zip(row).for_each(|(m, &v)| *m += v as f64);
+        }
+        Ok(())
+    })?;
+    mean.iter_mut().for_each(|m| *m /= val.len() as f64);
+    let mut rec = Reconstruction::new(mean, sae.d_sae);
     let mut encoder = BatchEncoder::new(sae, dev)?;
     let bar = super::progress(val.len() as u64, &format!("NMSE {key}"));
     val.for_each_batch(1024, None, &mut |b| {
-        let (x_hat, l0) = encoder.reconstruct(b, sae.d_model)?;
-        rec.add(b, &x_hat, &l0);
+        let (x_hat, l0, fired) = encoder.reconstruct_firing(b, sae.d_model)?;
+        rec.add(b, &x_hat, &l0, &fired);
         bar.inc((b.len() / sae.d_model) as u64);
         Ok(())
     })?;
@@ -205,6 +214,7 @@ fn reconstruction(
         ablation: a.ablation.name(),
         mean_l0: rec.mean_l0(),
         n_val_rows: rec.rows(),
+        core: rec.core(),
         ce: None,
     })
 }

@@ -124,6 +124,14 @@ pub fn evals_batch(e: &Eval) -> Result<RecordBatch> {
             f(ce.map(|c| c.kl_sae)),
             f(ce.map(|c| c.kl_ablation)),
             f(ce.map(Ce::kl_rec)),
+            f(Some(e.core.explained_variance)),
+            f(Some(e.core.explained_variance_legacy)),
+            f(Some(e.core.cossim)),
+            f(Some(e.core.l2_ratio)),
+            f(Some(e.core.relative_reconstruction_bias)),
+            f(Some(e.core.frac_alive)),
+            f(Some(e.core.freq_over_1_percent)),
+            f(Some(e.core.freq_over_10_percent)),
         ],
     )?)
 }

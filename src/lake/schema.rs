@@ -194,6 +194,15 @@ impl Table {
                 n("kl_sae", Float64),
                 n("kl_ablation", Float64),
                 n("kl_rec", Float64),
+                // SAEBench's core metrics over the same val rows (NULL in lakes evaluated before).
+                n("explained_variance", Float64),
+                n("explained_variance_legacy", Float64),
+                n("cossim", Float64),
+                n("l2_ratio", Float64),
+                n("relative_reconstruction_bias", Float64),
+                n("frac_alive", Float64),
+                n("freq_over_1_percent", Float64),
+                n("freq_over_10_percent", Float64),
             ],
             Table::FeatureStats => vec![
                 f("feature", Int32),

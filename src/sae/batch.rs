@@ -68,6 +68,40 @@ impl<'a> BatchEncoder<'a> {
         }
     }
 
+    /// `reconstruct`, and the features that fired (z > 0) in each row, flattened.
+    pub fn reconstruct_firing(
+        &mut self,
+        x: &[f32],
+        d: usize,
+    ) -> Result<(Vec<f32>, Vec<usize>, Vec<u32>)> {
+        if let Self::Cpu(sae, enc) = self {
+            let rows = sae.map_pre_activations(x, enc, |_, z| {
+                let lat = sae.activate(z);
+                let fired: Vec<u32> = lat
+                    .iter()
+                    .filter(|(_, v)| *v > 0.0)
+                    .map(|(i, _)| *i)
+                    .collect();
+                let l0 = lat.iter().filter(|(_, v)| *v != 0.0).count();
+                (sae.decode(&lat), l0, fired)
+            });
+            let mut out = (Vec::with_capacity(x.len()), Vec::new(), Vec::new());
+            for (h, l0, fired) in rows {
+                out.0.extend(h);
+                out.1.push(l0);
+                out.2.extend(fired);
+            }
+            return Ok(out);
+        }
+        let fired = self
+            .latents(x, d)?
+            .into_iter()
+            .flat_map(|l| l.into_iter().filter(|(_, v)| *v > 0.0).map(|(i, _)| i))
+            .collect();
+        let (x_hat, l0) = self.reconstruct(x, d)?;
+        Ok((x_hat, l0, fired))
+    }
+
     /// x̂ of a block output h [.., d] on its own device: the eval splice. On a device the
     /// reconstruction never leaves it.
     pub fn reconstruct_tensor(&self, h: &Tensor) -> Result<Tensor> {

@@ -53,6 +53,7 @@ pub struct Eval {
     pub ablation: &'static str,
     pub mean_l0: f64,
     pub n_val_rows: u64,
+    pub core: Core,
     pub ce: Option<Ce>,
 }
 
@@ -76,7 +77,9 @@ impl Ce {
     }
 }
 
-#[derive(Default)]
+/// Reconstruction quality accumulated over rows: the study's NMSE and L0, and SAEBench's core
+/// metrics (variances over the rows, population). `mean` is the rows' mean vector (a first pass),
+/// which the legacy per-token explained variance centres each row on.
 pub struct Reconstruction {
     rows: u64,
     elems: u64,
@@ -84,20 +87,125 @@ pub struct Reconstruction {
     sum: f64,
     sum_sq: f64,
     l0: u64,
+    mean: Vec<f64>,
+    dim_sum: Vec<f64>,
+    dim_sum_sq: Vec<f64>,
+    cos_sum: f64,
+    ratio_sum: f64,
+    ratio_rows: u64,
+    hat_sq: f64,
+    dot: f64,
+    legacy_sum: f64,
+    legacy_rows: u64,
+    /// Per feature, rows where it fired (z > 0).
+    fires: Vec<u64>,
+}
+
+/// SAEBench's core reconstruction and sparsity metrics (its names).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Core {
+    /// 1 − E‖x − x̂‖² / Σ_d Var(x_d).
+    pub explained_variance: f64,
+    /// Mean over rows of 1 − ‖x − x̂‖² / ‖x − mean‖².
+    pub explained_variance_legacy: f64,
+    /// Mean over rows of cos(x, x̂).
+    pub cossim: f64,
+    /// Mean over rows of ‖x̂‖ / ‖x‖.
+    pub l2_ratio: f64,
+    /// E‖x̂‖² / E[x · x̂].
+    pub relative_reconstruction_bias: f64,
+    /// Features with density > 0, and with density above 1 % and 10 % of the rows (fractions).
+    pub frac_alive: f64,
+    pub freq_over_1_percent: f64,
+    pub freq_over_10_percent: f64,
 }
 
 impl Reconstruction {
-    /// Adds a batch: rows `x`, their reconstructions and each row's number of active latents.
-    pub fn add(&mut self, x: &[f32], x_hat: &[f32], l0: &[usize]) {
-        for (a, b) in x.iter().zip(x_hat) {
-            let (a, b) = (*a as f64, *b as f64);
-            self.sq_err += (a - b) * (a - b);
-            self.sum += a;
-            self.sum_sq += a * a;
+    pub fn new(mean: Vec<f64>, d_sae: usize) -> Self {
+        let d = mean.len();
+        Self {
+            rows: 0,
+            elems: 0,
+            sq_err: 0.0,
+            sum: 0.0,
+            sum_sq: 0.0,
+            l0: 0,
+            mean,
+            dim_sum: vec![0.0; d],
+            dim_sum_sq: vec![0.0; d],
+            cos_sum: 0.0,
+            ratio_sum: 0.0,
+            ratio_rows: 0,
+            hat_sq: 0.0,
+            dot: 0.0,
+            legacy_sum: 0.0,
+            legacy_rows: 0,
+            fires: vec![0; d_sae],
+        }
+    }
+
+    /// Adds a batch: rows `x`, their reconstructions, each row's number of active latents and
+    /// the features that fired (z > 0) in the batch, one entry per row and feature.
+    pub fn add(&mut self, x: &[f32], x_hat: &[f32], l0: &[usize], fired: &[u32]) {
+        let d = self.mean.len();
+        for (x, h) in x.chunks(d).zip(x_hat.chunks(d)) {
+            let (mut err, mut xx, mut hh, mut xh, mut centred) = (0f64, 0f64, 0f64, 0f64, 0f64);
+            for j in 0..d {
+                let (a, b) = (x[j] as f64, h[j] as f64);
+                err += (a - b) * (a - b);
+                xx += a * a;
+                hh += b * b;
+                xh += a * b;
+                centred += (a - self.mean[j]).powi(2);
+                self.dim_sum[j] += a;
+                self.dim_sum_sq[j] += a * a;
+            }
+            self.sq_err += err;
+            self.sum += x.iter().map(|&a| a as f64).sum::<f64>();
+            self.sum_sq += xx;
+            self.hat_sq += hh;
+            self.dot += xh;
+            // torch's cosine_similarity: each norm clamped at 1e-8.
+            self.cos_sum += xh / (xx.sqrt().max(1e-8) * hh.sqrt().max(1e-8));
+            if xx > 0.0 {
+                self.ratio_sum += (hh / xx).sqrt();
+                self.ratio_rows += 1;
+            }
+            if centred > 0.0 {
+                self.legacy_sum += 1.0 - err / centred;
+                self.legacy_rows += 1;
+            }
+        }
+        for &f in fired {
+            self.fires[f as usize] += 1;
         }
         self.rows += l0.len() as u64;
         self.elems += x.len() as u64;
         self.l0 += l0.iter().sum::<usize>() as u64;
+    }
+
+    pub fn core(&self) -> Core {
+        let n = self.rows as f64;
+        let total_var: f64 = self
+            .dim_sum
+            .iter()
+            .zip(&self.dim_sum_sq)
+            .map(|(s, q)| q / n - (s / n).powi(2))
+            .sum();
+        let share = |above: f64| {
+            self.fires.iter().filter(|&&c| c as f64 / n > above).count() as f64
+                / self.fires.len().max(1) as f64
+        };
+        Core {
+            explained_variance: 1.0 - (self.sq_err / n) / total_var,
+            explained_variance_legacy: self.legacy_sum / self.legacy_rows as f64,
+            cossim: self.cos_sum / n,
+            l2_ratio: self.ratio_sum / self.ratio_rows as f64,
+            relative_reconstruction_bias: self.hat_sq / self.dot,
+            frac_alive: share(0.0),
+            freq_over_1_percent: share(0.01),
+            freq_over_10_percent: share(0.1),
+        }
     }
 
     pub fn rows(&self) -> u64 {

@@ -477,7 +477,10 @@ fn logits_json(
     let tokens = |dir: &str| -> Vec<Value> {
         lg.iter()
             .filter(|r| s(r, "direction") == dir)
-            .map(|r| json!({ "token_id": i(r, "token_id"), "text": text_of(texts, i(r, "token_id")), "value": f(r, "value") }))
+            .map(|r| {
+                let text = text_of(texts, i(r, "token_id"));
+                json!({ "token_id": i(r, "token_id"), "token": text, "text": text, "value": f(r, "value") })
+            })
             .collect()
     };
     let top = tokens("top");
@@ -715,14 +718,17 @@ pub(super) async fn search(app: &App, q: &HashMap<String, String>) -> Result<Val
             json!({ "groups": groups.iter().map(|(c, l, k)| json!({"chain": c, "layer": l, "k": k})).collect::<Vec<_>>(), "hits": [] }),
         );
     };
-    // Byte-level BPE spells a leading space `Ġ`; match either spelling.
+    // A token matches by the text a person reads, with or without its leading space; lakes
+    // written before `vocab.text` match the byte-level symbol (`Ġ` spells the space).
     let lit = |t: &str| t.replace('\'', "''");
+    let word = lit(text.trim());
     let spaced = lit(&format!("Ġ{}", text.trim_start()));
     let rows = app
         .rows(&format!(
             "SELECT t.chain, t.stage, t.layer, t.k, t.feature, count(*) AS hits, max(t.value) AS best \
              FROM top_examples t JOIN vocab v ON v.chain = t.chain AND v.stage = t.stage AND v.token_id = t.token_id \
-             WHERE (v.token = '{}' OR v.token = '{spaced}') AND (t.split = 'val' OR t.split IS NULL) \
+             WHERE (trim(v.text) = '{word}' OR (v.text IS NULL AND (v.token = '{}' OR v.token = '{spaced}'))) \
+             AND (t.split = 'val' OR t.split IS NULL) \
              GROUP BY t.chain, t.stage, t.layer, t.k, t.feature ORDER BY hits DESC, best DESC, t.chain, t.feature LIMIT 50",
             lit(text)
         ))

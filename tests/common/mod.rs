@@ -299,3 +299,41 @@ pub fn ingest_args(
     .map(String::from)
     .to_vec()
 }
+
+/// The project's Python test environment: `SAERL_TEST_PYTHON` (.ci/run sets it), else the one
+/// tests/python/setup.sh makes or reuses.
+pub fn test_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SAERL_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/setup.sh");
+    let o = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("running bash");
+    assert!(
+        o.status.success(),
+        "making the Python test environment ({}) failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+}
+
+/// Runs `tests/python/SCRIPT` with `args` in the test environment; its stdout as JSON.
+pub fn python_json(script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let o = std::process::Command::new(test_python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}

@@ -12,7 +12,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use saerl::lake::Lake;
 
-pub use crate::shared::{fixtures, pt_files, read_json as json, snapshot};
+pub use crate::shared::{fixtures, pt_files, python_json, read_json as json, snapshot};
 
 pub fn saerl(lake: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_saerl"))

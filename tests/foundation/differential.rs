@@ -6,7 +6,7 @@
 //! run; the seed is printed with every failure. saerl's own functions are checked against their
 //! definitions elsewhere, so only standard SQL is generated here.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -480,29 +480,9 @@ fn check(case: &Case, ours: &[Vec<Value>], duck: &[Vec<Value>]) -> Option<String
     same_multiset(&a, &b).err()
 }
 
-/// The project's Python test environment: `SAERL_TEST_PYTHON` (.ci/run sets it), else the one
-/// tests/python/setup.sh makes or reuses.
-pub fn test_python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SAERL_TEST_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/setup.sh");
-    let o = Command::new("bash")
-        .arg(&script)
-        .output()
-        .expect("running bash");
-    assert!(
-        o.status.success(),
-        "making the Python test environment ({}) failed:\n{}",
-        script.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
-}
-
 fn duckdb(lake: &Path, tables: &[&str], statements: &[String]) -> Vec<Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/duckdb_run.py");
-    let mut child = Command::new(test_python())
+    let mut child = Command::new(crate::shared::test_python())
         .arg(script)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -219,6 +219,18 @@ fn the_json_twins_match_the_lake_and_the_pages_render() {
 
     // Search by token and the SQL box.
     assert_eq!(get(a, "/search?text=the").status, 200);
+    let hits = get(a, "/api/search?text=the").json()["hits"].clone();
+    let want = csv_rows(
+        lake,
+        "SELECT t.chain, t.stage, t.layer, t.k, t.feature, count(*) AS hits FROM top_examples t JOIN vocab v \
+         ON v.chain = t.chain AND v.stage = t.stage AND v.token_id = t.token_id WHERE trim(v.text) = 'the' \
+         AND t.split = 'val' GROUP BY 1, 2, 3, 4, 5 ORDER BY hits DESC, t.chain, t.feature LIMIT 1",
+    );
+    assert!(
+        !want.is_empty(),
+        "some top example of the fixture lake is ' the'"
+    );
+    assert_eq!(hits[0]["hits"].to_string(), want[0][5], "{hits}");
     let r = get(
         a,
         &format!("/api/sql?q={}", enc("SELECT count(*) AS n FROM saes")),
@@ -497,16 +509,13 @@ fn the_feature_page_tables_match_sql_and_numpy() {
 
     // Logit effects: numpy over the fixture checkpoint's weights and the lake's decoder row.
     let model = fixtures().join("tiny-qwen2");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/logit_effects.py");
-    let o = Command::new(crate::differential::test_python())
-        .arg(&script)
-        .arg(&model)
-        .arg(lake)
-        .args(["tiny", &stage, &layer, &k, &feature])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let np: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let np = python_json(
+        "logit_effects.py",
+        &[model.as_os_str(), lake.as_os_str()]
+            .into_iter()
+            .chain(["tiny", &stage, &layer, &k, &feature].map(std::ffi::OsStr::new))
+            .collect::<Vec<_>>(),
+    );
     let lg = &st["logits"];
     assert_eq!(lg["norm_folded"], true);
     for dir in ["top", "bottom"] {

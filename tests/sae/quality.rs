@@ -140,6 +140,57 @@ fn eval_reproduces_the_reference_nmse_l0_and_ce_loss_recovered() {
     // The spliced SAE moves the output distribution less than the ablation does.
     assert!(num("kl_sae") > 0.0 && num("kl_rec") > 0.0 && num("kl_rec") < 1.0);
 
+    // SAEBench's core metrics, against numpy's over the same rows and the lake's weights.
+    let core = [
+        "explained_variance",
+        "explained_variance_legacy",
+        "cossim",
+        "l2_ratio",
+        "relative_reconstruction_bias",
+        "frac_alive",
+        "freq_over_1_percent",
+        "freq_over_10_percent",
+    ];
+    let k = &csv_rows(&ok(&[
+        "--lake",
+        l,
+        "sql",
+        "--format",
+        "csv",
+        "-c",
+        "SELECT k FROM saes",
+    ]))[0]["k"];
+    let rows_file = fx.join("sae_eval.safetensors");
+    let np = crate::shared::python_json(
+        "core_metrics.py",
+        &[lake.as_os_str()]
+            .into_iter()
+            .chain(["fx", "instruct_base", &layer_s, k].map(std::ffi::OsStr::new))
+            .chain([rows_file.as_os_str(), std::ffi::OsStr::new("sae_val_x")])
+            .collect::<Vec<_>>(),
+    );
+    let out = ok(&[
+        "--lake",
+        l,
+        "sql",
+        "--format",
+        "csv",
+        "-c",
+        &format!("SELECT {} FROM evals", core.join(", ")),
+    ]);
+    let got = &csv_rows(&out)[0];
+    for m in core {
+        let (g, w) = (got[m].parse::<f64>().unwrap(), np[m].as_f64().unwrap());
+        assert!(
+            (g - w).abs() <= 1e-4 * w.abs().max(1e-3),
+            "{m}: saerl {g}, numpy {w}"
+        );
+    }
+    assert!(
+        np["explained_variance"].as_f64().unwrap() > 0.0,
+        "the fixture SAE reconstructs"
+    );
+
     // quality.sql reports the same numbers, with the stage's step.
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries/quality.sql");
     let quality = csv_rows(&ok(&[

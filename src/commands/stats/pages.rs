@@ -157,21 +157,24 @@ pub fn from_weights(
     if want(Table::FeatureTransitions) {
         let seq = &sequences[&(key.chain.clone(), layer, k)];
         let at = seq.iter().position(|(_, s)| *s == stage).unwrap_or(0);
-        let prev = at
-            .checked_sub(1)
-            .map(|p| {
-                (
-                    seq[p].1.clone(),
-                    read_sae(lake, &PartitionKey::sae(&key.chain, &seq[p].1, layer, k)),
-                )
-            })
-            .map(|(s, r)| r.map(|sae| (s, sae)))
-            .transpose()?;
+        let sae_at = |stage: &str| read_sae(lake, &PartitionKey::sae(&key.chain, stage, layer, k));
+        let prev = match at.checked_sub(1) {
+            Some(p) => Some((seq[p].1.clone(), sae_at(&seq[p].1)?)),
+            None => None,
+        };
         let first_stage = seq[0].1.clone();
-        let first = read_sae(lake, &PartitionKey::sae(&key.chain, &first_stage, layer, k))?;
+        let first = match at {
+            0 => None,
+            _ => Some(sae_at(&first_stage)?),
+        };
         out.push((
             Table::FeatureTransitions,
-            transitions_batch(sae, prev.as_ref(), &first_stage, &first)?,
+            transitions_batch(
+                sae,
+                prev.as_ref(),
+                &first_stage,
+                first.as_ref().unwrap_or(sae),
+            )?,
         ));
     }
     if want(Table::FeatureNeighbors) {
