@@ -126,6 +126,23 @@ pub async fn run(lake: &crate::lake::Lake, a: &BenchArgs) -> Result<()> {
     }
 }
 
+/// The shape of a synthetic chain of SAEs (the study's by default).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ChainShape {
+    /// Stages of the chain.
+    #[arg(long, default_value_t = 8)]
+    pub stages: usize,
+    /// The residual (SAE input) width.
+    #[arg(long, default_value_t = 896)]
+    pub d_model: usize,
+    /// Features per SAE.
+    #[arg(long, default_value_t = 7168)]
+    pub d_sae: usize,
+    /// The SAEs' k.
+    #[arg(long, default_value_t = 64)]
+    pub k: usize,
+}
+
 /// Where the reference implementations are and what runs them.
 pub struct References {
     dir: Option<PathBuf>,

@@ -13,28 +13,18 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
 
-use super::{gib, work_dir};
+use super::{gib, work_dir, ChainShape};
 use crate::lake::{activation_batch, vocab_batch, Lake, PartitionKey, StageRow, Table, Txn};
 use crate::study::{stage_name, CHAINS};
 use crate::synth::{write_chain, ChainPlan};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchServe {
-    /// Stages of the chain.
-    #[arg(long, default_value_t = 8)]
-    pub stages: usize,
+    #[command(flatten)]
+    pub shape: ChainShape,
     /// Activation rows (tokens) per stage: the study's 445,744.
     #[arg(long, default_value_t = 445_744)]
     pub tokens: usize,
-    /// The residual width.
-    #[arg(long, default_value_t = 896)]
-    pub d_model: usize,
-    /// Features per SAE.
-    #[arg(long, default_value_t = 7168)]
-    pub d_sae: usize,
-    /// The SAEs' k.
-    #[arg(long, default_value_t = 64)]
-    pub k: usize,
     /// The random model's vocabulary (Qwen2.5's 151,936).
     #[arg(long, default_value_t = 151_936)]
     pub vocab: usize,
@@ -53,8 +43,13 @@ pub async fn run(a: &BenchServe) -> Result<()> {
     let (_tmp, root) = work_dir(&a.keep)?;
     let lake = Lake::new(root.join("lake"));
     let model = root.join("model");
-    let steps: Vec<i64> = CHAINS[0].steps.iter().copied().take(a.stages).collect();
-    if steps.len() < a.stages {
+    let steps: Vec<i64> = CHAINS[0]
+        .steps
+        .iter()
+        .copied()
+        .take(a.shape.stages)
+        .collect();
+    if steps.len() < a.shape.stages {
         bail!(
             "--stages: the study's chains have at most {} stages",
             CHAINS[0].steps.len()
@@ -84,20 +79,20 @@ pub async fn run(a: &BenchServe) -> Result<()> {
     println!(
         "stats: {:.1} s for {} stages",
         t.elapsed().as_secs_f64(),
-        a.stages
+        a.shape.stages
     );
 
     let server = Server::start(&lake)?;
-    let k = a.k;
+    let k = a.shape.k;
     let page = |f: usize| format!("/chain/flexible/layer/{LAYER}/k/{k}/feature/{f}");
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-    let first = server.time(&page(rng.random_range(0..a.d_sae)))?;
+    let first = server.time(&page(rng.random_range(0..a.shape.d_sae)))?;
     let first_study = server.time("/")?;
     let mut html = Vec::new();
     let mut json = Vec::new();
     for _ in 0..a.requests {
-        html.push(server.time(&page(rng.random_range(0..a.d_sae)))?);
-        json.push(server.time(&format!("/api{}", page(rng.random_range(0..a.d_sae))))?);
+        html.push(server.time(&page(rng.random_range(0..a.shape.d_sae)))?);
+        json.push(server.time(&format!("/api{}", page(rng.random_range(0..a.shape.d_sae))))?);
     }
     let study: Vec<f64> = (0..5).map(|_| server.time("/")).collect::<Result<_>>()?;
     let steps_tr = (stage_name(steps[0]), stage_name(steps[1]));
@@ -109,7 +104,7 @@ pub async fn run(a: &BenchServe) -> Result<()> {
     let ms = |s: f64| s * 1e3;
     println!(
         "saerl serve over {} stages × {} tokens, d_model {}, d_sae {}:",
-        a.stages, a.tokens, a.d_model, a.d_sae
+        a.shape.stages, a.tokens, a.shape.d_model, a.shape.d_sae
     );
     println!(
         "  first feature page after start: {:.0} ms (target < 1000)",
@@ -151,31 +146,34 @@ fn write_model(dir: &Path, a: &BenchServe) -> Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(dir)?;
+    // Qwen2.5-0.5B's head size (64): 14 heads, 2 of them key/value, at its width.
+    let heads = (a.shape.d_model / 64).max(1);
+    let kv_heads = if heads % 2 == 0 { 2 } else { 1 };
     let config = serde_json::json!({
         "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
-        "hidden_size": a.d_model, "intermediate_size": 4864, "num_hidden_layers": 24,
-        "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": a.vocab,
+        "hidden_size": a.shape.d_model, "intermediate_size": 4864, "num_hidden_layers": 24,
+        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "vocab_size": a.vocab,
         "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": true,
         "max_position_embeddings": 32768,
     });
     std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
     let bf16 = |v: f32| half::bf16::from_f32(v).to_le_bytes();
-    let embed: Vec<u8> = (0..a.vocab * a.d_model)
+    let embed: Vec<u8> = (0..a.vocab * a.shape.d_model)
         .flat_map(|_| bf16(crate::rng::normal(&mut rng) * 0.02))
         .collect();
-    let norm: Vec<u8> = (0..a.d_model)
+    let norm: Vec<u8> = (0..a.shape.d_model)
         .flat_map(|_| bf16(1.0 + 0.1 * crate::rng::normal(&mut rng)))
         .collect();
     use safetensors::tensor::{Dtype, TensorView};
     let views = [
         (
             "model.embed_tokens.weight",
-            TensorView::new(Dtype::BF16, vec![a.vocab, a.d_model], &embed)?,
+            TensorView::new(Dtype::BF16, vec![a.vocab, a.shape.d_model], &embed)?,
         ),
         (
             "model.norm.weight",
-            TensorView::new(Dtype::BF16, vec![a.d_model], &norm)?,
+            TensorView::new(Dtype::BF16, vec![a.shape.d_model], &norm)?,
         ),
     ];
     safetensors::serialize_to_file(views, None, &weights)?;
@@ -190,9 +188,9 @@ fn generate(lake: &Lake, model: &Path, steps: &[i64], a: &BenchServe) -> Result<
         reward: Some("flexible".into()),
         kl_coef: Some(0.005),
         steps: steps.to_vec(),
-        saes: vec![(LAYER, a.k)],
-        d_model: a.d_model,
-        d_sae: a.d_sae,
+        saes: vec![(LAYER, a.shape.k)],
+        d_model: a.shape.d_model,
+        d_sae: a.shape.d_sae,
         rate: 1.0,
     };
     if lake.partitions(Table::Features)?.is_empty() {
@@ -229,7 +227,7 @@ fn generate(lake: &Lake, model: &Path, steps: &[i64], a: &BenchServe) -> Result<
         let mut w = txn.partition(
             Table::Activations,
             &key,
-            Table::Activations.file_schema(Some(a.d_model as i32)),
+            Table::Activations.file_schema(Some(a.shape.d_model as i32)),
         )?;
         let mut rng = rand::rngs::SmallRng::seed_from_u64(100 + si as u64);
         const BATCH: usize = 8192;
@@ -238,7 +236,7 @@ fn generate(lake: &Lake, model: &Path, steps: &[i64], a: &BenchServe) -> Result<
             let rows = start..start + m;
             let doc: Vec<i64> = rows.clone().map(|r| (r / PROMPT) as i64).collect();
             let val: Vec<bool> = doc.iter().map(|d| d % 10 == 0).collect();
-            let x: Vec<f32> = (0..m * a.d_model)
+            let x: Vec<f32> = (0..m * a.shape.d_model)
                 .map(|_| crate::rng::normal(&mut rng))
                 .collect();
             w.write(&activation_batch(
@@ -247,7 +245,7 @@ fn generate(lake: &Lake, model: &Path, steps: &[i64], a: &BenchServe) -> Result<
                 rows.map(|_| rng.random_range(0..a.vocab as i32)).collect(),
                 &val,
                 x,
-                a.d_model,
+                a.shape.d_model,
             )?)?;
             bar.inc(m as u64);
         }

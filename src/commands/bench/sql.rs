@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::{gib, peak_rss, reset_peak_rss, work_dir, References};
+use super::{gib, peak_rss, reset_peak_rss, work_dir, ChainShape, References};
 use crate::lake::{Lake, Table, Txn};
 use crate::sql::saved::QUERIES;
 use crate::sql::{open_session, run_sql};
@@ -16,18 +16,8 @@ use crate::synth::{write_chain, ChainPlan};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchSql {
-    /// Stages of the synthetic chain.
-    #[arg(long, default_value_t = 8)]
-    pub stages: usize,
-    /// The SAEs' input width.
-    #[arg(long, default_value_t = 896)]
-    pub d_model: usize,
-    /// Features per SAE.
-    #[arg(long, default_value_t = 7168)]
-    pub d_sae: usize,
-    /// The SAEs' k.
-    #[arg(long, default_value_t = 64)]
-    pub k: usize,
+    #[command(flatten)]
+    pub shape: ChainShape,
     /// Runs of the query (the best is reported).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
@@ -41,7 +31,7 @@ pub async fn run(a: &BenchSql, refs: &References) -> Result<()> {
     let lake = Lake::new(&root);
     // The flexible chain's steps, extended by 40 per stage if more are asked for.
     let flexible = CHAINS[0].steps;
-    let steps: Vec<i64> = (0..a.stages)
+    let steps: Vec<i64> = (0..a.shape.stages)
         .map(|i| {
             flexible.get(i).copied().unwrap_or_else(|| {
                 flexible[flexible.len() - 1] + 40 * (i + 1 - flexible.len()) as i64
@@ -53,9 +43,9 @@ pub async fn run(a: &BenchSql, refs: &References) -> Result<()> {
         reward: Some("flexible".into()),
         kl_coef: Some(0.005),
         steps,
-        saes: LAYERS.iter().map(|&l| (l, a.k)).collect(),
-        d_model: a.d_model,
-        d_sae: a.d_sae,
+        saes: LAYERS.iter().map(|&l| (l, a.shape.k)).collect(),
+        d_model: a.shape.d_model,
+        d_sae: a.shape.d_sae,
         rate: 1.0,
     };
     if lake.partitions(Table::Features)?.is_empty() {
@@ -79,8 +69,8 @@ pub async fn run(a: &BenchSql, refs: &References) -> Result<()> {
         .filter_map(|f| f.metadata().ok())
         .map(|m| m.len())
         .sum();
-    let feature_rows = (plan.saes.len() * plan.steps.len() * a.d_sae) as f64;
-    let pairs = (plan.saes.len() * (plan.steps.len() - 1) * a.d_sae) as f64;
+    let feature_rows = (plan.saes.len() * plan.steps.len() * a.shape.d_sae) as f64;
+    let pairs = (plan.saes.len() * (plan.steps.len() - 1) * a.shape.d_sae) as f64;
     println!(
         "lake {}: features {:.2} GiB, {feature_rows} feature rows, {pairs} feature pairs to compare",
         root.display(),
