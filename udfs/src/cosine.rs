@@ -124,3 +124,30 @@ fn dots<A: Copy + Into<f64>, B: Copy + Into<f64>>(a: &[A], b: &[B]) -> (f64, f64
     }
     (d.iter().sum(), sa.iter().sum(), sb.iter().sum())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_of_mixed_widths_and_lengths_past_the_unrolled_loop() {
+        // 11 elements: one unrolled block of 8 and a remainder of 3.
+        let a: Vec<f32> = (1..=11).map(|i| i as f32).collect();
+        let b: Vec<f64> = (1..=11).map(|i| -2.0 * i as f64).collect();
+        let c = cosine(FloatSlice::F32(&a), FloatSlice::F64(&b)).unwrap();
+        assert!((c + 1.0).abs() < 1e-12, "{c}");
+        let e1 = [1.0f64, 0.0, 0.0];
+        let e2 = [0.0f32, 3.0, 4.0];
+        assert_eq!(
+            cosine(FloatSlice::F64(&e1), FloatSlice::F32(&e2)),
+            Some(0.0)
+        );
+        let v = [3.0f32, 4.0];
+        let w = [4.0f32, 3.0];
+        assert!((cosine(FloatSlice::F32(&v), FloatSlice::F32(&w)).unwrap() - 0.96).abs() < 1e-7);
+        assert_eq!(
+            cosine(FloatSlice::F32(&[0.0; 4]), FloatSlice::F32(&[1.0; 4])),
+            None
+        );
+    }
+}

@@ -134,3 +134,61 @@ impl Accumulator for EntropyAcc {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Float64Array;
+    use std::sync::Arc;
+
+    fn count(acc: &mut EntropyAcc) -> Option<f64> {
+        match acc.evaluate().unwrap() {
+            ScalarValue::Float64(v) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn uniform_weights_count_themselves_and_zeros_do_not_count() {
+        let mut acc = EntropyAcc::default();
+        let w: ArrayRef = Arc::new(Float64Array::from(vec![
+            Some(0.2),
+            Some(0.2),
+            None,
+            Some(0.2),
+            Some(0.0),
+        ]));
+        acc.update_batch(&[w]).unwrap();
+        assert!((count(&mut acc).unwrap() - 3.0).abs() < 1e-12);
+        // exp(H) of (0.5, 0.25, 0.25): H = 1.5 ln 2.
+        let mut acc = EntropyAcc::default();
+        acc.update_batch(&[Arc::new(Float64Array::from(vec![2.0, 1.0, 1.0])) as ArrayRef])
+            .unwrap();
+        assert!((count(&mut acc).unwrap() - (1.5 * 2f64.ln()).exp()).abs() < 1e-12);
+        assert_eq!(count(&mut EntropyAcc::default()), None);
+    }
+
+    #[test]
+    fn merged_partial_states_equal_one_pass_and_negative_weights_fail() {
+        let all = [0.1, 3.0, 0.7, 2.2, 0.0, 5.5];
+        let mut one = EntropyAcc::default();
+        one.update_batch(&[Arc::new(Float64Array::from(all.to_vec())) as ArrayRef])
+            .unwrap();
+        let mut merged = EntropyAcc::default();
+        for part in all.chunks(2) {
+            let mut p = EntropyAcc::default();
+            p.update_batch(&[Arc::new(Float64Array::from(part.to_vec())) as ArrayRef])
+                .unwrap();
+            let state: Vec<ArrayRef> = p
+                .state()
+                .unwrap()
+                .into_iter()
+                .map(|s| s.to_array().unwrap())
+                .collect();
+            merged.merge_batch(&state).unwrap();
+        }
+        assert!((count(&mut one).unwrap() - count(&mut merged).unwrap()).abs() < 1e-12);
+        let bad: ArrayRef = Arc::new(Float64Array::from(vec![1.0, -0.5]));
+        assert!(EntropyAcc::default().update_batch(&[bad]).is_err());
+    }
+}

@@ -143,3 +143,31 @@ impl ScalarUDFImpl for Gsm8kScore {
         Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ANSWER: &str = "She sells 16 - 3 - 4 = <<16-3-4=9>>9 eggs.\n#### 1,800";
+
+    #[test]
+    fn strict_reads_the_last_marked_answer_within_the_tail() {
+        assert_eq!(gold_answer(ANSWER), "1800");
+        assert_eq!(score_strict("so #### 1,800", ANSWER), 1.0);
+        assert_eq!(score_strict("#### 5 then #### 1,800", ANSWER), 1.0);
+        assert_eq!(score_strict("#### 1800 then #### 5", ANSWER), 0.0);
+        assert_eq!(score_strict("the answer is 1800", ANSWER), 0.0);
+        // A marked answer before the last 300 characters is not seen.
+        let long = format!("#### 1800{}", "x".repeat(STRICT_CLIP_CHARS));
+        assert_eq!(score_strict(&long, ANSWER), 0.0);
+    }
+
+    #[test]
+    fn flexible_takes_the_last_number_anywhere() {
+        assert_eq!(score_flexible("first 7, then 1,800.", ANSWER), 1.0);
+        assert_eq!(score_flexible("1800 or maybe 12", ANSWER), 0.0);
+        assert_eq!(score_flexible("1800.00001", ANSWER), 1.0);
+        assert_eq!(score_flexible("no number", ANSWER), 0.0);
+        assert_eq!(score_flexible("-3", "#### -3"), 1.0);
+    }
+}
