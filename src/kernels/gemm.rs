@@ -127,6 +127,25 @@ pub fn sgemm_nt(
     gemm(Mat::rows(a, m, k), Mat::rows(b, n, k).t(), c, n, accumulate);
 }
 
+/// The cosines of every row of `a` with every row of `b` (both row-major, `d` wide): both are
+/// unit-normalised, then a block of `a`'s rows at a time is one GEMM against all of `b`, and
+/// `f(i, row)` sees row i's cosines with each row of `b` (free to change in place).
+pub fn for_each_cosine_row(a: &[f32], b: &[f32], d: usize, mut f: impl FnMut(usize, &mut [f32])) {
+    const BLOCK: usize = 512;
+    let (mut ua, mut ub) = (a.to_vec(), b.to_vec());
+    super::unit_rows(&mut ua, d);
+    super::unit_rows(&mut ub, d);
+    let (na, nb) = (a.len() / d, b.len() / d);
+    let mut c = vec![0f32; BLOCK.min(na.max(1)) * nb];
+    for start in (0..na).step_by(BLOCK) {
+        let m = BLOCK.min(na - start);
+        sgemm_nt(m, nb, d, &ua[start * d..], &ub, &mut c[..m * nb], false);
+        for (r, row) in c[..m * nb].chunks_mut(nb.max(1)).enumerate() {
+            f(start + r, row);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,6 @@ pub mod topk;
 pub mod vector;
 
 pub use encode::{encode, Encoded};
-pub use gemm::{gemm, sgemm_nt, Mat};
+pub use gemm::{for_each_cosine_row, gemm, sgemm_nt, Mat};
 pub use topk::{by_value, top_k};
 pub use vector::{add, axpy, cosine, dot, transpose, unit_norm, unit_rows};

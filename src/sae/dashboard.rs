@@ -16,7 +16,7 @@ use std::io::{BufReader, BufWriter, Read, Seek, Write};
 use anyhow::{Context as _, Result};
 
 use super::stats::Example;
-use crate::kernels::{sgemm_nt, unit_rows};
+use crate::kernels::{for_each_cosine_row, sgemm_nt};
 use crate::rng::SplitMix64;
 
 pub const HIST_BINS: usize = 40;
@@ -308,26 +308,17 @@ pub fn logit_effects(
 
 /// Per feature, the `NEAREST` other features of the same SAE with the highest decoder cosine.
 pub fn nearest(w_dec: &[f32], d: usize) -> Vec<Vec<(u32, f32)>> {
-    const BLOCK: usize = 256;
-    let mut u = w_dec.to_vec();
-    unit_rows(&mut u, d);
-    let n = u.len() / d;
-    let mut c = vec![0f32; BLOCK * n];
-    let mut out = Vec::with_capacity(n);
-    for start in (0..n).step_by(BLOCK) {
-        let m = BLOCK.min(n - start);
-        sgemm_nt(m, n, d, &u[start * d..], &u, &mut c[..m * n], false);
-        for (r, row) in c[..m * n].chunks_mut(n).enumerate() {
-            row[start + r] = f32::NEG_INFINITY;
-            let (top, _) = extremes(row, NEAREST);
-            out.push(
-                top.into_iter()
-                    .filter(|(_, v)| v.is_finite())
-                    .map(|(j, v)| (j, v.clamp(-1.0, 1.0)))
-                    .collect(),
-            );
-        }
-    }
+    let mut out = Vec::with_capacity(w_dec.len() / d);
+    for_each_cosine_row(w_dec, w_dec, d, |i, row| {
+        row[i] = f32::NEG_INFINITY;
+        let (top, _) = extremes(row, NEAREST);
+        out.push(
+            top.into_iter()
+                .filter(|(_, v)| v.is_finite())
+                .map(|(j, v)| (j, v.clamp(-1.0, 1.0)))
+                .collect(),
+        );
+    });
     out
 }
 

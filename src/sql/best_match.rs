@@ -15,7 +15,7 @@ use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::Expr;
 
-use crate::kernels::{sgemm_nt, unit_rows};
+use crate::kernels::{for_each_cosine_row, unit_rows};
 use crate::lake::{read_sae, Lake};
 
 #[derive(Debug)]
@@ -83,24 +83,17 @@ pub fn best_matches_on(
 
 /// (best index, best cosine, aligned cosine) for each column of `a` against all of `b`.
 pub fn best_matches(a: &[f32], b: &[f32], d: usize) -> Vec<(usize, f32, f32)> {
-    let (a, b) = (unit(a, d), unit(b, d));
-    let (na, nb) = (a.len() / d, b.len() / d);
-    let mut out = Vec::with_capacity(na);
-    let mut c = vec![0f32; BLOCK * nb];
-    for start in (0..na).step_by(BLOCK) {
-        let m = BLOCK.min(na - start);
-        sgemm_nt(m, nb, d, &a[start * d..], &b, &mut c[..m * nb], false);
-        for (r, row) in c[..m * nb].chunks(nb).enumerate() {
-            let (mut best, mut arg) = (f32::NEG_INFINITY, 0);
-            for (j, &v) in row.iter().enumerate() {
-                if v > best {
-                    (best, arg) = (v, j);
-                }
+    let nb = b.len() / d;
+    let mut out = Vec::with_capacity(a.len() / d);
+    for_each_cosine_row(a, b, d, |i, row| {
+        let (mut best, mut arg) = (f32::NEG_INFINITY, 0);
+        for (j, &v) in row.iter().enumerate() {
+            if v > best {
+                (best, arg) = (v, j);
             }
-            let i = start + r;
-            out.push((arg, best, if i < nb { row[i] } else { f32::NAN }));
         }
-    }
+        out.push((arg, best, if i < nb { row[i] } else { f32::NAN }));
+    });
     out
 }
 

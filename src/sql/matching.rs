@@ -16,32 +16,22 @@ use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 
 use super::best_match::{int_arg, literal};
-use crate::kernels::{cosine, sgemm_nt, unit_rows};
+use crate::kernels::{cosine, for_each_cosine_row};
 use crate::lake::{read_sae, Lake, PartitionKey, Table};
 
 /// The assignment of rows of `a` to rows of `b` (both row-major, `d` wide) maximising the summed
 /// cosine: (i, j, cosine) for min(n_a, n_b) pairs, in order of i.
 pub fn assignment(a: &[f32], b: &[f32], d: usize) -> anyhow::Result<Vec<(usize, usize, f32)>> {
-    let (mut ua, mut ub) = (a.to_vec(), b.to_vec());
-    unit_rows(&mut ua, d);
-    unit_rows(&mut ub, d);
     let (na, nb) = (a.len() / d, b.len() / d);
     // Costs 1 − cosine of a square problem: padding rows/columns cost the same everywhere, so
-    // they do not change which real rows pair with which real columns. Filled a block of rows
-    // (one GEMM) at a time.
+    // they do not change which real rows pair with which real columns.
     let n = na.max(nb);
     let mut costs = lapjv::Matrix::from_elem((n, n), 1.0f64);
-    const BLOCK: usize = 512;
-    let mut block = vec![0f32; BLOCK * nb];
-    for start in (0..na).step_by(BLOCK) {
-        let m = BLOCK.min(na - start);
-        sgemm_nt(m, nb, d, &ua[start * d..], &ub, &mut block[..m * nb], false);
-        for (r, row) in block[..m * nb].chunks(nb).enumerate() {
-            for (j, &c) in row.iter().enumerate() {
-                costs[(start + r, j)] = 1.0 - c as f64;
-            }
+    for_each_cosine_row(a, b, d, |i, row| {
+        for (j, &c) in row.iter().enumerate() {
+            costs[(i, j)] = 1.0 - c as f64;
         }
-    }
+    });
     let (row_to_col, _) =
         lapjv::lapjv(&costs).map_err(|e| anyhow::anyhow!("the assignment failed: {e:?}"))?;
     Ok(row_to_col
