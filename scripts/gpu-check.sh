@@ -11,7 +11,9 @@
 #                                     # trajectory, the demo with --device cuda, and the benchmarks
 #                                     # beside PyTorch/transformers on the same GPU; logs in $OUT.
 #                                     # STEPs (default: all) pick some of: kernels trajectory
-#                                     # demo train train-profile whole-sae stats ingest
+#                                     # demo train train-profile whole-sae stats ingest study
+#                                     # (study: `bench study --scale 0.1` through `saerl run`,
+#                                     # with the GPU's utilisation sampled by nvidia-smi)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 G=.gpu
@@ -60,7 +62,7 @@ run() {
         tail -n "${TAIL:-12}" "$out/$name.log"
     }
     local steps=("$@")
-    [ ${#steps[@]} -gt 0 ] || steps=(kernels trajectory demo train train-profile whole-sae stats ingest)
+    [ ${#steps[@]} -gt 0 ] || steps=(kernels trajectory demo train train-profile whole-sae stats ingest study)
     nvidia-smi -L
     for s in "${steps[@]}"; do
         case $s in
@@ -76,6 +78,15 @@ run() {
             whole-sae) step whole-sae "$S" bench train --device cuda --rows 445744 --epochs 20 ;;
             stats) step stats "$S" bench stats --device cuda ;;
             ingest) step ingest "$S" bench ingest --device cuda --n 256 ;;
+            study)
+                # The whole study at S = 0.1 (S = 1's 109 GB of activations do not fit this
+                # machine's disk), the GPU's utilisation sampled once a second meanwhile.
+                nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -l 1 >"$out/gpu-util.csv" &
+                local smi=$!
+                LIMIT=${STUDY_LIMIT:-470} TAIL=30 step study "$S" bench study --device cuda --scale "${SCALE:-0.1}" --dtype "${DTYPE:-bf16}" --keep /tmp/gpu/study
+                kill "$smi" 2>/dev/null
+                awk -F', ' '{u+=$1; m=($2>m?$2:m); n++} END {if (n) printf "GPU utilisation: mean %.0f %% over %d s, peak memory %d MiB\n", u/n, n, m}' "$out/gpu-util.csv"
+                ;;
             *) echo "unknown step $s" && status=1 ;;
         esac
     done

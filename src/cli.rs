@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    bench, cluster, demo, eval, export, import, ingest, init, plot, report, serve, sql, stats,
+    bench, cluster, demo, eval, export, import, ingest, init, plot, report, run, serve, sql, stats,
     train,
 };
 use crate::lake::Lake;
@@ -46,6 +46,9 @@ pub enum Command {
     Plot(plot::PlotArgs),
     /// Run every saved query into one HTML page (inline SVG figures, tables) and CSVs.
     Report(report::ReportArgs),
+    /// The whole study saerl.toml declares: ingest, train, eval, stats and the report, skipping
+    /// what is done, resuming what was interrupted (--dry-run shows the plan).
+    Run(run::RunArgs),
     /// A read-only feature browser over the lake: study, transition and feature pages, search
     /// and a SQL box, each page with a JSON twin under /api.
     Serve(serve::ServeArgs),
@@ -65,8 +68,9 @@ pub async fn run(cli: &Cli) -> Result<()> {
         Command::Ingest(a) => ingest::run(&lake.waiting(a.wait), a).map(|_| ()),
         Command::Import(a) => import::run(&lake, a),
         Command::Train(a) => train::run(&lake.waiting(a.wait), a),
-        Command::Eval(a) => eval::run(&lake, a),
-        Command::Stats(a) => stats::run(&lake, a),
+        Command::Eval(a) => eval::run(&lake, a).map(|_| ()),
+        Command::Stats(a) => stats::run(&lake, a).map(|_| ()),
+        Command::Run(a) => run::run(&lake, a),
         Command::Export(a) => export::run(&lake, a),
         Command::Sql(a) => sql::run(&lake, a).await,
         Command::Plot(a) => plot::run(&lake, a).await,

@@ -14,6 +14,14 @@ pub struct Project {
     pub chains: BTreeMap<String, ChainConfig>,
     #[serde(default)]
     pub data: DataConfig,
+    /// Flags `saerl run` passes to every ingest, train and eval it runs (`max_len = 128` is
+    /// `--max-len 128`); the commands' own defaults otherwise.
+    #[serde(default)]
+    pub ingest: toml::Table,
+    #[serde(default)]
+    pub train: toml::Table,
+    #[serde(default)]
+    pub eval: toml::Table,
     #[serde(skip)]
     pub dir: PathBuf,
 }
@@ -33,8 +41,45 @@ pub struct DataConfig {
 pub struct ChainConfig {
     pub reward: Option<String>,
     pub kl_coef: Option<f64>,
+    /// The SAEs `saerl run` trains along the chain: layer = k, or layer = [k, ...]
+    /// (default: the study's layers at k 64).
+    pub saes: Option<BTreeMap<String, KList>>,
     #[serde(default)]
     pub stages: Vec<StageConfig>,
+}
+
+/// One k or several for a layer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum KList {
+    One(usize),
+    Many(Vec<usize>),
+}
+
+impl ChainConfig {
+    /// The (layer, k) pairs of the chain's SAEs, ascending; every stage has one SAE per pair.
+    pub fn sae_grid(&self, chain: &str) -> Result<Vec<(i32, usize)>> {
+        let Some(saes) = &self.saes else {
+            return Ok(crate::study::LAYERS.iter().map(|&l| (l, 64)).collect());
+        };
+        let mut grid = Vec::new();
+        for (layer, ks) in saes {
+            let l: i32 = layer.parse().ok().filter(|l| *l >= 0).with_context(|| {
+                format!("[chains.{chain}] saes: {layer:?} is not a layer number (write saes = {{ 6 = 64, 23 = [64, 256] }})")
+            })?;
+            let ks = match ks {
+                KList::One(k) => vec![*k],
+                KList::Many(v) => v.clone(),
+            };
+            if ks.is_empty() || ks.contains(&0) {
+                bail!("[chains.{chain}] saes: layer {l} needs at least one k > 0");
+            }
+            grid.extend(ks.into_iter().map(|k| (l, k)));
+        }
+        grid.sort();
+        grid.dedup();
+        Ok(grid)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,11 +190,15 @@ impl Project {
 }
 
 /// The commented template `saerl init` writes: the published study's three chains.
-pub const TEMPLATE: &str = r#"# saerl project file: the chains of PPO checkpoints to analyse.
+pub const TEMPLATE: &str = r#"# saerl project file: the chains of PPO checkpoints to analyse, and the study's plan.
 # A chain is one fine-tuning run (same base model and data, one reward function and KL
 # coefficient); its stages are checkpoints, ordered by PPO step. `model` is a Hugging Face
 # checkpoint directory (config.json, model.safetensors or shards, tokenizer.json), relative to
 # this file. `saerl ingest --chain C --stage S` reads the model from here.
+#
+# `saerl run` runs the whole plan: every stage ingested once for all the layers its chain's
+# `saes` name, the SAEs trained along each chain (warm-started stage to stage), evaluated,
+# their statistics computed, then the report. `saerl run --dry-run` shows the plan first.
 
 # The prompts: GSM8k as JSON lines or the Hugging Face Parquet files (columns `question`,
 # `answer`), relative to this file. `--data` on a command overrides them.
@@ -157,9 +206,31 @@ pub const TEMPLATE: &str = r#"# saerl project file: the chains of PPO checkpoint
 train = "data/gsm8k/train.jsonl"   # saerl ingest runs the checkpoints on these questions
 test = "data/gsm8k/test.jsonl"     # saerl eval measures CE loss recovered on the first 100
 
+# The settings `saerl run` gives each step: any flag of `saerl ingest`, `saerl train` or
+# `saerl eval` (`max_len = 512` is `--max-len 512`, `in_memory = true` is `--in-memory`).
+# Omitted, a flag keeps its command's default, which is the study's.
+[ingest]
+max_len = 512        # tokens kept per question
+batch = 16           # questions per forward pass
+val_frac = 0.2       # share of rows in the val split (a seeded random permutation)
+# limit = 1000       # only the first N questions
+# dtype = "bf16"     # compute the model in bf16 (on a GPU; default f32)
+
+[train]
+epochs = 20
+lr = 1e-4
+batch = 512          # rows per optimiser step
+# d_sae = 7168       # dictionary size (default 8 × d_model)
+
+[eval]
+prompts = 100        # GSM8k test questions for CE loss recovered
+
+# `saes`: the SAEs trained at every stage of the chain, layer = k or layer = [k, ...]
+# (default: layers 6, 12, 18 and 23 at k 64).
 [chains.flexible]
 reward = "flexible"     # 1 if the last number in the response equals the answer
 kl_coef = 0.005
+saes = { 6 = 64, 12 = 64, 18 = 64, 23 = 256 }
 stages = [
   { name = "instruct_base", step = 0,   model = "models/Qwen2.5-0.5B-Instruct" },
   { name = "ppo_step10",    step = 10,  model = "checkpoints/flexible/global_step_10" },
@@ -174,6 +245,7 @@ stages = [
 [chains.strict]
 reward = "strict"       # verl's GSM8k scorer: `#### N` in the last 300 characters
 kl_coef = 0.005
+saes = { 6 = 64, 12 = 64, 18 = 64, 23 = [64, 256] }
 stages = [
   { name = "instruct_base", step = 0,   model = "models/Qwen2.5-0.5B-Instruct" },
   { name = "ppo_step10",    step = 10,  model = "checkpoints/strict/global_step_10" },
@@ -186,6 +258,7 @@ stages = [
 [chains.kl0p025]
 reward = "flexible"
 kl_coef = 0.025         # five times the KL budget of `flexible`
+saes = { 6 = 64, 12 = 64, 18 = 64, 23 = 64 }
 stages = [
   { name = "instruct_base", step = 0,  model = "models/Qwen2.5-0.5B-Instruct" },
   { name = "ppo_step10",    step = 10, model = "checkpoints/kl0p025/global_step_10" },
@@ -221,5 +294,16 @@ mod tests {
                 assert_eq!(s.name, crate::study::stage_name(s.step.unwrap()));
             }
         }
+        // The study's 74 SAEs: layer 23 at k 256 in flexible, at 64 and 256 in strict.
+        let saes: usize = p
+            .chains
+            .iter()
+            .map(|(name, c)| c.sae_grid(name).unwrap().len() * c.stages.len())
+            .sum();
+        assert_eq!(saes, 74);
+        assert_eq!(
+            p.chains["strict"].sae_grid("strict").unwrap(),
+            [(6, 64), (12, 64), (18, 64), (23, 64), (23, 256)]
+        );
     }
 }

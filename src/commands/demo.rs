@@ -17,11 +17,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use clap::Parser;
-
-use crate::commands::ingest;
 use crate::commands::plot::plot_query;
-use crate::commands::train::TrainArgs;
+use crate::commands::run::Phase;
 use crate::data::{read_questions, SAMPLE_TEST, SAMPLE_TRAIN};
 use crate::lake::{Lake, Txn};
 use crate::model::lm_train::{train_lm, LmTraining};
@@ -73,10 +70,10 @@ const TINY: TinyShape = TinyShape {
     intermediate: 160,
 };
 /// The demo's SAEs (the study's recipe, shorter and at a higher learning rate for the small data).
-const SAE_K: &str = "8";
-const SAE_D: &str = "256";
-const SAE_EPOCHS: &str = "30";
-const SAE_LR: &str = "3e-3";
+const SAE_K: usize = 8;
+const SAE_D: usize = 256;
+const SAE_EPOCHS: usize = 30;
+const SAE_LR: f64 = 3e-3;
 
 /// Next-token training: the base model on the questions, the "fine-tuned" stage a little more
 /// on the worked answers (another distribution, so the SAEs have something to drift on).
@@ -127,22 +124,40 @@ fn prompt_files(out: &Path, a: &DemoArgs) -> Result<(PathBuf, PathBuf)> {
     ))
 }
 
-/// A project file naming the tiny chain's two checkpoints and the prompt files, so the demo's
-/// ingest and eval read them as a user's would.
-fn write_project(out: &Path, train: &Path, test: &Path) -> Result<PathBuf> {
+/// A project file naming the tiny chain's two checkpoints, the prompt files, the SAEs and the
+/// settings of each step, so the demo's study runs as a user's would (`saerl run`).
+fn write_project(out: &Path, train: &Path, test: &Path, prompts: usize) -> Result<PathBuf> {
     let path = out.join("saerl.toml");
     let text = format!(
         r#"{DEMO_PROJECT_HEAD}: the tiny chain it trains, ingests and analyses.
+# `saerl run --project {path}` reruns its study (nothing, once it is done).
 [data]
 train = {train:?}
 test = {test:?}
 
+# A short recipe for a tiny model (the study's defaults are for Qwen2.5-0.5B).
+[ingest]
+max_len = 128
+limit = {prompts}
+
+[train]
+d_sae = {SAE_D}
+epochs = {SAE_EPOCHS}
+batch = 256
+lr = {SAE_LR}
+
+[eval]
+prompts = 32
+mean_prompts = 16
+
 [chains.tiny]
+saes = {{ 1 = {SAE_K}, 2 = {SAE_K}, 3 = {SAE_K} }}
 stages = [
   {{ name = "instruct_base", step = 0,  model = "models/instruct_base" }},
   {{ name = "ppo_step10",    step = 10, model = "models/ppo_step10" }},
 ]
-"#
+"#,
+        path = path.display()
     );
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
@@ -255,54 +270,26 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
     claim_out_dir(out)?;
     let lake = Lake::new(out.join("lake"));
     let (train_file, test_file) = prompt_files(out, a)?;
-    let project = write_project(out, &train_file, &test_file)?;
+    let project = write_project(out, &train_file, &test_file, a.prompts)?;
     tiny_models(out, &train_file, a)?;
-    let project = project.to_str().context("a non-UTF-8 path")?;
-    let prompts = a.prompts.to_string();
-    for stage in ["instruct_base", "ppo_step10"] {
-        let flags = [
-            "--chain",
-            "tiny",
-            "--stage",
-            stage,
-            "--project",
-            project,
-            "--layers",
-            "1,2,3",
-            "--max-len",
-            "128",
-            "--limit",
-            &prompts,
-            "--device",
-            &a.device,
-        ];
-        ingest::run(&lake, &ingest::Ingest::from_flags(flags)?)
-            .with_context(|| format!("ingesting the demo model {stage}"))?;
-    }
-    // Real SAEs on the tiny chain: the base stage cold, the "ppo" stage warm-started from it.
-    let train = TrainArgs::parse_from([
-        "train", "--chain", "tiny", "--layers", "1,2,3", "--k", SAE_K, "--d-sae", SAE_D,
-        "--epochs", SAE_EPOCHS, "--batch", "256", "--lr", SAE_LR, "--device", &a.device,
-    ]);
-    super::train::run(&lake, &train)?;
-    let eval = super::eval::EvalArgs::parse_from([
-        "eval",
-        "--chain",
-        "tiny",
-        "--project",
-        project,
-        "--prompts",
-        "32",
-        "--mean-prompts",
-        "16",
-        "--device",
-        &a.device,
-    ]);
-    super::eval::run(&lake, &eval)?;
-    super::stats::run(
+    // The tiny chain's study: both stages ingested, SAEs trained (the second stage warm-started
+    // from the first), evaluated, and their statistics computed.
+    super::run::study(
         &lake,
-        &super::stats::StatsArgs::parse_from(["stats", "--chain", "tiny", "--device", &a.device]),
-    )?;
+        &super::run::RunArgs {
+            project: project.clone(),
+            dry_run: false,
+            commands: false,
+            only: vec![Phase::Ingest, Phase::Train, Phase::Eval, Phase::Stats],
+            chain: vec![],
+            layers: vec![],
+            device: a.device.clone(),
+            jobs: None,
+            train_jobs: None,
+            report: out.join("report"),
+        },
+    )
+    .context("the demo's study of its tiny chain")?;
     let plans = plans();
     let total: usize = plans.iter().map(|p| p.saes.len() * p.steps.len()).sum();
     let bar = super::progress(total as u64, "synthetic SAEs");

@@ -71,15 +71,23 @@ pub struct EvalArgs {
     pub overwrite: bool,
 }
 
-pub fn run(lake: &Lake, a: &EvalArgs) -> Result<()> {
+/// Where an eval's time went: loading models, and the CE prompts (the rest is the val rows).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EvalSummary {
+    pub load_seconds: f64,
+    pub ce_seconds: f64,
+}
+
+pub fn run(lake: &Lake, a: &EvalArgs) -> Result<EvalSummary> {
     lake.recover()?;
+    let mut summary = EvalSummary::default();
     // One device for the models and the SAEs, so their tensors can meet.
     let dev = device(&a.device)?;
     let mut keys = a.select.keys(lake)?;
     if !a.overwrite {
         keys.retain(|key| match lake.has_partition(Table::Evals, key) {
             Ok(true) => {
-                println!("{key}: already evaluated, skipped (--overwrite to redo)");
+                super::say!("{key}: already evaluated, skipped (--overwrite to redo)");
                 false
             }
             _ => true,
@@ -105,11 +113,12 @@ pub fn run(lake: &Lake, a: &EvalArgs) -> Result<()> {
             0 => vec![None; saes.len()],
             _ => {
                 let dir = model_dir(lake, &project, &stage, a)?;
-                ce_recovered(&dir, &project, &saes, &layers, &dev, a)
-                    .with_context(|| format!("CE loss of stage {stage}; nothing was written"))?
-                    .into_iter()
-                    .map(Some)
-                    .collect()
+                let started = std::time::Instant::now();
+                let (ces, load) = ce_recovered(&dir, &project, &saes, &layers, &dev, a)
+                    .with_context(|| format!("CE loss of stage {stage}; nothing was written"))?;
+                summary.load_seconds += load;
+                summary.ce_seconds += started.elapsed().as_secs_f64() - load;
+                ces.into_iter().map(Some).collect()
             }
         };
         for ((key, sae), ce) in keys.iter().zip(&saes).zip(ces) {
@@ -122,7 +131,7 @@ pub fn run(lake: &Lake, a: &EvalArgs) -> Result<()> {
             report(key, &e);
         }
     }
-    Ok(())
+    Ok(summary)
 }
 
 /// The stage's model: `--model`, else the `stages` table's model_path, else saerl.toml.
@@ -145,7 +154,7 @@ fn model_dir(lake: &Lake, project: &Project, stage: &str, a: &EvalArgs) -> Resul
 
 fn report(key: &PartitionKey, e: &Eval) {
     match &e.ce {
-        Some(ce) => println!(
+        Some(ce) => super::say!(
             "{key}: nmse {:.4} mean_l0 {:.1} frac_rec {:.4} (L_base {:.4}, L_sae {:.4}, L_{} {:.4}) kl_sae {:.4}",
             e.nmse,
             e.mean_l0,
@@ -156,7 +165,7 @@ fn report(key: &PartitionKey, e: &Eval) {
             ce.l_ablation,
             ce.kl_sae
         ),
-        None => println!("{key}: nmse {:.4} mean_l0 {:.1}", e.nmse, e.mean_l0),
+        None => super::say!("{key}: nmse {:.4} mean_l0 {:.1}", e.nmse, e.mean_l0),
     }
 }
 
@@ -233,7 +242,8 @@ fn kl(lp_base: &Tensor, lp_other: &Tensor, real: &Tensor) -> Result<f64> {
 }
 
 /// L_base, L_sae and the ablation's loss (and KL scores) on the first `a.prompts` held-out
-/// questions, for each SAE (spliced at its layer) of one stage's model.
+/// questions, for each SAE (spliced at its layer) of one stage's model; and the seconds the
+/// model took to load.
 fn ce_recovered(
     dir: &Path,
     project: &Project,
@@ -241,9 +251,11 @@ fn ce_recovered(
     layers: &[usize],
     dev: &Device,
     a: &EvalArgs,
-) -> Result<Vec<Ce>> {
+) -> Result<(Vec<Ce>, f64)> {
     let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let started = std::time::Instant::now();
     let model = load_model(dir, dev)?;
+    let load = started.elapsed().as_secs_f64();
     let hidden = model.config().hidden_size;
     if let Some(s) = saes.iter().find(|s| s.d_model != hidden) {
         bail!(
@@ -275,7 +287,7 @@ fn ce_recovered(
     }
     bar.finish_and_clear();
     let n = batches.len() as f64;
-    Ok(sums
+    let ces = sums
         .iter()
         .map(|s| Ce {
             l_base: s[0] / n,
@@ -285,7 +297,8 @@ fn ce_recovered(
             kl_ablation: s[4] / n,
             n_prompts: rows.len(),
         })
-        .collect())
+        .collect();
+    Ok((ces, load))
 }
 
 /// The first `a.prompts` questions of `data`, tokenized (raw text, at most `a.max_len` tokens).

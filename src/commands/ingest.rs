@@ -21,7 +21,7 @@ use crate::lake::{
     activation_batch, check_name, docs_batch, vocab_batch, writer_properties, IngestStaging, Lake,
     PartitionKey, StageRow, Table, Txn,
 };
-use crate::model::{device, load_model, Qwen2, Qwen2Config, TextTokenizer};
+use crate::model::{device, load_model_as, ModelDtype, Qwen2, Qwen2Config, TextTokenizer};
 use crate::project::{DataSet, Project};
 use crate::study::chain_defaults;
 
@@ -73,6 +73,10 @@ pub struct Ingest {
     /// `cpu` or `cuda` (the model on the GPU; needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The precision the model computes in: f32 (the reference) or bf16 (faster on a GPU; the
+    /// stored activations stay float32).
+    #[arg(long, value_enum, default_value_t = ModelDtype::F32)]
+    pub dtype: ModelDtype,
     /// Replace partitions that already exist.
     #[arg(long)]
     pub overwrite: bool,
@@ -115,6 +119,8 @@ struct Manifest {
     chunk_batches: usize,
     n_docs: usize,
     n_rows: usize,
+    #[serde(default)]
+    dtype: ModelDtype,
 }
 
 /// What one ingest will do: the questions as token rows, their split, and the blocks to store.
@@ -173,6 +179,7 @@ impl Plan {
             chunk_batches: a.chunk_batches,
             n_docs: self.docs.len(),
             n_rows: self.n_rows(),
+            dtype: a.dtype,
         })
     }
 }
@@ -200,7 +207,11 @@ pub fn run(lake: &Lake, a: &Ingest) -> Result<Summary> {
     // The model loads before anything is staged, so a bad checkpoint leaves the lake untouched.
     let model = match plan.layers.is_empty() {
         true => None,
-        false => Some(load_model(&plan.model_dir, &device(&a.device)?)?),
+        false => Some(load_model_as(
+            &plan.model_dir,
+            &device(&a.device)?,
+            a.dtype.dtype(),
+        )?),
     };
     let load_seconds = started.elapsed().as_secs_f64();
     check_manifest(&staging, &plan.manifest(a)?, a)?;
@@ -211,7 +222,7 @@ pub fn run(lake: &Lake, a: &Ingest) -> Result<Summary> {
     };
     let forward_seconds = started.elapsed().as_secs_f64();
     publish(lake, &plan, &staging, n_chunks, a)?;
-    println!(
+    super::say!(
         "ingested {} docs, {} tokens ({} val) of {} {} at blocks {:?} into {}",
         plan.docs.len(),
         plan.n_rows(),
@@ -266,7 +277,7 @@ fn plan(lake: &Lake, a: &Ingest) -> Result<Option<Plan>> {
     for &l in &requested {
         let key = PartitionKey::layer(&a.chain, &a.stage, l as i32);
         if !a.overwrite && lake.has_partition(Table::Activations, &key)? {
-            println!("activations {key}: already ingested, skipped (--overwrite to replace)");
+            super::say!("activations {key}: already ingested, skipped (--overwrite to replace)");
         } else {
             layers.push(l);
         }
@@ -376,7 +387,8 @@ const BUCKET_BATCHES: usize = 4;
 
 /// One chunk: its questions, a window at a time, through the model; every layer's rows into a
 /// temporary file, renamed once all are complete (a chunk counts as done when every layer's
-/// file has its final name).
+/// file has its final name). A second thread encodes each window's rows into Parquet while the
+/// model runs the next window, so a GPU is not left idle during the writes.
 #[allow(clippy::too_many_arguments)]
 fn write_chunk(
     plan: &Plan,
@@ -400,52 +412,80 @@ fn write_chunk(
         )?);
     }
     let docs: Vec<usize> = chunk.iter().flat_map(|r| r.clone()).collect();
-    for window in docs.chunks(batch * BUCKET_BATCHES) {
-        let mut by_len = window.to_vec();
-        by_len.sort_by_key(|&doc| plan.rows[doc].len());
-        // Per layer, each document's rows (in `window` order once gathered).
-        let mut outputs: Vec<Vec<Vec<f32>>> =
-            vec![vec![Vec::new(); window.len()]; plan.layers.len()];
-        for group in by_len.chunks(batch) {
-            let rows: Vec<Vec<u32>> = group.iter().map(|&doc| plan.rows[doc].clone()).collect();
-            let out = model.block_outputs(&rows, &plan.layers, plan.tok.pad_id())?;
-            for (li, l) in plan.layers.iter().enumerate() {
-                let mut at = 0;
-                for &doc in group {
-                    let len = plan.rows[doc].len() * d;
-                    let slot = doc - window[0];
-                    outputs[li][slot] = out[l][at..at + len].to_vec();
-                    at += len;
-                }
+    std::thread::scope(|scope| -> Result<()> {
+        // One window in flight: the model's outputs wait at most one window for the writer.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(&[usize], Vec<Vec<Vec<f32>>>)>(1);
+        let writer = scope.spawn(move || -> Result<_> {
+            for (window, outputs) in rx {
+                write_window(plan, &mut writers, window, &outputs, offsets)?;
             }
-            progress(rows.iter().map(Vec::len).sum::<usize>() as u64);
-        }
-        for ((&l, w), per_doc) in plan.layers.iter().zip(writers.iter_mut()).zip(&outputs) {
-            let (mut doc_id, mut pos, mut token, mut flags, mut x) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for (&doc, h) in window.iter().zip(per_doc) {
-                if let Some(i) = h.iter().position(|x| !x.is_finite()) {
-                    bail!(
-                        "non-finite activation at block {l}, doc {doc}, position {}: the checkpoint {} is broken",
-                        i / d,
-                        plan.model_dir.display()
-                    );
+            Ok(writers)
+        });
+        for window in docs.chunks(batch * BUCKET_BATCHES) {
+            let mut by_len = window.to_vec();
+            by_len.sort_by_key(|&doc| plan.rows[doc].len());
+            // Per layer, each document's rows (in `window` order once gathered).
+            let mut outputs: Vec<Vec<Vec<f32>>> =
+                vec![vec![Vec::new(); window.len()]; plan.layers.len()];
+            for group in by_len.chunks(batch) {
+                let rows: Vec<Vec<u32>> = group.iter().map(|&doc| plan.rows[doc].clone()).collect();
+                let out = model.block_outputs(&rows, &plan.layers, plan.tok.pad_id())?;
+                for (li, l) in plan.layers.iter().enumerate() {
+                    let mut at = 0;
+                    for &doc in group {
+                        let len = plan.rows[doc].len() * d;
+                        let slot = doc - window[0];
+                        outputs[li][slot] = out[l][at..at + len].to_vec();
+                        at += len;
+                    }
                 }
-                for (p, &id) in plan.rows[doc].iter().enumerate() {
-                    doc_id.push(plan.docs[doc].doc_id);
-                    pos.push(p as i32);
-                    token.push(id as i32);
-                    flags.push(plan.val[offsets[doc] + p]);
-                }
-                x.extend_from_slice(h);
+                progress(rows.iter().map(Vec::len).sum::<usize>() as u64);
             }
-            w.write(&activation_batch(doc_id, pos, token, &flags, x, d)?)?;
+            if tx.send((window, outputs)).is_err() {
+                break; // the writer stopped: its error is returned below
+            }
         }
-    }
-    for w in writers {
-        w.into_inner()?.finish()?;
-    }
+        drop(tx);
+        let writers = writer.join().expect("the Parquet writer thread panicked")?;
+        for w in writers {
+            w.into_inner()?.finish()?;
+        }
+        Ok(())
+    })?;
     crate::fault::point("ingest.chunk");
+    Ok(())
+}
+
+/// Appends one window's rows (per layer, per document in window order) to each layer's file.
+fn write_window(
+    plan: &Plan,
+    writers: &mut [ArrowWriter<AtomicFile>],
+    window: &[usize],
+    outputs: &[Vec<Vec<f32>>],
+    offsets: &[usize],
+) -> Result<()> {
+    let d = plan.d_model;
+    for ((&l, w), per_doc) in plan.layers.iter().zip(writers.iter_mut()).zip(outputs) {
+        let (mut doc_id, mut pos, mut token, mut flags, mut x) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (&doc, h) in window.iter().zip(per_doc) {
+            if let Some(i) = h.iter().position(|x| !x.is_finite()) {
+                bail!(
+                    "non-finite activation at block {l}, doc {doc}, position {}: the checkpoint {} is broken",
+                    i / d,
+                    plan.model_dir.display()
+                );
+            }
+            for (p, &id) in plan.rows[doc].iter().enumerate() {
+                doc_id.push(plan.docs[doc].doc_id);
+                pos.push(p as i32);
+                token.push(id as i32);
+                flags.push(plan.val[offsets[doc] + p]);
+            }
+            x.extend_from_slice(h);
+        }
+        w.write(&activation_batch(doc_id, pos, token, &flags, x, d)?)?;
+    }
     Ok(())
 }
 

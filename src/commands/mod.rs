@@ -10,14 +10,24 @@ pub mod ingest;
 pub mod init;
 pub mod plot;
 pub mod report;
+pub mod run;
 pub mod serve;
 pub mod sql;
 pub mod stats;
 pub mod train;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-/// A progress bar with rate and ETA (hidden when stderr is not a terminal).
+/// The view of a `saerl run` under way: the bars of the commands it runs join it, and their
+/// lines are printed above it.
+static VIEW: std::sync::RwLock<Option<MultiProgress>> = std::sync::RwLock::new(None);
+
+pub(crate) fn attach_view(view: Option<MultiProgress>) {
+    *VIEW.write().unwrap() = view;
+}
+
+/// A progress bar with rate and ETA (hidden when stderr is not a terminal); inside `saerl run`
+/// it is drawn in the run's view.
 pub fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
@@ -27,8 +37,29 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
         .unwrap()
         .progress_chars("=> "),
     );
-    bar
+    match VIEW.read().unwrap().as_ref() {
+        Some(view) => view.add(bar),
+        None => bar,
+    }
 }
+
+/// Prints a command's line on stdout, above the run's bars when a run's view is showing.
+pub(crate) fn say_line(line: String) {
+    match VIEW.read().unwrap().as_ref() {
+        Some(view) if !view.is_hidden() => {
+            let _ = view.println(line);
+        }
+        _ => println!("{line}"),
+    }
+}
+
+/// `println!` for the commands a run may take: their lines stay readable beside its bars.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::commands::say_line(format!($($arg)*))
+    };
+}
+pub(crate) use say;
 
 /// Which SAEs a command works on: `--chain`, `--stage` (default all), `--layers` (default all),
 /// `--k` (default all).

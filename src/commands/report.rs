@@ -64,7 +64,8 @@ fn table_html(batch: &RecordBatch, csv: &str) -> Result<String> {
     Ok(h)
 }
 
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "report")]
 pub struct ReportArgs {
     /// Output directory (report.html and one CSV per query).
     #[arg(default_value = "report")]
@@ -106,7 +107,7 @@ pub async fn run(lake: &Lake, a: &ReportArgs) -> Result<()> {
         }
     }
     let page = write_report(lake, &a.dir, &queries, &given, a.cluster.as_deref()).await?;
-    println!("wrote {}", page.display());
+    super::say!("wrote {}", page.display());
     Ok(())
 }
 

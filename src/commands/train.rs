@@ -127,19 +127,23 @@ pub fn run(lake: &Lake, a: &TrainArgs) -> Result<()> {
             &format!("training chain {} layer {layer} k {}", a.chain, a.k),
         )?;
         let mut parent: Option<(String, Sae)> = None;
+        // A parent in the lake, read only when a stage after it is trained.
+        let mut stored_parent: Option<(String, PartitionKey)> = None;
         for (si, st) in stages.iter().enumerate() {
             let key = PartitionKey::sae(&a.chain, &st.stage, layer, a.k as i32);
             let wanted = a.stage.is_empty() || a.stage.contains(&st.stage);
-            if !wanted || (lake.has_partition(Table::Saes, &key)? && !a.overwrite) {
+            let exists = lake.has_partition(Table::Saes, &key)?;
+            if !wanted || (exists && !a.overwrite) {
                 // Not asked for, or done: it is only the next stage's parent, if it exists.
-                parent = match lake.has_partition(Table::Saes, &key)? {
-                    true => Some((st.stage.clone(), read_sae(&lake, &key)?)),
-                    false => None,
-                };
+                parent = None;
+                stored_parent = exists.then(|| (st.stage.clone(), key.clone()));
                 if wanted {
-                    println!("{key}: already trained, skipped (--overwrite to retrain)");
+                    super::say!("{key}: already trained, skipped (--overwrite to retrain)");
                 }
                 continue;
+            }
+            if let Some((p, k)) = stored_parent.take() {
+                parent = Some((p, read_sae(&lake, &k)?));
             }
             let act_key = PartitionKey::layer(&a.chain, &st.stage, layer);
             let train_rows = open_rows(&lake, &act_key, "train", a)?;
@@ -209,7 +213,7 @@ fn train_one(
     );
     let mut trainer = match Trainer::load(&ckpt, &fingerprint, cfg)? {
         Some(t) => {
-            println!(
+            super::say!(
                 "{key}: resuming after epoch {} from {}",
                 t.epochs().len(),
                 ckpt.display()
@@ -218,7 +222,7 @@ fn train_one(
         }
         None => {
             if ckpt.is_file() {
-                println!(
+                super::say!(
                     "{key}: the checkpoint {} was made from other activations or settings; starting over",
                     ckpt.display()
                 );
@@ -271,7 +275,7 @@ fn train_one(
     if let Some(dir) = ckpt.parent() {
         lake.clear_staging(dir)?;
     }
-    println!(
+    super::say!(
         "{key}: best epoch {} val_mse {:.4e} ({} train / {} val rows, {:.1} s)",
         result.best_epoch,
         sae.meta.best_val_mse.unwrap_or(f64::NAN),

@@ -18,8 +18,10 @@ use crate::durable::write_atomic;
 
 /// The marker file at the lake's root.
 pub const MARKER: &str = ".saerl-lake";
-/// The directories saerl itself keeps in a lake (locks, staging).
-const SAERL_DIRS: &[&str] = &[".locks", ".tmp"];
+/// The directories saerl itself keeps in a lake (locks, staging, `saerl run`'s measured rates).
+const SAERL_DIRS: &[&str] = &[".locks", ".tmp", RUN_DIR];
+/// Where `saerl run` keeps what it measured of this machine (step rates for its estimates).
+pub const RUN_DIR: &str = ".run";
 
 #[derive(Serialize, Deserialize, Default)]
 struct Marker {

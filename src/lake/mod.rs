@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 
 pub use activation_rows::{ActivationBatch, ActivationRows};
 pub use lock::{LockGuard, Snapshot};
-pub use marker::MARKER;
+pub use marker::{MARKER, RUN_DIR};
 pub(crate) use read::panic_text;
 pub use read::{check_parquet, partition_files, read_parquet};
 pub use remote::{is_remote, rel_str, s3_store, Remote, RemoteFile, CONCURRENCY};

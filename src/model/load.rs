@@ -46,6 +46,12 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Loads the model of a checkpoint directory onto `device` in f32.
 pub fn load_model(dir: &Path, device: &Device) -> Result<Qwen2> {
+    load_model_as(dir, device, DType::F32)
+}
+
+/// Loads the model of a checkpoint directory onto `device`, computing in `dtype` (f32, or bf16
+/// for speed on a GPU; the weights are read as f32 and converted once).
+pub fn load_model_as(dir: &Path, device: &Device, dtype: DType) -> Result<Qwen2> {
     if !dir.is_dir() {
         bail!("model directory {} does not exist", dir.display());
     }
@@ -54,7 +60,7 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<Qwen2> {
     for f in weight_files(dir)? {
         read_tensors(&f, device, &mut tensors, &|_| true)?;
     }
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    let vb = VarBuilder::from_tensors(tensors, dtype, device);
     Qwen2::new(&cfg, vb).with_context(|| {
         format!(
             "loading {} (do config.json and the weights agree?)",

@@ -11,7 +11,7 @@ pub mod token_text;
 pub mod tokenizer;
 
 pub use config::Qwen2Config;
-pub use load::load_model;
+pub use load::{load_model, load_model_as};
 pub use qwen2::{
     next_token_log_softmax, next_token_logprobs, replace_real_with, splice_real, target_logprobs,
     Hooks, Output, Qwen2, Replace,
@@ -20,6 +20,36 @@ pub use tokenizer::{PaddedBatch, TextTokenizer};
 
 use anyhow::{bail, Result};
 use candle_core::Device;
+
+/// The precision a model computes in.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelDtype {
+    /// float32 (the reference).
+    #[default]
+    F32,
+    /// bfloat16 (faster on a GPU; activations differ from f32 by bf16 rounding).
+    Bf16,
+}
+
+impl ModelDtype {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            ModelDtype::F32 => candle_core::DType::F32,
+            ModelDtype::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
 
 /// `cpu` or `cuda` (the latter needs a build with `--features cuda` and a GPU).
 pub fn device(name: &str) -> Result<Device> {

@@ -269,7 +269,7 @@ impl Qwen2 {
         capture: &[usize],
         pad: u32,
     ) -> Result<BTreeMap<usize, Vec<f32>>> {
-        if self.device().is_cpu() {
+        if self.device().is_cpu() && self.embed.dtype() == candle_core::DType::F32 {
             return self.forward_packed(rows, capture);
         }
         let batch = super::PaddedBatch::new(rows.to_vec(), pad, self.device())?;
@@ -281,7 +281,10 @@ impl Qwen2 {
         let (t, h) = (batch.ids.dim(1)?, self.cfg.hidden_size);
         let mut packed = BTreeMap::new();
         for &l in capture {
-            let all: Vec<f32> = out.blocks[&l].flatten_all()?.to_vec1()?;
+            let all: Vec<f32> = out.blocks[&l]
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?;
             let mut real = Vec::with_capacity(batch.lengths.iter().sum::<usize>() * h);
             for (i, &len) in batch.lengths.iter().enumerate() {
                 real.extend_from_slice(&all[i * t * h..(i * t + len) * h]);

@@ -321,8 +321,11 @@ impl Qwen2 {
             t,
             self.cfg.hidden_size,
         ))?;
+        // Tables and mask in the weights' dtype (a model loaded as bf16 computes in bf16).
+        let dtype = self.embed.dtype();
         let (cos, sin) = self.rotary.tables(t, ids.device())?;
-        let att_mask = Self::attention_mask(mask)?;
+        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
+        let att_mask = Self::attention_mask(mask)?.to_dtype(dtype)?;
         let mut blocks = BTreeMap::new();
         for (i, block) in self.blocks.iter().enumerate().take(deepest + 1) {
             x = block.forward(&x, &cos, &sin, &att_mask)?;

@@ -417,3 +417,53 @@ fn init_writes_a_template_once() {
         "{err}"
     );
 }
+
+/// `--dtype bf16` computes the model in bf16: its activations are within bf16 rounding of the
+/// reference residuals (transformers, f32), and not the f32 pass's.
+#[test]
+fn bf16_activations_are_close_to_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let data = questions_file(dir.path());
+    let r =
+        candle_core::safetensors::load(tiny().join("reference.safetensors"), &Device::Cpu).unwrap();
+    let layer = n_blocks() - 1;
+    let batch = reference_json()["args"]["batch"].as_u64().unwrap() as usize;
+    let mut args = ingest_args(&data, "instruct_base", &layer.to_string(), batch);
+    args.extend(["--dtype", "bf16"].map(String::from));
+    run_ok(&lake, &args);
+    let resid: Vec<Vec<Vec<f32>>> = r[&format!("resid.{layer}")].to_vec3().unwrap();
+    let lake = Lake::open(&lake).unwrap();
+    let (mut diff, mut norm) = (0f64, 0f64);
+    for b in lake
+        .read_partition(
+            Table::Activations,
+            &PartitionKey::layer("tiny", "instruct_base", layer as i32),
+        )
+        .unwrap()
+    {
+        let doc = b
+            .column_by_name("doc_id")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        let pos = b.column_by_name("pos").unwrap().as_primitive::<Int32Type>();
+        let x = b.column_by_name("x").unwrap().as_fixed_size_list();
+        for i in 0..b.num_rows() {
+            let want = &resid[doc.value(i) as usize][pos.value(i) as usize];
+            let v = x.value(i);
+            for (g, w) in v.as_primitive::<Float32Type>().values().iter().zip(want) {
+                diff += ((g - w) as f64).powi(2);
+                norm += (*w as f64).powi(2);
+            }
+        }
+    }
+    let rel = (diff / norm).sqrt();
+    assert!(
+        rel < 0.05,
+        "bf16 activations are {rel:.3e} (relative RMS) from the reference"
+    );
+    assert!(
+        rel > 1e-5,
+        "bf16 activations equal f32 ones ({rel:.3e}): was bf16 used?"
+    );
+}

@@ -4,6 +4,7 @@
 mod crash;
 mod forward;
 mod ingest;
+mod run;
 #[path = "../common/mod.rs"]
 mod shared;
 

@@ -34,17 +34,21 @@ pub fn demo_lake(dir: &Path) -> std::path::PathBuf {
     lake
 }
 
-/// Copies the demo lake (built once per run of this test binary) to `to`.
-pub fn copy_demo_lake(to: &Path) {
+/// The demo's directory (project, models, lake), built once per run of this test binary.
+pub fn demo_out() -> &'static Path {
     static DEMO: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    let built = DEMO.get_or_init(|| {
+    DEMO.get_or_init(|| {
         let out =
             Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sae-demo-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
         ok(&["demo", "--out", out.to_str().unwrap(), "--prompts", "40"]);
-        out.join("lake")
-    });
-    copy_dir(built, to);
+        out
+    })
+}
+
+/// Copies the demo lake to `to`.
+pub fn copy_demo_lake(to: &Path) {
+    copy_dir(&demo_out().join("lake"), to);
 }
 
 const TRAIN: &[&str] = &[
@@ -257,5 +261,79 @@ fn non_finite_activations_stop_training_naming_the_partition() {
         crate::shared::snapshot(&lake_dir),
         before,
         "nothing written"
+    );
+}
+
+/// The demo studies its tiny chain with `saerl run` over the project it writes; the individual
+/// commands, given that project's SAEs and settings, make the same tables.
+#[test]
+fn the_demo_project_run_equals_the_individual_commands() {
+    let out = demo_out();
+    let path = out.join("saerl.toml");
+    let p = saerl::project::Project::load(&path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let lake_arg = lake.to_str().unwrap().to_string();
+    let project = path.to_str().unwrap().to_string();
+    // A project section's settings as flags: `max_len = 128` is `--max-len 128`.
+    let flags = |t: &toml::Table| -> Vec<String> {
+        t.iter()
+            .flat_map(|(k, v)| {
+                let v = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                [format!("--{}", k.replace('_', "-")), v]
+            })
+            .collect()
+    };
+    let run = |args: Vec<String>| {
+        let mut all = vec!["--lake".to_string(), lake_arg.clone()];
+        all.extend(args);
+        ok(&all.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut chains = Vec::new();
+    for (chain, c) in &p.chains {
+        chains.push(format!("chain={chain}"));
+        let grid = c.sae_grid(chain).unwrap();
+        let mut layers: Vec<String> = grid.iter().map(|(l, _)| l.to_string()).collect();
+        layers.dedup();
+        for s in &c.stages {
+            let mut a = words(&["ingest", "--chain", chain, "--stage", &s.name, "--project"]);
+            a.extend([project.clone(), "--layers".into(), layers.join(",")]);
+            a.extend(flags(&p.ingest));
+            run(a);
+        }
+        for (l, k) in &grid {
+            let mut a = words(&["train", "--chain", chain, "--layers", &l.to_string()]);
+            a.extend(["--k".into(), k.to_string()]);
+            a.extend(flags(&p.train));
+            run(a);
+        }
+        let mut a = words(&["eval", "--chain", chain, "--project", &project]);
+        a.extend(flags(&p.eval));
+        run(a);
+        run(words(&["stats", "--chain", chain]));
+    }
+    assert!(!chains.is_empty());
+    let ours = |lake: &Path| {
+        let mut c = crate::shared::contents(lake);
+        c.retain(|part, _| {
+            part.split(['/', ' '])
+                .any(|seg| chains.iter().any(|ch| seg == ch))
+        });
+        c
+    };
+    let (want, got) = (ours(&lake), ours(&out.join("lake")));
+    assert!(want.len() > 10, "{want:?}");
+    let differ: Vec<&String> = want
+        .iter()
+        .filter(|(part, cols)| got.get(*part) != Some(cols))
+        .map(|(part, _)| part)
+        .collect();
+    assert!(
+        differ.is_empty() && got.len() == want.len(),
+        "the demo's run and the individual commands differ in {differ:?}"
     );
 }

@@ -36,7 +36,7 @@ pub struct BenchIngest {
 /// Transformers' CPU f32 throughput on this machine kind (shared/bench/README.md).
 const TRANSFORMERS_TOKENS_PER_S: f64 = 147.0;
 
-const QWEN_05B: TinyShape = TinyShape {
+pub(super) const QWEN_05B: TinyShape = TinyShape {
     hidden: 896,
     layers: 24,
     heads: 14,

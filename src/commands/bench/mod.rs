@@ -11,6 +11,7 @@ mod matching;
 mod serve;
 mod sql;
 mod stats;
+mod study;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -88,6 +89,9 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// The whole study (3 chains, 17 stages, 74 SAEs at the real shape) through `saerl run` on a
+    /// fraction of its data, with each phase extrapolated to the full and the 10 % study.
+    Study(study::BenchStudy),
     /// match_features's one-to-one assignment at the study's shape.
     Match {
         /// Features per SAE.
@@ -121,6 +125,7 @@ pub async fn run(lake: &crate::lake::Lake, a: &BenchArgs) -> Result<()> {
         BenchWhat::Ingest(b) => ingest::run(b, &refs),
         BenchWhat::Sql(b) => sql::run(b, &refs).await,
         BenchWhat::Serve(b) => serve::run(b).await,
+        BenchWhat::Study(b) => study::run(b),
         BenchWhat::Match { d_sae, d_model } => matching::run(*d_sae, *d_model),
         BenchWhat::Cluster { cluster, runs } => cluster::run(lake, cluster, *runs).await,
     }

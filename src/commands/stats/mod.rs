@@ -38,27 +38,41 @@ const FROM_ACTIVATIONS: [Table; 4] = [
     Table::FeatureHistograms,
 ];
 
-pub fn run(lake: &Lake, a: &StatsArgs) -> Result<()> {
+/// The tables `saerl stats` would write for SAE `key`: every one with `overwrite`, else those
+/// it lacks (of those that apply: logit effects need the stage's model, partners another chain).
+pub fn missing_tables(lake: &Lake, key: &PartitionKey, overwrite: bool) -> Result<Vec<Table>> {
+    let mut missing = Vec::new();
+    for t in FROM_ACTIVATIONS.into_iter().chain(Table::PAGES) {
+        if (overwrite || !lake.has_partition(t, key)?) && pages::applicable(lake, key, t)? {
+            missing.push(t);
+        }
+    }
+    Ok(missing)
+}
+
+/// Where a stats run's time went beyond the activation pass: the tables from weights alone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatsSummary {
+    pub weight_seconds: f64,
+}
+
+pub fn run(lake: &Lake, a: &StatsArgs) -> Result<StatsSummary> {
     lake.recover()?;
     let dev = crate::model::device(&a.device)?;
+    let mut summary = StatsSummary::default();
     for key in a.select.keys(lake)? {
         if !a.overwrite
             && lake.has_partition(Table::TopExamples, &key)?
             && top_examples_lack_split(lake, &key)?
         {
-            println!(
+            crate::commands::say!(
                 "{key}: its top_examples were written before their `split` column (SQL reads it as NULL, train and val mixed): rerun `saerl stats --chain {} --overwrite` to separate them",
                 key.chain
             );
         }
-        let mut missing = Vec::new();
-        for t in FROM_ACTIVATIONS.into_iter().chain(Table::PAGES) {
-            if (a.overwrite || !lake.has_partition(t, &key)?) && pages::applicable(lake, &key, t)? {
-                missing.push(t);
-            }
-        }
+        let missing = missing_tables(lake, &key, a.overwrite)?;
         if missing.is_empty() {
-            println!("{key}: statistics exist, skipped (--overwrite to recompute)");
+            crate::commands::say!("{key}: statistics exist, skipped (--overwrite to recompute)");
             continue;
         }
         let sae = read_sae(lake, &key)?;
@@ -81,7 +95,9 @@ pub fn run(lake: &Lake, a: &StatsArgs) -> Result<()> {
                 key.stage.as_deref().unwrap_or("")
             ));
         }
+        let started = std::time::Instant::now();
         pages::from_weights(lake, &key, &sae, &missing, &mut out, &mut notes)?;
+        summary.weight_seconds += started.elapsed().as_secs_f64();
         if !out.is_empty() {
             let mut txn = Txn::begin(lake, a.overwrite)?;
             for (table, batch) in &out {
@@ -90,7 +106,7 @@ pub fn run(lake: &Lake, a: &StatsArgs) -> Result<()> {
             txn.commit()?;
         }
         let names: Vec<&str> = out.iter().map(|(t, _)| t.name()).collect();
-        println!(
+        crate::commands::say!(
             "{key}: wrote {}{}",
             if names.is_empty() {
                 "nothing".to_string()
@@ -100,7 +116,7 @@ pub fn run(lake: &Lake, a: &StatsArgs) -> Result<()> {
             notes.iter().map(|n| format!("; {n}")).collect::<String>()
         );
     }
-    Ok(())
+    Ok(summary)
 }
 
 /// The activation tables `missing` names, from one encoding pass (latents kept in a spill file
@@ -117,7 +133,7 @@ fn from_activations(
         missing.contains(&Table::FeatureExamples) || missing.contains(&Table::FeatureHistograms);
     let mut scan = scan(lake, key, sae, dev, pages)?;
     let stats = &scan.stats;
-    println!(
+    crate::commands::say!(
         "{key}: {} train / {} val tokens; {} features alive on val (density > 1e-4)",
         stats.train.n_tokens,
         stats.val.n_tokens,

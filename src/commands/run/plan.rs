@@ -1,0 +1,446 @@
+//! The study's plan: from `saerl.toml`, every step `saerl run` takes — one ingest per stage
+//! (all the chain's layers in one pass of the model), one training per SAE (warm-started from
+//! the previous stage's), one eval and one stats per stage and k, the report — each as the
+//! command line of the individual command that does it, with what it waits for and whether the
+//! lake already holds its output.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use super::estimate::{Estimate, Sizes};
+use crate::commands::{eval::EvalArgs, ingest::Ingest, stats, train::TrainArgs};
+use crate::lake::{Lake, PartitionKey, Table};
+use crate::project::Project;
+
+/// The phases of a study, in the order their steps are taken.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Ingest,
+    Train,
+    Eval,
+    Stats,
+    Report,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Ingest,
+        Phase::Train,
+        Phase::Eval,
+        Phase::Stats,
+        Phase::Report,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Ingest => "ingest",
+            Phase::Train => "train",
+            Phase::Eval => "eval",
+            Phase::Stats => "stats",
+            Phase::Report => "report",
+        }
+    }
+}
+
+/// What the lake holds of a step's output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    Done,
+    ToDo,
+    /// Begun by an interrupted run: it resumes (how far it got).
+    Resumes(String),
+}
+
+/// One step: the individual command that takes it and what it needs first.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub phase: Phase,
+    /// What it works on, e.g. `flexible/ppo_step10 layer 6 k 64`.
+    pub target: String,
+    /// `saerl` + these words is the individual command (the run executes exactly that).
+    pub argv: Vec<String>,
+    /// Steps whose output it reads: they must be done (by this run or an earlier one).
+    pub needs: Vec<usize>,
+    /// Steps it must follow when both are in the run, though it does not read their output
+    /// (stats after every training, so partners are computed against every chain).
+    pub after: Vec<usize>,
+    pub state: State,
+    pub est: Estimate,
+    /// The SAEs it touches: (chain, stage, layer, k).
+    pub saes: Vec<PartitionKey>,
+}
+
+/// What the run covers: the `--only`, `--chain` and `--layers` of `saerl run`.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub only: Vec<Phase>,
+    pub chains: Vec<String>,
+    pub layers: Vec<i32>,
+    pub device: String,
+    pub report_dir: PathBuf,
+}
+
+impl Scope {
+    pub fn includes(&self, phase: Phase) -> bool {
+        self.only.is_empty() || self.only.contains(&phase)
+    }
+}
+
+/// A project's stages of one chain in step order: (name, step).
+fn ordered_stages(project: &Project, chain: &str) -> Result<Vec<(String, i64)>> {
+    let c = &project.chains[chain];
+    if c.stages.is_empty() {
+        bail!("[chains.{chain}] declares no stages: add stages = [{{ name = \"instruct_base\", step = 0, model = \"...\" }}, ...]");
+    }
+    let mut stages = c
+        .stages
+        .iter()
+        .map(|s| Ok((s.name.clone(), project.step_of(chain, &s.name, s.step)?)))
+        .collect::<Result<Vec<_>>>()?;
+    stages.sort_by_key(|(_, step)| *step);
+    Ok(stages)
+}
+
+/// `key = value` settings of a project table as flags (`max_len = 128` → `--max-len 128`,
+/// `in_memory = true` → `--in-memory`). Flags the run sets itself are refused.
+fn setting_flags(table: &toml::Table, section: &str, reserved: &[&str]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        if reserved.contains(&flag.as_str()) {
+            bail!("[{section}] {key}: saerl run sets --{flag} itself (from [chains] and its own flags); remove it");
+        }
+        match value {
+            toml::Value::Boolean(true) => out.push(format!("--{flag}")),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(s) => out.extend([format!("--{flag}"), s.clone()]),
+            toml::Value::Integer(i) => out.extend([format!("--{flag}"), i.to_string()]),
+            toml::Value::Float(f) => out.extend([format!("--{flag}"), f.to_string()]),
+            other => {
+                bail!("[{section}] {key} = {other}: a setting is a number, a string or true/false")
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn words(w: &[&str]) -> Vec<String> {
+    w.iter().map(|s| s.to_string()).collect()
+}
+
+fn join(layers: &[i32]) -> String {
+    layers
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses a step's words with its command's own parser, so a bad setting is reported before
+/// anything runs, naming the section it came from.
+fn parsed<T: Parser>(argv: &[String], section: &str, project: &Path) -> Result<T> {
+    T::try_parse_from(argv).map_err(|e| {
+        let msg = e.to_string();
+        let first = msg
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ");
+        anyhow::anyhow!(
+            "{}: the [{section}] settings do not suit `saerl {}`: {first}",
+            project.display(),
+            argv[0]
+        )
+    })
+}
+
+/// Builds the plan of `project` (at `path`) within `scope`, with each step's state in `lake`.
+pub fn build(lake: &Lake, project: &Project, path: &Path, scope: &Scope) -> Result<Vec<Step>> {
+    if project.chains.is_empty() {
+        bail!(
+            "{} declares no chains: add [chains.NAME] tables (`saerl init` writes an example)",
+            path.display()
+        );
+    }
+    let names: Vec<String> = project.chains.keys().cloned().collect();
+    for c in &scope.chains {
+        if !project.chains.contains_key(c) {
+            bail!(
+                "{}",
+                crate::suggest::unknown("chain", c, &path.display().to_string(), &names)
+            );
+        }
+    }
+    let project_arg = path.display().to_string();
+    let device = scope.device.as_str();
+    let ingest_flags = setting_flags(
+        &project.ingest,
+        "ingest",
+        &[
+            "chain",
+            "stage",
+            "step",
+            "model",
+            "project",
+            "layers",
+            "device",
+            "overwrite",
+        ],
+    )?;
+    let train_flags = setting_flags(
+        &project.train,
+        "train",
+        &["chain", "stage", "layers", "k", "device", "overwrite"],
+    )?;
+    let eval_flags = setting_flags(
+        &project.eval,
+        "eval",
+        &[
+            "chain",
+            "stage",
+            "layers",
+            "k",
+            "model",
+            "project",
+            "device",
+            "overwrite",
+        ],
+    )?;
+    let mut sizes = Sizes::new(project);
+    let mut steps: Vec<Step> = Vec::new();
+    let mut trains_all = Vec::new();
+    let mut layers_seen = BTreeSet::new();
+    for (chain, config) in &project.chains {
+        if !scope.chains.is_empty() && !scope.chains.contains(chain) {
+            continue;
+        }
+        let grid: Vec<(i32, usize)> = config
+            .sae_grid(chain)?
+            .into_iter()
+            .filter(|(l, _)| scope.layers.is_empty() || scope.layers.contains(l))
+            .collect();
+        if grid.is_empty() {
+            continue;
+        }
+        let layers: Vec<i32> = grid
+            .iter()
+            .map(|&(l, _)| l)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        layers_seen.extend(layers.iter().copied());
+        let ks: BTreeSet<usize> = grid.iter().map(|&(_, k)| k).collect();
+        let stages = ordered_stages(project, chain)?;
+        // Per (layer, k): the previous stage's training step.
+        let mut prev_train: Vec<Option<usize>> = vec![None; grid.len()];
+        let mut stage_steps = Vec::new();
+        for (stage, _) in &stages {
+            let mut argv = words(&["ingest", "--chain", chain, "--stage", stage]);
+            argv.extend(words(&[
+                "--project",
+                &project_arg,
+                "--layers",
+                &join(&layers),
+            ]));
+            argv.extend(words(&["--device", device]));
+            argv.extend(ingest_flags.iter().cloned());
+            let ingest: Ingest = parsed(&argv, "ingest", path)?;
+            let ingest_i = steps.len();
+            let stage_key = PartitionKey::stage(chain, stage);
+            steps.push(Step {
+                phase: Phase::Ingest,
+                target: format!("{chain}/{stage} layers {}", join(&layers)),
+                state: ingest_state(lake, &stage_key, &layers)?,
+                est: sizes.ingest(lake, chain, stage, &ingest)?,
+                argv,
+                needs: vec![],
+                after: vec![],
+                saes: vec![],
+            });
+            let mut trains = Vec::new();
+            for (g, &(layer, k)) in grid.iter().enumerate() {
+                let mut argv = words(&["train", "--chain", chain, "--stage", stage]);
+                argv.extend(words(&[
+                    "--layers",
+                    &layer.to_string(),
+                    "--k",
+                    &k.to_string(),
+                ]));
+                argv.extend(words(&["--device", device]));
+                argv.extend(train_flags.iter().cloned());
+                let train: TrainArgs = parsed(&argv, "train", path)?;
+                let key = PartitionKey::sae(chain, stage, layer, k as i32);
+                let i = steps.len();
+                steps.push(Step {
+                    phase: Phase::Train,
+                    target: format!("{chain}/{stage} layer {layer} k {k}"),
+                    state: train_state(lake, &key)?,
+                    est: sizes.train(lake, chain, stage, &train)?,
+                    argv,
+                    needs: std::iter::once(ingest_i).chain(prev_train[g]).collect(),
+                    after: vec![],
+                    saes: vec![key],
+                });
+                prev_train[g] = Some(i);
+                trains.push((layer, k, i));
+            }
+            trains_all.extend(trains.iter().map(|&(_, _, i)| i));
+            stage_steps.push((stage.clone(), trains));
+        }
+        for (stage, trains) in &stage_steps {
+            for &k in &ks {
+                let mine: Vec<&(i32, usize, usize)> =
+                    trains.iter().filter(|(_, tk, _)| *tk == k).collect();
+                let ls: Vec<i32> = mine.iter().map(|(l, _, _)| *l).collect();
+                let keys: Vec<PartitionKey> = ls
+                    .iter()
+                    .map(|&l| PartitionKey::sae(chain, stage, l, k as i32))
+                    .collect();
+                let needs: Vec<usize> = mine.iter().map(|(_, _, i)| *i).collect();
+                let select = words(&["--chain", chain, "--stage", stage, "--layers", &join(&ls)]);
+                let mut argv = words(&["eval"]);
+                argv.extend(select.iter().cloned());
+                argv.extend(words(&["--k", &k.to_string(), "--project", &project_arg]));
+                argv.extend(words(&["--device", device]));
+                argv.extend(eval_flags.iter().cloned());
+                let eval: EvalArgs = parsed(&argv, "eval", path)?;
+                steps.push(Step {
+                    phase: Phase::Eval,
+                    target: format!("{chain}/{stage} layers {} k {k}", join(&ls)),
+                    state: all_have(lake, Table::Evals, &keys)?,
+                    est: sizes.eval(lake, chain, stage, &eval, ls.len())?,
+                    argv,
+                    needs: needs.clone(),
+                    after: vec![],
+                    saes: keys.clone(),
+                });
+                let mut argv = words(&["stats"]);
+                argv.extend(select);
+                argv.extend(words(&["--k", &k.to_string(), "--device", device]));
+                let _: stats::StatsArgs = parsed(&argv, "stats", path)?;
+                steps.push(Step {
+                    phase: Phase::Stats,
+                    target: format!("{chain}/{stage} layers {} k {k}", join(&ls)),
+                    state: stats_state(lake, &keys)?,
+                    est: sizes.stats(lake, chain, stage, &keys)?,
+                    argv,
+                    needs,
+                    after: vec![],
+                    saes: keys,
+                });
+            }
+        }
+    }
+    if let Some(l) = scope.layers.iter().find(|l| !layers_seen.contains(l)) {
+        bail!(
+            "--layers {l}: no chain of {} trains SAEs at layer {l} (their `saes`)",
+            path.display()
+        );
+    }
+    // Statistics follow every training of the run: partners pair each SAE with the other
+    // chains' SAEs of the same layer and k, which must exist by then.
+    for s in steps.iter_mut().filter(|s| s.phase == Phase::Stats) {
+        s.after = trains_all.clone();
+    }
+    let all: Vec<usize> = (0..steps.len()).collect();
+    let report_dir = scope.report_dir.display().to_string();
+    steps.push(Step {
+        phase: Phase::Report,
+        target: format!("every saved query into {report_dir}/"),
+        state: match report_is_current(lake, &scope.report_dir)? {
+            true => State::Done,
+            false => State::ToDo,
+        },
+        est: sizes.report(),
+        argv: words(&["report", &report_dir]),
+        needs: vec![],
+        after: all,
+        saes: vec![],
+    });
+    Ok(steps)
+}
+
+fn ingest_state(lake: &Lake, stage: &PartitionKey, layers: &[i32]) -> Result<State> {
+    let (chain, name) = (&stage.chain, stage.stage.as_deref().unwrap_or(""));
+    let mut done =
+        lake.has_partition(Table::Docs, stage)? && lake.has_partition(Table::Vocab, stage)?;
+    for &l in layers {
+        done &= lake.has_partition(Table::Activations, &PartitionKey::layer(chain, name, l))?;
+    }
+    if done {
+        return Ok(State::Done);
+    }
+    // An interrupted ingest left complete chunks in its staging directory.
+    let staging = lake.ingest_staging(chain, name);
+    if staging.manifest().is_file() {
+        let chunks = (0..)
+            .take_while(|&c| {
+                layers
+                    .iter()
+                    .all(|&l| staging.chunk(l as usize, c).is_file())
+            })
+            .count();
+        return Ok(State::Resumes(format!("after chunk {chunks}")));
+    }
+    Ok(State::ToDo)
+}
+
+fn train_state(lake: &Lake, key: &PartitionKey) -> Result<State> {
+    if lake.has_partition(Table::Saes, key)? {
+        Ok(State::Done)
+    } else if lake.train_checkpoint(key).is_file() {
+        Ok(State::Resumes("from its last epoch's checkpoint".into()))
+    } else {
+        Ok(State::ToDo)
+    }
+}
+
+fn all_have(lake: &Lake, table: Table, keys: &[PartitionKey]) -> Result<State> {
+    for k in keys {
+        if !lake.has_partition(table, k)? {
+            return Ok(State::ToDo);
+        }
+    }
+    Ok(State::Done)
+}
+
+/// Done when `saerl stats` would find nothing missing for any of the SAEs.
+fn stats_state(lake: &Lake, keys: &[PartitionKey]) -> Result<State> {
+    for k in keys {
+        if !lake.has_partition(Table::Saes, k)?
+            || !stats::missing_tables(lake, k, false)?.is_empty()
+        {
+            return Ok(State::ToDo);
+        }
+    }
+    Ok(State::Done)
+}
+
+/// Where the run notes which commit of the lake the report in `dir` shows.
+pub fn report_stamp(dir: &Path) -> PathBuf {
+    dir.join(".saerl-report.json")
+}
+
+/// The report of `dir` shows this lake as it is now.
+fn report_is_current(lake: &Lake, dir: &Path) -> Result<bool> {
+    let Ok(text) = std::fs::read_to_string(report_stamp(dir)) else {
+        return Ok(false);
+    };
+    let stamp: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    Ok(dir.join("report.html").is_file()
+        && stamp["lake"].as_str() == Some(&lake.identity())
+        && stamp["commits"].as_u64() == Some(lake.generation()?))
+}
+
+/// Records that the report in `dir` shows the lake as of now.
+pub fn stamp_report(lake: &Lake, dir: &Path) -> Result<()> {
+    let stamp = serde_json::json!({ "lake": lake.identity(), "commits": lake.generation()? });
+    crate::durable::write_atomic(&report_stamp(dir), stamp.to_string().as_bytes())
+        .with_context(|| format!("writing {}", report_stamp(dir).display()))
+}

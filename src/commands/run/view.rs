@@ -1,0 +1,259 @@
+//! One progress view for a whole run: the steps done and to do with the run's ETA, the running
+//! steps' own bars (the commands' bars join this view), a line per finished step; and the CPU
+//! this process used, sampled a few times a second and booked to whichever phases were running,
+//! for the summary's utilisation per phase.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use super::plan::{Phase, Step};
+
+/// Wall and CPU seconds while one set of phases was running.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub wall: f64,
+    pub cpu: f64,
+}
+
+struct Live {
+    /// Running steps: index, phase, target, start.
+    running: Vec<(usize, Phase, String, Instant)>,
+    /// Per set of running phases ("ingest + train").
+    usage: BTreeMap<String, Usage>,
+    done: usize,
+    /// Seconds taken and estimated by the finished steps that had an estimate.
+    taken: f64,
+    estimated_taken: f64,
+    /// Every finished step's seconds.
+    busy: f64,
+    /// Estimated seconds per step (None: unknown).
+    est: Vec<Option<f64>>,
+    finished: Vec<bool>,
+}
+
+pub struct View {
+    multi: MultiProgress,
+    overall: ProgressBar,
+    live: Arc<Mutex<Live>>,
+    stop: Arc<AtomicBool>,
+    sampler: Option<std::thread::JoinHandle<()>>,
+    started: Instant,
+    steps: Vec<(Phase, String)>,
+    total: usize,
+    jobs: usize,
+    tty: bool,
+}
+
+/// This process's CPU seconds (user + system, every thread).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 * 1e-6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+pub fn duration(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+impl Live {
+    /// The run's remaining time: the estimates of what is left, corrected by how the finished
+    /// steps compared with theirs, over the parallelism reached so far.
+    fn eta(&self, elapsed: f64, jobs: usize) -> Option<f64> {
+        let now = Instant::now();
+        let mut left = 0.0;
+        for (i, e) in self.est.iter().enumerate() {
+            if self.finished[i] {
+                continue;
+            }
+            let e = (*e)?;
+            let ran = self
+                .running
+                .iter()
+                .find(|r| r.0 == i)
+                .map_or(0.0, |r| now.duration_since(r.3).as_secs_f64());
+            left += (e - ran).max(0.0);
+        }
+        let correction = match self.estimated_taken > 0.0 {
+            true => self.taken / self.estimated_taken,
+            false => 1.0,
+        };
+        let running: f64 = self
+            .running
+            .iter()
+            .map(|r| now.duration_since(r.3).as_secs_f64())
+            .sum();
+        let parallel = match elapsed > 1.0 {
+            true => ((self.busy + running) / elapsed).clamp(1.0, jobs.max(1) as f64),
+            false => 1.0,
+        };
+        Some(left * correction / parallel)
+    }
+
+    fn phases(&self) -> String {
+        let mut p: Vec<Phase> = self.running.iter().map(|r| r.1).collect();
+        p.sort();
+        p.dedup();
+        match p.is_empty() {
+            true => "between steps".into(),
+            false => p.iter().map(|p| p.name()).collect::<Vec<_>>().join(" + "),
+        }
+    }
+}
+
+impl View {
+    /// A view of `todo` (indices into `steps`) with their estimated seconds; the commands'
+    /// progress bars join it until `close`.
+    pub fn new(steps: &[Step], todo: &[usize], est: Vec<Option<f64>>, jobs: usize) -> Self {
+        let multi = MultiProgress::new();
+        let tty = !multi.is_hidden();
+        let overall = multi.add(ProgressBar::new(todo.len() as u64));
+        overall.set_style(
+            ProgressStyle::with_template("run [{bar:30}] {pos}/{len} steps · {elapsed} · {msg}")
+                .unwrap()
+                .progress_chars("=> "),
+        );
+        let mut finished = vec![true; steps.len()];
+        todo.iter().for_each(|&i| finished[i] = false);
+        let live = Arc::new(Mutex::new(Live {
+            running: Vec::new(),
+            usage: BTreeMap::new(),
+            done: 0,
+            taken: 0.0,
+            estimated_taken: 0.0,
+            busy: 0.0,
+            est,
+            finished,
+        }));
+        crate::commands::attach_view(Some(multi.clone()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let sampler = {
+            let (live, stop, overall) = (live.clone(), stop.clone(), overall.clone());
+            std::thread::spawn(move || {
+                let (mut t, mut c) = (Instant::now(), cpu_seconds());
+                let mut tick = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(200));
+                    let (t2, c2) = (Instant::now(), cpu_seconds());
+                    let mut l = live.lock().unwrap();
+                    let key = l.phases();
+                    let u = l.usage.entry(key).or_default();
+                    u.wall += t2.duration_since(t).as_secs_f64();
+                    u.cpu += c2 - c;
+                    (t, c) = (t2, c2);
+                    tick += 1;
+                    if tick % 5 == 0 {
+                        overall.set_message(message(&l, started.elapsed().as_secs_f64(), jobs));
+                    }
+                }
+            })
+        };
+        Self {
+            multi,
+            overall,
+            live,
+            stop,
+            sampler: Some(sampler),
+            started,
+            steps: steps.iter().map(|s| (s.phase, s.target.clone())).collect(),
+            total: todo.len(),
+            jobs,
+            tty,
+        }
+    }
+
+    fn line(&self, text: String) {
+        match self.tty {
+            true => {
+                let _ = self.multi.println(text);
+            }
+            false => println!("{text}"),
+        }
+    }
+
+    pub fn begin(&self, i: usize) {
+        let (phase, target) = &self.steps[i];
+        let mut l = self.live.lock().unwrap();
+        l.running.push((i, *phase, target.clone(), Instant::now()));
+        self.overall
+            .set_message(message(&l, self.started.elapsed().as_secs_f64(), self.jobs));
+        drop(l);
+        if !self.tty {
+            println!("run: {} {target} ...", phase.name());
+        }
+    }
+
+    fn settle(&self, i: usize, seconds: f64) -> (usize, Option<f64>) {
+        let mut l = self.live.lock().unwrap();
+        l.running.retain(|r| r.0 != i);
+        l.finished[i] = true;
+        l.done += 1;
+        l.busy += seconds;
+        if let Some(e) = l.est[i] {
+            l.taken += seconds;
+            l.estimated_taken += e;
+        }
+        let elapsed = self.started.elapsed().as_secs_f64();
+        self.overall.set_message(message(&l, elapsed, self.jobs));
+        (l.done, l.eta(elapsed, self.jobs))
+    }
+
+    pub fn end(&self, i: usize, seconds: f64) {
+        let (done, eta) = self.settle(i, seconds);
+        self.overall.inc(1);
+        let (phase, target) = &self.steps[i];
+        let eta = eta.map_or("?".into(), duration);
+        self.line(format!(
+            "run: [{done}/{}] {} {target}: done in {} (run ETA {eta})",
+            self.total,
+            phase.name(),
+            duration(seconds)
+        ));
+    }
+
+    pub fn fail(&self, i: usize, seconds: f64) {
+        self.settle(i, seconds);
+        let (phase, target) = &self.steps[i];
+        self.line(format!(
+            "run: {} {target}: failed after {}",
+            phase.name(),
+            duration(seconds)
+        ));
+    }
+
+    /// Stops sampling and detaches the commands' bars; the CPU use per set of phases.
+    pub fn close(mut self) -> BTreeMap<String, Usage> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(s) = self.sampler.take() {
+            let _ = s.join();
+        }
+        self.overall.finish_and_clear();
+        crate::commands::attach_view(None);
+        let mut usage = self.live.lock().unwrap().usage.clone();
+        usage.retain(|_, u| u.wall > 0.0);
+        usage
+    }
+}
+
+fn message(l: &Live, elapsed: f64, jobs: usize) -> String {
+    let eta = l.eta(elapsed, jobs).map_or("?".into(), duration);
+    let running: Vec<String> = l
+        .running
+        .iter()
+        .map(|r| format!("{} {}", r.1.name(), r.2))
+        .collect();
+    format!("ETA {eta} · {}", running.join(" | "))
+}
