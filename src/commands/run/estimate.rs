@@ -33,6 +33,9 @@ pub struct Estimate {
     pub flops: Option<f64>,
     /// Peak host memory, for running steps side by side.
     pub memory: u64,
+    /// The model's width: rates are kept per width, as small shapes run far below a GEMM's
+    /// rate and large ones near it.
+    pub width: Option<usize>,
 }
 
 /// Rows of one stage's activations (per layer): all of them, and the val split's.
@@ -160,6 +163,7 @@ impl<'a> Sizes<'a> {
         let deepest = a.layers.iter().max().map_or(0, |&l| l + 1);
         let vocab = 24 * cfg.vocab_size as u64 + (1 << 20);
         Ok(Estimate {
+            width: Some(cfg.hidden_size),
             // x (4·d bytes) and about 16 bytes of doc, position, token and split per row.
             disk: n.map(|n| n as u64 * layers * (4 * d + 16) + vocab),
             flops: n.map(|n| n as f64 * 2.0 * block_params(&cfg, deepest)),
@@ -194,6 +198,7 @@ impl<'a> Sizes<'a> {
         let n = a.d_sae.unwrap_or(8 * d);
         let weights = (2 * d * n + n + 2 * d) as u64 * 4;
         Ok(Estimate {
+            width: Some(d),
             disk: Some(weights + 64 * a.epochs as u64 + 4096),
             flops: rows.map(|r| a.epochs as f64 * r.all as f64 * 2.0 * (d * n) as f64),
             // Weights, Adam's two moments, the best epoch, a checkpoint being written; the
@@ -233,6 +238,7 @@ impl<'a> Sizes<'a> {
         let recon = rows.map(|r| saes as f64 * r.val as f64 * 2.0 * (d * n) as f64);
         let ce = ce_tokens.map(|t| t as f64 * 2.0 * all_params(&cfg) * (1 + 2 * saes) as f64);
         Ok(Estimate {
+            width: Some(d),
             disk: Some(4096 * saes as u64),
             flops: recon.zip(ce).map(|(r, c)| r + c),
             memory: (4.0 * all_params(&cfg) * 1.1) as u64 + saes as u64 * (2 * d * n) as u64 * 4,
@@ -258,6 +264,7 @@ impl<'a> Sizes<'a> {
         let saes = keys.len() as f64;
         let weights = saes * (vocab * n * 2.0 * d + 4.0 * n * n * 2.0 * d);
         Ok(Estimate {
+            width: Some(cfg.hidden_size),
             // Examples in context dominate: about 10 kB per feature, measured at the study's shape.
             disk: Some((saes * n * 10_000.0) as u64),
             flops: rows.map(|r| saes * r.all as f64 * 2.0 * d * n + weights),
@@ -267,9 +274,8 @@ impl<'a> Sizes<'a> {
 
     pub fn report(&self) -> Estimate {
         Estimate {
-            disk: None,
-            flops: None,
             memory: GIB / 2,
+            ..Default::default()
         }
     }
 }
@@ -281,7 +287,8 @@ struct Rate {
     steps: u64,
 }
 
-/// Rates measured by earlier runs, per machine, device and phase, in `<lake>/.run/rates.json`
+/// Rates measured by earlier runs, per machine, device, phase and model width, in
+/// `<lake>/.run/rates.json`
 /// (for an object-store lake, in this machine's cache of it).
 pub struct Rates {
     path: PathBuf,
@@ -347,8 +354,9 @@ fn machine() -> String {
     format!("{host} ({cores} cores)")
 }
 
-fn rate_key(phase: Phase, device: &str) -> String {
-    format!("{} {device} {}", machine(), phase.name())
+fn rate_key(phase: Phase, device: &str, est: &Estimate) -> String {
+    let width = est.width.map_or(String::new(), |w| format!(" width {w}"));
+    format!("{} {device} {}{width}", machine(), phase.name())
 }
 
 impl Rates {
@@ -372,7 +380,7 @@ impl Rates {
     /// Seconds of a step of `phase` with estimate `est` on `device`, and where the rate came
     /// from; calibrates (about a second of GEMMs) when the phase has no measured rate.
     pub fn seconds(&mut self, phase: Phase, device: &str, est: &Estimate) -> Option<(f64, Source)> {
-        let measured = self.entries.get(&rate_key(phase, device)).copied();
+        let measured = self.entries.get(&rate_key(phase, device, est)).copied();
         if phase == Phase::Report {
             return Some(match measured {
                 Some(r) => (r.flops_per_s, Source::Measured),
@@ -404,10 +412,13 @@ impl Rates {
             (_, Some(f)) if seconds > 0.0 => f / seconds,
             _ => return,
         };
-        let e = self.entries.entry(rate_key(phase, device)).or_insert(Rate {
-            flops_per_s: value,
-            steps: 0,
-        });
+        let e = self
+            .entries
+            .entry(rate_key(phase, device, est))
+            .or_insert(Rate {
+                flops_per_s: value,
+                steps: 0,
+            });
         // The mean of the last few steps: rates move with the shapes and the machine's load.
         let n = (e.steps as f64).min(4.0);
         e.flops_per_s = (e.flops_per_s * n + value) / (n + 1.0);

@@ -323,7 +323,9 @@ fn print_summary(s: &RunSummary, skipped: usize) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     if !s.usage.is_empty() {
         println!("  CPU utilisation ({cores} cores) by what was running:");
-        for (what, u) in &s.usage {
+        let mut usage: Vec<(&String, &Usage)> = s.usage.iter().collect();
+        usage.sort_by(|a, b| b.1.wall.total_cmp(&a.1.wall));
+        for (what, u) in usage {
             println!(
                 "    {what:<22} {:>8}  {:.2} cores busy ({:.0} %)",
                 duration(u.wall),

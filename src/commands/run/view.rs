@@ -60,9 +60,12 @@ fn cpu_seconds() -> f64 {
 }
 
 pub fn duration(s: f64) -> String {
-    let s = s.max(0.0).round() as u64;
+    if s < 9.95 {
+        return format!("{:.1}s", s.max(0.0));
+    }
+    let s = s.round() as u64;
     match s {
-        0..60 => format!("{s}s"),
+        10..60 => format!("{s}s"),
         60..3600 => format!("{}m{:02}s", s / 60, s % 60),
         _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
     }
