@@ -67,7 +67,7 @@ pub async fn run(cli: &Cli) -> Result<()> {
         Command::Init(a) => init::run(a),
         Command::Ingest(a) => ingest::run(&lake.waiting(a.wait), a).map(|_| ()),
         Command::Import(a) => import::run(&lake, a),
-        Command::Train(a) => train::run(&lake.waiting(a.wait), a),
+        Command::Train(a) => train::run(&lake.waiting(a.wait), a).map(|_| ()),
         Command::Eval(a) => eval::run(&lake, a).map(|_| ()),
         Command::Stats(a) => stats::run(&lake, a).map(|_| ()),
         Command::Run(a) => run::run(&lake, a),

@@ -35,15 +35,32 @@ fn ballista_config(config: SessionConfig, lake: &Lake) -> SessionConfig {
 
 /// A session over `lake`: local, or on the cluster behind `cluster` (`df://host:port`).
 pub async fn session(lake: &Lake, cluster: Option<&str>) -> Result<SessionContext> {
+    session_in(lake, cluster, runtime_env(lake)?).await
+}
+
+/// `session` in `runtime` (a server's sessions share one).
+pub async fn session_in(
+    lake: &Lake,
+    cluster: Option<&str>,
+    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+) -> Result<SessionContext> {
     match cluster {
-        None => crate::sql::open_session(lake).await,
-        Some(url) => connect(lake, url).await,
+        None => crate::sql::session::open_session_in(lake, runtime).await,
+        Some(url) => connect_in(lake, url, runtime).await,
     }
 }
 
 /// A session whose statements run on the cluster behind `url` (`df://host:port`), with the
 /// same tables and functions as a local one.
 pub async fn connect(lake: &Lake, url: &str) -> Result<SessionContext> {
+    connect_in(lake, url, runtime_env(lake)?).await
+}
+
+async fn connect_in(
+    lake: &Lake,
+    url: &str,
+    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+) -> Result<SessionContext> {
     let config = ballista_config(
         session_config(SessionConfig::new_with_ballista(), lake),
         lake,
@@ -51,7 +68,7 @@ pub async fn connect(lake: &Lake, url: &str) -> Result<SessionContext> {
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
-        .with_runtime_env(runtime_env(lake)?)
+        .with_runtime_env(runtime)
         .with_optimizer_rules(optimizer_rules())
         .build();
     let ctx = SessionContext::remote_with_state(url, state)

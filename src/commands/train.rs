@@ -87,8 +87,16 @@ fn open_rows(lake: &Lake, key: &PartitionKey, split: &str, a: &TrainArgs) -> Res
     Ok(Box::new(MemRows::new(rows.d_model(), all)))
 }
 
-pub fn run(lake: &Lake, a: &TrainArgs) -> Result<()> {
+/// Where a training's time went beyond the epochs' steps: checkpoints and commits, which do
+/// not grow with the rows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrainSummary {
+    pub fixed_seconds: f64,
+}
+
+pub fn run(lake: &Lake, a: &TrainArgs) -> Result<TrainSummary> {
     lake.recover()?;
+    let mut summary = TrainSummary::default();
     let dev = crate::model::device(&a.device)?;
     let lake = lake.existing()?;
     let stages = lake.read_stages(&a.chain)?;
@@ -181,11 +189,12 @@ pub fn run(lake: &Lake, a: &TrainArgs) -> Result<()> {
                 &cfg,
                 &dev,
                 a,
+                &mut summary,
             )?;
             parent = Some((st.stage.clone(), sae));
         }
     }
-    Ok(())
+    Ok(summary)
 }
 
 /// Trains one SAE (resuming from its checkpoint when there is one) and commits it.
@@ -198,6 +207,7 @@ fn train_one(
     cfg: &TrainConfig,
     dev: &candle_core::Device,
     a: &TrainArgs,
+    summary: &mut TrainSummary,
 ) -> Result<Sae> {
     let ckpt = lake.train_checkpoint(key);
     // Everything the result depends on; a checkpoint of another run is not resumed.
@@ -254,7 +264,9 @@ fn train_one(
             "{key} epoch {epoch}: train_mse {:.4e} val_mse {:.4e} dead {} ({:.1} s)",
             e.train_mse, e.val_mse, e.n_dead, e.seconds
         ));
+        let saving = std::time::Instant::now();
         trainer.save(&ckpt, &fingerprint)?;
+        summary.fixed_seconds += saving.elapsed().as_secs_f64();
         crate::fault::point("train.epoch");
         ran += 1;
         if a.stop_after_epochs == Some(ran) && !trainer.is_done() {
@@ -265,6 +277,7 @@ fn train_one(
         }
     }
     bar.finish_and_clear();
+    let committing = std::time::Instant::now();
     let result = trainer.finish()?;
     let mut sae = result.sae;
     sae.meta.source = Some(format!("saerl train {} {stage} layer {layer}", key.chain));
@@ -275,6 +288,7 @@ fn train_one(
     if let Some(dir) = ckpt.parent() {
         lake.clear_staging(dir)?;
     }
+    summary.fixed_seconds += committing.elapsed().as_secs_f64();
     super::say!(
         "{key}: best epoch {} val_mse {:.4e} ({} train / {} val rows, {:.1} s)",
         result.best_epoch,

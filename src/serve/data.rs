@@ -750,24 +750,16 @@ pub(super) struct SqlResult {
 /// The SQL box: one read-only statement within the row and time limits.
 pub(super) async fn sql_batches(app: &App, q: &str) -> Result<SqlResult, Failure> {
     let q = q.trim();
-    let statements = datafusion::sql::parser::DFParser::parse_sql(q)
-        .map_err(|e| Failure::BadRequest(format!("{e}")))?;
-    if statements.len() != 1 {
+    if let Err(e) = crate::sql::exec::read_only_statement(q) {
+        let text = crate::error_text(&e);
         return Err(Failure::BadRequest(
-            "the SQL box runs one statement at a time".into(),
-        ));
-    }
-    use datafusion::sql::parser::Statement as S;
-    use datafusion::sql::sqlparser::ast::Statement as A;
-    let read_only = match &statements[0] {
-        S::Statement(s) => matches!(**s, A::Query(_) | A::Explain { .. }),
-        S::Explain(_) => true,
-        _ => false,
-    };
-    if !read_only {
-        return Err(Failure::BadRequest(
-            "the SQL box is read-only: only SELECT, WITH and EXPLAIN (no DDL, DML, COPY or SET)"
-                .into(),
+            match text.contains(crate::sql::exec::READ_ONLY) {
+                true => format!("the SQL box is {text}"),
+                false => text.replace(
+                    "one statement at a time",
+                    "the SQL box runs one statement at a time",
+                ),
+            },
         ));
     }
     let run = async {

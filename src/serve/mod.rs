@@ -14,6 +14,7 @@
 //! required (`Authorization: Bearer T`, or `?token=T` once in a browser, which sets a cookie).
 
 mod data;
+pub mod flight;
 mod html;
 
 use std::collections::HashMap;
@@ -36,7 +37,14 @@ use crate::lake::Lake;
 /// How the server runs.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    pub bind: SocketAddr,
+    /// The web pages' address (None: Flight SQL alone).
+    pub bind: Option<SocketAddr>,
+    /// The Flight SQL endpoint's address, if any.
+    pub flight: Option<SocketAddr>,
+    /// Statements run on this Ballista cluster (`df://host:port`) instead of in the server.
+    pub cluster: Option<String>,
+    /// Bytes every statement of the server together may hold (None: no limit).
+    pub memory_limit: Option<usize>,
     pub token: Option<String>,
     /// Rows the SQL box returns at most.
     pub sql_rows: usize,
@@ -101,31 +109,77 @@ fn respond(twin: Twin, result: Result<Value, Failure>, render: fn(&Value) -> Str
 
 /// The loopback rule: a server reachable from elsewhere must ask for a token.
 fn check_bind(cfg: &ServeConfig) -> Result<()> {
-    if !cfg.bind.ip().is_loopback() && cfg.token.is_none() {
-        bail!(
-            "refusing to serve the lake on {} without a token: pass --token T (or SAERL_TOKEN), or bind 127.0.0.1",
-            cfg.bind
-        );
+    for addr in cfg.bind.iter().chain(&cfg.flight) {
+        if !addr.ip().is_loopback() && cfg.token.is_none() {
+            bail!(
+                "refusing to serve the lake on {addr} without a token: pass --token T (or SAERL_TOKEN), or bind 127.0.0.1"
+            );
+        }
+    }
+    if cfg.bind.is_none() && cfg.flight.is_none() {
+        bail!("nothing to serve: --no-web needs --flight ADDR");
     }
     Ok(())
 }
 
-/// Serves until the process is stopped; `ready` is told the bound address first.
-pub async fn serve(lake: &Lake, cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
+
+/// Serves until the process is stopped; `ready` is told the bound addresses (web pages, Flight
+/// SQL) first.
+pub async fn serve(
+    lake: &Lake,
+    cfg: ServeConfig,
+    ready: impl FnOnce(Option<SocketAddr>, Option<SocketAddr>),
+) -> Result<()> {
     check_bind(&cfg)?;
-    let ctx = crate::sql::open_session(lake).await?;
-    let app = Arc::new(App {
-        ctx: tokio::sync::Mutex::new(ctx),
-        lake: lake.clone(),
-        cfg: cfg.clone(),
-    });
-    let listener = tokio::net::TcpListener::bind(cfg.bind)
-        .await
-        .with_context(|| format!("binding {}", cfg.bind))?;
-    ready(listener.local_addr()?);
-    axum::serve(listener, router(app))
-        .await
-        .context("serving the lake")
+    // One runtime, so the pages and every Flight SQL session share one memory pool.
+    let runtime = crate::sql::session::limited_runtime_env(lake, cfg.memory_limit)?;
+    let flight = match cfg.flight {
+        Some(addr) => Some((
+            listen(addr).await?,
+            flight::FlightSql::new(lake.clone(), cfg.cluster.clone(), runtime.clone())?,
+        )),
+        None => None,
+    };
+    let web = match cfg.bind {
+        Some(addr) => {
+            let ctx = crate::cluster::session_in(lake, cfg.cluster.as_deref(), runtime).await?;
+            let app = Arc::new(App {
+                ctx: tokio::sync::Mutex::new(ctx),
+                lake: lake.clone(),
+                cfg: cfg.clone(),
+            });
+            Some((listen(addr).await?, app))
+        }
+        None => None,
+    };
+    ready(
+        web.as_ref().map(|w| w.0.local_addr()).transpose()?,
+        flight.as_ref().map(|f| f.0.local_addr()).transpose()?,
+    );
+    let token = cfg.token.clone();
+    let web = async move {
+        match web {
+            Some((listener, app)) => axum::serve(listener, router(app))
+                .await
+                .context("serving the lake's pages"),
+            None => std::future::pending().await,
+        }
+    };
+    let flight = async move {
+        match flight {
+            Some((listener, service)) => flight::serve(listener, service, token).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = web => r,
+        r = flight => r,
+    }
 }
 
 type S = State<Arc<App>>;

@@ -23,6 +23,8 @@ pub struct BestMatch {
     pub lake: Lake,
     /// Where the cosine GEMMs run (`SAERL_DEVICE`).
     pub device: candle_core::Device,
+    /// The session's memory pool: each transition's two SAEs are reserved in it.
+    pub pool: std::sync::Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
 }
 
 pub(super) fn literal(e: &Expr) -> Option<&ScalarValue> {
@@ -152,6 +154,8 @@ impl TableFunctionImpl for BestMatch {
         for t in &transitions {
             let a = read_sae(&self.lake, &t.from_key()).map_err(ext)?;
             let b = read_sae(&self.lake, &t.to_key()).map_err(ext)?;
+            let bytes = super::sae_bytes(&a) + super::sae_bytes(&b);
+            let _reserved = super::reserve(&self.pool, "best_match", bytes)?;
             if a.d_model != b.d_model {
                 return plan_err!("{} and {} differ in d_model", t.from_key(), t.to_key());
             }

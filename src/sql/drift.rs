@@ -360,7 +360,7 @@ impl ExecutionPlan for DriftExec {
     fn execute(
         &self,
         partition: usize,
-        _ctx: Arc<TaskContext>,
+        ctx: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let out = self.props.eq_properties.schema().clone();
         let shards: Vec<&DriftStream> = match self.merged {
@@ -368,7 +368,9 @@ impl ExecutionPlan for DriftExec {
             false => self.streams.get(partition).into_iter().collect(),
         };
         // No shard (no transition matched): an empty partition.
-        let merged = futures::stream::select_all(shards.into_iter().map(|s| Box::pin(s.execute())));
+        let pool = ctx.memory_pool();
+        let merged =
+            futures::stream::select_all(shards.into_iter().map(|s| Box::pin(s.execute(pool))));
         let projection = self.projection.clone();
         let stream = merged.map(move |b| match &projection {
             Some(p) => b.and_then(|b| Ok(b.project(p)?)),
@@ -393,6 +395,20 @@ struct Stage {
     features: ArrayRef,
     w_dec: Option<ArrayRef>,
     w_enc: Option<ArrayRef>,
+}
+
+impl Stage {
+    fn bytes(&self) -> usize {
+        [
+            Some(&self.features),
+            self.w_dec.as_ref(),
+            self.w_enc.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|a| a.get_array_memory_size())
+        .sum()
+    }
 }
 
 impl DriftStream {
@@ -487,8 +503,13 @@ impl DriftStream {
         )?)
     }
 
-    /// Walks one group in step order, reusing the previous `to` stage as the next `from`.
-    fn run(&self, tx: &tokio::sync::mpsc::Sender<Result<RecordBatch>>) -> anyhow::Result<()> {
+    /// Walks one group in step order, reusing the previous `to` stage as the next `from`; the
+    /// two stages held are reserved in the statement's memory pool.
+    fn run(
+        &self,
+        tx: &tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+        reserved: &datafusion::execution::memory_pool::MemoryReservation,
+    ) -> anyhow::Result<()> {
         for group in &self.groups {
             let mut prev: Option<Stage> = None;
             for t in group {
@@ -497,6 +518,7 @@ impl DriftStream {
                     _ => self.read(t, false)?,
                 };
                 let to = self.read(t, true)?;
+                reserved.try_resize(from.bytes() + to.bytes())?;
                 let batch = self
                     .compare(t, &from, &to)
                     .with_context(|| format!("feature_drift {} → {}", t.from_key(), t.stage_to))?;
@@ -511,11 +533,16 @@ impl DriftStream {
 }
 
 impl DriftStream {
-    fn execute(&self) -> impl futures::Stream<Item = Result<RecordBatch>> + Send + 'static {
+    fn execute(
+        &self,
+        pool: &Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
+    ) -> impl futures::Stream<Item = Result<RecordBatch>> + Send + 'static {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let this = self.clone();
+        let reserved =
+            datafusion::execution::memory_pool::MemoryConsumer::new("feature_drift").register(pool);
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = this.run(&tx) {
+            if let Err(e) = this.run(&tx, &reserved) {
                 let _ = tx.blocking_send(Err(DataFusionError::Execution(format!("{e:#}"))));
             }
         });

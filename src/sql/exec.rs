@@ -151,6 +151,72 @@ pub async fn run_statement_with(
     }
 }
 
+/// What a read-only server (the SQL box, Flight SQL) runs, and nothing else.
+pub const READ_ONLY: &str = "read-only: only SELECT, WITH and EXPLAIN (no DDL, DML, COPY or SET)";
+
+/// The one statement of `sql`, refused (with [`READ_ONLY`] in the message) unless it only
+/// reads the lake.
+pub fn read_only_statement(sql: &str) -> Result<datafusion::sql::parser::Statement> {
+    use datafusion::sql::parser::Statement as S;
+    use datafusion::sql::sqlparser::ast::Statement as A;
+    let mut statements = DFParser::parse_sql(sql.trim().trim_end_matches(';'))?;
+    let statement = match (statements.pop_front(), statements.is_empty()) {
+        (Some(s), true) => s,
+        (None, _) => anyhow::bail!("no SQL statement given"),
+        (Some(_), false) => anyhow::bail!("one statement at a time"),
+    };
+    let reads = match &statement {
+        S::Statement(s) => matches!(**s, A::Query(_) | A::Explain { .. }),
+        S::Explain(_) => true,
+        _ => false,
+    };
+    anyhow::ensure!(reads, "{READ_ONLY}");
+    Ok(statement)
+}
+
+/// A statement under way: its batches as they are computed, and the lake's shared lock, held
+/// until the stream is dropped (the statement sees one commit of the lake throughout).
+pub struct Running {
+    pub stream: datafusion::execution::SendableRecordBatchStream,
+    pub snapshot: Option<crate::lake::Snapshot>,
+}
+
+/// Plans `statement` on the lake as last committed, with `params` for its placeholders
+/// (`$name` or `$1`, keyed without the `$`).
+pub async fn plan_statement(
+    ctx: &SessionContext,
+    statement: datafusion::sql::parser::Statement,
+    params: Option<HashMap<String, ScalarValue>>,
+) -> Result<(
+    datafusion::logical_expr::LogicalPlan,
+    Option<crate::lake::Snapshot>,
+)> {
+    let snapshot = super::session::begin_statement(ctx).await?;
+    let mut plan = match ctx.state().statement_to_plan(statement).await {
+        Ok(p) => p,
+        Err(e) => return Err(with_table_hint(ctx, e)),
+    };
+    if let Some(values) = params {
+        plan = plan.with_param_values(values)?;
+    }
+    Ok((plan, snapshot))
+}
+
+/// Runs `statement` as a stream of record batches (nothing is gathered in memory).
+pub async fn stream_statement(
+    ctx: &SessionContext,
+    statement: datafusion::sql::parser::Statement,
+    params: Option<HashMap<String, ScalarValue>>,
+) -> Result<Running> {
+    let (plan, snapshot) = plan_statement(ctx, statement, params).await?;
+    let stream = ctx
+        .execute_logical_plan(plan)
+        .await?
+        .execute_stream()
+        .await?;
+    Ok(Running { stream, snapshot })
+}
+
 /// DataFusion's "table 'x' not found", with the session's tables and the nearest name.
 fn with_table_hint(ctx: &SessionContext, e: datafusion::error::DataFusionError) -> anyhow::Error {
     let text = e.to_string();

@@ -46,6 +46,8 @@ pub fn assignment(a: &[f32], b: &[f32], d: usize) -> anyhow::Result<Vec<(usize, 
 #[derive(Debug)]
 pub struct MatchFeatures {
     pub lake: Lake,
+    /// The session's memory pool: the two SAEs and the cost matrix are reserved in it.
+    pub pool: std::sync::Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
 }
 
 /// One pair of SAEs to match.
@@ -118,6 +120,9 @@ impl MatchFeatures {
         if a.d_model != b.d_model {
             bail!("{} and {} differ in d_model", p.a, p.b);
         }
+        let n = a.d_sae.max(b.d_sae);
+        let bytes = super::sae_bytes(&a) + super::sae_bytes(&b) + n * n * 8;
+        let _reserved = super::reserve(&self.pool, "match_features", bytes)?;
         let d = a.d_model;
         let m = assignment(&a.w_dec, &b.w_dec, d).with_context(|| format!("{} ↔ {}", p.a, p.b))?;
         let n = m.len();

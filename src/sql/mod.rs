@@ -52,6 +52,24 @@ pub const FUNCTIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// `bytes` of `pool` reserved for `what`: saerl's own large buffers (SAE weights, cost
+/// matrices) count against a server's memory limit as DataFusion's operators' do. Fails with
+/// DataFusion's "Resources exhausted" error when the pool has no room.
+pub(crate) fn reserve(
+    pool: &std::sync::Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
+    what: &str,
+    bytes: usize,
+) -> datafusion::error::Result<datafusion::execution::memory_pool::MemoryReservation> {
+    let r = datafusion::execution::memory_pool::MemoryConsumer::new(what).register(pool);
+    r.try_grow(bytes)?;
+    Ok(r)
+}
+
+/// Bytes an SAE's weights take in memory.
+pub(crate) fn sae_bytes(s: &crate::sae::Sae) -> usize {
+    4 * (s.b_pre.len() + s.w_enc.len() + s.b_enc.len() + s.w_dec.len() + s.b_dec.len())
+}
+
 /// Fails, naming what exists and the nearest name, when `chain` (or its `stage`) has no SAE in
 /// the lake: a typo in a table function's argument must not read as an empty result.
 pub(crate) fn check_sae_names(

@@ -28,10 +28,15 @@ fn sql_device() -> Result<candle_core::Device> {
 }
 
 pub async fn open_session(lake: &Lake) -> Result<SessionContext> {
+    open_session_in(lake, runtime_env(lake)?).await
+}
+
+/// A session over `lake` in `runtime` (a server's sessions share one, with its memory pool).
+pub async fn open_session_in(lake: &Lake, runtime: Arc<RuntimeEnv>) -> Result<SessionContext> {
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(session_config(SessionConfig::new(), lake))
-        .with_runtime_env(runtime_env(lake)?)
+        .with_runtime_env(runtime)
         .with_optimizer_rules(super::rules::optimizer_rules())
         .build();
     let ctx = SessionContext::new_with_state(state);
@@ -52,7 +57,28 @@ pub fn session_config(config: SessionConfig, lake: &Lake) -> SessionConfig {
 
 /// A runtime that reaches the lake's object store (if any) through DataFusion's registry.
 pub fn runtime_env(lake: &Lake) -> Result<Arc<RuntimeEnv>> {
-    let rt = RuntimeEnvBuilder::new().build_arc()?;
+    limited_runtime_env(lake, None)
+}
+
+/// `runtime_env` whose statements together may hold at most `limit` bytes (DataFusion's
+/// operators and saerl's own, which account their large buffers in the same pool). A statement
+/// past the limit fails alone; nothing spills to disk, so a server's memory is what it says.
+pub fn limited_runtime_env(lake: &Lake, limit: Option<usize>) -> Result<Arc<RuntimeEnv>> {
+    use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+    use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+    let mut builder = RuntimeEnvBuilder::new();
+    if let Some(bytes) = limit {
+        let pool = TrackConsumersPool::new(
+            GreedyMemoryPool::new(bytes),
+            std::num::NonZeroUsize::new(3).unwrap(),
+        );
+        builder = builder
+            .with_memory_pool(Arc::new(pool))
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            );
+    }
+    let rt = builder.build_arc()?;
     if let Some(r) = lake.remote() {
         let url = url::Url::parse(&format!("s3://{}", r.bucket()))?;
         rt.register_object_store(&url, r.sql_store()?);
@@ -62,12 +88,15 @@ pub fn runtime_env(lake: &Lake) -> Result<Arc<RuntimeEnv>> {
 
 /// saerl's SQL functions, with `topk_encode` loading SAEs from `lake` on the SQL device.
 pub fn register_udfs(ctx: &SessionContext, lake: &Lake) -> Result<()> {
+    let pool = ctx.runtime_env().memory_pool.clone();
     saerl_udfs::register_all(
         ctx,
         Arc::new(LakeSaes {
             lake: lake.clone(),
             device: sql_device()?,
             cache: Mutex::default(),
+            reserved: datafusion::execution::memory_pool::MemoryConsumer::new("topk_encode SAEs")
+                .register(&pool),
         }),
     );
     Ok(())
@@ -111,15 +140,20 @@ async fn register_contents(ctx: &SessionContext, lake: &Lake) -> Result<()> {
         "feature_drift",
         Arc::new(super::drift::FeatureDrift::new(lake.clone(), transitions)),
     )?;
+    let pool = ctx.runtime_env().memory_pool.clone();
     ctx.register_udtf(
         "match_features",
-        Arc::new(super::matching::MatchFeatures { lake: lake.clone() }),
+        Arc::new(super::matching::MatchFeatures {
+            lake: lake.clone(),
+            pool: pool.clone(),
+        }),
     );
     ctx.register_udtf(
         "best_match",
         Arc::new(super::best_match::BestMatch {
             lake: lake.clone(),
             device,
+            pool,
         }),
     );
     Ok(())
@@ -150,7 +184,7 @@ struct SessionLake {
 /// writer left half-published is completed first, and when the lake changed since the session
 /// last looked, its tables and providers are registered again (on an unchanged lake this reads
 /// one small file, no footers). `None` for a session without a lake.
-pub(super) async fn begin_statement(ctx: &SessionContext) -> Result<Option<Snapshot>> {
+pub(crate) async fn begin_statement(ctx: &SessionContext) -> Result<Option<Snapshot>> {
     let Some(l) = ctx.state().config().get_extension::<SessionLake>() else {
         return Ok(None);
     };
@@ -276,6 +310,8 @@ struct LakeSaes {
     lake: Lake,
     device: candle_core::Device,
     cache: Mutex<(u64, HashMap<SaeKey, Arc<dyn Encoder>>)>,
+    /// The cached SAEs' bytes, held in the session's memory pool.
+    reserved: datafusion::execution::memory_pool::MemoryReservation,
 }
 
 impl std::fmt::Debug for LakeSaes {
@@ -364,6 +400,7 @@ impl SaeSource for LakeSaes {
             let mut cache = self.cache.lock().unwrap();
             if cache.0 != generation {
                 *cache = (generation, HashMap::new());
+                self.reserved.free();
             }
             if let Some(sae) = cache.1.get(key) {
                 return Ok(sae.clone());
@@ -371,6 +408,7 @@ impl SaeSource for LakeSaes {
         }
         let load = || -> Result<Arc<dyn Encoder>> {
             let sae = read_sae(&self.lake, &self.resolve(key)?)?;
+            self.reserved.try_grow(super::sae_bytes(&sae))?;
             Ok(match &self.device {
                 candle_core::Device::Cpu => Arc::new(sae),
                 dev => Arc::new(DeviceEncoder {

@@ -7,6 +7,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::s3::{S3Env, S3Server};
+use crate::shared::flight::{client, ipc_csv, same_csv, FlightServer};
 use crate::{ok, output, query, sae_pt, saerl, saved_queries};
 
 /// The cluster's processes: killed when dropped, when the test process dies (parent-death
@@ -138,6 +139,7 @@ fn saved_queries_give_the_same_rows_locally_on_the_object_store_and_on_a_cluster
     }
     let cluster = Cluster::start(&env, s3, work.path());
     let mut nonempty = 0;
+    let mut wanted = Vec::new();
     for (name, file) in saved_queries() {
         let want = query(&env, &local, &[], &file);
         nonempty += usize::from(want.lines().count() > 1);
@@ -145,8 +147,34 @@ fn saved_queries_give_the_same_rows_locally_on_the_object_store_and_on_a_cluster
         same(&want, &on_s3, &format!("{name} on the object store"));
         let on_cluster = query(&env, s3, &["--cluster", &cluster.url], &file);
         same(&want, &on_cluster, &format!("{name} on the cluster"));
+        wanted.push((name, std::fs::read_to_string(&file).unwrap(), want));
     }
     assert!(nonempty > 0, "every saved query came back empty");
+    // The same through Flight SQL (ADBC from Python), served from the object store and from
+    // the cluster.
+    let jobs: Vec<serde_json::Value> = wanted
+        .iter()
+        .map(|(name, sql, _)| serde_json::json!({ "name": name, "sql": sql }))
+        .collect();
+    for (what, extra) in [
+        ("object store", vec![]),
+        ("cluster", vec!["--cluster", cluster.url.as_str()]),
+    ] {
+        let mut args = vec!["serve"];
+        args.extend(extra);
+        let server = FlightServer::start(saerl(&env, s3, &args), work.path());
+        let out = work.path().join(format!("flight {what}"));
+        let job = serde_json::json!({ "mode": "queries", "queries": jobs });
+        client(&server.uri(), None, &job, &out);
+        for (name, _, want) in &wanted {
+            let got = ipc_csv(&out.join(format!("{name}.arrow")));
+            same_csv(
+                want,
+                &got,
+                &format!("{name} through Flight SQL on the {what}"),
+            );
+        }
+    }
     // A client of another lake (the same tables elsewhere) is refused, naming both lakes, not
     // answered from the cluster's lake or with nothing.
     let drift = saved_queries()

@@ -1,6 +1,8 @@
 //! Helpers shared by the test binaries: where the fixtures are, and lake snapshots.
 #![allow(dead_code)]
 
+pub mod flight;
+
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};

@@ -5,6 +5,7 @@ mod bad_input;
 mod common;
 mod crash;
 mod differential;
+mod flight;
 mod hostile;
 mod import_pt;
 mod interop;

@@ -299,8 +299,8 @@ fn a_killed_run_reruns_to_the_same_tables() {
             "{point}: nothing shows done after the kill:\n{plan}"
         );
         if point.starts_with("train.epoch") {
-            assert_eq!(
-                s["train"][2], 1,
+            assert!(
+                s["train"][2] >= 1,
                 "{point}: the interrupted training should resume:\n{plan}"
             );
         }

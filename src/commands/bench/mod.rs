@@ -4,6 +4,7 @@
 //! like with like. Without the references it prints the figures recorded for this machine kind.
 
 mod cluster;
+mod flight;
 mod gemm;
 mod ingest;
 mod kernels;
@@ -89,6 +90,9 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// The drift query through Flight SQL against the same statement in process, and rows/s of
+    /// a large SELECT streamed to a Flight SQL client.
+    Flight(flight::BenchFlight),
     /// The whole study (3 chains, 17 stages, 74 SAEs at the real shape) through `saerl run` on a
     /// fraction of its data, with each phase extrapolated to the full and the 10 % study.
     Study(study::BenchStudy),
@@ -126,6 +130,7 @@ pub async fn run(lake: &crate::lake::Lake, a: &BenchArgs) -> Result<()> {
         BenchWhat::Sql(b) => sql::run(b, &refs).await,
         BenchWhat::Serve(b) => serve::run(b).await,
         BenchWhat::Study(b) => study::run(b),
+        BenchWhat::Flight(b) => flight::run(b).await,
         BenchWhat::Match { d_sae, d_model } => matching::run(*d_sae, *d_model),
         BenchWhat::Cluster { cluster, runs } => cluster::run(lake, cluster, *runs).await,
     }

@@ -26,12 +26,17 @@ pub struct BenchSql {
     pub keep: Option<PathBuf>,
 }
 
-pub async fn run(a: &BenchSql, refs: &References) -> Result<()> {
-    let (_tmp, root) = work_dir(&a.keep)?;
+/// A lake holding one synthetic chain of `shape` (the flexible chain's steps, extended by 40
+/// per stage if more are asked for), generated unless `keep` already holds it; with the chain's
+/// plan, its directory and the temporary directory to keep alive.
+pub(super) fn chain_lake(
+    shape: &ChainShape,
+    keep: &Option<PathBuf>,
+) -> Result<(Option<tempfile::TempDir>, PathBuf, Lake, ChainPlan)> {
+    let (tmp, root) = work_dir(keep)?;
     let lake = Lake::new(&root);
-    // The flexible chain's steps, extended by 40 per stage if more are asked for.
     let flexible = CHAINS[0].steps;
-    let steps: Vec<i64> = (0..a.shape.stages)
+    let steps: Vec<i64> = (0..shape.stages)
         .map(|i| {
             flexible.get(i).copied().unwrap_or_else(|| {
                 flexible[flexible.len() - 1] + 40 * (i + 1 - flexible.len()) as i64
@@ -43,9 +48,9 @@ pub async fn run(a: &BenchSql, refs: &References) -> Result<()> {
         reward: Some("flexible".into()),
         kl_coef: Some(0.005),
         steps,
-        saes: LAYERS.iter().map(|&l| (l, a.shape.k)).collect(),
-        d_model: a.shape.d_model,
-        d_sae: a.shape.d_sae,
+        saes: LAYERS.iter().map(|&l| (l, shape.k)).collect(),
+        d_model: shape.d_model,
+        d_sae: shape.d_sae,
         rate: 1.0,
     };
     if lake.partitions(Table::Features)?.is_empty() {
@@ -63,6 +68,11 @@ pub async fn run(a: &BenchSql, refs: &References) -> Result<()> {
             t.elapsed().as_secs_f64()
         );
     }
+    Ok((tmp, root, lake, plan))
+}
+
+pub async fn run(a: &BenchSql, refs: &References) -> Result<()> {
+    let (_tmp, root, lake, plan) = chain_lake(&a.shape, &a.keep)?;
     let bytes: u64 = lake
         .files(Table::Features)?
         .iter()

@@ -113,7 +113,8 @@ fn questions(tok: &TextTokenizer, tokens: usize) -> Result<String> {
     Ok(out)
 }
 
-/// Seconds of one finished step extrapolated from scale `s` to `to`.
+/// Seconds of one finished step extrapolated from scale `s` to `to`: its fixed part as it is,
+/// its prompts' part by the ratio of prompts, the rest (its rows) by the ratio of scales.
 fn extrapolated(f: &run::Finished, s: f64, to: f64, prompts: (f64, f64)) -> f64 {
     let o = &f.outcome;
     let data = (f.seconds - o.fixed_seconds - o.prompt_seconds).max(0.0);
@@ -205,8 +206,8 @@ fn report(lake: &Lake, s: &RunSummary, a: &BenchStudy, prompts: usize) -> Result
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "  {:<7} {:>5} {:>10} {:>10} {:>14} {:>14}  rate",
-        "phase", "steps", "span", "step time", "at S = 0.1", "at S = 1"
+        "  {:<7} {:>5} {:>10} {:>10} {:>12} {:>12}  rate (per second of its steps)",
+        "phase", "steps", "step time", "span", "S = 0.1", "S = 1"
     );
     let mut whole = (0.0, 0.0, 0.0);
     for p in Phase::ALL {
@@ -221,42 +222,39 @@ fn report(lake: &Lake, s: &RunSummary, a: &BenchStudy, prompts: usize) -> Result
         let busy: f64 = mine.iter().map(|f| f.seconds).sum();
         let span = mine.iter().map(|f| f.ended).fold(0.0, f64::max)
             - mine.iter().map(|f| f.began).fold(f64::INFINITY, f64::min);
-        let overlap = if busy > 0.0 { span / busy } else { 1.0 };
-        let at = |to: f64| {
+        let at = |to: f64| -> f64 {
             mine.iter()
                 .map(|f| extrapolated(f, a.scale, to, prompt_ratio(to)))
-                .sum::<f64>()
-                * overlap
+                .sum()
         };
         let rate = match p {
-            Phase::Ingest => format!("{:.0} tokens/s", tokens as f64 / span),
+            Phase::Ingest => format!("{:.0} tokens/s", tokens as f64 / busy),
             Phase::Train => format!(
-                "{:.0} rows/s (over {} epochs)",
-                a.epochs as f64 * train_rows / span,
+                "{:.0} train rows/s over {} epochs",
+                a.epochs as f64 * train_rows / busy,
                 a.epochs
             ),
             _ => String::new(),
         };
         println!(
-            "  {:<7} {:>5} {:>10} {:>10} {:>14} {:>14}  {rate}",
+            "  {:<7} {:>5} {:>10} {:>10} {:>12} {:>12}  {rate}",
             p.name(),
             mine.len(),
-            duration(span),
             duration(busy),
+            duration(span),
             duration(at(0.1)),
             duration(at(1.0))
         );
-        whole.0 += busy;
-        whole.1 += at(0.1) / overlap;
-        whole.2 += at(1.0) / overlap;
+        whole = (whole.0 + busy, whole.1 + at(0.1), whole.2 + at(1.0));
     }
+    // Steps overlapped: the run's wall time was its steps' summed time over this factor.
     let parallel = whole.0 / s.wall;
     println!(
-        "  {:<7} {:>5} {:>10} {:>10} {:>14} {:>14}  (steps overlapped {parallel:.2}×; the extrapolations keep that)",
+        "  {:<7} {:>5} {:>10} {:>10} {:>12} {:>12}  wall time, steps overlapping {parallel:.2}× (kept in the extrapolations)",
         "whole",
         s.finished.len(),
         duration(s.wall),
-        duration(whole.0),
+        "",
         duration(whole.1 / parallel),
         duration(whole.2 / parallel)
     );

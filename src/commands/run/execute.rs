@@ -58,8 +58,11 @@ pub fn run_step(lake: &Lake, step: &Step) -> Result<Outcome> {
             }
         }
         Phase::Train => {
-            train::run(lake, &train::TrainArgs::try_parse_from(argv)?)?;
-            Outcome::default()
+            let s = train::run(lake, &train::TrainArgs::try_parse_from(argv)?)?;
+            Outcome {
+                fixed_seconds: s.fixed_seconds,
+                prompt_seconds: 0.0,
+            }
         }
         Phase::Eval => {
             let s = eval::run(lake, &eval::EvalArgs::try_parse_from(argv)?)?;
@@ -77,13 +80,18 @@ pub fn run_step(lake: &Lake, step: &Step) -> Result<Outcome> {
         }
         Phase::Report => {
             let a = report::ReportArgs::try_parse_from(argv)?;
+            let started = Instant::now();
             // The report is async (DataFusion); this thread has no runtime of its own.
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
                 .block_on(report::run(lake, &a))?;
             stamp_report(lake, &a.dir)?;
-            Outcome::default()
+            // The saved queries read the SAEs' weights and statistics, not the activations.
+            Outcome {
+                fixed_seconds: started.elapsed().as_secs_f64(),
+                prompt_seconds: 0.0,
+            }
         }
     })
 }

@@ -444,3 +444,76 @@ pub fn stamp_report(lake: &Lake, dir: &Path) -> Result<()> {
     crate::durable::write_atomic(&report_stamp(dir), stamp.to_string().as_bytes())
         .with_context(|| format!("writing {}", report_stamp(dir).display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_become_the_commands_flags() {
+        let t: toml::Table = toml::from_str(
+            "max_len = 128\nin_memory = true\nshuffle = false\nlr = 0.003\nsplit = \"tail\"",
+        )
+        .unwrap();
+        let flags = setting_flags(&t, "train", &[]).unwrap();
+        assert_eq!(
+            flags,
+            [
+                "--in-memory",
+                "--lr",
+                "0.003",
+                "--max-len",
+                "128",
+                "--split",
+                "tail"
+            ]
+        );
+        let reserved: toml::Table = toml::from_str("layers = [1]").unwrap();
+        let e = setting_flags(&reserved, "train", &["layers"]).unwrap_err();
+        assert!(e.to_string().contains("[train] layers"), "{e}");
+    }
+
+    /// `saerl init`'s template plans the study: 17 ingests, 74 trainings, an eval and a stats
+    /// step per stage and k, the report; everything to do in an empty lake.
+    #[test]
+    fn the_template_plans_the_whole_study() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("saerl.toml");
+        std::fs::write(&path, crate::project::TEMPLATE).unwrap();
+        let project = Project::load(&path).unwrap();
+        let lake = Lake::new(dir.path().join("lake"));
+        let scope = Scope {
+            device: "cpu".into(),
+            report_dir: dir.path().join("report"),
+            ..Default::default()
+        };
+        let steps = build(&lake, &project, &path, &scope).unwrap();
+        let count = |p: Phase| steps.iter().filter(|s| s.phase == p).count();
+        assert_eq!(count(Phase::Ingest), 17);
+        assert_eq!(count(Phase::Train), 74);
+        assert_eq!(count(Phase::Eval), 8 * 2 + 6 * 2 + 3);
+        assert_eq!(count(Phase::Stats), count(Phase::Eval));
+        assert_eq!(count(Phase::Report), 1);
+        assert!(steps.iter().all(|s| s.state == State::ToDo));
+        // A training needs its stage's ingest and the previous stage's training.
+        let t = steps
+            .iter()
+            .find(|s| s.target == "strict/ppo_step10 layer 23 k 256")
+            .unwrap();
+        let needs: Vec<&str> = t.needs.iter().map(|&i| steps[i].target.as_str()).collect();
+        assert_eq!(
+            needs,
+            [
+                "strict/ppo_step10 layers 6,12,18,23",
+                "strict/instruct_base layer 23 k 256"
+            ]
+        );
+        // Narrowed to a layer no chain trains: an error naming it.
+        let scope = Scope {
+            layers: vec![7],
+            ..scope
+        };
+        let e = build(&lake, &project, &path, &scope).unwrap_err();
+        assert!(e.to_string().contains("--layers 7"), "{e}");
+    }
+}
