@@ -20,3 +20,4 @@ pub mod sql;
 pub mod study;
 pub mod suggest;
 pub mod synth;
+pub mod tables;

@@ -9,10 +9,11 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::kernels::unit_norm;
-use crate::lake::{write_sae, PartitionKey, StageRow, Txn};
+use crate::lake::{PartitionKey, StageRow, Txn};
 use crate::rng::normal;
 use crate::sae::{Activation, Sae, SaeMeta};
 use crate::study::stage_name;
+use crate::tables::write_sae;
 
 pub struct ChainPlan {
     pub chain: String,

@@ -21,7 +21,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::lake::Lake;
 use crate::sql::rules::optimizer_rules;
-use crate::sql::session::{register_lake, register_udfs, runtime_env, session_config};
+use crate::sql::session::{register_udfs, runtime_env, Engine};
 
 /// Ballista's session settings for saerl: its plan codecs, and the adaptive planner off (in
 /// Ballista 55 it never finishes a join one side of which is empty, e.g. `feature_stats` before
@@ -33,49 +33,37 @@ fn ballista_config(config: SessionConfig, lake: &Lake) -> SessionConfig {
         .set_str("ballista.planner.adaptive.enabled", "false")
 }
 
-/// A session over `lake`: local, or on the cluster behind `cluster` (`df://host:port`).
-pub async fn session(lake: &Lake, cluster: Option<&str>) -> Result<SessionContext> {
-    session_in(lake, cluster, runtime_env(lake)?).await
+/// The Ballista cluster behind a scheduler's `df://host:port`, as the engine of a SQL session:
+/// the session's statements are planned here and run on the cluster, with the same tables and
+/// functions as a local one.
+#[derive(Debug, Clone)]
+pub struct Ballista {
+    url: String,
 }
 
-/// `session` in `runtime` (a server's sessions share one).
-pub async fn session_in(
-    lake: &Lake,
-    cluster: Option<&str>,
-    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
-) -> Result<SessionContext> {
-    match cluster {
-        None => crate::sql::session::open_session_in(lake, runtime).await,
-        Some(url) => connect_in(lake, url, runtime).await,
+impl Ballista {
+    pub fn new(url: &str) -> Self {
+        Self { url: url.into() }
     }
 }
 
-/// A session whose statements run on the cluster behind `url` (`df://host:port`), with the
-/// same tables and functions as a local one.
-pub async fn connect(lake: &Lake, url: &str) -> Result<SessionContext> {
-    connect_in(lake, url, runtime_env(lake)?).await
+/// The engine `--cluster` names, if any (None: statements run in this process).
+pub fn engine(url: Option<&str>) -> Option<std::sync::Arc<dyn Engine>> {
+    url.map(|u| std::sync::Arc::new(Ballista::new(u)) as std::sync::Arc<dyn Engine>)
 }
 
-async fn connect_in(
-    lake: &Lake,
-    url: &str,
-    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
-) -> Result<SessionContext> {
-    let config = ballista_config(
-        session_config(SessionConfig::new_with_ballista(), lake),
-        lake,
-    );
-    let state = SessionStateBuilder::new()
-        .with_default_features()
-        .with_config(config)
-        .with_runtime_env(runtime)
-        .with_optimizer_rules(optimizer_rules())
-        .build();
-    let ctx = SessionContext::remote_with_state(url, state)
-        .await
-        .with_context(|| format!("connecting to the Ballista scheduler at {url} (start one with `saerl cluster scheduler`)"))?;
-    register_lake(&ctx, lake).await?;
-    Ok(ctx)
+#[async_trait::async_trait]
+impl Engine for Ballista {
+    fn config(&self, lake: &Lake) -> SessionConfig {
+        ballista_config(SessionConfig::new_with_ballista(), lake)
+    }
+
+    async fn context(&self, state: datafusion::execution::SessionState) -> Result<SessionContext> {
+        let url = &self.url;
+        SessionContext::remote_with_state(url, state)
+            .await
+            .with_context(|| format!("connecting to the Ballista scheduler at {url} (start one with `saerl cluster scheduler`)"))
+    }
 }
 
 /// Ballista's session state for a job, plus saerl's functions and the lake's object store.

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::SaeSelection;
 use crate::data::read_questions;
-use crate::lake::{evals_batch, read_sae, Lake, PartitionKey, Table, Txn};
+use crate::lake::{Lake, PartitionKey, Table, Txn};
 use crate::model::{
     device, load_model, next_token_log_softmax, replace_real_with, splice_real, target_logprobs,
     Hooks, PaddedBatch, Qwen2, Replace, TextTokenizer,
@@ -19,8 +19,8 @@ use crate::model::{
 use crate::project::{DataSet, Project};
 use crate::sae::batch::BatchEncoder;
 use crate::sae::quality::{Ce, Eval, NmseDenom, Reconstruction};
-use crate::sae::rows::Rows;
 use crate::sae::Sae;
+use crate::tables::{evals_batch, read_sae};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Ablation {

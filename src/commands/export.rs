@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::lake::{read_sae, Lake, Table};
+use crate::lake::{Lake, Table};
 use crate::sae::interop::{self, Format};
 use crate::sae::pt;
+use crate::tables::read_sae;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ExportArgs {

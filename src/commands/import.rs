@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use regex::Regex;
 
-use crate::lake::{check_name, write_sae, Lake, PartitionKey, StageRow, Table, Txn};
+use crate::lake::{check_name, Lake, PartitionKey, StageRow, Table, Txn};
 use crate::project::Project;
 use crate::sae::interop::{self, Format};
 use crate::sae::{pt, Sae};
 use crate::study::chain_defaults;
+use crate::tables::write_sae;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ImportArgs {

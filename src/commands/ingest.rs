@@ -18,12 +18,13 @@ use serde::{Deserialize, Serialize};
 use crate::data::{read_questions, val_rows, Doc, SplitKind};
 use crate::durable::AtomicFile;
 use crate::lake::{
-    activation_batch, check_name, docs_batch, vocab_batch, writer_properties, IngestStaging, Lake,
+    activation_batch, check_name, vocab_batch, writer_properties, IngestStaging, Lake,
     PartitionKey, StageRow, Table, Txn,
 };
 use crate::model::{device, load_model_as, ModelDtype, Qwen2, Qwen2Config, TextTokenizer};
 use crate::project::{DataSet, Project};
 use crate::study::chain_defaults;
+use crate::tables::docs_batch;
 
 /// The flags of `saerl ingest` (the demo and benchmarks build it the same way).
 #[derive(clap::Parser, Debug, Clone)]

@@ -122,7 +122,8 @@ pub async fn write_report(
 ) -> Result<PathBuf> {
     let lake = lake.existing()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let ctx = crate::cluster::session(&lake, cluster).await?;
+    let engine = crate::cluster::engine(cluster);
+    let ctx = crate::sql::session::open_with(&lake, engine.as_deref()).await?;
     let mut body = String::new();
     let mut toc = String::new();
     let bar = super::progress(queries.len() as u64, "report");

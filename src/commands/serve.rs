@@ -85,7 +85,7 @@ pub async fn run(lake: &Lake, a: &ServeArgs) -> Result<()> {
     let cfg = ServeConfig {
         bind: (!a.no_web).then_some(a.bind),
         flight: a.flight,
-        cluster: a.cluster.clone(),
+        engine: crate::cluster::engine(a.cluster.as_deref()),
         memory_limit: Some(a.memory_limit.unwrap_or_else(half_the_memory)),
         token: a.token.clone().filter(|t| !t.is_empty()),
         sql_rows: a.sql_rows.max(1),

@@ -40,7 +40,8 @@ pub struct SqlArgs {
 }
 
 pub async fn run(lake: &Lake, a: &SqlArgs) -> Result<()> {
-    let ctx = crate::cluster::session(&lake.existing()?, a.cluster.as_deref()).await?;
+    let engine = crate::cluster::engine(a.cluster.as_deref());
+    let ctx = crate::sql::session::open_with(&lake.existing()?, engine.as_deref()).await?;
     let (sql, source) = match (&a.command, &a.file) {
         (Some(c), _) if c.trim_start().starts_with('.') => {
             return Repl::new(ctx, a.format, a.precision).command(c).await

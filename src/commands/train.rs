@@ -6,10 +6,11 @@
 
 use anyhow::{bail, Context, Result};
 
-use crate::lake::{read_sae, train_log_batch, write_sae, Lake, PartitionKey, Table, Txn};
+use crate::lake::{Lake, PartitionKey, Table, Txn};
 use crate::sae::rows::{mean_row, MemRows, Rows};
 use crate::sae::train::{cold_start, TrainConfig, Trainer};
 use crate::sae::Sae;
+use crate::tables::{read_sae, train_log_batch, write_sae};
 
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "train")]

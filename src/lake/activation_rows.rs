@@ -19,7 +19,6 @@ use parquet::arrow::ProjectionMask;
 use super::read::{corrupt, partition_files};
 use super::{Lake, PartitionKey, Table};
 use crate::rng::{permutation, SplitMix64};
-use crate::sae::rows::Rows;
 
 /// A row group and how many of its rows belong to the split.
 struct Piece {
@@ -132,7 +131,7 @@ fn read_x_unguarded(
         1 => batches.into_iter().next().unwrap(),
         _ => arrow::compute::concat_batches(&batches[0].schema(), &batches)?,
     };
-    let reader = super::vectors::open(file)?;
+    let reader = super::read::open(file)?;
     if let Some(x) = super::vectors::read_vectors(&reader, row_group, "x", d)? {
         return Ok((x, others));
     }
@@ -246,16 +245,25 @@ impl ActivationRows {
     }
 }
 
-impl Rows for ActivationRows {
-    fn d_model(&self) -> usize {
+/// What training reads of a partition (the SAE side sees these through its `Rows` trait).
+impl ActivationRows {
+    /// The rows' width.
+    pub fn d_model(&self) -> usize {
         self.d
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.n
     }
 
-    fn for_each_batch(
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Feeds all rows to `f` in batches of `batch` rows (only the last may be short), in stored
+    /// order or, with `shuffle = Some(seed)`, in an order drawn from the seed; a thread reads
+    /// ahead while `f` works.
+    pub fn for_each_batch(
         &self,
         batch: usize,
         shuffle: Option<u64>,
@@ -277,7 +285,8 @@ impl Rows for ActivationRows {
         })
     }
 
-    fn gather(&self, idx: &[usize]) -> Result<Vec<f32>> {
+    /// The rows at ascending indices `idx`, in that order.
+    pub fn gather(&self, idx: &[usize]) -> Result<Vec<f32>> {
         let d = self.d;
         let mut out = Vec::with_capacity(idx.len() * d);
         let (mut start, mut next) = (0, 0);

@@ -2,12 +2,11 @@
 //! that knows paths, partition levels and schemas; everything else asks it.
 
 mod activation_rows;
+mod batches;
 mod lock;
 mod marker;
 mod read;
 mod remote;
-mod rows;
-mod saes;
 mod schema;
 mod stages;
 mod staging;
@@ -21,16 +20,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 pub use activation_rows::{ActivationBatch, ActivationRows};
+pub use batches::{activation_batch, vocab_batch};
 pub use lock::{LockGuard, Snapshot};
 pub use marker::{MARKER, RUN_DIR};
 pub(crate) use read::panic_text;
 pub use read::{check_parquet, partition_files, read_parquet};
 pub use remote::{is_remote, rel_str, s3_store, Remote, RemoteFile, CONCURRENCY};
-pub use rows::{
-    activation_batch, docs_batch, evals_batch, feature_stats_batch, top_examples_batch,
-    train_log_batch, vocab_batch,
-};
-pub use saes::{read_sae, sae_batches, write_sae};
 pub use schema::{vector_type, vector_width, PartCol, Table};
 pub use stages::{infer_step, StageRow};
 pub use staging::IngestStaging;

@@ -18,6 +18,12 @@ pub(super) fn corrupt(path: &Path) -> String {
     )
 }
 
+/// Opens a Parquet file for page-level reading (the vector columns' fast path).
+pub(super) fn open(path: &Path) -> Result<parquet::file::reader::SerializedFileReader<File>> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    parquet::file::reader::SerializedFileReader::new(file).with_context(|| corrupt(path))
+}
+
 /// `batch` with each column of `table` it holds in the type saerl reads it as. A file another
 /// engine wrote may store Utf8View or LargeUtf8 strings, other integer widths or f64 floats:
 /// those convert when the values fit (an integer that does not is an error); anything else is
@@ -224,7 +230,7 @@ impl Lake {
 fn read_columns_fast(path: &Path, table: Table, columns: &[&str]) -> Result<Option<RecordBatch>> {
     use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array};
     use parquet::file::reader::FileReader;
-    let reader = super::vectors::open(path)?;
+    let reader = open(path)?;
     let meta = reader.metadata().file_metadata();
     let schema =
         parquet::arrow::parquet_to_arrow_schema(meta.schema_descr(), meta.key_value_metadata())

@@ -9,7 +9,7 @@
 
 use std::fs::File;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use parquet::basic::{Encoding, Type as PhysicalType};
 use parquet::column::page::Page;
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -180,12 +180,6 @@ fn uleb128(b: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
-/// Opens a Parquet file for page-level reading.
-pub fn open(path: &std::path::Path) -> Result<SerializedFileReader<File>> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    SerializedFileReader::new(file).with_context(|| super::read::corrupt(path))
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -195,7 +189,8 @@ mod tests {
     use parquet::arrow::ArrowWriter;
     use parquet::file::properties::WriterProperties;
 
-    use super::{open, read_vectors};
+    use super::read_vectors;
+    use crate::lake::read::open;
     use crate::lake::{writer_properties, Table};
 
     fn write(path: &std::path::Path, batch: &RecordBatch, props: WriterProperties) {

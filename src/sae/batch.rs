@@ -1,10 +1,10 @@
 //! An SAE ready to encode batches of rows, on the CPU (the encoder GEMM and top-k on slices) or
-//! on a device (`device.rs`): what `stats`, `eval` and `topk_encode` run, whichever `--device`.
+//! on a device (`on_device.rs`): what `stats`, `eval` and `topk_encode` run, whichever `--device`.
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 
-use super::device::DeviceSae;
+use super::on_device::DeviceSae;
 use super::quality::reconstruct;
 use super::Sae;
 use crate::kernels::{by_value, Encoded};

@@ -3,8 +3,8 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod dashboard;
-pub mod device;
 pub mod interop;
+pub mod on_device;
 pub mod pickle;
 pub mod pt;
 pub mod quality;

@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Result};
 
-use super::device::{DeviceSae, DeviceTrainer};
+use super::on_device::{DeviceSae, DeviceTrainer};
 use super::quality::row_sq_errors;
 use super::rows::{MemRows, Rows};
 use super::step::{self, Adam, Scratch, StepOut};
@@ -220,7 +220,7 @@ pub struct Trainer {
     backend: Backend,
 }
 
-/// Where the steps run: the CPU step (`step.rs`) on the host weights, or a device (`device.rs`)
+/// Where the steps run: the CPU step (`step.rs`) on the host weights, or a device (`on_device.rs`)
 /// holding its own copy that goes back to the host weights after every epoch.
 enum Backend {
     Cpu(Box<Scratch>),

@@ -54,7 +54,8 @@ const IDLE: Duration = Duration::from_secs(600);
 /// The Flight SQL service over one lake.
 pub struct FlightSql {
     lake: Lake,
-    cluster: Option<String>,
+    /// What runs the statements (a cluster), or None for this process.
+    engine: Option<Arc<dyn crate::sql::session::Engine>>,
     /// Shared by every session: one memory pool for the whole server.
     runtime: Arc<RuntimeEnv>,
     sessions: tokio::sync::Mutex<HashMap<SocketAddr, (Arc<SessionContext>, Instant)>>,
@@ -175,7 +176,7 @@ fn typed(
 impl FlightSql {
     pub fn new(
         lake: Lake,
-        cluster: Option<String>,
+        engine: Option<Arc<dyn crate::sql::session::Engine>>,
         runtime: Arc<RuntimeEnv>,
     ) -> anyhow::Result<Self> {
         let mut info = SqlInfoDataBuilder::new();
@@ -193,7 +194,7 @@ impl FlightSql {
             .map_err(|e| anyhow::anyhow!("building the server's SqlInfo: {e}"))?;
         Ok(Self {
             lake,
-            cluster,
+            engine,
             runtime,
             sessions: Default::default(),
             prepared: Default::default(),
@@ -233,7 +234,7 @@ impl FlightSql {
     /// The session of the connection `request` came on (opened on its first call).
     async fn session<T>(&self, request: &Request<T>) -> Result<Arc<SessionContext>, Status> {
         let open = || async {
-            crate::cluster::session_in(&self.lake, self.cluster.as_deref(), self.runtime.clone())
+            crate::sql::session::open(&self.lake, self.runtime.clone(), self.engine.as_deref())
                 .await
                 .map(Arc::new)
                 .map_err(failed)

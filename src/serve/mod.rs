@@ -41,8 +41,8 @@ pub struct ServeConfig {
     pub bind: Option<SocketAddr>,
     /// The Flight SQL endpoint's address, if any.
     pub flight: Option<SocketAddr>,
-    /// Statements run on this Ballista cluster (`df://host:port`) instead of in the server.
-    pub cluster: Option<String>,
+    /// What runs the statements instead of the server (a cluster), if anything.
+    pub engine: Option<Arc<dyn crate::sql::session::Engine>>,
     /// Bytes every statement of the server together may hold (None: no limit).
     pub memory_limit: Option<usize>,
     pub token: Option<String>,
@@ -141,13 +141,13 @@ pub async fn serve(
     let flight = match cfg.flight {
         Some(addr) => Some((
             listen(addr).await?,
-            flight::FlightSql::new(lake.clone(), cfg.cluster.clone(), runtime.clone())?,
+            flight::FlightSql::new(lake.clone(), cfg.engine.clone(), runtime.clone())?,
         )),
         None => None,
     };
     let web = match cfg.bind {
         Some(addr) => {
-            let ctx = crate::cluster::session_in(lake, cfg.cluster.as_deref(), runtime).await?;
+            let ctx = crate::sql::session::open(lake, runtime, cfg.engine.as_deref()).await?;
             let app = Arc::new(App {
                 ctx: tokio::sync::Mutex::new(ctx),
                 lake: lake.clone(),

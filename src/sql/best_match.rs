@@ -16,7 +16,8 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::Expr;
 
 use crate::kernels::{for_each_cosine_row, unit_rows};
-use crate::lake::{read_sae, Lake};
+use crate::lake::Lake;
+use crate::tables::read_sae;
 
 #[derive(Debug)]
 pub struct BestMatch {

@@ -17,7 +17,8 @@ use datafusion::error::DataFusionError;
 
 use super::best_match::{int_arg, literal};
 use crate::kernels::{cosine, for_each_cosine_row};
-use crate::lake::{read_sae, Lake, PartitionKey, Table};
+use crate::lake::{Lake, PartitionKey, Table};
+use crate::tables::read_sae;
 
 /// The assignment of rows of `a` to rows of `b` (both row-major, `d` wide) maximising the summed
 /// cosine: (i, j, cosine) for min(n_a, n_b) pairs, in order of i.

@@ -17,9 +17,8 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use saerl_udfs::{Encoder, SaeKey, SaeSource};
 
-use crate::lake::{
-    check_parquet, read_sae, vector_width, Lake, PartitionKey, Remote, Snapshot, Table,
-};
+use crate::lake::{check_parquet, vector_width, Lake, PartitionKey, Remote, Snapshot, Table};
+use crate::tables::read_sae;
 
 /// The device the SQL functions compute on: `SAERL_DEVICE` (cpu, the default, or cuda).
 fn sql_device() -> Result<candle_core::Device> {
@@ -27,19 +26,44 @@ fn sql_device() -> Result<candle_core::Device> {
     crate::model::device(&name).context("SAERL_DEVICE")
 }
 
-pub async fn open_session(lake: &Lake) -> Result<SessionContext> {
-    open_session_in(lake, runtime_env(lake)?).await
+/// Where a session's statements run when not in this process: a cluster plugs in here. The
+/// session stays this module's either way (its tables, functions, rules and snapshots).
+#[async_trait::async_trait]
+pub trait Engine: std::fmt::Debug + Send + Sync {
+    /// The settings the engine's sessions start from (its plan codecs, say).
+    fn config(&self, lake: &Lake) -> SessionConfig;
+    /// A context for `state` whose statements run on the engine.
+    async fn context(&self, state: datafusion::execution::SessionState) -> Result<SessionContext>;
 }
 
-/// A session over `lake` in `runtime` (a server's sessions share one, with its memory pool).
-pub async fn open_session_in(lake: &Lake, runtime: Arc<RuntimeEnv>) -> Result<SessionContext> {
+/// A session over `lake`, running in this process.
+pub async fn open_session(lake: &Lake) -> Result<SessionContext> {
+    open(lake, runtime_env(lake)?, None).await
+}
+
+/// A session over `lake` run by `engine` (a cluster), or in this process.
+pub async fn open_with(lake: &Lake, engine: Option<&dyn Engine>) -> Result<SessionContext> {
+    open(lake, runtime_env(lake)?, engine).await
+}
+
+/// A session over `lake` in `runtime` (a server's sessions share one, with its memory pool),
+/// its statements run by `engine` when one is given, else here.
+pub async fn open(
+    lake: &Lake,
+    runtime: Arc<RuntimeEnv>,
+    engine: Option<&dyn Engine>,
+) -> Result<SessionContext> {
+    let base = engine.map_or_else(SessionConfig::new, |e| e.config(lake));
     let state = SessionStateBuilder::new()
         .with_default_features()
-        .with_config(session_config(SessionConfig::new(), lake))
+        .with_config(session_config(base, lake))
         .with_runtime_env(runtime)
         .with_optimizer_rules(super::rules::optimizer_rules())
         .build();
-    let ctx = SessionContext::new_with_state(state);
+    let ctx = match engine {
+        Some(e) => e.context(state).await?,
+        None => SessionContext::new_with_state(state),
+    };
     register_lake(&ctx, lake).await?;
     Ok(ctx)
 }
@@ -323,7 +347,7 @@ impl std::fmt::Debug for LakeSaes {
 /// An SAE whose encoder runs on a device.
 struct DeviceEncoder {
     d_model: usize,
-    sae: crate::sae::device::DeviceSae,
+    sae: crate::sae::on_device::DeviceSae,
     device: candle_core::Device,
 }
 
@@ -413,7 +437,7 @@ impl SaeSource for LakeSaes {
                 candle_core::Device::Cpu => Arc::new(sae),
                 dev => Arc::new(DeviceEncoder {
                     d_model: sae.d_model,
-                    sae: crate::sae::device::DeviceSae::new(&sae, dev)?,
+                    sae: crate::sae::on_device::DeviceSae::new(&sae, dev)?,
                     device: dev.clone(),
                 }),
             })

@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, StringViewArray};
 use arrow::datatypes::{Field, Schema};
-use saerl::lake::{partition_files, read_sae, Lake, Table};
+use saerl::lake::{partition_files, Lake, Table};
 use saerl::rng::SplitMix64;
 use saerl::sae::pickle::{self, Value};
 use saerl::sae::pt;
 use saerl::sae::zip_store::{ZipStore, ZipWriter};
+use saerl::tables::read_sae;
 
 use crate::common::{fixtures, imported_lake, pt_files, saerl, stderr};
 

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type};
-use saerl::lake::{read_sae, Lake, PartitionKey};
+use saerl::lake::{Lake, PartitionKey};
 use saerl::sql::run_sql;
 use saerl::sql::saved::QUERIES;
+use saerl::tables::read_sae;
 
 use crate::common::*;
 

@@ -7,12 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use saerl::lake::{read_sae, Lake, PartitionKey, Table};
+use saerl::lake::{Lake, PartitionKey, Table};
 use saerl::rng::SplitMix64;
 use saerl::sae::interop::NOTES_FILE;
 use saerl::sae::zip_store::ZipStore;
 use saerl::sae::Sae;
 use saerl::sql::run_sql;
+use saerl::tables::read_sae;
 use serde_json::Value;
 
 use crate::common::*;

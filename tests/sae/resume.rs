@@ -4,8 +4,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use saerl::lake::{read_sae, Lake, PartitionKey};
+use saerl::lake::{Lake, PartitionKey};
 use saerl::sae::rows::Rows;
+use saerl::tables::read_sae;
 
 use crate::shared::copy_dir;
 

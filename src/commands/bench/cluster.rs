@@ -33,7 +33,8 @@ fn csv(batches: &[RecordBatch]) -> Result<String> {
 pub async fn run(lake: &Lake, cluster: &str, runs: usize) -> Result<()> {
     let lake = lake.existing()?;
     let local = crate::sql::open_session(&lake).await?;
-    let remote = crate::cluster::connect(&lake, cluster).await?;
+    let engine = crate::cluster::engine(Some(cluster));
+    let remote = crate::sql::session::open_with(&lake, engine.as_deref()).await?;
     println!(
         "saved queries over {} — in-process vs cluster {cluster} (best of {runs})",
         lake.location()

@@ -2,7 +2,7 @@
 //! over GSM8k questions (blocks 6/12/18/23, batch 16), against transformers (`ref_ingest.py`)
 //! on the same questions and tokenizer; peak RSS against the model's f32 weights.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -11,7 +11,7 @@ use super::References;
 use super::{gemm::gflops, gib, peak_rss, questions_file, ratio_line, reset_peak_rss, work_dir};
 use crate::commands::ingest::{run as ingest, Ingest};
 use crate::data::read_questions;
-use crate::lake::Lake;
+use crate::lake::{Lake, PartitionKey};
 use crate::model::random::{write_model, write_tokenizer, TinyShape};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -31,6 +31,10 @@ pub struct BenchIngest {
     /// `--device` of the ingest (cuda needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The precision the model computes in; with bf16 the benchmark also reports how far bf16
+    /// activations are from f32 ones.
+    #[arg(long, value_enum, default_value_t = crate::model::ModelDtype::F32)]
+    pub dtype: crate::model::ModelDtype,
 }
 
 /// Transformers' CPU f32 throughput on this machine kind (shared/bench/README.md).
@@ -77,6 +81,7 @@ pub fn run(a: &BenchIngest, refs: &References) -> Result<()> {
         "--device",
         &a.device,
     ])?;
+    args.dtype = a.dtype;
     (args.model, args.data, args.limit) = (Some(model_dir.clone()), Some(data.clone()), Some(a.n));
     args.project = work.join("saerl.toml");
     let summary = ingest(&lake, &args)?;
@@ -139,5 +144,62 @@ pub fn run(a: &BenchIngest, refs: &References) -> Result<()> {
         Some(TRANSFORMERS_TOKENS_PER_S),
         1.5,
     );
+    if a.dtype == crate::model::ModelDtype::Bf16 {
+        bf16_difference(&work, &model_dir, &data, &a.device)?;
+    }
+    Ok(())
+}
+
+/// bf16 against f32: 16 questions ingested both ways, the relative RMS difference per layer.
+pub(super) fn bf16_difference(work: &Path, model: &Path, train: &Path, device: &str) -> Result<()> {
+    let mut rows = Vec::new();
+    for dtype in ["f32", "bf16"] {
+        let lake = Lake::new(work.join(format!("lake-{dtype}")));
+        let mut args = Ingest::from_flags([
+            "--chain",
+            "check",
+            "--stage",
+            "instruct_base",
+            "--layers",
+            "6,12,18,23",
+            "--limit",
+            "16",
+            "--dtype",
+            dtype,
+            "--device",
+            device,
+            "--overwrite",
+        ])?;
+        (args.model, args.data) = (Some(model.to_path_buf()), Some(train.to_path_buf()));
+        args.project = work.join("none.toml");
+        ingest(&lake, &args)?;
+        let mut per_layer = Vec::new();
+        for l in crate::study::LAYERS {
+            let key = PartitionKey::layer("check", "instruct_base", *l);
+            let r = lake.activation_rows(&key, "train", 1)?;
+            let mut all = Vec::new();
+            crate::sae::rows::Rows::for_each_batch(&r, 4096, None, &mut |b| {
+                all.extend_from_slice(b);
+                Ok(())
+            })?;
+            per_layer.push(all);
+        }
+        rows.push(per_layer);
+    }
+    println!("  bf16 against f32 activations (16 questions), relative RMS difference per layer:");
+    for (l, (a, b)) in crate::study::LAYERS
+        .iter()
+        .zip(rows[0].iter().zip(&rows[1]))
+    {
+        let (mut diff, mut norm) = (0f64, 0f64);
+        for (x, y) in a.iter().zip(b) {
+            diff += ((x - y) as f64).powi(2);
+            norm += (*x as f64).powi(2);
+        }
+        println!(
+            "    layer {l}: {:.2e}",
+            (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
+        );
+    }
     Ok(())
 }

@@ -175,7 +175,7 @@ pub fn run(a: &BenchStudy) -> Result<()> {
     let summary = run::study(&lake, &args)?.context("the run planned nothing")?;
     report(&lake, &summary, a, prompts)?;
     if a.dtype == ModelDtype::Bf16 {
-        bf16_difference(&work, &model, &train, &a.device)?;
+        super::ingest::bf16_difference(&work, &model, &train, &a.device)?;
     }
     Ok(())
 }
@@ -264,56 +264,5 @@ fn report(lake: &Lake, s: &RunSummary, a: &BenchStudy, prompts: usize) -> Result
         "under 15 min for S = 1 on one GPU"
     };
     println!("  target: {target}");
-    Ok(())
-}
-
-/// bf16 against f32: 16 questions ingested both ways, the relative RMS difference per layer.
-fn bf16_difference(work: &Path, model: &Path, train: &Path, device: &str) -> Result<()> {
-    let mut rows = Vec::new();
-    for dtype in ["f32", "bf16"] {
-        let lake = Lake::new(work.join(format!("lake-{dtype}")));
-        let mut args = crate::commands::ingest::Ingest::from_flags([
-            "--chain",
-            "check",
-            "--stage",
-            "instruct_base",
-            "--layers",
-            "6,12,18,23",
-            "--limit",
-            "16",
-            "--dtype",
-            dtype,
-            "--device",
-            device,
-            "--overwrite",
-        ])?;
-        (args.model, args.data) = (Some(model.to_path_buf()), Some(train.to_path_buf()));
-        args.project = work.join("none.toml");
-        crate::commands::ingest::run(&lake, &args)?;
-        let mut per_layer = Vec::new();
-        for l in LAYERS {
-            let key = PartitionKey::layer("check", "instruct_base", *l);
-            let r = lake.activation_rows(&key, "train", 1)?;
-            let mut all = Vec::new();
-            crate::sae::rows::Rows::for_each_batch(&r, 4096, None, &mut |b| {
-                all.extend_from_slice(b);
-                Ok(())
-            })?;
-            per_layer.push(all);
-        }
-        rows.push(per_layer);
-    }
-    println!("  bf16 against f32 activations (16 questions), relative RMS difference per layer:");
-    for (l, (a, b)) in LAYERS.iter().zip(rows[0].iter().zip(&rows[1])) {
-        let (mut diff, mut norm) = (0f64, 0f64);
-        for (x, y) in a.iter().zip(b) {
-            diff += ((x - y) as f64).powi(2);
-            norm += (*x as f64).powi(2);
-        }
-        println!(
-            "    layer {l}: {:.2e}",
-            (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
-        );
-    }
     Ok(())
 }

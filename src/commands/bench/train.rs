@@ -7,7 +7,7 @@ use anyhow::Result;
 use rand::SeedableRng;
 
 use super::{gemm::gflops, gib, peak_rss, ratio_line, reset_peak_rss, References};
-use crate::sae::device::DeviceTrainer;
+use crate::sae::on_device::DeviceTrainer;
 use crate::sae::rows::{mean_row, MemRows};
 use crate::sae::step::{self, Adam, Scratch};
 use crate::sae::train::{cold_start, TrainConfig};

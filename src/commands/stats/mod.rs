@@ -9,13 +9,12 @@ use anyhow::{Context, Result};
 use arrow::array::RecordBatch;
 
 use super::SaeSelection;
-use crate::lake::{
-    feature_stats_batch, read_sae, top_examples_batch, Lake, PartitionKey, Table, Txn,
-};
+use crate::lake::{Lake, PartitionKey, Table, Txn};
 use crate::sae::batch::BatchEncoder;
 use crate::sae::dashboard::{LatentSpill, RowIndex};
 use crate::sae::stats::{FeatureStats, RowInfo};
 use crate::sae::Sae;
+use crate::tables::{feature_stats_batch, read_sae, top_examples_batch};
 
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "stats")]

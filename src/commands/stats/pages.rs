@@ -13,7 +13,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Float32Type, Int32Type, Int64Type};
 
 use crate::kernels::cosine;
-use crate::lake::{read_sae, Lake, PartitionKey, Table};
+use crate::lake::{Lake, PartitionKey, Table};
 use crate::sae::dashboard::{
     contexts, logit_effects, nearest, LatentSpill, RowIndex, Spread, Want, TOP_IN_CONTEXT,
 };
@@ -21,6 +21,7 @@ use crate::sae::stats::{Example, FeatureStats};
 use crate::sae::Sae;
 use crate::sql::best_match::best_matches;
 use crate::sql::matching::assignment;
+use crate::tables::read_sae;
 
 fn list<T: arrow::datatypes::ArrowPrimitiveType>(
     rows: impl IntoIterator<Item = Vec<T::Native>>,

@@ -9,7 +9,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Int32Type};
 
-use super::{Lake, PartitionKey, Table, Txn};
+use crate::lake::{Lake, PartitionKey, Table, Txn};
 use crate::sae::{Activation, Sae, SaeMeta};
 
 fn fixed(values: &[f32], d: usize) -> Result<ArrayRef> {
