@@ -14,7 +14,7 @@ use crate::data::read_questions;
 use crate::lake::{Lake, PartitionKey, Table, Txn};
 use crate::model::{
     device, load_model, next_token_log_softmax, replace_real_with, splice_real, target_logprobs,
-    Hooks, PaddedBatch, Qwen2, Replace, TextTokenizer,
+    Hooks, PaddedBatch, Qwen2, TextTokenizer,
 };
 use crate::project::{DataSet, Project};
 use crate::sae::batch::BatchEncoder;
@@ -358,27 +358,32 @@ fn score_batch(
         bail!("a batch of prompts is shorter than two tokens; nothing to score");
     }
     let real = b.mask.narrow(1, 1, t - 1)?.to_dtype(DType::F32)?;
-    let forward = |replace: Option<(usize, Replace)>| -> Result<Tensor> {
-        let hooks = Hooks {
-            capture: &[],
-            replace,
+    // One full pass captures every SAE's layer; each splice then runs only the blocks after it.
+    let out = model.forward(
+        &b.ids,
+        &b.mask,
+        &Hooks {
+            capture: layers,
+            replace: None,
             logits: true,
-        };
-        let out = model.forward(&b.ids, &b.mask, &hooks)?;
-        next_token_log_softmax(&out.logits.context("no logits")?)
-    };
-    let base = forward(None)?;
+        },
+    )?;
+    let base = next_token_log_softmax(&out.logits.context("no logits")?)?;
     let l_base = nll(&base, b)?;
+    let after = |layer: usize, h: Tensor| -> Result<Tensor> {
+        next_token_log_softmax(&model.logits_after(layer, &h, &b.mask)?)
+    };
     encoders
         .iter()
         .zip(layers)
         .zip(ablations)
         .map(|((encoder, &layer), ablation)| {
-            let splice_sae =
-                |h: &Tensor, m: &Tensor| splice_real(h, m, &encoder.reconstruct_tensor(h)?);
-            let splice_abl = |h: &Tensor, m: &Tensor| replace_real_with(h, m, ablation);
-            let with_sae = forward(Some((layer, &splice_sae)))?;
-            let with_abl = forward(Some((layer, &splice_abl)))?;
+            let h = &out.blocks[&layer];
+            let with_sae = after(
+                layer,
+                splice_real(h, &b.mask, &encoder.reconstruct_tensor(h)?)?,
+            )?;
+            let with_abl = after(layer, replace_real_with(h, &b.mask, ablation)?)?;
             Ok([
                 l_base,
                 nll(&with_sae, b)?,

@@ -1,8 +1,9 @@
 //! `saerl train`: TopK SAEs along a chain, one per (stage, layer), each stage warm-started from
 //! the previous stage's SAE of the same layer and k so that feature indices stay aligned.
 //! Writes `saes`, `features` and `train_log`; an SAE already in the lake is skipped (and used as
-//! the next stage's parent). Rows stream from Parquet unless `--in-memory`; after every epoch
-//! the trainer is checkpointed under `<lake>/.tmp/`, and an interrupted SAE resumes from there.
+//! the next stage's parent). Rows stream from Parquet unless `--in-memory`; between epochs the
+//! trainer is checkpointed under `<lake>/.tmp/` (at most once per `--checkpoint-every` seconds),
+//! and an interrupted SAE resumes from there.
 
 use anyhow::{bail, Context, Result};
 
@@ -65,6 +66,12 @@ pub struct TrainArgs {
     /// failing.
     #[arg(long)]
     pub wait: bool,
+    /// Checkpoint an SAE's trainer after an epoch once this many seconds have passed since its
+    /// last checkpoint (0 = after every epoch): a killed training loses at most about this much
+    /// work. A checkpoint of a study-sized SAE is 205 MB, so one per epoch costs more than short
+    /// epochs do.
+    #[arg(long, default_value_t = 60.0)]
+    pub checkpoint_every: f64,
     /// Stop (with an error) after this many epochs of an SAE, leaving its checkpoint: for the
     /// resume test.
     #[arg(long, hide = true)]
@@ -252,6 +259,7 @@ fn train_one(
     );
     bar.set_position((trainer.epochs().len() * train.len()) as u64);
     let started = std::time::Instant::now();
+    let mut saved = std::time::Instant::now();
     let mut ran = 0;
     while !trainer.is_done() {
         let epoch = trainer.epochs().len() + 1;
@@ -265,12 +273,18 @@ fn train_one(
             "{key} epoch {epoch}: train_mse {:.4e} val_mse {:.4e} dead {} ({:.1} s)",
             e.train_mse, e.val_mse, e.n_dead, e.seconds
         ));
-        let saving = std::time::Instant::now();
-        trainer.save(&ckpt, &fingerprint)?;
-        summary.fixed_seconds += saving.elapsed().as_secs_f64();
-        crate::fault::point("train.epoch");
         ran += 1;
-        if a.stop_after_epochs == Some(ran) && !trainer.is_done() {
+        let stopping = a.stop_after_epochs == Some(ran) && !trainer.is_done();
+        // After the last epoch the commit follows at once; a checkpoint would only be removed.
+        let due = saved.elapsed().as_secs_f64() >= a.checkpoint_every && !trainer.is_done();
+        if due || stopping {
+            let saving = std::time::Instant::now();
+            trainer.save(&ckpt, &fingerprint)?;
+            summary.fixed_seconds += saving.elapsed().as_secs_f64();
+            saved = std::time::Instant::now();
+        }
+        crate::fault::point("train.epoch");
+        if stopping {
             bail!(
                 "{key}: stopped after {ran} epochs as asked; run the same command again to resume from {}",
                 ckpt.display()

@@ -321,11 +321,7 @@ impl Qwen2 {
             t,
             self.cfg.hidden_size,
         ))?;
-        // Tables and mask in the weights' dtype (a model loaded as bf16 computes in bf16).
-        let dtype = self.embed.dtype();
-        let (cos, sin) = self.rotary.tables(t, ids.device())?;
-        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
-        let att_mask = Self::attention_mask(mask)?.to_dtype(dtype)?;
+        let (cos, sin, att_mask) = self.pass_tables(t, mask)?;
         let mut blocks = BTreeMap::new();
         for (i, block) in self.blocks.iter().enumerate().take(deepest + 1) {
             x = block.forward(&x, &cos, &sin, &att_mask)?;
@@ -338,17 +334,45 @@ impl Qwen2 {
                 blocks.insert(i, x.clone());
             }
         }
-        let logits = if hooks.logits {
-            let h = self.norm.forward(&x)?;
-            let v = self.cfg.vocab_size;
-            Some(
-                linear(&h.reshape((b * t, self.cfg.hidden_size))?, &self.head)?
-                    .reshape((b, t, v))?,
-            )
-        } else {
-            None
+        let logits = match hooks.logits {
+            true => Some(self.logits(&x)?),
+            false => None,
         };
         Ok(Output { blocks, logits })
+    }
+
+    /// The logits [B,T,V] of a pass whose block `block` put out `x` [B,T,H]: only the blocks
+    /// after it run, so a rewrite of a captured block output costs the rest of the model alone.
+    pub fn logits_after(&self, block: usize, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let n = self.blocks.len();
+        if block >= n {
+            bail!(
+                "block {block} requested, but the model has {n} blocks (0..{})",
+                n - 1
+            );
+        }
+        let (cos, sin, att_mask) = self.pass_tables(x.dim(1)?, mask)?;
+        let mut x = x.clone();
+        for b in &self.blocks[block + 1..] {
+            x = b.forward(&x, &cos, &sin, &att_mask)?;
+        }
+        self.logits(&x)
+    }
+
+    /// Rotary tables and the attention mask for `t` positions, in the weights' dtype (a model
+    /// loaded as bf16 computes in bf16).
+    fn pass_tables(&self, t: usize, mask: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let dtype = self.embed.dtype();
+        let (cos, sin) = self.rotary.tables(t, mask.device())?;
+        let att_mask = Self::attention_mask(mask)?.to_dtype(dtype)?;
+        Ok((cos.to_dtype(dtype)?, sin.to_dtype(dtype)?, att_mask))
+    }
+
+    /// The final norm and the head over the last block's output [B,T,H].
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, h) = x.dims3()?;
+        let x = self.norm.forward(x)?;
+        Ok(linear(&x.reshape((b * t, h))?, &self.head)?.reshape((b, t, self.cfg.vocab_size))?)
     }
 }
 

@@ -114,7 +114,7 @@ fn blocks_logprobs_logits_and_losses_match_transformers() {
 }
 
 #[test]
-fn stopping_early_gives_the_same_blocks() {
+fn stopping_early_and_resuming_after_a_block_give_the_same_pass() {
     let r = reference();
     let model = load_model(&tiny(), &Device::Cpu).unwrap();
     let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
@@ -142,7 +142,35 @@ fn stopping_early_gives_the_same_blocks() {
         .unwrap();
     assert!(early.logits.is_none());
     assert_eq!(max_abs_diff(&full.blocks[&1], &early.blocks[&1]), 0.0);
+    // Resuming after a captured block gives the whole pass's logits, and a rewritten block
+    // output gives the replace hook's logits (eval's splices run this way).
     let n = model.config().num_hidden_layers;
+    let all: Vec<usize> = (0..n).collect();
+    let logits = |hooks: &Hooks| model.forward(&ids, &mask, hooks).unwrap();
+    let captured = logits(&Hooks {
+        capture: &all,
+        logits: true,
+        ..Default::default()
+    });
+    let whole = captured.logits.as_ref().unwrap();
+    let halve = |h: &candle_core::Tensor, _: &candle_core::Tensor| Ok((h * 0.5)?);
+    for i in 0..n {
+        let after = model.logits_after(i, &captured.blocks[&i], &mask).unwrap();
+        assert_eq!(max_abs_diff(&after, whole), 0.0, "block {i}");
+        let hooked = logits(&Hooks {
+            replace: Some((i, &halve)),
+            logits: true,
+            ..Default::default()
+        });
+        let halved = (&captured.blocks[&i] * 0.5).unwrap();
+        let after = model.logits_after(i, &halved, &mask).unwrap();
+        assert_eq!(
+            max_abs_diff(&after, hooked.logits.as_ref().unwrap()),
+            0.0,
+            "block {i}"
+        );
+    }
+    assert!(model.logits_after(n, whole, &mask).is_err());
     let err = model
         .forward(
             &ids,

@@ -48,6 +48,8 @@ fn settings() -> [(&'static str, Vec<(&'static str, String)>); 3] {
                 ("epochs", "3".into()),
                 ("batch", "64".into()),
                 ("resample_every", "2".into()),
+                // A checkpoint after every epoch, so the kill below leaves one to resume.
+                ("checkpoint_every", "0".into()),
             ],
         ),
         (

@@ -11,8 +11,21 @@ use crate::resume::copy_demo_lake;
 use crate::shared::{crash_matrix, run_saerl, sql_csv};
 
 const TRAIN: &[&str] = &[
-    "train", "--chain", "tiny", "--layers", "2", "--k", "4", "--d-sae", "48", "--epochs", "2",
-    "--batch", "32",
+    "train",
+    "--chain",
+    "tiny",
+    "--layers",
+    "2",
+    "--k",
+    "4",
+    "--d-sae",
+    "48",
+    "--epochs",
+    "2",
+    "--batch",
+    "32",
+    "--checkpoint-every",
+    "0",
 ];
 
 /// Keys of chain `tiny` present in one table of the pair but not the other: each commit writes

@@ -395,7 +395,7 @@ fn train_state(lake: &Lake, key: &PartitionKey) -> Result<State> {
     if lake.has_partition(Table::Saes, key)? {
         Ok(State::Done)
     } else if lake.train_checkpoint(key).is_file() {
-        Ok(State::Resumes("from its last epoch's checkpoint".into()))
+        Ok(State::Resumes("from its last checkpoint".into()))
     } else {
         Ok(State::ToDo)
     }
