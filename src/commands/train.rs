@@ -87,12 +87,7 @@ fn open_rows(lake: &Lake, key: &PartitionKey, split: &str, a: &TrainArgs) -> Res
     if !a.in_memory {
         return Ok(Box::new(rows));
     }
-    let mut all = Vec::with_capacity(rows.len() * rows.d_model());
-    rows.for_each_batch(8192, None, &mut |b| {
-        all.extend_from_slice(b);
-        Ok(())
-    })?;
-    Ok(Box::new(MemRows::new(rows.d_model(), all)))
+    Ok(Box::new(MemRows::new(rows.d_model(), rows.read_all()?)))
 }
 
 /// Where a training's time went beyond the epochs' steps: checkpoints and commits, which do

@@ -285,6 +285,16 @@ impl ActivationRows {
         })
     }
 
+    /// Every row, in stored order, in one row-major vector.
+    pub fn read_all(&self) -> Result<Vec<f32>> {
+        let mut all = Vec::with_capacity(self.n * self.d);
+        self.for_each_batch(8192, None, &mut |b| {
+            all.extend_from_slice(b);
+            Ok(())
+        })?;
+        Ok(all)
+    }
+
     /// The rows at ascending indices `idx`, in that order.
     pub fn gather(&self, idx: &[usize]) -> Result<Vec<f32>> {
         let d = self.d;

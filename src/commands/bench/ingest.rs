@@ -176,13 +176,7 @@ pub(super) fn bf16_difference(work: &Path, model: &Path, train: &Path, device: &
         let mut per_layer = Vec::new();
         for l in crate::study::LAYERS {
             let key = PartitionKey::layer("check", "instruct_base", *l);
-            let r = lake.activation_rows(&key, "train", 1)?;
-            let mut all = Vec::new();
-            crate::sae::rows::Rows::for_each_batch(&r, 4096, None, &mut |b| {
-                all.extend_from_slice(b);
-                Ok(())
-            })?;
-            per_layer.push(all);
+            per_layer.push(lake.activation_rows(&key, "train", 1)?.read_all()?);
         }
         rows.push(per_layer);
     }
