@@ -27,6 +27,7 @@ pub fn point(name: &str) {
     if want == name && HITS.fetch_add(1, Ordering::Relaxed) + 1 == *n {
         eprintln!("SAERL_KILL_AT: killing the process at {name} (hit {n})");
         // SIGKILL, as an out-of-memory kill or a pulled plug would: no unwinding, no Drop.
+        // SAFETY: kill takes plain integers and touches no memory of ours.
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);
         }

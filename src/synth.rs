@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use crate::kernels::unit_norm;
 use crate::lake::{PartitionKey, StageRow, Txn};
 use crate::rng::normal;
-use crate::sae::{Activation, Sae, SaeMeta};
+use crate::sae::{Activation, Sae, SaeMeta, Tensors};
 use crate::study::stage_name;
 use crate::tables::write_sae;
 
@@ -40,11 +40,13 @@ pub fn base_sae(layer: i32, k: usize, d: usize, n: usize) -> Sae {
         d_sae: n,
         k,
         activation: Activation::TopK,
-        b_pre: (0..d).map(|_| normal(&mut rng) * 0.1).collect(),
-        w_enc,
-        b_enc: (0..n).map(|_| normal(&mut rng) * 0.01).collect(),
-        w_dec,
-        b_dec: (0..d).map(|_| normal(&mut rng) * 0.01).collect(),
+        tensors: Tensors {
+            b_pre: (0..d).map(|_| normal(&mut rng) * 0.1).collect(),
+            w_enc,
+            b_enc: (0..n).map(|_| normal(&mut rng) * 0.01).collect(),
+            w_dec,
+            b_dec: (0..d).map(|_| normal(&mut rng) * 0.01).collect(),
+        },
         meta: SaeMeta {
             source: Some(format!("synthetic layer {layer}")),
             ..Default::default()

@@ -7,7 +7,7 @@
 
 use anyhow::{bail, Context, Result};
 
-use crate::lake::{Lake, PartitionKey, Table, Txn};
+use crate::lake::{Lake, PartitionKey, StageRow, Table, Txn};
 use crate::sae::rows::{mean_row, MemRows, Rows};
 use crate::sae::train::{cold_start, TrainConfig, Trainer};
 use crate::sae::Sae;
@@ -99,10 +99,32 @@ pub struct TrainSummary {
 
 pub fn run(lake: &Lake, a: &TrainArgs) -> Result<TrainSummary> {
     lake.recover()?;
-    let mut summary = TrainSummary::default();
-    let dev = crate::model::device(&a.device)?;
     let lake = lake.existing()?;
     let stages = lake.read_stages(&a.chain)?;
+    check_stages(&lake, &stages, a)?;
+    let mut chain = ChainTraining {
+        lake: &lake,
+        a,
+        cfg: TrainConfig {
+            epochs: a.epochs,
+            lr: a.lr,
+            batch: a.batch,
+            shuffle: a.batch_order == "shuffled",
+            resample_every: (a.resample_every > 0).then_some(a.resample_every),
+            seed: a.seed,
+            ..TrainConfig::default()
+        },
+        dev: crate::model::device(&a.device)?,
+        summary: TrainSummary::default(),
+    };
+    for &layer in &a.layers {
+        chain.train_layer(&stages, layer)?;
+    }
+    Ok(chain.summary)
+}
+
+/// The chain has stages, and every `--stage` is one of them.
+fn check_stages(lake: &Lake, stages: &[StageRow], a: &TrainArgs) -> Result<()> {
     if stages.is_empty() {
         bail!(
             "chain {} has no stages in {} (ingest activations first)",
@@ -123,16 +145,22 @@ pub fn run(lake: &Lake, a: &TrainArgs) -> Result<TrainSummary> {
             );
         }
     }
-    let cfg = TrainConfig {
-        epochs: a.epochs,
-        lr: a.lr,
-        batch: a.batch,
-        shuffle: a.batch_order == "shuffled",
-        resample_every: (a.resample_every > 0).then_some(a.resample_every),
-        seed: a.seed,
-        ..TrainConfig::default()
-    };
-    for &layer in &a.layers {
+    Ok(())
+}
+
+/// One `saerl train` over a chain: what every SAE it trains shares.
+struct ChainTraining<'a> {
+    lake: &'a Lake,
+    a: &'a TrainArgs,
+    cfg: TrainConfig,
+    dev: candle_core::Device,
+    summary: TrainSummary,
+}
+
+impl ChainTraining<'_> {
+    /// Trains the layer's SAEs along the stages, each warm-started from the one before.
+    fn train_layer(&mut self, stages: &[StageRow], layer: i32) -> Result<()> {
+        let (lake, a) = (self.lake, self.a);
         let _work = lake.lock_work(
             &lake.train_lock(&PartitionKey::sae(&a.chain, "", layer, a.k as i32)),
             &format!("training chain {} layer {layer} k {}", a.chain, a.k),
@@ -154,166 +182,193 @@ pub fn run(lake: &Lake, a: &TrainArgs) -> Result<TrainSummary> {
                 continue;
             }
             if let Some((p, k)) = stored_parent.take() {
-                parent = Some((p, read_sae(&lake, &k)?));
+                parent = Some((p, read_sae(lake, &k)?));
             }
             let act_key = PartitionKey::layer(&a.chain, &st.stage, layer);
-            let train_rows = open_rows(&lake, &act_key, "train", a)?;
-            let val_rows = open_rows(&lake, &act_key, "val", a)?;
-            let d = train_rows.d_model();
-            let init = match &parent {
-                Some((p, sae)) => {
-                    if sae.d_model != d {
-                        bail!(
-                            "{key}: parent {p} has d_model {} but the activations have {d}",
-                            sae.d_model
-                        );
-                    }
-                    let mut s = sae.clone();
-                    s.meta = Default::default();
-                    s.meta.init_from_stage = Some(p.clone());
-                    s
-                }
-                None if si > 0 && !a.stage.is_empty() => {
-                    bail!("{key}: the parent stage's SAE is not in the lake; train the chain in order")
-                }
-                None => cold_start(
-                    mean_row(train_rows.as_ref())?,
-                    a.d_sae.unwrap_or(8 * d),
-                    a.k,
-                    a.seed,
-                ),
-            };
-            let sae = train_one(
-                &lake,
-                &key,
-                &init,
-                train_rows.as_ref(),
-                val_rows.as_ref(),
-                &cfg,
-                &dev,
-                a,
-                &mut summary,
-            )?;
+            let train = open_rows(lake, &act_key, "train", a)?;
+            let val = open_rows(lake, &act_key, "val", a)?;
+            let init = self.initial_sae(&key, parent.as_ref(), si > 0, train.as_ref())?;
+            let sae = self.train_one(&key, &init, train.as_ref(), val.as_ref())?;
             parent = Some((st.stage.clone(), sae));
         }
+        Ok(())
     }
-    Ok(summary)
-}
 
-/// Trains one SAE (resuming from its checkpoint when there is one) and commits it.
-fn train_one(
-    lake: &Lake,
-    key: &PartitionKey,
-    init: &Sae,
-    train: &dyn Rows,
-    val: &dyn Rows,
-    cfg: &TrainConfig,
-    dev: &candle_core::Device,
-    a: &TrainArgs,
-    summary: &mut TrainSummary,
-) -> Result<Sae> {
-    let ckpt = lake.train_checkpoint(key);
-    // Everything the result depends on; a checkpoint of another run is not resumed.
-    let fingerprint = format!(
-        "{cfg:?} activations {} rows {}/{} d_sae {} k {} parent {:?} init {:016x}",
-        lake.partition_fingerprint(Table::Activations, &key.activations())?,
-        train.len(),
-        val.len(),
-        init.d_sae,
-        init.k,
-        init.meta.init_from_stage,
-        weights_hash(init)
-    );
-    let mut trainer = match Trainer::load(&ckpt, &fingerprint, cfg)? {
-        Some(t) => {
-            super::say!(
-                "{key}: resuming after epoch {} from {}",
-                t.epochs().len(),
-                ckpt.display()
-            );
-            t
+    /// The parent's weights (with provenance reset), or a cold start for the chain's first stage.
+    fn initial_sae(
+        &self,
+        key: &PartitionKey,
+        parent: Option<&(String, Sae)>,
+        has_parent_stage: bool,
+        train: &dyn Rows,
+    ) -> Result<Sae> {
+        let (a, d) = (self.a, train.d_model());
+        match parent {
+            Some((p, sae)) => {
+                if sae.d_model != d {
+                    bail!(
+                        "{key}: parent {p} has d_model {} but the activations have {d}",
+                        sae.d_model
+                    );
+                }
+                let mut s = sae.clone();
+                s.meta = Default::default();
+                s.meta.init_from_stage = Some(p.clone());
+                Ok(s)
+            }
+            None if has_parent_stage && !a.stage.is_empty() => {
+                bail!("{key}: the parent stage's SAE is not in the lake; train the chain in order")
+            }
+            None => Ok(cold_start(
+                mean_row(train)?,
+                a.d_sae.unwrap_or(8 * d),
+                a.k,
+                a.seed,
+            )),
         }
-        None => {
-            if ckpt.is_file() {
+    }
+
+    /// Trains one SAE (resuming from its checkpoint when there is one) and commits it.
+    fn train_one(
+        &mut self,
+        key: &PartitionKey,
+        init: &Sae,
+        train: &dyn Rows,
+        val: &dyn Rows,
+    ) -> Result<Sae> {
+        let started = std::time::Instant::now();
+        let (mut trainer, fingerprint) = self.resume_or_start(key, init, train, val)?;
+        self.run_epochs(key, &mut trainer, &fingerprint, train, val)?;
+        let committing = std::time::Instant::now();
+        let result = trainer.finish()?;
+        let mut sae = result.sae;
+        let (stage, layer) = (key.stage.as_deref().unwrap_or(""), key.layer.unwrap_or(0));
+        sae.meta.source = Some(format!("saerl train {} {stage} layer {layer}", key.chain));
+        let mut txn = Txn::begin(self.lake, self.a.overwrite)?;
+        write_sae(&mut txn, key, &sae)?;
+        txn.write(Table::TrainLog, key, &[train_log_batch(&result.epochs)?])?;
+        txn.commit()?;
+        if let Some(dir) = self.lake.train_checkpoint(key).parent() {
+            self.lake.clear_staging(dir)?;
+        }
+        self.summary.fixed_seconds += committing.elapsed().as_secs_f64();
+        super::say!(
+            "{key}: best epoch {} val_mse {:.4e} ({} train / {} val rows, {:.1} s)",
+            result.best_epoch,
+            sae.meta.best_val_mse.unwrap_or(f64::NAN),
+            train.len(),
+            val.len(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(sae)
+    }
+
+    /// The trainer from the SAE's checkpoint when it was made by this same run, or a fresh one;
+    /// with the fingerprint a checkpoint of this run carries.
+    fn resume_or_start(
+        &self,
+        key: &PartitionKey,
+        init: &Sae,
+        train: &dyn Rows,
+        val: &dyn Rows,
+    ) -> Result<(Trainer, String)> {
+        let ckpt = self.lake.train_checkpoint(key);
+        let cfg = &self.cfg;
+        // Everything the result depends on; a checkpoint of another run is not resumed.
+        let fingerprint = format!(
+            "{cfg:?} activations {} rows {}/{} d_sae {} k {} parent {:?} init {:016x}",
+            self.lake
+                .partition_fingerprint(Table::Activations, &key.activations())?,
+            train.len(),
+            val.len(),
+            init.d_sae,
+            init.k,
+            init.meta.init_from_stage,
+            weights_hash(init)
+        );
+        let mut trainer = match Trainer::load(&ckpt, &fingerprint, cfg)? {
+            Some(t) => {
                 super::say!(
-                    "{key}: the checkpoint {} was made from other activations or settings; starting over",
+                    "{key}: resuming after epoch {} from {}",
+                    t.epochs().len(),
+                    ckpt.display()
+                );
+                t
+            }
+            None => {
+                if ckpt.is_file() {
+                    super::say!(
+                        "{key}: the checkpoint {} was made from other activations or settings; starting over",
+                        ckpt.display()
+                    );
+                }
+                Trainer::new(init, train.len(), cfg)?
+            }
+        };
+        if !self.dev.is_cpu() {
+            trainer = trainer.on_device(&self.dev)?;
+        }
+        Ok((trainer, fingerprint))
+    }
+
+    /// The remaining epochs, with progress and a checkpoint at most every `--checkpoint-every`.
+    fn run_epochs(
+        &mut self,
+        key: &PartitionKey,
+        trainer: &mut Trainer,
+        fingerprint: &str,
+        train: &dyn Rows,
+        val: &dyn Rows,
+    ) -> Result<()> {
+        let (a, epochs) = (self.a, self.cfg.epochs);
+        let ckpt = self.lake.train_checkpoint(key);
+        let (stage, layer) = (key.stage.as_deref().unwrap_or(""), key.layer.unwrap_or(0));
+        let bar = super::progress(
+            (epochs * train.len()) as u64,
+            &format!("{stage} layer {layer}"),
+        );
+        bar.set_position((trainer.epochs().len() * train.len()) as u64);
+        let mut saved = std::time::Instant::now();
+        let mut ran = 0;
+        while !trainer.is_done() {
+            let epoch = trainer.epochs().len() + 1;
+            let e = trainer
+                .run_epoch(train, val, &mut |rows, loss| {
+                    bar.inc(rows as u64);
+                    bar.set_message(format!("epoch {epoch}/{epochs} loss {loss:.4e}"));
+                })
+                .with_context(|| format!("training {key}; nothing was written"))?;
+            bar.println(format!(
+                "{key} epoch {epoch}: train_mse {:.4e} val_mse {:.4e} dead {} ({:.1} s)",
+                e.train_mse, e.val_mse, e.n_dead, e.seconds
+            ));
+            ran += 1;
+            let stopping = a.stop_after_epochs == Some(ran) && !trainer.is_done();
+            // After the last epoch the commit follows at once; a checkpoint would only be removed.
+            let due = saved.elapsed().as_secs_f64() >= a.checkpoint_every && !trainer.is_done();
+            if due || stopping {
+                let saving = std::time::Instant::now();
+                trainer.save(&ckpt, fingerprint)?;
+                self.summary.fixed_seconds += saving.elapsed().as_secs_f64();
+                saved = std::time::Instant::now();
+            }
+            crate::fault::point("train.epoch");
+            if stopping {
+                bail!(
+                    "{key}: stopped after {ran} epochs as asked; run the same command again to resume from {}",
                     ckpt.display()
                 );
             }
-            Trainer::new(init, train.len(), cfg)?
         }
-    };
-    if !dev.is_cpu() {
-        trainer = trainer.on_device(dev)?;
+        bar.finish_and_clear();
+        Ok(())
     }
-    let stage = key.stage.as_deref().unwrap_or("");
-    let layer = key.layer.unwrap_or(0);
-    let bar = super::progress(
-        (cfg.epochs * train.len()) as u64,
-        &format!("{stage} layer {layer}"),
-    );
-    bar.set_position((trainer.epochs().len() * train.len()) as u64);
-    let started = std::time::Instant::now();
-    let mut saved = std::time::Instant::now();
-    let mut ran = 0;
-    while !trainer.is_done() {
-        let epoch = trainer.epochs().len() + 1;
-        let e = trainer
-            .run_epoch(train, val, &mut |rows, loss| {
-                bar.inc(rows as u64);
-                bar.set_message(format!("epoch {epoch}/{} loss {loss:.4e}", cfg.epochs));
-            })
-            .with_context(|| format!("training {key}; nothing was written"))?;
-        bar.println(format!(
-            "{key} epoch {epoch}: train_mse {:.4e} val_mse {:.4e} dead {} ({:.1} s)",
-            e.train_mse, e.val_mse, e.n_dead, e.seconds
-        ));
-        ran += 1;
-        let stopping = a.stop_after_epochs == Some(ran) && !trainer.is_done();
-        // After the last epoch the commit follows at once; a checkpoint would only be removed.
-        let due = saved.elapsed().as_secs_f64() >= a.checkpoint_every && !trainer.is_done();
-        if due || stopping {
-            let saving = std::time::Instant::now();
-            trainer.save(&ckpt, &fingerprint)?;
-            summary.fixed_seconds += saving.elapsed().as_secs_f64();
-            saved = std::time::Instant::now();
-        }
-        crate::fault::point("train.epoch");
-        if stopping {
-            bail!(
-                "{key}: stopped after {ran} epochs as asked; run the same command again to resume from {}",
-                ckpt.display()
-            );
-        }
-    }
-    bar.finish_and_clear();
-    let committing = std::time::Instant::now();
-    let result = trainer.finish()?;
-    let mut sae = result.sae;
-    sae.meta.source = Some(format!("saerl train {} {stage} layer {layer}", key.chain));
-    let mut txn = Txn::begin(lake, a.overwrite)?;
-    write_sae(&mut txn, key, &sae)?;
-    txn.write(Table::TrainLog, key, &[train_log_batch(&result.epochs)?])?;
-    txn.commit()?;
-    if let Some(dir) = ckpt.parent() {
-        lake.clear_staging(dir)?;
-    }
-    summary.fixed_seconds += committing.elapsed().as_secs_f64();
-    super::say!(
-        "{key}: best epoch {} val_mse {:.4e} ({} train / {} val rows, {:.1} s)",
-        result.best_epoch,
-        sae.meta.best_val_mse.unwrap_or(f64::NAN),
-        train.len(),
-        val.len(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(sae)
 }
 
 /// A cheap fingerprint of the starting weights (FNV-1a over a strided sample of their bits).
 fn weights_hash(s: &Sae) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for v in [&s.b_pre, &s.w_enc, &s.b_enc, &s.w_dec, &s.b_dec] {
+    for v in s.tensors.parts() {
         for x in v.iter().step_by(97) {
             h = (h ^ x.to_bits() as u64).wrapping_mul(0x100_0000_01b3);
         }

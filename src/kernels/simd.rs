@@ -21,6 +21,7 @@ macro_rules! simd_fn {
                 match $crate::kernels::simd::level() {
                     // SAFETY: `level` checked that the CPU has every feature enabled.
                     2 => return unsafe { v4($($arg),*) },
+                    // SAFETY: likewise for AVX2 and FMA.
                     1 => return unsafe { v3($($arg),*) },
                     _ => {}
                 }

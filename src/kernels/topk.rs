@@ -100,30 +100,34 @@ mod x86 {
     /// `candidates` with AVX-512's compressing stores: a compare and two stores per 16 entries.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn candidates_avx512(z: &[f32], b: &[f32], floor: f32, out: &mut Vec<(u32, f32)>) {
-        let f = _mm512_set1_ps(floor);
-        let step = _mm512_set1_epi32(16);
-        let mut idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        let (mut vals, mut ids) = ([0f32; 16], [0u32; 16]);
-        let body = z.len() / 16 * 16;
-        let mut i = 0;
-        while i < body {
-            let v = _mm512_add_ps(
-                _mm512_loadu_ps(z.as_ptr().add(i)),
-                _mm512_loadu_ps(b.as_ptr().add(i)),
-            );
-            let m = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, f);
-            if m != 0 {
-                _mm512_mask_compressstoreu_ps(vals.as_mut_ptr().cast(), m, v);
-                _mm512_mask_compressstoreu_epi32(ids.as_mut_ptr().cast(), m, idx);
-                let n = m.count_ones() as usize;
-                out.extend(ids[..n].iter().copied().zip(vals[..n].iter().copied()));
+        // SAFETY: the caller checked that the CPU has the feature this function enables;
+        // every load and store stays inside its slice (offsets below `body` ≤ the lengths).
+        unsafe {
+            let f = _mm512_set1_ps(floor);
+            let step = _mm512_set1_epi32(16);
+            let mut idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            let (mut vals, mut ids) = ([0f32; 16], [0u32; 16]);
+            let body = z.len() / 16 * 16;
+            let mut i = 0;
+            while i < body {
+                let v = _mm512_add_ps(
+                    _mm512_loadu_ps(z.as_ptr().add(i)),
+                    _mm512_loadu_ps(b.as_ptr().add(i)),
+                );
+                let m = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, f);
+                if m != 0 {
+                    _mm512_mask_compressstoreu_ps(vals.as_mut_ptr().cast(), m, v);
+                    _mm512_mask_compressstoreu_epi32(ids.as_mut_ptr().cast(), m, idx);
+                    let n = m.count_ones() as usize;
+                    out.extend(ids[..n].iter().copied().zip(vals[..n].iter().copied()));
+                }
+                idx = _mm512_add_epi32(idx, step);
+                i += 16;
             }
-            idx = _mm512_add_epi32(idx, step);
-            i += 16;
-        }
-        for (j, (&v, &b)) in z[body..].iter().zip(&b[body..]).enumerate() {
-            if v + b >= floor {
-                out.push(((body + j) as u32, v + b));
+            for (j, (&v, &b)) in z[body..].iter().zip(&b[body..]).enumerate() {
+                if v + b >= floor {
+                    out.push(((body + j) as u32, v + b));
+                }
             }
         }
     }

@@ -15,6 +15,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     match super::simd::level() {
         // SAFETY: the CPU has the features; the loads stay below `body` ≤ both lengths.
         2 => unsafe { x86::dot16_avx512(a, b, body, &mut acc) },
+        // SAFETY: likewise, with AVX2.
         1 => unsafe { x86::dot16_avx2(a, b, body, &mut acc) },
         _ => dot16(a, b, body, &mut acc),
     }
@@ -39,59 +40,71 @@ mod x86 {
     /// `dot16` with one 16-lane register (separate multiply and add, as the scalar path).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot16_avx512(a: &[f32], b: &[f32], body: usize, acc: &mut [f32; 16]) {
-        let mut s = _mm512_setzero_ps();
-        let mut i = 0;
-        while i < body {
-            let p = _mm512_mul_ps(
-                _mm512_loadu_ps(a.as_ptr().add(i)),
-                _mm512_loadu_ps(b.as_ptr().add(i)),
-            );
-            s = _mm512_add_ps(s, p);
-            i += 16;
+        // SAFETY: the caller checked that the CPU has the feature this function enables;
+        // every load and store stays inside its slice (offsets below `body` ≤ the lengths).
+        unsafe {
+            let mut s = _mm512_setzero_ps();
+            let mut i = 0;
+            while i < body {
+                let p = _mm512_mul_ps(
+                    _mm512_loadu_ps(a.as_ptr().add(i)),
+                    _mm512_loadu_ps(b.as_ptr().add(i)),
+                );
+                s = _mm512_add_ps(s, p);
+                i += 16;
+            }
+            _mm512_storeu_ps(acc.as_mut_ptr(), s);
         }
-        _mm512_storeu_ps(acc.as_mut_ptr(), s);
     }
 
     /// `dots3` with three 16-lane registers.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dots3_avx512(a: &[f32], b: &[f32], body: usize, acc: &mut [[f32; 16]; 3]) {
-        let (mut ab, mut aa, mut bb) = (
-            _mm512_setzero_ps(),
-            _mm512_setzero_ps(),
-            _mm512_setzero_ps(),
-        );
-        let mut i = 0;
-        while i < body {
-            let (x, y) = (
-                _mm512_loadu_ps(a.as_ptr().add(i)),
-                _mm512_loadu_ps(b.as_ptr().add(i)),
+        // SAFETY: the caller checked that the CPU has the feature this function enables;
+        // every load and store stays inside its slice (offsets below `body` ≤ the lengths).
+        unsafe {
+            let (mut ab, mut aa, mut bb) = (
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
             );
-            ab = _mm512_add_ps(ab, _mm512_mul_ps(x, y));
-            aa = _mm512_add_ps(aa, _mm512_mul_ps(x, x));
-            bb = _mm512_add_ps(bb, _mm512_mul_ps(y, y));
-            i += 16;
+            let mut i = 0;
+            while i < body {
+                let (x, y) = (
+                    _mm512_loadu_ps(a.as_ptr().add(i)),
+                    _mm512_loadu_ps(b.as_ptr().add(i)),
+                );
+                ab = _mm512_add_ps(ab, _mm512_mul_ps(x, y));
+                aa = _mm512_add_ps(aa, _mm512_mul_ps(x, x));
+                bb = _mm512_add_ps(bb, _mm512_mul_ps(y, y));
+                i += 16;
+            }
+            _mm512_storeu_ps(acc[0].as_mut_ptr(), ab);
+            _mm512_storeu_ps(acc[1].as_mut_ptr(), aa);
+            _mm512_storeu_ps(acc[2].as_mut_ptr(), bb);
         }
-        _mm512_storeu_ps(acc[0].as_mut_ptr(), ab);
-        _mm512_storeu_ps(acc[1].as_mut_ptr(), aa);
-        _mm512_storeu_ps(acc[2].as_mut_ptr(), bb);
     }
 
     /// `dot16` with two 8-lane registers (lanes 0–7 and 8–15).
     #[target_feature(enable = "avx2")]
     pub unsafe fn dot16_avx2(a: &[f32], b: &[f32], body: usize, acc: &mut [f32; 16]) {
-        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut i = 0;
-        while i < body {
-            let (pa, pb) = (a.as_ptr().add(i), b.as_ptr().add(i));
-            lo = _mm256_add_ps(lo, _mm256_mul_ps(_mm256_loadu_ps(pa), _mm256_loadu_ps(pb)));
-            hi = _mm256_add_ps(
-                hi,
-                _mm256_mul_ps(_mm256_loadu_ps(pa.add(8)), _mm256_loadu_ps(pb.add(8))),
-            );
-            i += 16;
+        // SAFETY: the caller checked that the CPU has the feature this function enables;
+        // every load and store stays inside its slice (offsets below `body` ≤ the lengths).
+        unsafe {
+            let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut i = 0;
+            while i < body {
+                let (pa, pb) = (a.as_ptr().add(i), b.as_ptr().add(i));
+                lo = _mm256_add_ps(lo, _mm256_mul_ps(_mm256_loadu_ps(pa), _mm256_loadu_ps(pb)));
+                hi = _mm256_add_ps(
+                    hi,
+                    _mm256_mul_ps(_mm256_loadu_ps(pa.add(8)), _mm256_loadu_ps(pb.add(8))),
+                );
+                i += 16;
+            }
+            _mm256_storeu_ps(acc.as_mut_ptr(), lo);
+            _mm256_storeu_ps(acc.as_mut_ptr().add(8), hi);
         }
-        _mm256_storeu_ps(acc.as_mut_ptr(), lo);
-        _mm256_storeu_ps(acc.as_mut_ptr().add(8), hi);
     }
 }
 

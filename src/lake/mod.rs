@@ -29,7 +29,7 @@ pub use remote::{is_remote, rel_str, s3_store, Remote, RemoteFile, CONCURRENCY};
 pub use schema::{vector_type, vector_width, PartCol, Table};
 pub use stages::{infer_step, StageRow};
 pub use staging::IngestStaging;
-pub use transitions::Transition;
+pub use transitions::{SaeSequences, Transition};
 pub use write::{writer_properties, PartitionWriter, Txn};
 
 /// Where a table's partition lives: the values of its partition columns.

@@ -27,11 +27,14 @@ impl Transition {
     }
 }
 
+/// Per (chain, layer, k), the stages with an SAE, in step order: (step, stage).
+pub type SaeSequences = BTreeMap<(String, i32, i32), Vec<(i64, String)>>;
+
 impl Lake {
     /// The stages with an SAE of each (chain, layer, k), in step order: (step, stage).
-    pub fn sae_sequences(&self) -> Result<BTreeMap<(String, i32, i32), Vec<(i64, String)>>> {
+    pub fn sae_sequences(&self) -> Result<SaeSequences> {
         let mut steps: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
-        let mut groups: BTreeMap<(String, i32, i32), Vec<(i64, String)>> = BTreeMap::new();
+        let mut groups = SaeSequences::new();
         for (key, _) in self.partitions(Table::Saes)? {
             let chain_steps = match steps.get(&key.chain) {
                 Some(s) => s,

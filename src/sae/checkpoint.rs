@@ -10,9 +10,9 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use super::step::{Adam, Params};
+use super::step::Adam;
 use super::train::{EpochLog, TrainConfig, Trainer};
-use super::{Activation, Sae};
+use super::{Activation, Sae, Tensors};
 
 #[derive(Serialize, Deserialize)]
 struct Meta {
@@ -62,16 +62,6 @@ fn epochs_from_f64(v: &[f64]) -> Vec<EpochLog> {
         .collect()
 }
 
-const NAMES: [&str; 5] = ["b_pre", "w_enc", "b_enc", "w_dec", "b_dec"];
-
-fn sae_parts(s: &Sae) -> [&Vec<f32>; 5] {
-    [&s.b_pre, &s.w_enc, &s.b_enc, &s.w_dec, &s.b_dec]
-}
-
-fn param_parts(p: &Params) -> [&Vec<f32>; 5] {
-    [&p.b_pre, &p.w_enc, &p.b_enc, &p.w_dec, &p.b_dec]
-}
-
 impl Trainer {
     /// Writes the state after the last finished epoch to `path`.
     pub fn save(&self, path: &Path, fingerprint: &str) -> Result<()> {
@@ -89,16 +79,16 @@ impl Trainer {
         };
         let epochs = epochs_to_f64(&self.epochs);
         let mut groups = vec![
-            ("sae", sae_parts(&self.sae)),
-            ("m", param_parts(&self.adam.m)),
-            ("v", param_parts(&self.adam.v)),
+            ("sae", self.sae.tensors.parts()),
+            ("m", self.adam.m.parts()),
+            ("v", self.adam.v.parts()),
         ];
         if let Some((_, best)) = &self.best {
-            groups.push(("best", sae_parts(best)));
+            groups.push(("best", best.tensors.parts()));
         }
         let mut views = Vec::new();
         for (prefix, parts) in groups {
-            for (name, v) in NAMES.iter().zip(parts) {
+            for (name, v) in Tensors::NAMES.iter().zip(parts) {
                 let view = TensorView::new(Dtype::F32, vec![v.len()], bytemuck::cast_slice(v))?;
                 views.push((format!("{prefix}.{name}"), view));
             }
@@ -161,40 +151,29 @@ impl Trainer {
                 .collect())
         };
         let (d, n) = (meta.d_model, meta.d_sae);
-        let lens = [d, n * d, n, n * d, d];
-        let read = |prefix: &str| -> Result<[Vec<f32>; 5]> {
+        let lens = Tensors::sizes(d, n);
+        let read = |prefix: &str| -> Result<Tensors> {
             let mut out: [Vec<f32>; 5] = Default::default();
-            for (i, name) in NAMES.iter().enumerate() {
+            for (i, name) in Tensors::NAMES.iter().enumerate() {
                 out[i] = get(format!("{prefix}.{name}"), lens[i])?;
             }
-            Ok(out)
+            Ok(Tensors::from_parts(out))
         };
-        let sae_from = |[b_pre, w_enc, b_enc, w_dec, b_dec]: [Vec<f32>; 5]| -> Result<Sae> {
+        let sae_from = |tensors: Tensors| -> Result<Sae> {
             let mut sae = Sae {
                 d_model: d,
                 d_sae: n,
                 k: meta.k,
                 activation: Activation::parse(&meta.activation)?,
-                b_pre,
-                w_enc,
-                b_enc,
-                w_dec,
-                b_dec,
+                tensors,
                 meta: Default::default(),
             };
             sae.meta.init_from_stage = meta.init_from_stage.clone();
             Ok(sae)
         };
-        let params_from = |[b_pre, w_enc, b_enc, w_dec, b_dec]: [Vec<f32>; 5]| Params {
-            b_pre,
-            w_enc,
-            b_enc,
-            w_dec,
-            b_dec,
-        };
         let adam = Adam {
-            m: params_from(read("m")?),
-            v: params_from(read("v")?),
+            m: read("m")?,
+            v: read("v")?,
             t: meta.adam_t,
         };
         let mut trainer = Trainer::from_parts(cfg, meta.n_rows, sae_from(read("sae")?)?, adam);

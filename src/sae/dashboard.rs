@@ -130,7 +130,7 @@ impl LatentSpill {
     }
 
     /// Calls `f(row, latents)` for every row pushed, in order.
-    pub fn for_each(&mut self, f: &mut dyn FnMut(usize, &[(u32, f32)])) -> Result<()> {
+    pub fn for_each(&mut self, f: &mut dyn FnMut(usize, &[Latent])) -> Result<()> {
         self.file.flush()?;
         let file = self.file.get_mut();
         file.rewind()?;
@@ -248,11 +248,17 @@ pub fn contexts(wants: &[Want], index: &RowIndex, spill: &mut LatentSpill) -> Re
     Ok(out)
 }
 
+/// One (index, value) pair: a latent (feature, activation), or a token and its logit.
+pub type Latent = (u32, f32);
+
+/// The largest and the smallest entries of something, each list best first.
+pub type Extremes = (Vec<Latent>, Vec<Latent>);
+
 /// The `n` largest and `n` smallest of `values` as (index, value), largest (smallest) first;
 /// among equal values the earlier index first. One pass: most values fail one comparison.
-fn extremes(values: &[f32], n: usize) -> (Vec<(u32, f32)>, Vec<(u32, f32)>) {
+fn extremes(values: &[f32], n: usize) -> Extremes {
     // `better(a, b)`: a ranks before b.
-    fn keep(list: &mut Vec<(u32, f32)>, n: usize, e: (u32, f32), better: fn(f32, f32) -> bool) {
+    fn keep(list: &mut Vec<Latent>, n: usize, e: Latent, better: fn(f32, f32) -> bool) {
         if list.len() == n && !better(e.1, list[n - 1].1) {
             return;
         }
@@ -277,12 +283,7 @@ fn extremes(values: &[f32], n: usize) -> (Vec<(u32, f32)>, Vec<(u32, f32)>) {
 /// Per feature, the `LOGITS` tokens whose logits its decoder direction raises most and lowers
 /// most: `unembed · (norm ⊙ w_dec[i])`, `unembed` [vocab × d]. The final RMSNorm's weight is
 /// folded into the direction; its 1/rms scale is not (it depends on the residual).
-pub fn logit_effects(
-    w_dec: &[f32],
-    d: usize,
-    unembed: &[f32],
-    norm: &[f32],
-) -> Vec<(Vec<(u32, f32)>, Vec<(u32, f32)>)> {
+pub fn logit_effects(w_dec: &[f32], d: usize, unembed: &[f32], norm: &[f32]) -> Vec<Extremes> {
     const BLOCK: usize = 64;
     let (n, vocab) = (w_dec.len() / d, unembed.len() / d);
     let mut out = Vec::with_capacity(n);

@@ -23,7 +23,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
 
-use super::{Activation, Sae, SaeMeta};
+use super::{Activation, Sae, SaeMeta, Tensors};
 use crate::kernels::transpose;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,11 +174,13 @@ fn from_saelens(cfg: &Value, st: &SafeTensors) -> Result<Sae> {
         d_sae: n,
         k,
         activation: Activation::TopKRelu,
-        b_pre,
-        w_enc,
-        b_enc,
-        w_dec,
-        b_dec,
+        tensors: Tensors {
+            b_pre,
+            w_enc,
+            b_enc,
+            w_dec,
+            b_dec,
+        },
         meta: SaeMeta {
             source: source.or(Some("SAELens".into())),
             ..Default::default()
@@ -214,11 +216,13 @@ fn from_sparsify(cfg: &Value, st: &SafeTensors) -> Result<Sae> {
         d_sae: n,
         k,
         activation: Activation::ReluTopK,
-        b_pre: b_dec.clone(),
-        w_enc: tensor(st, "encoder.weight", &[n, d])?,
-        b_enc: tensor(st, "encoder.bias", &[n])?,
-        w_dec: tensor(st, "W_dec", &[n, d])?,
-        b_dec,
+        tensors: Tensors {
+            b_pre: b_dec.clone(),
+            w_enc: tensor(st, "encoder.weight", &[n, d])?,
+            b_enc: tensor(st, "encoder.bias", &[n])?,
+            w_dec: tensor(st, "W_dec", &[n, d])?,
+            b_dec,
+        },
         meta: SaeMeta {
             source: Some("sparsify".into()),
             ..Default::default()
@@ -241,10 +245,12 @@ fn shifted_bias(sae: &Sae, shift: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// A tensor as a library file stores it: name, values, shape.
+type NamedTensor = (&'static str, Vec<f32>, Vec<usize>);
+
 /// Writes `sae` into `dir` (created; its files replaced) in `format`. Returns the notes on what
 /// the format cannot say exactly (also written to `saerl.json`); empty when the export is exact.
 pub fn write(dir: &Path, sae: &Sae, format: Format, hook: &str) -> Result<Vec<String>> {
-    let (d, n) = (sae.d_model, sae.d_sae);
     let mut notes = Vec::new();
     if sae.activation == Activation::TopK {
         notes.push(format!(
@@ -252,10 +258,32 @@ pub fn write(dir: &Path, sae: &Sae, format: Format, hook: &str) -> Result<Vec<St
             format.name()
         ));
     }
+    let (apply_b_dec, b_enc) = export_bias(sae, format);
+    if b_enc != sae.b_enc {
+        notes.push(format!(
+            "b_pre differs from b_dec and {} has no separate pre-bias: it is folded into the encoder bias (b_enc − W_enc·b_pre{}), exact up to float32 rounding",
+            format.name(),
+            if format == Format::Sparsify { " + W_enc·b_dec" } else { "" }
+        ));
+    }
+    let (cfg, tensors) = library_files(sae, format, hook, apply_b_dec, b_enc);
+    write_dir(
+        dir,
+        &cfg,
+        &tensors,
+        format.weights_file(),
+        sae.activation,
+        &notes,
+    )?;
+    Ok(notes)
+}
+
+/// Whether the format subtracts b_dec from x before the encoder, and the encoder bias that makes
+/// up the rest of saerl's pre-bias.
+fn export_bias(sae: &Sae, format: Format) -> (bool, Vec<f32>) {
     let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
     let zero = sae.b_pre.iter().all(|&v| v == 0.0);
-    // What the format subtracts from x before the encoder, and the bias that makes up the rest.
-    let (apply_b_dec, b_enc) = match format {
+    match format {
         Format::SaeLens if same(&sae.b_pre, &sae.b_dec) => (true, sae.b_enc.clone()),
         Format::SaeLens if zero => (false, sae.b_enc.clone()),
         Format::SaeLens => {
@@ -272,15 +300,19 @@ pub fn write(dir: &Path, sae: &Sae, format: Format, hook: &str) -> Result<Vec<St
                 .collect();
             (true, shifted_bias(sae, &shift))
         }
-    };
-    if b_enc != sae.b_enc {
-        notes.push(format!(
-            "b_pre differs from b_dec and {} has no separate pre-bias: it is folded into the encoder bias (b_enc − W_enc·b_pre{}), exact up to float32 rounding",
-            format.name(),
-            if format == Format::Sparsify { " + W_enc·b_dec" } else { "" }
-        ));
     }
-    let (cfg, tensors): (Value, Vec<(&str, Vec<f32>, Vec<usize>)>) = match format {
+}
+
+/// The library's `cfg.json` and weight tensors for `sae`.
+fn library_files(
+    sae: &Sae,
+    format: Format,
+    hook: &str,
+    apply_b_dec: bool,
+    b_enc: Vec<f32>,
+) -> (Value, Vec<NamedTensor>) {
+    let (d, n) = (sae.d_model, sae.d_sae);
+    match format {
         Format::SaeLens => (
             json!({
                 "d_in": d, "d_sae": n, "dtype": "float32", "device": "cpu",
@@ -313,8 +345,19 @@ pub fn write(dir: &Path, sae: &Sae, format: Format, hook: &str) -> Result<Vec<St
                 ("b_dec", sae.b_dec.clone(), vec![d]),
             ],
         ),
-    };
-    // Written beside the destination, then renamed over it: a crash leaves the old or the new.
+    }
+}
+
+/// Writes the SAE's directory beside `dir`, then renames it over `dir`: a crash leaves the old
+/// or the new one. `notes` (an inexact export's) go to `saerl.json`.
+fn write_dir(
+    dir: &Path,
+    cfg: &Value,
+    tensors: &[NamedTensor],
+    weights_file: &str,
+    activation: Activation,
+    notes: &[String],
+) -> Result<()> {
     let mut tmp = dir.as_os_str().to_owned();
     tmp.push(".partial");
     let tmp = std::path::PathBuf::from(tmp);
@@ -322,7 +365,7 @@ pub fn write(dir: &Path, sae: &Sae, format: Format, hook: &str) -> Result<Vec<St
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    std::fs::write(tmp.join("cfg.json"), serde_json::to_vec_pretty(&cfg)?)?;
+    std::fs::write(tmp.join("cfg.json"), serde_json::to_vec_pretty(cfg)?)?;
     let views = tensors
         .iter()
         .map(|(name, v, shape)| {
@@ -333,9 +376,9 @@ pub fn write(dir: &Path, sae: &Sae, format: Format, hook: &str) -> Result<Vec<St
         })
         .collect::<Result<Vec<_>>>()?;
     // The libraries write no safetensors metadata; neither does saerl.
-    safetensors::serialize_to_file(views, None, &tmp.join(format.weights_file()))?;
+    safetensors::serialize_to_file(views, None, &tmp.join(weights_file))?;
     if !notes.is_empty() {
-        let sidecar = json!({ "activation": sae.activation.name(), "inexact": notes });
+        let sidecar = json!({ "activation": activation.name(), "inexact": notes });
         std::fs::write(tmp.join(NOTES_FILE), serde_json::to_vec_pretty(&sidecar)?)?;
     }
     crate::durable::sync_tree(&tmp)?;
@@ -344,5 +387,5 @@ pub fn write(dir: &Path, sae: &Sae, format: Format, hook: &str) -> Result<Vec<St
     }
     std::fs::rename(&tmp, dir).with_context(|| format!("writing {}", dir.display()))?;
     crate::durable::sync_path(dir.parent().unwrap_or(Path::new(".")))?;
-    Ok(notes)
+    Ok(())
 }

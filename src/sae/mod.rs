@@ -15,4 +15,4 @@ pub mod topk;
 pub mod train;
 pub mod zip_store;
 
-pub use topk::{Activation, Sae, SaeMeta};
+pub use topk::{Activation, Sae, SaeMeta, Tensors};

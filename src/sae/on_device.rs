@@ -172,39 +172,16 @@ impl DeviceTrainer {
 
     /// The weights and Adam's state back into the host SAE and optimiser.
     pub fn download(&self, sae: &mut Sae, adam: &mut Adam) -> Result<()> {
-        let parts: [(&State, &mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>); 5] = [
-            (
-                &self.b_pre,
-                &mut sae.b_pre,
-                &mut adam.m.b_pre,
-                &mut adam.v.b_pre,
-            ),
-            (
-                &self.w_enc,
-                &mut sae.w_enc,
-                &mut adam.m.w_enc,
-                &mut adam.v.w_enc,
-            ),
-            (
-                &self.b_enc,
-                &mut sae.b_enc,
-                &mut adam.m.b_enc,
-                &mut adam.v.b_enc,
-            ),
-            (
-                &self.w_dec,
-                &mut sae.w_dec,
-                &mut adam.m.w_dec,
-                &mut adam.v.w_dec,
-            ),
-            (
-                &self.b_dec,
-                &mut sae.b_dec,
-                &mut adam.m.b_dec,
-                &mut adam.v.b_dec,
-            ),
+        let states = [
+            &self.b_pre,
+            &self.w_enc,
+            &self.b_enc,
+            &self.w_dec,
+            &self.b_dec,
         ];
-        for (s, p, m, v) in parts {
+        let host = sae.tensors.parts_mut().into_iter();
+        let moments = adam.m.parts_mut().into_iter().zip(adam.v.parts_mut());
+        for ((s, p), (m, v)) in states.into_iter().zip(host).zip(moments) {
             let [dp, dm, dv] = s.download()?;
             (*p, *m, *v) = (dp, dm, dv);
         }

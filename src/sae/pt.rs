@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use super::pickle::{self, StorageRef, StorageType, TensorRef, Value};
 use super::zip_store::{ZipStore, ZipWriter};
-use super::{Activation, Sae, SaeMeta};
+use super::{Activation, Sae, SaeMeta, Tensors};
 use crate::kernels::transpose;
 
 /// A loaded checkpoint: the SAE and its config dict as stored.
@@ -54,12 +54,14 @@ pub fn parse(bytes: Vec<u8>) -> Result<PtCheckpoint> {
         d_sae: n,
         k,
         activation,
-        b_pre: tensor("b_pre", &[d])?,
-        w_enc: tensor("encoder.weight", &[n, d])?,
-        b_enc: tensor("encoder.bias", &[n])?,
-        // Stored [d, d_sae]; the SAE keeps decoder columns feature-major.
-        w_dec: transpose(&tensor("decoder.weight", &[d, n])?, d, n),
-        b_dec: tensor("decoder.bias", &[d])?,
+        tensors: Tensors {
+            b_pre: tensor("b_pre", &[d])?,
+            w_enc: tensor("encoder.weight", &[n, d])?,
+            b_enc: tensor("encoder.bias", &[n])?,
+            // Stored [d, d_sae]; the SAE keeps decoder columns feature-major.
+            w_dec: transpose(&tensor("decoder.weight", &[d, n])?, d, n),
+            b_dec: tensor("decoder.bias", &[d])?,
+        },
         meta: meta(&config),
     };
     sae.validate()?;

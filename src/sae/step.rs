@@ -23,38 +23,16 @@
 
 use rayon::prelude::*;
 
-use super::Sae;
+use super::{Sae, Tensors};
 use crate::kernels::simd::simd_fn;
 use crate::kernels::{axpy, dot, top_k, unit_norm, unit_rows, Encoded};
-
-/// Adam's moments, in the SAE's own layout.
-#[derive(Clone)]
-pub struct Params {
-    pub b_pre: Vec<f32>,
-    pub w_enc: Vec<f32>,
-    pub b_enc: Vec<f32>,
-    pub w_dec: Vec<f32>,
-    pub b_dec: Vec<f32>,
-}
-
-impl Params {
-    pub fn zeros(s: &Sae) -> Self {
-        let (d, n) = (s.d_model, s.d_sae);
-        Self {
-            b_pre: vec![0.0; d],
-            w_enc: vec![0.0; n * d],
-            b_enc: vec![0.0; n],
-            w_dec: vec![0.0; n * d],
-            b_dec: vec![0.0; d],
-        }
-    }
-}
 
 /// Adam's state (β 0.9/0.999, ε 1e-8, PyTorch's update order).
 #[derive(Clone)]
 pub struct Adam {
-    pub m: Params,
-    pub v: Params,
+    /// The moments, in the SAE's own layout.
+    pub m: Tensors,
+    pub v: Tensors,
     pub t: i32,
 }
 
@@ -96,8 +74,8 @@ fn adam_slice(h: &AdamStep, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: Opti
 impl Adam {
     pub fn new(s: &Sae) -> Self {
         Self {
-            m: Params::zeros(s),
-            v: Params::zeros(s),
+            m: Tensors::zeros(s.d_model, s.d_sae),
+            v: Tensors::zeros(s.d_model, s.d_sae),
             t: 0,
         }
     }
@@ -468,11 +446,11 @@ fn update(sae: &mut Sae, adam: &mut Adam, s: &Scratch, sh: &Shape, norm: (f32, f
         bc2_sqrt: (1.0 - B2.powi(adam.t)).sqrt(),
         clip: (clip_norm / (total + 1e-6)).min(1.0),
     };
-    let (m, v) = (&mut adam.m, &mut adam.v);
+    let (p, m, v) = (&mut sae.tensors, &mut adam.m, &mut adam.v);
     let chunk = FEATURES_PER_TASK * d;
     (
-        sae.w_enc.par_chunks_mut(chunk),
-        sae.w_dec.par_chunks_mut(chunk),
+        p.w_enc.par_chunks_mut(chunk),
+        p.w_dec.par_chunks_mut(chunk),
         (m.w_enc.par_chunks_mut(chunk), v.w_enc.par_chunks_mut(chunk)),
         (m.w_dec.par_chunks_mut(chunk), v.w_dec.par_chunks_mut(chunk)),
     )
@@ -509,9 +487,9 @@ fn update(sae: &mut Sae, adam: &mut Adam, s: &Scratch, sh: &Shape, norm: (f32, f
                 unit_norm(col);
             }
         });
-    adam_bias(&h, &mut sae.b_enc, &mut m.b_enc, &mut v.b_enc, &s.g_b_enc);
-    adam_bias(&h, &mut sae.b_pre, &mut m.b_pre, &mut v.b_pre, &s.g_b_pre);
-    adam_bias(&h, &mut sae.b_dec, &mut m.b_dec, &mut v.b_dec, &s.g_b_dec);
+    adam_bias(&h, &mut p.b_enc, &mut m.b_enc, &mut v.b_enc, &s.g_b_enc);
+    adam_bias(&h, &mut p.b_pre, &mut m.b_pre, &mut v.b_pre, &s.g_b_pre);
+    adam_bias(&h, &mut p.b_dec, &mut m.b_dec, &mut v.b_dec, &s.g_b_dec);
 }
 
 fn adam_bias(h: &AdamStep, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
@@ -520,7 +498,8 @@ fn adam_bias(h: &AdamStep, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32
 
 /// Unit-norm decoder columns (after a cold start; steps renormalise their own).
 pub fn normalize_decoder(sae: &mut Sae) {
-    unit_rows(&mut sae.w_dec, sae.d_model);
+    let d = sae.d_model;
+    unit_rows(&mut sae.w_dec, d);
 }
 
 #[cfg(test)]
@@ -539,13 +518,15 @@ mod tests {
             d_sae: n,
             k,
             activation: Activation::TopK,
-            b_pre: vec![0.0; d],
-            w_enc: (0..n * d).map(|i| 0.1 + i as f32 * 0.01).collect(),
-            b_enc: vec![-10.0; n],
-            w_dec: (0..n * d)
-                .map(|i| ((i * 7 % 5) as f32 - 2.0) * 0.3)
-                .collect(),
-            b_dec: vec![0.0; d],
+            tensors: Tensors {
+                b_pre: vec![0.0; d],
+                w_enc: (0..n * d).map(|i| 0.1 + i as f32 * 0.01).collect(),
+                b_enc: vec![-10.0; n],
+                w_dec: (0..n * d)
+                    .map(|i| ((i * 7 % 5) as f32 - 2.0) * 0.3)
+                    .collect(),
+                b_dec: vec![0.0; d],
+            },
             meta: Default::default(),
         };
         let x: Vec<f32> = (0..8 * d).map(|i| (i % 3) as f32 * 0.5).collect();

@@ -54,20 +54,89 @@ pub struct SaeMeta {
     pub source: Option<String>,
 }
 
+/// The five tensors of a TopK SAE, in its layout: the biases b_pre, b_dec (d_model) and b_enc
+/// (d_sae), and two [d_sae × d_model] matrices whose row i belongs to feature i. An SAE's
+/// weights are one of these, and so is each of Adam's moments while it trains.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tensors {
+    pub b_pre: Vec<f32>,
+    /// Row i = encoder row of feature i.
+    pub w_enc: Vec<f32>,
+    pub b_enc: Vec<f32>,
+    /// Row i = decoder column of feature i.
+    pub w_dec: Vec<f32>,
+    pub b_dec: Vec<f32>,
+}
+
+impl Tensors {
+    /// Their names, in the order of `parts`.
+    pub const NAMES: [&'static str; 5] = ["b_pre", "w_enc", "b_enc", "w_dec", "b_dec"];
+
+    pub fn zeros(d_model: usize, d_sae: usize) -> Self {
+        Self::from_parts(Self::sizes(d_model, d_sae).map(|len| vec![0.0; len]))
+    }
+
+    /// The length each part has for an SAE of this shape, in the order of `parts`.
+    pub fn sizes(d_model: usize, d_sae: usize) -> [usize; 5] {
+        let (d, n) = (d_model, d_sae);
+        [d, n * d, n, n * d, d]
+    }
+
+    pub fn from_parts([b_pre, w_enc, b_enc, w_dec, b_dec]: [Vec<f32>; 5]) -> Self {
+        Self {
+            b_pre,
+            w_enc,
+            b_enc,
+            w_dec,
+            b_dec,
+        }
+    }
+
+    pub fn parts(&self) -> [&Vec<f32>; 5] {
+        [
+            &self.b_pre,
+            &self.w_enc,
+            &self.b_enc,
+            &self.w_dec,
+            &self.b_dec,
+        ]
+    }
+
+    pub fn parts_mut(&mut self) -> [&mut Vec<f32>; 5] {
+        [
+            &mut self.b_pre,
+            &mut self.w_enc,
+            &mut self.b_enc,
+            &mut self.w_dec,
+            &mut self.b_dec,
+        ]
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sae {
     pub d_model: usize,
     pub d_sae: usize,
     pub k: usize,
     pub activation: Activation,
-    pub b_pre: Vec<f32>,
-    /// [d_sae × d_model], row i = encoder row of feature i.
-    pub w_enc: Vec<f32>,
-    pub b_enc: Vec<f32>,
-    /// [d_sae × d_model], row i = decoder column of feature i.
-    pub w_dec: Vec<f32>,
-    pub b_dec: Vec<f32>,
+    /// The weights; `sae.w_enc` reads through to them.
+    pub tensors: Tensors,
     pub meta: SaeMeta,
+}
+
+/// An SAE is its weights plus shape and provenance: field access reads through, so code that
+/// computes with the weights names them directly.
+impl std::ops::Deref for Sae {
+    type Target = Tensors;
+    fn deref(&self) -> &Tensors {
+        &self.tensors
+    }
+}
+
+impl std::ops::DerefMut for Sae {
+    fn deref_mut(&mut self) -> &mut Tensors {
+        &mut self.tensors
+    }
 }
 
 impl Sae {
@@ -77,24 +146,17 @@ impl Sae {
         if self.k == 0 || self.k > n {
             bail!("k = {} must be between 1 and d_sae = {n}", self.k);
         }
-        for (name, got, want) in [
-            ("b_pre", self.b_pre.len(), d),
-            ("W_enc", self.w_enc.len(), n * d),
-            ("b_enc", self.b_enc.len(), n),
-            ("W_dec", self.w_dec.len(), n * d),
-            ("b_dec", self.b_dec.len(), d),
-        ] {
-            if got != want {
-                bail!("{name} has {got} values, expected {want} for d_model {d}, d_sae {n}");
+        const SHOWN: [&str; 5] = ["b_pre", "W_enc", "b_enc", "W_dec", "b_dec"];
+        let sizes = Tensors::sizes(d, n);
+        for ((name, v), want) in SHOWN.into_iter().zip(self.tensors.parts()).zip(sizes) {
+            if v.len() != want {
+                bail!(
+                    "{name} has {} values, expected {want} for d_model {d}, d_sae {n}",
+                    v.len()
+                );
             }
         }
-        for (name, v) in [
-            ("b_pre", &self.b_pre),
-            ("W_enc", &self.w_enc),
-            ("b_enc", &self.b_enc),
-            ("W_dec", &self.w_dec),
-            ("b_dec", &self.b_dec),
-        ] {
+        for (name, v) in SHOWN.into_iter().zip(self.tensors.parts()) {
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                 bail!(
                     "{name} holds a non-finite value ({}) at flat index {i}",

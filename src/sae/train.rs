@@ -12,7 +12,7 @@ use super::on_device::{DeviceSae, DeviceTrainer};
 use super::quality::row_sq_errors;
 use super::rows::{MemRows, Rows};
 use super::step::{self, Adam, Scratch, StepOut};
-use super::Sae;
+use super::{Sae, Tensors};
 use crate::kernels::{unit_norm, Encoded};
 
 #[derive(Debug, Clone)]
@@ -167,11 +167,13 @@ pub fn cold_start(b_pre: Vec<f32>, d_sae: usize, k: usize, seed: u64) -> Sae {
         d_sae,
         k,
         activation: super::Activation::TopK,
-        b_pre,
-        w_enc: uniform(be, d_sae * d),
-        b_enc: uniform(be, d_sae),
-        w_dec: uniform(bd, d_sae * d),
-        b_dec: uniform(bd, d),
+        tensors: Tensors {
+            b_pre,
+            w_enc: uniform(be, d_sae * d),
+            b_enc: uniform(be, d_sae),
+            w_dec: uniform(bd, d_sae * d),
+            b_dec: uniform(bd, d),
+        },
         meta: Default::default(),
     };
     step::normalize_decoder(&mut sae);

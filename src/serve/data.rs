@@ -128,7 +128,9 @@ pub(super) async fn study(app: &App) -> Result<Value, Failure> {
         .rows(include_str!("../../queries/lifecycle.sql"))
         .await?;
     let key = |r: &Row| (s(r, "chain").to_string(), i(r, "layer"), i(r, "k"));
-    let mut groups: BTreeMap<(String, i64, i64), (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    // Per (chain, layer, k): the stages' quality rows and the transitions' drift rows.
+    type Group = (Vec<Value>, Vec<Value>);
+    let mut groups: BTreeMap<(String, i64, i64), Group> = BTreeMap::new();
     for r in &stages {
         groups.entry(key(r)).or_default().0.push(json!({
             "stage": s(r, "stage"), "step": i(r, "step"), "d_sae": i(r, "d_sae"),

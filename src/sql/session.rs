@@ -328,12 +328,15 @@ async fn remote_schemas(ctx: &SessionContext, r: &Remote, table: Table) -> Resul
         .await
 }
 
+type EncoderCache = HashMap<SaeKey, Arc<dyn Encoder>>;
+
 /// `topk_encode`'s SAEs, loaded from the lake once per commit of it (an executor's registry
 /// lives as long as the executor, so the cache notes the commit it belongs to).
 struct LakeSaes {
     lake: Lake,
     device: candle_core::Device,
-    cache: Mutex<(u64, HashMap<SaeKey, Arc<dyn Encoder>>)>,
+    /// The lake's commit count the cached SAEs were read at, and the SAEs.
+    cache: Mutex<(u64, EncoderCache)>,
     /// The cached SAEs' bytes, held in the session's memory pool.
     reserved: datafusion::execution::memory_pool::MemoryReservation,
 }

@@ -10,7 +10,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Int32Type};
 
 use crate::lake::{Lake, PartitionKey, Table, Txn};
-use crate::sae::{Activation, Sae, SaeMeta};
+use crate::sae::{Activation, Sae, SaeMeta, Tensors};
 
 fn fixed(values: &[f32], d: usize) -> Result<ArrayRef> {
     let item = Arc::new(Field::new("item", DataType::Float32, false));
@@ -162,11 +162,13 @@ pub fn read_sae(lake: &Lake, key: &PartitionKey) -> Result<Sae> {
         d_sae: int("d_sae")?.context("d_sae is NULL")? as usize,
         k: key.k.context("SAE key without k")? as usize,
         activation: Activation::parse(&text("activation")?.unwrap_or_else(|| "topk".into()))?,
-        b_pre: vectors(std::slice::from_ref(row), "b_pre")?,
-        w_enc: vectors(&features, "w_enc")?,
-        b_enc,
-        w_dec: vectors(&features, "w_dec")?,
-        b_dec: vectors(std::slice::from_ref(row), "b_dec")?,
+        tensors: Tensors {
+            b_pre: vectors(std::slice::from_ref(row), "b_pre")?,
+            w_enc: vectors(&features, "w_enc")?,
+            b_enc,
+            w_dec: vectors(&features, "w_dec")?,
+            b_dec: vectors(std::slice::from_ref(row), "b_dec")?,
+        },
         meta: SaeMeta {
             init_from_stage: text("init_from_stage")?,
             best_epoch: int("best_epoch")?,

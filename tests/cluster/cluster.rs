@@ -53,6 +53,7 @@ impl Cluster {
                 &args,
             );
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            // SAFETY: the hook only calls prctl, which is async-signal-safe, between fork and exec.
             unsafe {
                 cmd.pre_exec(|| {
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);

@@ -35,6 +35,7 @@ impl FlightServer {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         // Gone with the test process, however it ends.
+        // SAFETY: the hook only calls prctl, which is async-signal-safe, between fork and exec.
         unsafe {
             use std::os::unix::process::CommandExt;
             cmd.pre_exec(|| {

@@ -124,7 +124,13 @@ fn with_tensor(edit: &dyn Fn(&mut pickle::TensorRef)) -> Vec<u8> {
 #[test]
 fn tensor_views_must_fit_their_storage() {
     assert!(parse_no_panic("unedited", with_tensor(&|_| {})).is_ok());
-    let cases: Vec<(&str, Box<dyn Fn(&mut pickle::TensorRef)>, &str)> = vec![
+    // (what, the edit, the error it must give)
+    type Case = (
+        &'static str,
+        Box<dyn Fn(&mut pickle::TensorRef)>,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "huge stride",
             Box::new(|t| t.stride[0] = usize::MAX / 2),

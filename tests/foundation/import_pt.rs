@@ -177,8 +177,9 @@ async fn decoder_drift_reproduces_every_transition_statistic() {
     .collect();
     // Our per-feature cosines, by transition.
     let fd = run_sql(&ctx, "SELECT chain, layer, k, stage_from, stage_to, feature, dec_cos, enc_cos FROM feature_drift ORDER BY feature").await.unwrap();
-    let mut drift: HashMap<(String, i64, i64, String, String), (Vec<f64>, Vec<f64>)> =
-        HashMap::new();
+    // Per (chain, layer, k, stage_from, stage_to): the decoder and encoder cosines.
+    type Transition = (String, i64, i64, String, String);
+    let mut drift: HashMap<Transition, (Vec<f64>, Vec<f64>)> = HashMap::new();
     for b in &fd {
         let s = |c: usize, i: usize| {
             arrow::compute::cast(b.column(c), &DataType::Utf8)

@@ -269,17 +269,17 @@ async fn the_function_list_is_what_a_session_registers() {
         datafusion::prelude::SessionContext::new().state(),
     );
     let mut registered: Vec<String> = Vec::new();
-    for (name, _) in ours.scalar_functions() {
+    for name in ours.scalar_functions().keys() {
         if !plain.scalar_functions().contains_key(name) {
             registered.push(name.clone());
         }
     }
-    for (name, _) in ours.aggregate_functions() {
+    for name in ours.aggregate_functions().keys() {
         if !plain.aggregate_functions().contains_key(name) {
             registered.push(name.clone());
         }
     }
-    for (name, _) in ours.table_functions() {
+    for name in ours.table_functions().keys() {
         if !plain.table_functions().contains_key(name) {
             registered.push(name.clone());
         }

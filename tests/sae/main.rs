@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use saerl::sae::train::{train_on, TrainConfig};
-use saerl::sae::{Activation, Sae, SaeMeta};
+use saerl::sae::{Activation, Sae, SaeMeta, Tensors};
 use serde_json::Value;
 
 fn tensors() -> HashMap<String, Tensor> {
@@ -36,11 +36,13 @@ fn sae(t: &HashMap<String, Tensor>, prefix: &str, k: usize) -> Sae {
         d_sae: n,
         k,
         activation: Activation::TopK,
-        b_pre: flat(&t[&format!("{prefix}.b_pre")]),
-        w_enc: flat(&t[&format!("{prefix}.W_enc")]),
-        b_enc: flat(&t[&format!("{prefix}.b_enc")]),
-        w_dec: flat(&w_dec.t().unwrap().contiguous().unwrap()),
-        b_dec: flat(&t[&format!("{prefix}.b_dec")]),
+        tensors: Tensors {
+            b_pre: flat(&t[&format!("{prefix}.b_pre")]),
+            w_enc: flat(&t[&format!("{prefix}.W_enc")]),
+            b_enc: flat(&t[&format!("{prefix}.b_enc")]),
+            w_dec: flat(&w_dec.t().unwrap().contiguous().unwrap()),
+            b_dec: flat(&t[&format!("{prefix}.b_dec")]),
+        },
         meta: SaeMeta::default(),
     }
 }

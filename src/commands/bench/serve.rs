@@ -148,7 +148,7 @@ fn write_model(dir: &Path, a: &BenchServe) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     // Qwen2.5-0.5B's head size (64): 14 heads, 2 of them key/value, at its width.
     let heads = (a.shape.d_model / 64).max(1);
-    let kv_heads = if heads % 2 == 0 { 2 } else { 1 };
+    let kv_heads = if heads.is_multiple_of(2) { 2 } else { 1 };
     let config = serde_json::json!({
         "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
         "hidden_size": a.shape.d_model, "intermediate_size": 4864, "num_hidden_layers": 24,

@@ -52,6 +52,7 @@ pub struct View {
 fn cpu_seconds() -> f64 {
     // SAFETY: getrusage fills the struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `u` outlives the call.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
         return 0.0;
     }
@@ -158,7 +159,7 @@ impl View {
                     u.cpu += c2 - c;
                     (t, c) = (t2, c2);
                     tick += 1;
-                    if tick % 5 == 0 {
+                    if tick.is_multiple_of(5) {
                         overall.set_message(message(&l, started.elapsed().as_secs_f64(), jobs));
                     }
                 }

@@ -13,7 +13,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Float32Type, Int32Type, Int64Type};
 
 use crate::kernels::cosine;
-use crate::lake::{Lake, PartitionKey, Table};
+use crate::lake::{Lake, PartitionKey, SaeSequences, Table};
 use crate::sae::dashboard::{
     contexts, logit_effects, nearest, LatentSpill, RowIndex, Spread, Want, TOP_IN_CONTEXT,
 };
@@ -338,7 +338,7 @@ fn partners_batch(
     lake: &Lake,
     key: &PartitionKey,
     sae: &Sae,
-    sequences: &std::collections::BTreeMap<(String, i32, i32), Vec<(i64, String)>>,
+    sequences: &SaeSequences,
 ) -> Result<Option<RecordBatch>> {
     let (layer, k) = (key.layer.unwrap_or(0), key.k.unwrap_or(0));
     let stage = key.stage.as_deref().unwrap_or("");
