@@ -60,6 +60,24 @@ pub enum Command {
     Cluster(cluster::ClusterArgs),
 }
 
+/// The program: parses the command line, runs it on a multi-threaded tokio runtime and reports
+/// an error. It lives here rather than in the binary so that the binary instantiates none of the
+/// async call tree below `run` (that cost the binary's crate two minutes of every build).
+pub fn main() -> std::process::ExitCode {
+    let cli = <Cli as clap::Parser>::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime");
+    match runtime.block_on(run(&cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", crate::error_text(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: &Cli) -> Result<()> {
     let lake = Lake::at(&cli.lake).map_err(|e| e.context(format!("--lake {}", cli.lake)))?;

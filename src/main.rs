@@ -1,17 +1,5 @@
-//! Command-line entry: parses arguments and hands over to `saerl::cli`.
+//! Command-line entry: everything, argument parsing included, is `saerl::cli::main`.
 
-use std::process::ExitCode;
-
-use clap::Parser;
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = saerl::cli::Cli::parse();
-    match saerl::cli::run(&cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", saerl::error_text(&e));
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    saerl::cli::main()
 }

@@ -50,6 +50,12 @@ impl DeviceArg {
     }
 }
 
+impl std::fmt::Display for DeviceArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.device.fmt(f)
+    }
+}
+
 impl Deref for DeviceArg {
     type Target = Device;
     fn deref(&self) -> &Device {

@@ -16,6 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use datafusion::prelude::SessionContext;
 
 use crate::commands::plot::plot_query;
 use crate::commands::run::Phase;
@@ -99,9 +100,8 @@ pub struct DemoArgs {
     /// Questions to ingest per stage.
     #[arg(long, default_value_t = 300)]
     pub prompts: usize,
-    /// Where ingest, SAE training, eval and stats compute: `cpu` or `cuda`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::commands::args::DeviceArg,
 }
 
 /// The demo's prompt files: the given ones, or the built-in sample written into `out/data/`.
@@ -277,73 +277,26 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
     super::run::study(
         &lake,
         &super::run::RunArgs {
-            project: project.clone(),
+            project: crate::commands::args::ProjectArg::new(&project),
             dry_run: false,
             commands: false,
             only: vec![Phase::Ingest, Phase::Train, Phase::Eval, Phase::Stats],
             chain: vec![],
             layers: vec![],
-            device: a.device.clone(),
+            device: a.device,
             jobs: None,
             train_jobs: None,
             report: out.join("report"),
         },
     )
     .context("the demo's study of its tiny chain")?;
-    let plans = plans();
-    let total: usize = plans.iter().map(|p| p.saes.len() * p.steps.len()).sum();
-    let bar = super::progress(total as u64, "synthetic SAEs");
-    let mut txn = Txn::begin(&lake, false)?;
-    for plan in &plans {
-        write_chain(&mut txn, plan, || bar.inc(1))?;
-    }
-    txn.commit()?;
-    bar.finish_and_clear();
-    println!(
-        "wrote {total} synthetic SAEs (3 chains, d_model {D_MODEL}, d_sae {D_SAE}) to {}",
-        lake.root().display()
-    );
-
+    write_synthetic_chains(&lake)?;
     let ctx = open_session(&lake).await?;
-    let summary = "SELECT stage, layer, count(*) AS tokens, sum(CASE WHEN split = 'val' THEN 1 ELSE 0 END) AS val_tokens \
-                   FROM activations GROUP BY stage, layer ORDER BY stage, layer";
-    println!("activations of the tiny model (chain `tiny`):");
-    print_batches(
-        &run_sql(&ctx, summary).await?,
-        Format::Table,
-        &mut std::io::stdout().lock(),
-    )?;
-    let queries = crate::sql::saved::builtin();
-    for q in &queries {
-        let (name, sql) = (q.name.as_str(), q.sql.as_str());
-        let params = q.defaults()?;
-        let batches = crate::sql::run_sql_with(&ctx, sql, &params)
-            .await
-            .with_context(|| format!("running queries/{name}.sql"))?;
-        let csv = out.join(format!("{name}.csv"));
-        print_batches(&batches, Format::Csv, &mut std::fs::File::create(&csv)?)?;
-        for ext in ["svg", "png"] {
-            plot_query(&ctx, sql, &params, &out.join(format!("{name}.{ext}")))
-                .await
-                .with_context(|| format!("plotting {name}"))?;
-        }
-        println!(
-            "  {name}: {} rows -> {}",
-            batches.iter().map(|b| b.num_rows()).sum::<usize>(),
-            out.join(format!("{name}.{{csv,svg,png}}")).display()
-        );
-    }
-    let kl = run_sql(
-        &ctx,
-        QUERIES.iter().find(|(n, _)| *n == "kl_ratio").unwrap().1,
-    )
-    .await?;
-    println!("\nKL ratio (kl0p025 / flexible per-step decoder drift):");
-    print_batches(&kl, Format::Table, &mut std::io::stdout().lock())?;
+    print_findings(&ctx, out).await?;
     let page = super::report::write_report(
         &lake,
         &out.join("report"),
-        &queries,
+        &crate::sql::saved::builtin(),
         &Default::default(),
         None,
     )
@@ -354,5 +307,63 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
         lake.root().display(),
         page.display()
     );
+    Ok(())
+}
+
+/// The three synthetic chains at the study's shape, in one commit.
+fn write_synthetic_chains(lake: &Lake) -> Result<()> {
+    let plans = plans();
+    let total: usize = plans.iter().map(|p| p.saes.len() * p.steps.len()).sum();
+    let bar = super::progress(total as u64, "synthetic SAEs");
+    let mut txn = Txn::begin(lake, false)?;
+    for plan in &plans {
+        write_chain(&mut txn, plan, || bar.inc(1))?;
+    }
+    txn.commit()?;
+    bar.finish_and_clear();
+    println!(
+        "wrote {total} synthetic SAEs (3 chains, d_model {D_MODEL}, d_sae {D_SAE}) to {}",
+        lake.root().display()
+    );
+    Ok(())
+}
+
+/// Prints the tiny chain's activations, runs every saved query into `out` (CSV, SVG, PNG) and
+/// prints the KL ratio.
+async fn print_findings(ctx: &SessionContext, out: &Path) -> Result<()> {
+    let summary = "SELECT stage, layer, count(*) AS tokens, sum(CASE WHEN split = 'val' THEN 1 ELSE 0 END) AS val_tokens \
+                   FROM activations GROUP BY stage, layer ORDER BY stage, layer";
+    println!("activations of the tiny model (chain `tiny`):");
+    print_batches(
+        &run_sql(ctx, summary).await?,
+        Format::Table,
+        &mut std::io::stdout().lock(),
+    )?;
+    for q in &crate::sql::saved::builtin() {
+        let (name, sql) = (q.name.as_str(), q.sql.as_str());
+        let params = q.defaults()?;
+        let batches = crate::sql::run_sql_with(ctx, sql, &params)
+            .await
+            .with_context(|| format!("running queries/{name}.sql"))?;
+        let csv = out.join(format!("{name}.csv"));
+        print_batches(&batches, Format::Csv, &mut std::fs::File::create(&csv)?)?;
+        for ext in ["svg", "png"] {
+            plot_query(ctx, sql, &params, &out.join(format!("{name}.{ext}")))
+                .await
+                .with_context(|| format!("plotting {name}"))?;
+        }
+        println!(
+            "  {name}: {} rows -> {}",
+            batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+            out.join(format!("{name}.{{csv,svg,png}}")).display()
+        );
+    }
+    let kl = run_sql(
+        ctx,
+        QUERIES.iter().find(|(n, _)| *n == "kl_ratio").unwrap().1,
+    )
+    .await?;
+    println!("\nKL ratio (kl0p025 / flexible per-step decoder drift):");
+    print_batches(&kl, Format::Table, &mut std::io::stdout().lock())?;
     Ok(())
 }

@@ -13,8 +13,8 @@ use super::SaeSelection;
 use crate::data::read_questions;
 use crate::lake::{Lake, PartitionKey, Table, Txn};
 use crate::model::{
-    device, load_model, next_token_log_softmax, replace_real_with, splice_real, target_logprobs,
-    Hooks, PaddedBatch, Qwen2, TextTokenizer,
+    load_model, next_token_log_softmax, replace_real_with, splice_real, target_logprobs, Hooks,
+    PaddedBatch, Qwen2, TextTokenizer,
 };
 use crate::project::{DataSet, Project};
 use crate::sae::batch::BatchEncoder;
@@ -60,15 +60,12 @@ pub struct EvalArgs {
     /// NMSE's denominator: the variance of x (the study's) or its second moment.
     #[arg(long, value_enum, default_value_t = NmseDenom::Var)]
     pub nmse_denom: NmseDenom,
-    /// `cpu` or `cuda` (the model and SAE on the GPU; needs a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Project file declaring the stages' models and the test prompts.
-    #[arg(long, default_value = "saerl.toml")]
-    pub project: PathBuf,
-    /// Re-evaluate SAEs that have an `evals` row already.
-    #[arg(long)]
-    pub overwrite: bool,
+    #[command(flatten)]
+    pub device: crate::commands::args::DeviceArg,
+    #[command(flatten)]
+    pub project: crate::commands::args::ProjectArg,
+    #[command(flatten)]
+    pub overwrite: crate::commands::args::Overwrite,
 }
 
 /// Where an eval's time went: loading models, and the CE prompts (the rest is the val rows).
@@ -82,9 +79,9 @@ pub fn run(lake: &Lake, a: &EvalArgs) -> Result<EvalSummary> {
     lake.recover()?;
     let mut summary = EvalSummary::default();
     // One device for the models and the SAEs, so their tensors can meet.
-    let dev = device(&a.device)?;
+    let dev = a.device.open()?;
     let mut keys = a.select.keys(lake)?;
-    if !a.overwrite {
+    if !*a.overwrite {
         keys.retain(|key| match lake.has_partition(Table::Evals, key) {
             Ok(true) => {
                 super::say!("{key}: already evaluated, skipped (--overwrite to redo)");
@@ -125,7 +122,7 @@ pub fn run(lake: &Lake, a: &EvalArgs) -> Result<EvalSummary> {
             let mut e = reconstruction(lake, key, sae, &dev, a)
                 .with_context(|| format!("evaluating {key}; nothing was written"))?;
             e.ce = ce;
-            let mut txn = Txn::begin(lake, a.overwrite)?;
+            let mut txn = Txn::begin(lake, *a.overwrite)?;
             txn.write(Table::Evals, key, &[evals_batch(&e)?])?;
             txn.commit()?;
             report(key, &e);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::lake::{Lake, Table};
-use crate::sae::interop::{self, Format};
+use crate::sae::interop::{self, Library};
 use crate::sae::pt;
 use crate::tables::read_sae;
 
@@ -41,14 +41,14 @@ pub struct ExportTo {
 pub fn run(lake: &Lake, a: &ExportArgs) -> Result<()> {
     let (to, format) = match &a.what {
         ExportWhat::Pt(to) => (to, None),
-        ExportWhat::Saelens(to) => (to, Some(Format::SaeLens)),
-        ExportWhat::Sparsify(to) => (to, Some(Format::Sparsify)),
+        ExportWhat::Saelens(to) => (to, Some(Library::SaeLens)),
+        ExportWhat::Sparsify(to) => (to, Some(Library::Sparsify)),
     };
     export(lake, &to.out, to.chain.as_deref(), format)
 }
 
 /// Exports as `.pt` (`format` None) or in another library's format.
-fn export(lake: &Lake, out: &Path, chain: Option<&str>, format: Option<Format>) -> Result<()> {
+fn export(lake: &Lake, out: &Path, chain: Option<&str>, format: Option<Library>) -> Result<()> {
     let lake = lake.existing()?;
     // One consistent view: a commit that replaces SAEs waits until the export is done.
     let _snapshot = lake.read_guard()?;

@@ -14,7 +14,7 @@ use regex::Regex;
 
 use crate::lake::{check_name, Lake, PartitionKey, StageRow, Table, Txn};
 use crate::project::Project;
-use crate::sae::interop::{self, Format};
+use crate::sae::interop::{self, Library};
 use crate::sae::{pt, Sae};
 use crate::study::chain_defaults;
 use crate::tables::write_sae;
@@ -40,7 +40,7 @@ pub enum ImportWhat {
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Pt,
-    Dir(Format),
+    Dir(Library),
 }
 
 impl Kind {
@@ -85,12 +85,10 @@ pub struct ImportPt {
     /// The layer of a single SAE (default: from its name).
     #[arg(long)]
     pub layer: Option<i32>,
-    /// Project file whose declared stages give the steps of stages the study's naming does not.
-    #[arg(long, default_value = "saerl.toml")]
-    pub project: PathBuf,
-    /// Replace partitions that already exist.
-    #[arg(long)]
-    pub overwrite: bool,
+    #[command(flatten)]
+    pub project: crate::commands::args::ProjectArg,
+    #[command(flatten)]
+    pub overwrite: crate::commands::args::Overwrite,
 }
 
 /// One file to import and where it goes (k is read from the file).
@@ -211,8 +209,8 @@ pub fn run(lake: &Lake, a: &ImportArgs) -> Result<()> {
     lake.recover()?;
     match &a.what {
         ImportWhat::Pt(args) => import(lake, args, Kind::Pt),
-        ImportWhat::Saelens(args) => import(lake, args, Kind::Dir(Format::SaeLens)),
-        ImportWhat::Sparsify(args) => import(lake, args, Kind::Dir(Format::Sparsify)),
+        ImportWhat::Saelens(args) => import(lake, args, Kind::Dir(Library::SaeLens)),
+        ImportWhat::Sparsify(args) => import(lake, args, Kind::Dir(Library::Sparsify)),
     }
 }
 
@@ -240,7 +238,7 @@ fn import(lake: &Lake, a: &ImportPt, kind: Kind) -> Result<()> {
         (&a.chain, &a.stage, a.layer, &a.file).cmp(&(&b.chain, &b.stage, b.layer, &b.file))
     });
 
-    let mut txn = Txn::begin(lake, a.overwrite)?;
+    let mut txn = Txn::begin(lake, *a.overwrite)?;
     let bar = super::progress(jobs.len() as u64, "import");
     let mut stage_rows: Vec<StageRow> = Vec::new();
     let mut imported = 0;
@@ -253,7 +251,7 @@ fn import(lake: &Lake, a: &ImportPt, kind: Kind) -> Result<()> {
             .with_context(|| j.file.display().to_string())?;
         let key = PartitionKey::sae(&j.chain, &j.stage, j.layer, sae.k as i32);
         bar.inc(1);
-        if !a.overwrite && lake.has_partition(Table::Saes, &key)? {
+        if !*a.overwrite && lake.has_partition(Table::Saes, &key)? {
             bar.suspend(|| println!("{key}: already imported, skipped (--overwrite to replace)"));
             continue;
         }

@@ -21,7 +21,7 @@ use crate::lake::{
     activation_batch, check_name, vocab_batch, writer_properties, IngestStaging, Lake,
     PartitionKey, StageRow, Table, Txn,
 };
-use crate::model::{device, load_model_as, ModelDtype, Qwen2, Qwen2Config, TextTokenizer};
+use crate::model::{load_model_as, ModelDtype, Qwen2, Qwen2Config, TextTokenizer};
 use crate::project::{DataSet, Project};
 use crate::study::chain_defaults;
 use crate::tables::docs_batch;
@@ -43,9 +43,8 @@ pub struct Ingest {
     /// Hugging Face checkpoint directory (default: the stage's model in saerl.toml).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Project file declaring chains, stages and data.
-    #[arg(long, default_value = "saerl.toml")]
-    pub project: PathBuf,
+    #[command(flatten)]
+    pub project: crate::commands::args::ProjectArg,
     /// Blocks whose output to store (0-based).
     #[arg(long, value_delimiter = ',', default_values_t = crate::study::LAYERS.iter().map(|&l| l as usize).collect::<Vec<_>>())]
     pub layers: Vec<usize>,
@@ -71,16 +70,14 @@ pub struct Ingest {
     /// Seed of the random split.
     #[arg(long, default_value_t = 0)]
     pub split_seed: u64,
-    /// `cpu` or `cuda` (the model on the GPU; needs a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::commands::args::DeviceArg,
     /// The precision the model computes in: f32 (the reference) or bf16 (faster on a GPU; the
     /// stored activations stay float32).
     #[arg(long, value_enum, default_value_t = ModelDtype::F32)]
     pub dtype: ModelDtype,
-    /// Replace partitions that already exist.
-    #[arg(long)]
-    pub overwrite: bool,
+    #[command(flatten)]
+    pub overwrite: crate::commands::args::Overwrite,
     /// When another saerl is ingesting the same stage into the lake, wait for it instead of
     /// failing.
     #[arg(long)]
@@ -210,7 +207,7 @@ pub fn run(lake: &Lake, a: &Ingest) -> Result<Summary> {
         true => None,
         false => Some(load_model_as(
             &plan.model_dir,
-            &device(&a.device)?,
+            &a.device.open()?,
             a.dtype.dtype(),
         )?),
     };
@@ -277,7 +274,7 @@ fn plan(lake: &Lake, a: &Ingest) -> Result<Option<Plan>> {
     let mut layers = Vec::new();
     for &l in &requested {
         let key = PartitionKey::layer(&a.chain, &a.stage, l as i32);
-        if !a.overwrite && lake.has_partition(Table::Activations, &key)? {
+        if !*a.overwrite && lake.has_partition(Table::Activations, &key)? {
             super::say!("activations {key}: already ingested, skipped (--overwrite to replace)");
         } else {
             layers.push(l);
@@ -299,7 +296,7 @@ fn plan(lake: &Lake, a: &Ingest) -> Result<Option<Plan>> {
     if n_rows == 0 {
         bail!("{}: the questions tokenize to no tokens", data.display());
     }
-    let write_docs = a.overwrite || !have_docs;
+    let write_docs = *a.overwrite || !have_docs;
     if !write_docs {
         // New layers of a stage already in the lake must come from the same questions.
         let stored: usize = lake
@@ -500,7 +497,7 @@ fn publish(
     a: &Ingest,
 ) -> Result<()> {
     let stage_key = PartitionKey::stage(&a.chain, &a.stage);
-    let mut txn = Txn::begin(lake, a.overwrite)?;
+    let mut txn = Txn::begin(lake, *a.overwrite)?;
     for &l in &plan.layers {
         let files: Vec<PathBuf> = (0..n_chunks).map(|c| staging.chunk(l, c)).collect();
         txn.adopt(

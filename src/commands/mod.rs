@@ -1,5 +1,6 @@
 //! One file per subcommand; each reads like the paragraph of DESIGN.md it implements.
 
+pub mod args;
 pub mod bench;
 pub mod cluster;
 pub mod demo;

@@ -56,12 +56,10 @@ pub struct TrainArgs {
     /// Rows in the streaming shuffle buffer (65,536 rows of width 896 take 235 MB).
     #[arg(long, default_value_t = 65_536)]
     pub shuffle_buffer: usize,
-    /// `cpu` (the CPU step) or `cuda` (the device path; needs a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Retrain SAEs that exist already.
-    #[arg(long)]
-    pub overwrite: bool,
+    #[command(flatten)]
+    pub device: crate::commands::args::DeviceArg,
+    #[command(flatten)]
+    pub overwrite: crate::commands::args::Overwrite,
     /// When another saerl is training the same chain's layer and k, wait for it instead of
     /// failing.
     #[arg(long)]
@@ -114,7 +112,7 @@ pub fn run(lake: &Lake, a: &TrainArgs) -> Result<TrainSummary> {
             seed: a.seed,
             ..TrainConfig::default()
         },
-        dev: crate::model::device(&a.device)?,
+        dev: a.device.open()?,
         summary: TrainSummary::default(),
     };
     for &layer in &a.layers {
@@ -172,7 +170,7 @@ impl ChainTraining<'_> {
             let key = PartitionKey::sae(&a.chain, &st.stage, layer, a.k as i32);
             let wanted = a.stage.is_empty() || a.stage.contains(&st.stage);
             let exists = lake.has_partition(Table::Saes, &key)?;
-            if !wanted || (exists && !a.overwrite) {
+            if !wanted || (exists && !*a.overwrite) {
                 // Not asked for, or done: it is only the next stage's parent, if it exists.
                 parent = None;
                 stored_parent = exists.then(|| (st.stage.clone(), key.clone()));
@@ -244,7 +242,7 @@ impl ChainTraining<'_> {
         let mut sae = result.sae;
         let (stage, layer) = (key.stage.as_deref().unwrap_or(""), key.layer.unwrap_or(0));
         sae.meta.source = Some(format!("saerl train {} {stage} layer {layer}", key.chain));
-        let mut txn = Txn::begin(self.lake, self.a.overwrite)?;
+        let mut txn = Txn::begin(self.lake, *self.a.overwrite)?;
         write_sae(&mut txn, key, &sae)?;
         txn.write(Table::TrainLog, key, &[train_log_batch(&result.epochs)?])?;
         txn.commit()?;

@@ -419,7 +419,8 @@ mod cuda {
     use std::sync::OnceLock;
 
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::CudaDType;
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{CudaStorage, Layout, Result, Shape};
 
@@ -451,6 +452,27 @@ mod cuda {
         };
     }
 
+    /// Launches kernel `$name` on `$dev` with `$cfg` and the kernel's arguments in its order.
+    macro_rules! launch {
+        ($dev:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+            let f = func!($dev, $name);
+            let mut launch = f.builder();
+            $(launch.arg($arg);)+
+            // SAFETY: every caller passes the arguments in the order and types of the kernel's
+            // signature in device_kernels.cu, with buffers of the sizes the kernel indexes.
+            unsafe { launch.launch($cfg) }.w()?;
+        }};
+    }
+
+    /// A kernel's input: the storage's values from the layout's start (which must be contiguous).
+    fn input<'a, T: CudaDType>(
+        s: &'a CudaStorage,
+        l: &Layout,
+        what: &str,
+    ) -> Result<CudaView<'a, T>> {
+        Ok(s.as_cuda_slice::<T>()?.slice(contiguous(l, what)?..))
+    }
+
     fn contiguous(l: &Layout, what: &str) -> Result<usize> {
         match l.contiguous_offsets() {
             Some((a, _)) => Ok(a),
@@ -477,22 +499,23 @@ mod cuda {
         let (rows, n) = l1.shape().dims2()?;
         let k = k.min(n);
         let p2 = k.next_power_of_two();
-        let z = s1.as_cuda_slice::<f32>()?.slice(contiguous(l1, "topk")?..);
-        let b = s2.as_cuda_slice::<f32>()?.slice(contiguous(l2, "topk")?..);
+        let z = input::<f32>(s1, l1, "topk")?;
+        let b = input::<f32>(s2, l2, "topk")?;
         let out_idx = dev.alloc_zeros::<u32>(rows * k)?;
         let out_val = dev.alloc_zeros::<f32>(rows * k)?;
-        let f = func!(dev, "topk_rows");
-        let mut launch = f.builder();
         let (n32, k32, p232) = (n as u32, k as u32, p2 as u32);
-        launch.arg(&z);
-        launch.arg(&b);
-        launch.arg(&n32);
-        launch.arg(&k32);
-        launch.arg(&p232);
-        launch.arg(&out_idx);
-        launch.arg(&out_val);
-        // SAFETY: the arguments match the kernel's signature and the buffers their sizes.
-        unsafe { launch.launch(cfg(rows as u32, 256, (p2 * 8) as u32)) }.w()?;
+        launch!(
+            dev,
+            "topk_rows",
+            cfg(rows as u32, 256, (p2 * 8) as u32),
+            &z,
+            &b,
+            &n32,
+            &k32,
+            &p232,
+            &out_idx,
+            &out_val
+        );
         Ok((
             CudaStorage::wrap_cuda_slice(out_idx, dev.clone()),
             Shape::from((rows, k)),
@@ -510,29 +533,24 @@ mod cuda {
         let dev = s1.device();
         let (rows, k) = l1.shape().dims2()?;
         let d = l3.shape().dims2()?.1;
-        let idx = s1
-            .as_cuda_slice::<u32>()?
-            .slice(contiguous(l1, "sparse_decode")?..);
-        let val = s2
-            .as_cuda_slice::<f32>()?
-            .slice(contiguous(l2, "sparse_decode")?..);
-        let w = s3
-            .as_cuda_slice::<f32>()?
-            .slice(contiguous(l3, "sparse_decode")?..);
+        let idx = input::<u32>(s1, l1, "sparse_decode")?;
+        let val = input::<f32>(s2, l2, "sparse_decode")?;
+        let w = input::<f32>(s3, l3, "sparse_decode")?;
         let zero = dev.alloc_zeros::<f32>(d)?;
         let out = dev.alloc_zeros::<f32>(rows * d)?;
-        let f = func!(dev, "sparse_decode");
-        let mut launch = f.builder();
         let (k32, d32) = (k as u32, d as u32);
-        launch.arg(&idx);
-        launch.arg(&val);
-        launch.arg(&k32);
-        launch.arg(&w);
-        launch.arg(&zero);
-        launch.arg(&d32);
-        launch.arg(&out);
-        // SAFETY: as in `topk`.
-        unsafe { launch.launch(cfg(rows as u32, 256, 0)) }.w()?;
+        launch!(
+            dev,
+            "sparse_decode",
+            cfg(rows as u32, 256, 0),
+            &idx,
+            &val,
+            &k32,
+            &w,
+            &zero,
+            &d32,
+            &out
+        );
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev.clone()),
             Shape::from((rows, d)),
@@ -550,27 +568,22 @@ mod cuda {
         let dev = s1.device();
         let (rows, k) = l1.shape().dims2()?;
         let d = l3.shape().dims2()?.1;
-        let idx = s1
-            .as_cuda_slice::<u32>()?
-            .slice(contiguous(l1, "gather_dot")?..);
-        let w = s2
-            .as_cuda_slice::<f32>()?
-            .slice(contiguous(l2, "gather_dot")?..);
-        let x = s3
-            .as_cuda_slice::<f32>()?
-            .slice(contiguous(l3, "gather_dot")?..);
+        let idx = input::<u32>(s1, l1, "gather_dot")?;
+        let w = input::<f32>(s2, l2, "gather_dot")?;
+        let x = input::<f32>(s3, l3, "gather_dot")?;
         let out = dev.alloc_zeros::<f32>(rows * k)?;
-        let f = func!(dev, "gather_dot");
-        let mut launch = f.builder();
         let (k32, d32) = (k as u32, d as u32);
-        launch.arg(&idx);
-        launch.arg(&k32);
-        launch.arg(&w);
-        launch.arg(&x);
-        launch.arg(&d32);
-        launch.arg(&out);
-        // SAFETY: as in `topk`.
-        unsafe { launch.launch(cfg(rows as u32, 256, 0)) }.w()?;
+        launch!(
+            dev,
+            "gather_dot",
+            cfg(rows as u32, 256, 0),
+            &idx,
+            &k32,
+            &w,
+            &x,
+            &d32,
+            &out
+        );
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev.clone()),
             Shape::from((rows, k)),
@@ -580,18 +593,17 @@ mod cuda {
     pub fn bincount(n: usize, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let dev = s.device();
         let len = l.shape().elem_count();
-        let idx = s
-            .as_cuda_slice::<u32>()?
-            .slice(contiguous(l, "bincount")?..);
+        let idx = input::<u32>(s, l, "bincount")?;
         let counts = dev.alloc_zeros::<u32>(n)?;
-        let f = func!(dev, "bincount");
-        let mut launch = f.builder();
         let len64 = len as u64;
-        launch.arg(&idx);
-        launch.arg(&len64);
-        launch.arg(&counts);
-        // SAFETY: as in `topk`.
-        unsafe { launch.launch(cfg(len.div_ceil(256).min(1024) as u32, 256, 0)) }.w()?;
+        launch!(
+            dev,
+            "bincount",
+            cfg(len.div_ceil(256).min(1024) as u32, 256, 0),
+            &idx,
+            &len64,
+            &counts
+        );
         Ok((
             CudaStorage::wrap_cuda_slice(counts, dev.clone()),
             Shape::from(n),
@@ -612,42 +624,38 @@ mod cuda {
         let dev = s1.device();
         let (rows, k) = l1.shape().dims2()?;
         let d = l3.shape().dims2()?.1;
-        let idx = s1
-            .as_cuda_slice::<u32>()?
-            .slice(contiguous(l1, "sparse_outer")?..);
-        let coef = s2
-            .as_cuda_slice::<f32>()?
-            .slice(contiguous(l2, "sparse_outer")?..);
-        let y = s3
-            .as_cuda_slice::<f32>()?
-            .slice(contiguous(l3, "sparse_outer")?..);
+        let idx = input::<u32>(s1, l1, "sparse_outer")?;
+        let coef = input::<f32>(s2, l2, "sparse_outer")?;
+        let y = input::<f32>(s3, l3, "sparse_outer")?;
         let hits = dev.alloc_zeros::<u32>(n * rows)?;
         let (rows32, k32, d32, n32) = (rows as u32, k as u32, d as u32, n as u32);
-        let f = func!(dev, "mark_hits");
-        let mut launch = f.builder();
-        launch.arg(&idx);
-        launch.arg(&rows32);
-        launch.arg(&k32);
-        launch.arg(&hits);
-        // SAFETY: as in `topk`.
-        unsafe { launch.launch(cfg((rows * k).div_ceil(256).min(4096) as u32, 256, 0)) }.w()?;
+        launch!(
+            dev,
+            "mark_hits",
+            cfg((rows * k).div_ceil(256).min(4096) as u32, 256, 0),
+            &idx,
+            &rows32,
+            &k32,
+            &hits
+        );
         let len = n * d + if sums { n } else { 0 };
         // SAFETY: every value is written by the kernel below.
         let g = unsafe { dev.alloc::<f32>(len)? };
         let sums32 = sums as i32;
-        let f = func!(dev, "sparse_outer");
-        let mut launch = f.builder();
-        launch.arg(&hits);
-        launch.arg(&rows32);
-        launch.arg(&coef);
-        launch.arg(&k32);
-        launch.arg(&y);
-        launch.arg(&d32);
-        launch.arg(&n32);
-        launch.arg(&sums32);
-        launch.arg(&g);
-        // SAFETY: as in `topk`.
-        unsafe { launch.launch(cfg(n as u32, 256, 0)) }.w()?;
+        launch!(
+            dev,
+            "sparse_outer",
+            cfg(n as u32, 256, 0),
+            &hits,
+            &rows32,
+            &coef,
+            &k32,
+            &y,
+            &d32,
+            &n32,
+            &sums32,
+            &g
+        );
         Ok((
             CudaStorage::wrap_cuda_slice(g, dev.clone()),
             Shape::from(len),
@@ -657,25 +665,20 @@ mod cuda {
     pub fn sum_sq(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let dev = s.device();
         let len = l.shape().elem_count();
-        let x = s.as_cuda_slice::<f32>()?.slice(contiguous(l, "sum_sq")?..);
+        let x = input::<f32>(s, l, "sum_sq")?;
         let blocks = len.div_ceil(256).clamp(1, 256);
         // SAFETY: each is written in full by the kernel that fills it.
         let (partial, out) = unsafe { (dev.alloc::<f64>(blocks)?, dev.alloc::<f64>(1)?) };
         let (len64, m32) = (len as u64, blocks as u32);
-        let f = func!(dev, "sum_sq_partial");
-        let mut launch = f.builder();
-        launch.arg(&x);
-        launch.arg(&len64);
-        launch.arg(&partial);
-        // SAFETY: as in `topk`.
-        unsafe { launch.launch(cfg(blocks as u32, 256, 0)) }.w()?;
-        let f = func!(dev, "sum_partials");
-        let mut launch = f.builder();
-        launch.arg(&partial);
-        launch.arg(&m32);
-        launch.arg(&out);
-        // SAFETY: as in `topk`.
-        unsafe { launch.launch(cfg(1, 256, 0)) }.w()?;
+        launch!(
+            dev,
+            "sum_sq_partial",
+            cfg(blocks as u32, 256, 0),
+            &x,
+            &len64,
+            &partial
+        );
+        launch!(dev, "sum_partials", cfg(1, 256, 0), &partial, &m32, &out);
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev.clone()),
             Shape::from(()),
@@ -699,26 +702,27 @@ mod cuda {
         if b - a != 3 * n {
             candle_core::bail!("adam: state holds {} values, expected 3 × {n}", b - a);
         }
-        let g = s2.as_cuda_slice::<f32>()?.slice(contiguous(l2, "adam")?..);
-        let sq = s3.as_cuda_slice::<f64>()?.slice(contiguous(l3, "adam")?..);
+        let g = input::<f32>(s2, l2, "adam")?;
+        let sq = input::<f64>(s3, l3, "adam")?;
         let state = s1.as_cuda_slice_mut::<f32>()?;
         let mut state = state.slice_mut(a..b);
-        let f = func!(dev, "adam");
-        let mut launch = f.builder();
         let n64 = n as u64;
         let (b1, b2, eps) = (super::B1, super::B2, super::EPS);
-        launch.arg(&mut state);
-        launch.arg(&g);
-        launch.arg(&n64);
-        launch.arg(&h.step);
-        launch.arg(&h.bc2_sqrt);
-        launch.arg(&sq);
-        launch.arg(&h.clip_norm);
-        launch.arg(&b1);
-        launch.arg(&b2);
-        launch.arg(&eps);
-        // SAFETY: as in `topk`.
-        unsafe { launch.launch(cfg(n.div_ceil(256).min(4096) as u32, 256, 0)) }.w()?;
+        launch!(
+            dev,
+            "adam",
+            cfg(n.div_ceil(256).min(4096) as u32, 256, 0),
+            &mut state,
+            &g,
+            &n64,
+            &h.step,
+            &h.bc2_sqrt,
+            &sq,
+            &h.clip_norm,
+            &b1,
+            &b2,
+            &eps
+        );
         Ok(())
     }
 
@@ -730,13 +734,8 @@ mod cuda {
             .ok_or_else(|| candle_core::Error::Msg("unit_rows: must be contiguous".into()))?;
         let w = s.as_cuda_slice_mut::<f32>()?;
         let mut w = w.slice_mut(a..b);
-        let f = func!(dev, "unit_rows");
-        let mut launch = f.builder();
         let d32 = d as u32;
-        launch.arg(&mut w);
-        launch.arg(&d32);
-        // SAFETY: as in `topk`.
-        unsafe { launch.launch(cfg(rows as u32, 256, 0)) }.w()?;
+        launch!(dev, "unit_rows", cfg(rows as u32, 256, 0), &mut w, &d32);
         Ok(())
     }
 

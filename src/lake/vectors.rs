@@ -22,19 +22,10 @@ pub fn read_vectors(
     name: &str,
     d: usize,
 ) -> Result<Option<Vec<f32>>> {
-    let schema = reader.metadata().file_metadata().schema_descr_ptr();
-    let Some(col) = (0..schema.num_columns()).find(|&i| {
-        let path = schema.column(i).path().parts().to_vec();
-        path.len() == 3 && path[0] == name
-    }) else {
+    let Some(col) = plain_vector_column(reader, name) else {
         return Ok(None);
     };
-    let descr = schema.column(col);
-    if descr.physical_type() != PhysicalType::FLOAT
-        || descr.max_def_level() != 1
-        || descr.max_rep_level() != 1
-        || d == 0
-    {
+    if d == 0 {
         return Ok(None);
     }
     let rows = reader.metadata().row_group(row_group).num_rows() as usize;
@@ -45,50 +36,14 @@ pub fn read_vectors(
     // Position in the column chunk, in values: a list starts wherever it is a multiple of d.
     let mut pos = 0usize;
     while let Some(page) = pages.get_next_page()? {
-        let (rep, def, values, n): (&[u8], &[u8], &[u8], usize) = match &page {
-            Page::DataPage {
-                buf,
-                num_values,
-                encoding,
-                def_level_encoding,
-                rep_level_encoding,
-                ..
-            } => {
-                if *encoding != Encoding::PLAIN
-                    || *def_level_encoding != Encoding::RLE
-                    || *rep_level_encoding != Encoding::RLE
-                {
-                    return Ok(None);
-                }
-                let Some((rep, rest)) = length_prefixed(buf) else {
-                    return Ok(None);
-                };
-                let Some((def, values)) = length_prefixed(rest) else {
-                    return Ok(None);
-                };
-                (rep, def, values, *num_values as usize)
-            }
-            Page::DataPageV2 {
-                buf,
-                num_values,
-                encoding,
-                num_nulls,
-                def_levels_byte_len,
-                rep_levels_byte_len,
-                ..
-            } => {
-                let (r, dl) = (*rep_levels_byte_len as usize, *def_levels_byte_len as usize);
-                if *encoding != Encoding::PLAIN || *num_nulls != 0 || buf.len() < r + dl {
-                    return Ok(None);
-                }
-                (
-                    &buf[..r],
-                    &buf[r..r + dl],
-                    &buf[r + dl..],
-                    *num_values as usize,
-                )
-            }
-            Page::DictionaryPage { .. } => return Ok(None),
+        let Some(PageParts {
+            rep,
+            def,
+            values,
+            n,
+        }) = page_parts(&page)
+        else {
+            return Ok(None);
         };
         // Every value present; repetition level 0 exactly where a list of d starts, so a run
         // of ones must stay inside one list.
@@ -121,6 +76,81 @@ pub fn read_vectors(
         return Ok(None);
     }
     Ok(Some(out))
+}
+
+/// The leaf column of list column `name` when it holds plain non-null f32 items (one
+/// definition and one repetition level).
+fn plain_vector_column(reader: &SerializedFileReader<File>, name: &str) -> Option<usize> {
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    let col = (0..schema.num_columns()).find(|&i| {
+        let path = schema.column(i).path().parts().to_vec();
+        path.len() == 3 && path[0] == name
+    })?;
+    let descr = schema.column(col);
+    (descr.physical_type() == PhysicalType::FLOAT
+        && descr.max_def_level() == 1
+        && descr.max_rep_level() == 1)
+        .then_some(col)
+}
+
+/// A data page's level and value sections.
+struct PageParts<'a> {
+    rep: &'a [u8],
+    def: &'a [u8],
+    values: &'a [u8],
+    /// Values in the page (nulls included).
+    n: usize,
+}
+
+/// The sections of a PLAIN-encoded data page (V1 with RLE levels, or V2 without nulls); None
+/// for any other page, which the caller leaves to the Arrow reader.
+fn page_parts(page: &Page) -> Option<PageParts<'_>> {
+    match page {
+        Page::DataPage {
+            buf,
+            num_values,
+            encoding,
+            def_level_encoding,
+            rep_level_encoding,
+            ..
+        } => {
+            if *encoding != Encoding::PLAIN
+                || *def_level_encoding != Encoding::RLE
+                || *rep_level_encoding != Encoding::RLE
+            {
+                return None;
+            }
+            let (rep, rest) = length_prefixed(buf)?;
+            let (def, values) = length_prefixed(rest)?;
+            Some(PageParts {
+                rep,
+                def,
+                values,
+                n: *num_values as usize,
+            })
+        }
+        Page::DataPageV2 {
+            buf,
+            num_values,
+            encoding,
+            num_nulls,
+            def_levels_byte_len,
+            rep_levels_byte_len,
+            ..
+        } => {
+            let (r, dl) = (*rep_levels_byte_len as usize, *def_levels_byte_len as usize);
+            if *encoding != Encoding::PLAIN || *num_nulls != 0 || buf.len() < r + dl {
+                return None;
+            }
+            Some(PageParts {
+                rep: &buf[..r],
+                def: &buf[r..r + dl],
+                values: &buf[r + dl..],
+                n: *num_values as usize,
+            })
+        }
+        Page::DictionaryPage { .. } => None,
+    }
 }
 
 /// Splits a V1 page section `[u32 length][bytes]` off the front of `buf`.

@@ -26,24 +26,25 @@ use serde_json::{json, Value};
 use super::{Activation, Sae, SaeMeta, Tensors};
 use crate::kernels::transpose;
 
+/// The library whose files an SAE directory holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub enum Library {
     SaeLens,
     Sparsify,
 }
 
-impl Format {
+impl Library {
     pub fn name(self) -> &'static str {
         match self {
-            Format::SaeLens => "SAELens",
-            Format::Sparsify => "sparsify",
+            Library::SaeLens => "SAELens",
+            Library::Sparsify => "sparsify",
         }
     }
 
     fn weights_file(self) -> &'static str {
         match self {
-            Format::SaeLens => "sae_weights.safetensors",
-            Format::Sparsify => "sae.safetensors",
+            Library::SaeLens => "sae_weights.safetensors",
+            Library::Sparsify => "sae.safetensors",
         }
     }
 }
@@ -52,7 +53,7 @@ impl Format {
 pub const NOTES_FILE: &str = "saerl.json";
 
 /// Reads the SAE in `dir`. Errors name the directory and what is unsupported.
-pub fn read(dir: &Path, format: Format) -> Result<Sae> {
+pub fn read(dir: &Path, format: Library) -> Result<Sae> {
     let ctx = || format!("reading the {} SAE in {}", format.name(), dir.display());
     let cfg_path = dir.join("cfg.json");
     let cfg: Value = serde_json::from_slice(
@@ -65,8 +66,8 @@ pub fn read(dir: &Path, format: Format) -> Result<Sae> {
     let st = SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{} is not a safetensors file", weights.display()))?;
     let sae = match format {
-        Format::SaeLens => from_saelens(&cfg, &st),
-        Format::Sparsify => from_sparsify(&cfg, &st),
+        Library::SaeLens => from_saelens(&cfg, &st),
+        Library::Sparsify => from_sparsify(&cfg, &st),
     }
     .with_context(ctx)?;
     sae.validate().with_context(ctx)?;
@@ -250,7 +251,7 @@ type NamedTensor = (&'static str, Vec<f32>, Vec<usize>);
 
 /// Writes `sae` into `dir` (created; its files replaced) in `format`. Returns the notes on what
 /// the format cannot say exactly (also written to `saerl.json`); empty when the export is exact.
-pub fn write(dir: &Path, sae: &Sae, format: Format, hook: &str) -> Result<Vec<String>> {
+pub fn write(dir: &Path, sae: &Sae, format: Library, hook: &str) -> Result<Vec<String>> {
     let mut notes = Vec::new();
     if sae.activation == Activation::TopK {
         notes.push(format!(
@@ -263,7 +264,7 @@ pub fn write(dir: &Path, sae: &Sae, format: Format, hook: &str) -> Result<Vec<St
         notes.push(format!(
             "b_pre differs from b_dec and {} has no separate pre-bias: it is folded into the encoder bias (b_enc − W_enc·b_pre{}), exact up to float32 rounding",
             format.name(),
-            if format == Format::Sparsify { " + W_enc·b_dec" } else { "" }
+            if format == Library::Sparsify { " + W_enc·b_dec" } else { "" }
         ));
     }
     let (cfg, tensors) = library_files(sae, format, hook, apply_b_dec, b_enc);
@@ -280,18 +281,18 @@ pub fn write(dir: &Path, sae: &Sae, format: Format, hook: &str) -> Result<Vec<St
 
 /// Whether the format subtracts b_dec from x before the encoder, and the encoder bias that makes
 /// up the rest of saerl's pre-bias.
-fn export_bias(sae: &Sae, format: Format) -> (bool, Vec<f32>) {
+fn export_bias(sae: &Sae, format: Library) -> (bool, Vec<f32>) {
     let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
     let zero = sae.b_pre.iter().all(|&v| v == 0.0);
     match format {
-        Format::SaeLens if same(&sae.b_pre, &sae.b_dec) => (true, sae.b_enc.clone()),
-        Format::SaeLens if zero => (false, sae.b_enc.clone()),
-        Format::SaeLens => {
+        Library::SaeLens if same(&sae.b_pre, &sae.b_dec) => (true, sae.b_enc.clone()),
+        Library::SaeLens if zero => (false, sae.b_enc.clone()),
+        Library::SaeLens => {
             let minus: Vec<f32> = sae.b_pre.iter().map(|v| -v).collect();
             (false, shifted_bias(sae, &minus))
         }
-        Format::Sparsify if same(&sae.b_pre, &sae.b_dec) => (true, sae.b_enc.clone()),
-        Format::Sparsify => {
+        Library::Sparsify if same(&sae.b_pre, &sae.b_dec) => (true, sae.b_enc.clone()),
+        Library::Sparsify => {
             let shift: Vec<f32> = sae
                 .b_dec
                 .iter()
@@ -306,14 +307,14 @@ fn export_bias(sae: &Sae, format: Format) -> (bool, Vec<f32>) {
 /// The library's `cfg.json` and weight tensors for `sae`.
 fn library_files(
     sae: &Sae,
-    format: Format,
+    format: Library,
     hook: &str,
     apply_b_dec: bool,
     b_enc: Vec<f32>,
 ) -> (Value, Vec<NamedTensor>) {
     let (d, n) = (sae.d_model, sae.d_sae);
     match format {
-        Format::SaeLens => (
+        Library::SaeLens => (
             json!({
                 "d_in": d, "d_sae": n, "dtype": "float32", "device": "cpu",
                 "apply_b_dec_to_input": apply_b_dec, "normalize_activations": "none",
@@ -332,7 +333,7 @@ fn library_files(
                 ("b_dec", sae.b_dec.clone(), vec![d]),
             ],
         ),
-        Format::Sparsify => (
+        Library::Sparsify => (
             json!({
                 "activation": "topk", "expansion_factor": n.div_ceil(d),
                 "normalize_decoder": true, "num_latents": n, "k": sae.k, "multi_topk": false,

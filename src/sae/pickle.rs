@@ -300,6 +300,48 @@ fn reduce(func: Value, args: Value) -> Result<Value> {
     }
 }
 
+/// The pickle opcodes saerl reads (those of a PyTorch state dict) and writes, by their names in
+/// Python's `pickletools`.
+mod op {
+    pub const PROTO: u8 = 0x80;
+    pub const FRAME: u8 = 0x95;
+    pub const STOP: u8 = b'.';
+    pub const MARK: u8 = b'(';
+    pub const EMPTY_DICT: u8 = b'}';
+    pub const EMPTY_LIST: u8 = b']';
+    pub const EMPTY_TUPLE: u8 = b')';
+    pub const TUPLE: u8 = b't';
+    pub const TUPLE1: u8 = 0x85;
+    pub const TUPLE3: u8 = 0x87;
+    pub const BINPUT: u8 = b'q';
+    pub const LONG_BINPUT: u8 = b'r';
+    pub const MEMOIZE: u8 = 0x94;
+    pub const BINGET: u8 = b'h';
+    pub const LONG_BINGET: u8 = b'j';
+    pub const BINUNICODE: u8 = b'X';
+    pub const SHORT_BINUNICODE: u8 = 0x8c;
+    pub const BINUNICODE8: u8 = 0x8d;
+    pub const SHORT_BINBYTES: u8 = b'C';
+    pub const BINBYTES: u8 = b'B';
+    pub const BININT: u8 = b'J';
+    pub const BININT1: u8 = b'K';
+    pub const BININT2: u8 = b'M';
+    pub const LONG1: u8 = 0x8a;
+    pub const NEWTRUE: u8 = 0x88;
+    pub const NEWFALSE: u8 = 0x89;
+    pub const NONE: u8 = b'N';
+    pub const BINFLOAT: u8 = b'G';
+    pub const GLOBAL: u8 = b'c';
+    pub const STACK_GLOBAL: u8 = 0x93;
+    pub const REDUCE: u8 = b'R';
+    pub const BINPERSID: u8 = b'Q';
+    pub const SETITEM: u8 = b's';
+    pub const SETITEMS: u8 = b'u';
+    pub const APPEND: u8 = b'a';
+    pub const APPENDS: u8 = b'e';
+    pub const BUILD: u8 = b'b';
+}
+
 /// Loads a pickle without executing anything.
 pub fn load(b: &[u8]) -> Result<Value> {
     let mut m = Machine {
@@ -311,143 +353,212 @@ pub fn load(b: &[u8]) -> Result<Value> {
     };
     loop {
         let at = m.at;
-        let op = m.u8()?;
-        match op {
-            0x80 => {
-                m.u8()?; // PROTO
+        let code = m.u8()?;
+        if let Some(v) = m.step(code, at)? {
+            return Ok(v);
+        }
+    }
+}
+
+impl Machine<'_> {
+    /// Executes the opcode `code` read at byte `at`; STOP gives the result.
+    fn step(&mut self, code: u8, at: usize) -> Result<Option<Value>> {
+        use op::*;
+        match code {
+            PROTO => {
+                self.u8()?;
             }
-            0x95 => {
-                m.take(8)?; // FRAME
+            FRAME => {
+                self.take(8)?;
             }
-            b'.' => return m.pop(),
-            b'(' => m.stack.push(Item::Mark),
-            b'}' => m.push(Value::Dict(Vec::new())),
-            b']' => m.push(Value::List(Vec::new())),
-            b')' => m.push(Value::Tuple(Vec::new())),
-            b't' => {
-                let items = m.pop_mark()?;
-                m.push(Value::Tuple(items));
+            STOP => return self.pop().map(Some),
+            MARK => self.stack.push(Item::Mark),
+            EMPTY_DICT | EMPTY_LIST | EMPTY_TUPLE | TUPLE | TUPLE1..=TUPLE3 => self.container(code)?,
+            BINPUT | LONG_BINPUT | MEMOIZE => self.memo_put(code)?,
+            BINGET | LONG_BINGET => self.memo_get(code)?,
+            BINUNICODE | SHORT_BINUNICODE | BINUNICODE8 | SHORT_BINBYTES | BINBYTES => {
+                self.string(code)?
             }
-            0x85..=0x87 => {
-                let n = (op - 0x84) as usize;
-                let mut items = (0..n).map(|_| m.pop_nested()).collect::<Result<Vec<_>>>()?;
-                items.reverse();
-                m.push(Value::Tuple(items));
+            BININT | BININT1 | BININT2 | LONG1 | NEWTRUE | NEWFALSE | NONE | BINFLOAT => {
+                self.number(code, at)?
             }
-            b'q' | b'r' | 0x94 => {
-                let idx = match op {
-                    b'q' => m.u8()? as u32,
-                    b'r' => m.u32()?,
-                    _ => m.memo.len() as u32,
+            GLOBAL => {
+                let module = self.line()?;
+                let name = self.line()?;
+                self.global(format!("{module}.{name}"))?;
+            }
+            STACK_GLOBAL => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                let (Value::Str(module), Value::Str(name)) = (module, name) else {
+                    bail!("STACK_GLOBAL needs two strings")
                 };
-                let budget = m.budget;
-                let nodes = measure(m.top()?, budget).0;
-                m.charge(nodes)?;
-                let v = m.top()?.clone();
-                m.memo.insert(idx, v);
+                self.global(format!("{module}.{name}"))?;
             }
-            b'h' | b'j' => {
-                let idx = if op == b'h' { m.u8()? as u32 } else { m.u32()? };
-                let v = m.memo.get(&idx).with_context(|| format!("pickle refers to unknown memo {idx}"))?;
-                let nodes = measure(v, m.budget).0;
-                m.charge(nodes)?;
-                let v = m.memo[&idx].clone();
-                m.push(v);
+            REDUCE => {
+                let args = self.pop()?;
+                let func = self.pop()?;
+                let v = reduce(func, args).with_context(|| format!("at pickle byte {at}"))?;
+                self.push(v);
             }
-            b'X' => {
-                let n = m.u32()? as usize;
-                let v = m.utf8(n)?;
-                m.push(v);
+            BINPERSID => self.persistent_id(at)?,
+            SETITEM | SETITEMS | APPEND | APPENDS | BUILD => self.fill(code, at)?,
+            other => bail!("forbidden or unsupported pickle opcode 0x{other:02x} at byte {at}: only the opcodes of a PyTorch state dict are accepted"),
+        }
+        Ok(None)
+    }
+
+    /// An empty container, or a tuple of the items above the mark (TUPLE) or on top (TUPLE1-3).
+    fn container(&mut self, code: u8) -> Result<()> {
+        let v = match code {
+            op::EMPTY_DICT => Value::Dict(Vec::new()),
+            op::EMPTY_LIST => Value::List(Vec::new()),
+            op::EMPTY_TUPLE => Value::Tuple(Vec::new()),
+            op::TUPLE => Value::Tuple(self.pop_mark()?),
+            _ => {
+                let n = (code - op::TUPLE1 + 1) as usize;
+                let mut items = (0..n)
+                    .map(|_| self.pop_nested())
+                    .collect::<Result<Vec<_>>>()?;
+                items.reverse();
+                Value::Tuple(items)
             }
-            0x8c => {
-                let n = m.u8()? as usize;
-                let v = m.utf8(n)?;
-                m.push(v);
+        };
+        self.push(v);
+        Ok(())
+    }
+
+    /// Stores the top of the stack in the memo, paying for the copy.
+    fn memo_put(&mut self, code: u8) -> Result<()> {
+        let idx = match code {
+            op::BINPUT => self.u8()? as u32,
+            op::LONG_BINPUT => self.u32()?,
+            _ => self.memo.len() as u32,
+        };
+        let budget = self.budget;
+        let nodes = measure(self.top()?, budget).0;
+        self.charge(nodes)?;
+        let v = self.top()?.clone();
+        self.memo.insert(idx, v);
+        Ok(())
+    }
+
+    /// Pushes a copy of a memo entry, paying for it.
+    fn memo_get(&mut self, code: u8) -> Result<()> {
+        let idx = if code == op::BINGET {
+            self.u8()? as u32
+        } else {
+            self.u32()?
+        };
+        let v = self
+            .memo
+            .get(&idx)
+            .with_context(|| format!("pickle refers to unknown memo {idx}"))?;
+        let nodes = measure(v, self.budget).0;
+        self.charge(nodes)?;
+        let v = self.memo[&idx].clone();
+        self.push(v);
+        Ok(())
+    }
+
+    fn string(&mut self, code: u8) -> Result<()> {
+        let v = match code {
+            op::BINUNICODE => {
+                let n = self.u32()? as usize;
+                self.utf8(n)?
             }
-            0x8d => {
-                let n = u64::from_le_bytes(m.take(8)?.try_into().unwrap()) as usize;
-                let v = m.utf8(n)?;
-                m.push(v);
+            op::SHORT_BINUNICODE => {
+                let n = self.u8()? as usize;
+                self.utf8(n)?
             }
-            b'C' | b'B' => {
-                let n = if op == b'C' { m.u8()? as usize } else { m.u32()? as usize };
-                let v = m.take(n)?.to_vec();
-                m.push(Value::Bytes(v));
+            op::BINUNICODE8 => {
+                let n = u64::from_le_bytes(self.take(8)?.try_into().unwrap()) as usize;
+                self.utf8(n)?
             }
-            b'J' => {
-                let v = i32::from_le_bytes(m.take(4)?.try_into().unwrap());
-                m.push(Value::Int(v as i64));
+            _ => {
+                let n = if code == op::SHORT_BINBYTES {
+                    self.u8()? as usize
+                } else {
+                    self.u32()? as usize
+                };
+                Value::Bytes(self.take(n)?.to_vec())
             }
-            b'K' => {
-                let v = m.u8()?;
-                m.push(Value::Int(v as i64));
-            }
-            b'M' => {
-                let v = m.u16()?;
-                m.push(Value::Int(v as i64));
-            }
-            0x8a => {
-                let n = m.u8()? as usize;
+        };
+        self.push(v);
+        Ok(())
+    }
+
+    fn number(&mut self, code: u8, at: usize) -> Result<()> {
+        let v = match code {
+            op::BININT => Value::Int(i32::from_le_bytes(self.take(4)?.try_into().unwrap()) as i64),
+            op::BININT1 => Value::Int(self.u8()? as i64),
+            op::BININT2 => Value::Int(self.u16()? as i64),
+            op::LONG1 => {
+                let n = self.u8()? as usize;
                 if n > 8 {
                     bail!("integer too large in pickle at byte {at}");
                 }
-                let bytes = m.take(n)?;
-                let mut buf = [if bytes.last().is_some_and(|&x| x & 0x80 != 0) { 0xFF } else { 0 }; 8];
-                buf[..n].copy_from_slice(bytes);
-                m.push(Value::Int(i64::from_le_bytes(buf)));
-            }
-            0x88 => m.push(Value::Bool(true)),
-            0x89 => m.push(Value::Bool(false)),
-            b'N' => m.push(Value::None),
-            b'G' => {
-                let v = f64::from_be_bytes(m.take(8)?.try_into().unwrap());
-                m.push(Value::Float(v));
-            }
-            b'c' => {
-                let module = m.line()?;
-                let name = m.line()?;
-                m.global(format!("{module}.{name}"))?;
-            }
-            0x93 => {
-                let name = m.pop()?;
-                let module = m.pop()?;
-                let (Value::Str(module), Value::Str(name)) = (module, name) else { bail!("STACK_GLOBAL needs two strings") };
-                m.global(format!("{module}.{name}"))?;
-            }
-            b'R' => {
-                let args = m.pop()?;
-                let func = m.pop()?;
-                let v = reduce(func, args).with_context(|| format!("at pickle byte {at}"))?;
-                m.push(v);
-            }
-            b'Q' => {
-                let pid = m.pop()?;
-                let Value::Tuple(t) = pid else { bail!("persistent id is not a tuple at byte {at}") };
-                let storage = match t.as_slice() {
-                    [Value::Str(kind), Value::Global(ty), Value::Str(key), _location, numel] if kind == "storage" => StorageRef {
-                        dtype: StorageType::from_global(ty).with_context(|| format!("unsupported storage type {ty}"))?,
-                        key: key.clone(),
-                        numel: as_usize(numel)?,
-                    },
-                    _ => bail!("unsupported persistent id at pickle byte {at}"),
+                let bytes = self.take(n)?;
+                let sign = if bytes.last().is_some_and(|&x| x & 0x80 != 0) {
+                    0xFF
+                } else {
+                    0
                 };
-                m.push(Value::Storage(storage));
+                let mut buf = [sign; 8];
+                buf[..n].copy_from_slice(bytes);
+                Value::Int(i64::from_le_bytes(buf))
             }
-            b's' => {
-                let v = m.pop_nested()?;
-                let k = m.pop_nested()?;
-                match m.top()? {
+            op::NEWTRUE => Value::Bool(true),
+            op::NEWFALSE => Value::Bool(false),
+            op::NONE => Value::None,
+            _ => Value::Float(f64::from_be_bytes(self.take(8)?.try_into().unwrap())),
+        };
+        self.push(v);
+        Ok(())
+    }
+
+    /// A tensor's storage, named by torch's persistent id ("storage", type, key, location, numel).
+    fn persistent_id(&mut self, at: usize) -> Result<()> {
+        let pid = self.pop()?;
+        let Value::Tuple(t) = pid else {
+            bail!("persistent id is not a tuple at byte {at}")
+        };
+        let storage = match t.as_slice() {
+            [Value::Str(kind), Value::Global(ty), Value::Str(key), _location, numel]
+                if kind == "storage" =>
+            {
+                StorageRef {
+                    dtype: StorageType::from_global(ty)
+                        .with_context(|| format!("unsupported storage type {ty}"))?,
+                    key: key.clone(),
+                    numel: as_usize(numel)?,
+                }
+            }
+            _ => bail!("unsupported persistent id at pickle byte {at}"),
+        };
+        self.push(Value::Storage(storage));
+        Ok(())
+    }
+
+    /// Adds items to the dict or list on top of the stack (BUILD: a state that carries no
+    /// weights, dropped).
+    fn fill(&mut self, code: u8, at: usize) -> Result<()> {
+        match code {
+            op::SETITEM => {
+                let v = self.pop_nested()?;
+                let k = self.pop_nested()?;
+                match self.top()? {
                     Value::Dict(d) => d.push((k, v)),
                     other => bail!("SETITEM on a {}", other.type_name()),
                 }
             }
-            b'u' => {
-                let items = m.pop_mark()?;
+            op::SETITEMS => {
+                let items = self.pop_mark()?;
                 if items.len() % 2 != 0 {
                     bail!("SETITEMS with an odd number of items at byte {at}");
                 }
                 let mut it = items.into_iter();
-                let d = match m.top()? {
+                let d = match self.top()? {
                     Value::Dict(d) => d,
                     other => bail!("SETITEMS on a {}", other.type_name()),
                 };
@@ -455,93 +566,95 @@ pub fn load(b: &[u8]) -> Result<Value> {
                     d.push((k, v));
                 }
             }
-            b'a' => {
-                let v = m.pop_nested()?;
-                match m.top()? {
+            op::APPEND => {
+                let v = self.pop_nested()?;
+                match self.top()? {
                     Value::List(l) => l.push(v),
                     other => bail!("APPEND on a {}", other.type_name()),
                 }
             }
-            b'e' => {
-                let items = m.pop_mark()?;
-                match m.top()? {
+            op::APPENDS => {
+                let items = self.pop_mark()?;
+                match self.top()? {
                     Value::List(l) => l.extend(items),
                     other => bail!("APPENDS on a {}", other.type_name()),
                 }
             }
-            b'b' => {
+            _ => {
                 // BUILD: an OrderedDict's state (torch's `_metadata`) carries no weights.
-                m.pop()?;
-                if !matches!(m.top()?, Value::Dict(_)) {
+                self.pop()?;
+                if !matches!(self.top()?, Value::Dict(_)) {
                     bail!("BUILD on a non-dict at pickle byte {at}");
                 }
             }
-            other => bail!("forbidden or unsupported pickle opcode 0x{other:02x} at byte {at}: only the opcodes of a PyTorch state dict are accepted"),
         }
+        Ok(())
     }
 }
 
 /// Serialises values with protocol 2 opcodes only, the way `torch.save` lays out a checkpoint.
 /// Tensors are written as `_rebuild_tensor_v2` calls on persistent storages.
 pub fn dump(v: &Value) -> Vec<u8> {
-    let mut out = vec![0x80, 2];
+    let mut out = vec![op::PROTO, 2];
     write_value(v, &mut out);
-    out.push(b'.');
+    out.push(op::STOP);
     out
 }
 
 fn write_str(s: &str, out: &mut Vec<u8>) {
-    out.push(b'X');
+    out.push(op::BINUNICODE);
     out.extend((s.len() as u32).to_le_bytes());
     out.extend(s.as_bytes());
 }
 
 fn write_int(i: i64, out: &mut Vec<u8>) {
     if let Ok(v) = i32::try_from(i) {
-        out.push(b'J');
+        out.push(op::BININT);
         out.extend(v.to_le_bytes());
     } else {
-        out.extend([0x8a, 8]);
+        out.extend([op::LONG1, 8]);
         out.extend(i.to_le_bytes());
     }
 }
 
 fn write_tuple(items: &[Value], out: &mut Vec<u8>) {
-    out.push(b'(');
+    out.push(op::MARK);
     items.iter().for_each(|v| write_value(v, out));
-    out.push(b't');
+    out.push(op::TUPLE);
 }
 
 fn write_value(v: &Value, out: &mut Vec<u8>) {
     match v {
-        Value::None => out.push(b'N'),
-        Value::Bool(b) => out.push(if *b { 0x88 } else { 0x89 }),
+        Value::None => out.push(op::NONE),
+        Value::Bool(b) => out.push(if *b { op::NEWTRUE } else { op::NEWFALSE }),
         Value::Int(i) => write_int(*i, out),
         Value::Float(f) => {
-            out.push(b'G');
+            out.push(op::BINFLOAT);
             out.extend(f.to_be_bytes());
         }
         Value::Str(s) => write_str(s, out),
         Value::Bytes(b) => {
-            out.push(b'B');
+            out.push(op::BINBYTES);
             out.extend((b.len() as u32).to_le_bytes());
             out.extend(b);
         }
         Value::Tuple(items) => write_tuple(items, out),
         Value::List(items) => {
-            out.extend([b']', b'(']);
+            out.extend([op::EMPTY_LIST, op::MARK]);
             items.iter().for_each(|v| write_value(v, out));
-            out.push(b'e');
+            out.push(op::APPENDS);
         }
         Value::Dict(items) => {
+            // GLOBAL collections.OrderedDict, EMPTY_TUPLE, REDUCE: an empty OrderedDict; MARK.
             out.extend(b"ccollections\nOrderedDict\n)R(");
             for (k, v) in items {
                 write_value(k, out);
                 write_value(v, out);
             }
-            out.push(b'u');
+            out.push(op::SETITEMS);
         }
         Value::Tensor(t) => {
+            // GLOBAL torch._utils._rebuild_tensor_v2, MARK, then its arguments.
             out.extend(b"ctorch._utils\n_rebuild_tensor_v2\n(");
             write_value(&Value::Storage(t.storage.clone()), out);
             write_int(t.offset as i64, out);
@@ -559,25 +672,26 @@ fn write_value(v: &Value, out: &mut Vec<u8>) {
                     .collect::<Vec<_>>(),
                 out,
             );
-            out.push(0x89);
+            out.push(op::NEWFALSE);
+            // GLOBAL collections.OrderedDict, EMPTY_TUPLE, REDUCE: empty backward hooks.
             out.extend(b"ccollections\nOrderedDict\n)R");
-            out.push(b't');
-            out.push(b'R');
+            out.push(op::TUPLE);
+            out.push(op::REDUCE);
         }
         Value::Storage(s) => {
-            out.push(b'(');
+            out.push(op::MARK);
             write_str("storage", out);
-            out.push(b'c');
+            out.push(op::GLOBAL);
             out.extend(s.dtype.global().as_bytes());
             out.push(b'\n');
             write_str(&s.key, out);
             write_str("cpu", out);
             write_int(s.numel as i64, out);
-            out.push(b't');
-            out.push(b'Q');
+            out.push(op::TUPLE);
+            out.push(op::BINPERSID);
         }
         Value::Global(g) => {
-            out.push(b'c');
+            out.push(op::GLOBAL);
             let (module, name) = g.rsplit_once('.').unwrap_or(("", g));
             out.extend(format!("{module}\n{name}\n").as_bytes());
         }

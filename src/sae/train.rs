@@ -115,6 +115,19 @@ fn resample_from(sae: &mut Sae, dead: &[u32], cand: &[f32], seed: u64) {
     }
 }
 
+/// What one epoch's steps add up to.
+#[derive(Default)]
+struct EpochSteps {
+    /// Sums of the steps' reconstruction and aux losses, and the steps with an aux loss.
+    recon: f64,
+    aux: f64,
+    aux_steps: usize,
+    /// The last step's learning rate.
+    lr: f64,
+    /// Per feature, the rows that selected it.
+    fired: Vec<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepLog {
     pub recon_loss: f64,
@@ -290,7 +303,43 @@ impl Trainer {
         on_batch: &mut dyn FnMut(usize, f64),
     ) -> Result<&EpochLog> {
         let started = std::time::Instant::now();
-        let (cfg, ep) = (self.cfg.clone(), self.epochs.len());
+        let ep = self.epochs.len();
+        self.check_rows(train, val)?;
+        let steps = self.train_steps(train, on_batch)?;
+        let dead: Vec<u32> = (0..self.sae.d_sae as u32)
+            .filter(|&i| {
+                (steps.fired[i as usize] as f64 / self.n_rows as f64) < self.cfg.dead_threshold
+            })
+            .collect();
+        let val_mse = self.validate(val)?;
+        if self
+            .best
+            .as_ref()
+            .is_none_or(|(b, _)| val_mse < self.epochs[b - 1].val_mse)
+        {
+            self.best = Some((ep + 1, self.sae.clone()));
+        }
+        let cfg = &self.cfg;
+        if cfg
+            .resample_every
+            .is_some_and(|every| every > 0 && (ep + 1).is_multiple_of(every) && ep + 1 < cfg.epochs)
+        {
+            self.resample_dead(train, &dead)?;
+        }
+        self.epochs.push(EpochLog {
+            train_mse: steps.recon / self.steps_per_epoch() as f64,
+            val_mse,
+            n_dead: dead.len(),
+            aux_loss: (steps.aux_steps > 0).then(|| steps.aux / steps.aux_steps as f64),
+            lr: steps.lr,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        self.prev_dead = Some(dead);
+        Ok(self.epochs.last().unwrap())
+    }
+
+    /// The rows are those training started with, and there are validation rows of their width.
+    fn check_rows(&self, train: &dyn Rows, val: &dyn Rows) -> Result<()> {
         if train.len() != self.n_rows || train.d_model() != self.sae.d_model {
             bail!(
                 "the training rows changed: {} rows of width {} now, {} of width {} when training started",
@@ -303,10 +352,24 @@ impl Trainer {
         if val.is_empty() || val.d_model() != self.sae.d_model {
             bail!("validation needs rows of width {}", self.sae.d_model);
         }
+        Ok(())
+    }
+
+    /// One epoch's optimiser steps on the CPU or the device; the host SAE and Adam hold the
+    /// result afterwards.
+    fn train_steps(
+        &mut self,
+        train: &dyn Rows,
+        on_batch: &mut dyn FnMut(usize, f64),
+    ) -> Result<EpochSteps> {
+        let (cfg, ep) = (self.cfg.clone(), self.epochs.len());
         let total = cfg.epochs * self.steps_per_epoch();
         let mut t = ep * self.steps_per_epoch();
-        let mut fired = vec![0u64; self.sae.d_sae];
-        let (mut tot, mut aux_tot, mut aux_n, mut lr) = (0f64, 0f64, 0usize, cfg.lr);
+        let mut sums = EpochSteps {
+            fired: vec![0u64; self.sae.d_sae],
+            lr: cfg.lr,
+            ..Default::default()
+        };
         let dead = self
             .prev_dead
             .clone()
@@ -319,15 +382,15 @@ impl Trainer {
         let d = self.sae.d_model;
         // Each step's losses as they become known (the device reports them in groups).
         let steps_log = &mut self.steps;
-        let mut record = |rows: usize, out: StepOut| -> Result<()> {
+        let mut record = |sums: &mut EpochSteps, rows: usize, out: StepOut| -> Result<()> {
             if !out.recon.is_finite() || out.aux.is_some_and(|a| !a.is_finite()) {
                 let step = steps_log.len();
                 bail!("the loss became non-finite at epoch {} step {step}", ep + 1);
             }
-            tot += out.recon;
+            sums.recon += out.recon;
             if let Some(a) = out.aux {
-                aux_tot += a;
-                aux_n += 1;
+                sums.aux += a;
+                sums.aux_steps += 1;
             }
             on_batch(rows, out.recon);
             steps_log.push(StepLog {
@@ -337,7 +400,7 @@ impl Trainer {
             Ok(())
         };
         train.for_each_batch(cfg.batch, shuffle, &mut |batch| {
-            lr = cosine_lr(cfg.lr, t, total);
+            sums.lr = cosine_lr(cfg.lr, t, total);
             t += 1;
             match &mut self.backend {
                 Backend::Cpu(scratch) => {
@@ -349,10 +412,10 @@ impl Trainer {
                         dead.as_deref(),
                         cfg.aux_coeff,
                         cfg.clip_grad_norm,
-                        lr,
-                        &mut fired,
+                        sums.lr,
+                        &mut sums.fired,
                     );
-                    record(batch.len() / d, out)
+                    record(&mut sums, batch.len() / d, out)
                 }
                 Backend::Device(dt, _) => {
                     dt.step(
@@ -360,10 +423,10 @@ impl Trainer {
                         dead_on_device.as_ref(),
                         cfg.aux_coeff,
                         cfg.clip_grad_norm,
-                        lr,
+                        sums.lr,
                     )?;
                     for (rows, out) in dt.losses(false)? {
-                        record(rows, out)?;
+                        record(&mut sums, rows, out)?;
                     }
                     Ok(())
                 }
@@ -371,49 +434,38 @@ impl Trainer {
         })?;
         if let Backend::Device(dt, _) = &mut self.backend {
             for (rows, out) in dt.losses(true)? {
-                record(rows, out)?;
+                record(&mut sums, rows, out)?;
             }
             dt.download(&mut self.sae, &mut self.adam)?;
-            fired = dt.take_fired()?;
+            sums.fired = dt.take_fired()?;
         }
-        let dead: Vec<u32> = (0..self.sae.d_sae as u32)
-            .filter(|&i| (fired[i as usize] as f64 / self.n_rows as f64) < cfg.dead_threshold)
-            .collect();
+        Ok(sums)
+    }
+
+    /// The MSE over the validation rows with the current weights.
+    fn validate(&self, val: &dyn Rows) -> Result<f64> {
         let val_mse = match &self.backend {
             Backend::Cpu(_) => mse(&self.sae, val)?,
             Backend::Device(dt, dev) => device_mse(&dt.sae()?, dev, val)?,
         };
         if !val_mse.is_finite() {
-            bail!("the validation MSE is not finite after epoch {}", ep + 1);
+            bail!(
+                "the validation MSE is not finite after epoch {}",
+                self.epochs.len() + 1
+            );
         }
-        if self
-            .best
-            .as_ref()
-            .is_none_or(|(b, _)| val_mse < self.epochs[b - 1].val_mse)
-        {
-            self.best = Some((ep + 1, self.sae.clone()));
+        Ok(val_mse)
+    }
+
+    /// Re-initialises the dead features from badly reconstructed training rows (`resample`).
+    fn resample_dead(&mut self, train: &dyn Rows, dead: &[u32]) -> Result<()> {
+        let seed = self.cfg.seed.wrapping_add(1000 + self.epochs.len() as u64);
+        let cand = train.gather(&resample_candidates(self.n_rows, seed))?;
+        resample_from(&mut self.sae, dead, &cand, seed);
+        if let Backend::Device(dt, dev) = &mut self.backend {
+            **dt = DeviceTrainer::new(&self.sae, &self.adam, dev)?;
         }
-        if cfg
-            .resample_every
-            .is_some_and(|every| every > 0 && (ep + 1) % every == 0 && ep + 1 < cfg.epochs)
-        {
-            let seed = cfg.seed.wrapping_add(1000 + ep as u64);
-            let cand = train.gather(&resample_candidates(self.n_rows, seed))?;
-            resample_from(&mut self.sae, &dead, &cand, seed);
-            if let Backend::Device(dt, dev) = &mut self.backend {
-                **dt = DeviceTrainer::new(&self.sae, &self.adam, dev)?;
-            }
-        }
-        self.epochs.push(EpochLog {
-            train_mse: tot / self.steps_per_epoch() as f64,
-            val_mse,
-            n_dead: dead.len(),
-            aux_loss: (aux_n > 0).then(|| aux_tot / aux_n as f64),
-            lr,
-            seconds: started.elapsed().as_secs_f64(),
-        });
-        self.prev_dead = Some(dead);
-        Ok(self.epochs.last().unwrap())
+        Ok(())
     }
 
     /// The best epoch's weights and the logs.

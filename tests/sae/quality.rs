@@ -234,83 +234,145 @@ fn eval_reproduces_the_reference_nmse_l0_and_ce_loss_recovered() {
 /// expected values come from the reference encodings in expected.json, counted with plain loops.
 #[test]
 fn stats_density_effective_count_and_lifecycle_match_first_principles() {
-    let fx = crate::shared::fixtures().join("sae-pt");
-    let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(fx.join("expected.json")).unwrap()).unwrap();
-    let probe = candle_core::safetensors::load(fx.join("probe.safetensors"), &Device::Cpu).unwrap();
-    let x: &Tensor = &probe["x"];
-    let (rows, d) = x.dims2().unwrap();
-    let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let lake = dir.path().join("lake");
-    let l = lake.to_str().unwrap();
-    ok(&["--lake", l, "import", "pt", fx.to_str().unwrap()]);
+    let c = StatsCase::build();
+    let d_sae = check_feature_stats(&c);
+    check_effective_count(&c);
+    check_lifecycle(&c, &d_sae);
+    let bm = check_best_match_against_the_reference(&c);
+    check_best_match_against_brute_force(&c, &bm);
+    check_l18_quadrants(&c);
+}
 
-    // Every (chain, stage, layer) gets the probe rows as its val split.
-    let files = expected["files"].as_object().unwrap();
-    let mut partitions = std::collections::BTreeSet::new();
-    for f in files.values() {
-        partitions.insert((
-            f["chain"].as_str().unwrap().to_string(),
-            f["stage"].as_str().unwrap().to_string(),
-            f["layer"].as_i64().unwrap() as i32,
-        ));
-    }
-    for (c, s, layer) in &partitions {
-        write_activations(
-            &lake,
-            &PartitionKey::layer(c, s, *layer),
-            xv.clone(),
-            d,
-            &vec![true; rows],
-        );
-    }
-    let chains: std::collections::BTreeSet<&str> =
-        partitions.iter().map(|p| p.0.as_str()).collect();
-    for c in &chains {
-        ok(&["--lake", l, "stats", "--chain", c]);
-    }
+/// The sae-pt fixture imported, its probe rows as every partition's val split, `stats` run on
+/// every chain; with the reference densities and top-k counts per SAE and feature.
+struct StatsCase {
+    _dir: tempfile::TempDir,
+    lake: String,
+    fx: std::path::PathBuf,
+    expected: Value,
+    rows: usize,
+    density: HashMap<Key, Vec<f64>>,
+    topk: HashMap<Key, Vec<i64>>,
+}
 
-    // Expected density per (chain, stage, layer, k) and feature, from the reference encodings.
-    let mut density: HashMap<Key, Vec<f64>> = HashMap::new();
-    let mut topk: HashMap<Key, Vec<i64>> = HashMap::new();
-    for f in files.values() {
-        let key = (
-            f["chain"].as_str().unwrap().to_string(),
-            f["stage"].as_str().unwrap().to_string(),
-            f["layer"].as_i64().unwrap(),
-            f["k"].as_i64().unwrap(),
-        );
-        let n_feat = f["encode_idx"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|r| r.as_array().unwrap())
-            .map(|i| i.as_i64().unwrap() as usize + 1)
-            .max()
-            .unwrap();
-        let mut fire = vec![0f64; n_feat.max(1)];
-        let mut sel = vec![0i64; n_feat.max(1)];
-        for (idx, val) in f["encode_idx"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(f["encode_val"].as_array().unwrap())
-        {
-            for (i, v) in idx.as_array().unwrap().iter().zip(val.as_array().unwrap()) {
-                let (i, v) = (i.as_u64().unwrap() as usize, v.as_f64().unwrap());
-                if v > 0.0 {
-                    fire[i] += 1.0;
-                }
-                if v != 0.0 {
-                    sel[i] += 1;
+impl StatsCase {
+    fn build() -> Self {
+        let fx = crate::shared::fixtures().join("sae-pt");
+        let expected: Value =
+            serde_json::from_str(&std::fs::read_to_string(fx.join("expected.json")).unwrap())
+                .unwrap();
+        let probe =
+            candle_core::safetensors::load(fx.join("probe.safetensors"), &Device::Cpu).unwrap();
+        let x: &Tensor = &probe["x"];
+        let (rows, d) = x.dims2().unwrap();
+        let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let lake = dir.path().join("lake");
+        let l = lake.to_str().unwrap();
+        ok(&["--lake", l, "import", "pt", fx.to_str().unwrap()]);
+
+        // Every (chain, stage, layer) gets the probe rows as its val split.
+        let files = expected["files"].as_object().unwrap();
+        let mut partitions = std::collections::BTreeSet::new();
+        for f in files.values() {
+            partitions.insert((
+                f["chain"].as_str().unwrap().to_string(),
+                f["stage"].as_str().unwrap().to_string(),
+                f["layer"].as_i64().unwrap() as i32,
+            ));
+        }
+        for (c, s, layer) in &partitions {
+            write_activations(
+                &lake,
+                &PartitionKey::layer(c, s, *layer),
+                xv.clone(),
+                d,
+                &vec![true; rows],
+            );
+        }
+        let chains: std::collections::BTreeSet<&str> =
+            partitions.iter().map(|p| p.0.as_str()).collect();
+        for c in &chains {
+            ok(&["--lake", l, "stats", "--chain", c]);
+        }
+
+        // Expected density per (chain, stage, layer, k) and feature, from the reference encodings.
+        let mut density: HashMap<Key, Vec<f64>> = HashMap::new();
+        let mut topk: HashMap<Key, Vec<i64>> = HashMap::new();
+        for f in files.values() {
+            let key = (
+                f["chain"].as_str().unwrap().to_string(),
+                f["stage"].as_str().unwrap().to_string(),
+                f["layer"].as_i64().unwrap(),
+                f["k"].as_i64().unwrap(),
+            );
+            let n_feat = f["encode_idx"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.as_array().unwrap())
+                .map(|i| i.as_i64().unwrap() as usize + 1)
+                .max()
+                .unwrap();
+            let mut fire = vec![0f64; n_feat.max(1)];
+            let mut sel = vec![0i64; n_feat.max(1)];
+            for (idx, val) in f["encode_idx"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(f["encode_val"].as_array().unwrap())
+            {
+                for (i, v) in idx.as_array().unwrap().iter().zip(val.as_array().unwrap()) {
+                    let (i, v) = (i.as_u64().unwrap() as usize, v.as_f64().unwrap());
+                    if v > 0.0 {
+                        fire[i] += 1.0;
+                    }
+                    if v != 0.0 {
+                        sel[i] += 1;
+                    }
                 }
             }
+            density.insert(key.clone(), fire.iter().map(|c| c / rows as f64).collect());
+            topk.insert(key, sel);
         }
-        density.insert(key.clone(), fire.iter().map(|c| c / rows as f64).collect());
-        topk.insert(key, sel);
+        StatsCase {
+            _dir: dir,
+            lake: l.to_string(),
+            fx,
+            expected,
+            rows,
+            density,
+            topk,
+        }
     }
 
+    fn files(&self) -> &serde_json::Map<String, Value> {
+        self.expected["files"].as_object().unwrap()
+    }
+
+    fn transitions(&self) -> &Vec<Value> {
+        self.expected["transitions"].as_array().unwrap()
+    }
+
+    /// A saved query's rows.
+    fn saved(&self, name: &str) -> Vec<HashMap<String, String>> {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("queries/{name}.sql"));
+        csv_rows(&ok(&[
+            "--lake",
+            &self.lake,
+            "sql",
+            "-f",
+            file.to_str().unwrap(),
+            "--format",
+            "csv",
+        ]))
+    }
+}
+
+/// feature_stats: one row per feature of every SAE, densities and top-k counts as counted.
+/// Returns each SAE's d_sae.
+fn check_feature_stats(c: &StatsCase) -> HashMap<Key, usize> {
+    let (l, files, density, topk, rows) = (c.lake.as_str(), c.files(), &c.density, &c.topk, c.rows);
     // feature_stats against the loops (features beyond the largest fired index have density 0).
     let out = ok(&[
         "--lake",
@@ -359,22 +421,13 @@ fn stats_density_effective_count_and_lifecycle_match_first_principles() {
         seen += 1;
     }
     assert!(seen > 0);
+    d_sae
+}
 
+fn check_effective_count(c: &StatsCase) {
+    let density = &c.density;
     // Effective count: exp(H) of density / Σ density, zero entries dropped.
-    let queries = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
-    let saved = |name: &str| {
-        let file = queries.join(format!("{name}.sql"));
-        csv_rows(&ok(&[
-            "--lake",
-            l,
-            "sql",
-            "-f",
-            file.to_str().unwrap(),
-            "--format",
-            "csv",
-        ]))
-    };
-    let eff = saved("effective_count");
+    let eff = c.saved("effective_count");
     assert_eq!(eff.len(), density.len());
     for r in &eff {
         let key = sae_key(r);
@@ -395,10 +448,13 @@ fn stats_density_effective_count_and_lifecycle_match_first_principles() {
         let alive = dens.iter().filter(|&&p| p > 1e-4).count();
         assert_eq!(r["n_alive"].parse::<usize>().unwrap(), alive);
     }
+}
 
+fn check_lifecycle(c: &StatsCase, d_sae: &HashMap<Key, usize>) {
+    let density = &c.density;
     // Lifecycle across every consecutive-stage transition of the fixture.
-    let life = saved("lifecycle");
-    let transitions = expected["transitions"].as_array().unwrap();
+    let life = c.saved("lifecycle");
+    let transitions = c.transitions();
     assert_eq!(life.len(), transitions.len());
     for t in transitions {
         let (c, layer, k) = (
@@ -437,7 +493,11 @@ fn stats_density_effective_count_and_lifecycle_match_first_principles() {
             "{c} layer {layer} {from} -> {to}"
         );
     }
+}
 
+/// best_match against the reference cosines; returns its rows.
+fn check_best_match_against_the_reference(c: &StatsCase) -> Vec<HashMap<String, String>> {
+    let (l, transitions) = (c.lake.as_str(), c.transitions());
     // best_match: the aligned cosine is the reference's per-feature decoder cosine, and no
     // column of the next stage matches better than the best.
     let bm = csv_rows(&ok(&[
@@ -483,7 +543,11 @@ fn stats_density_effective_count_and_lifecycle_match_first_principles() {
             .map(|t| t["decoder_cos"].as_array().unwrap().len())
             .sum::<usize>()
     );
+    bm
+}
 
+fn check_best_match_against_brute_force(c: &StatsCase, bm: &[HashMap<String, String>]) {
+    let (fx, transitions) = (&c.fx, c.transitions());
     // best_match's best feature and cosine against a brute-force argmax over all decoder
     // columns of the next stage, with the weights read from the fixture's .pt files.
     let files = crate::shared::pt_files();
@@ -533,156 +597,148 @@ fn stats_density_effective_count_and_lifecycle_match_first_principles() {
             );
         }
     }
+}
 
+fn check_l18_quadrants(case: &StatsCase) {
     // L18 quadrants at each chain's first layer-18 transition: median splits of the reference
     // cosines, with the densities counted above.
-    let quad = saved("l18_quadrants");
-    let mut want_rows = 0;
-    for ((c, layer, k, from, to), _) in transitions
-        .iter()
-        .map(|t| {
-            (
-                (
-                    t["chain"].as_str().unwrap().to_string(),
-                    t["layer"].as_i64().unwrap(),
-                    t["k"].as_i64().unwrap(),
-                    t["from"].as_str().unwrap().to_string(),
-                    t["to"].as_str().unwrap().to_string(),
-                ),
-                (),
-            )
-        })
-        .filter(|((c, layer, k, from, _), _)| {
-            *layer == 18
-                && !transitions.iter().any(|u| {
-                    u["chain"] == c.as_str()
-                        && u["layer"] == 18
-                        && u["k"] == *k
-                        && step(u["from"].as_str().unwrap()) < step(from)
-                })
-        })
-    {
-        let t = transitions
-            .iter()
-            .find(|t| {
-                t["chain"] == c.as_str()
-                    && t["layer"] == layer
-                    && t["k"] == k
-                    && t["from"] == from.as_str()
+    let quad = case.saved("l18_quadrants");
+    let transitions = case.transitions();
+    let firsts = transitions.iter().filter(|t| {
+        t["layer"] == 18
+            && !transitions.iter().any(|u| {
+                u["chain"] == t["chain"]
+                    && u["layer"] == 18
+                    && u["k"] == t["k"]
+                    && step(u["from"].as_str().unwrap()) < step(t["from"].as_str().unwrap())
             })
-            .unwrap();
-        let floats = |v: &Value| -> Vec<f64> {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect()
-        };
-        let (dec, enc) = (floats(&t["decoder_cos"]), floats(&t["encoder_cos"]));
-        let median = |v: &[f64]| {
-            let mut s = v.to_vec();
-            s.sort_by(f64::total_cmp);
-            let n = s.len();
-            if n % 2 == 1 {
-                s[n / 2]
-            } else {
-                (s[n / 2 - 1] + s[n / 2]) / 2.0
-            }
-        };
-        let (dm, em) = (median(&dec), median(&enc));
-        // Our cosines differ from the float32 reference by < 1e-6: a feature that close to a
-        // median may fall on either side, so such features are classified with ours.
-        let ours = csv_rows(&ok(&[
-            "--lake",
-            l,
-            "sql",
-            "-c",
-            &format!("SELECT feature, dec_cos, enc_cos FROM feature_drift WHERE chain = '{c}' AND layer = 18 AND k = {k} AND stage_from = '{from}' ORDER BY feature"),
-            "--format",
-            "csv",
-        ]));
-        let our =
-            |col: &str| -> Vec<f64> { ours.iter().map(|r| r[col].parse().unwrap()).collect() };
-        let (our_dec, our_enc) = (our("dec_cos"), our("enc_cos"));
-        let (odm, oem) = (median(&our_dec), median(&our_enc));
-        let near = |v: &[f64], m: f64| v.iter().any(|x| (x - m).abs() < 1e-6);
-        let ambiguous = near(&dec, dm) || near(&enc, em);
-        let (cd, ce, cdm, cem) = if ambiguous {
-            (&our_dec, &our_enc, odm, oem)
-        } else {
-            (&dec, &enc, dm, em)
-        };
-        let da = &density[&(c.clone(), from.clone(), layer, k)];
-        let db = &density[&(c.clone(), to.clone(), layer, k)];
-        let dens = |v: &Vec<f64>, i: usize| v.get(i).copied().unwrap_or(0.0);
-        for name in ["stable", "reweighted", "redirected", "rotated"] {
-            let members: Vec<usize> = (0..dec.len())
-                .filter(|&i| {
-                    let q = match (cd[i] >= cdm, ce[i] >= cem) {
-                        (true, true) => "stable",
-                        (true, false) => "reweighted",
-                        (false, true) => "redirected",
-                        (false, false) => "rotated",
-                    };
-                    q == name
-                })
-                .collect();
-            let row = quad
-                .iter()
-                .find(|r| r["chain"] == *c && r["k"] == k.to_string() && r["quadrant"] == name);
-            let Some(row) = row else {
-                assert!(
-                    members.is_empty(),
-                    "{c} k {k}: no {name} row but {} features",
-                    members.len()
-                );
-                continue;
-            };
-            want_rows += 1;
-            let num = |col: &str| row[col].parse::<f64>().unwrap();
-            let n = members.len() as f64;
-            let avg = |f: &dyn Fn(usize) -> f64| members.iter().map(|&i| f(i)).sum::<f64>() / n;
-            assert_eq!(
-                num("n_features") as usize,
-                members.len(),
-                "{c} k {k} {name}"
-            );
-            assert!(
-                (num("dec_cos_mean") - avg(&|i| dec[i])).abs() < 1e-5,
-                "{c} {name} dec mean"
-            );
-            assert!(
-                (num("enc_cos_mean") - avg(&|i| enc[i])).abs() < 1e-5,
-                "{c} {name} enc mean"
-            );
-            assert!(
-                (num("density_from_mean") - avg(&|i| dens(da, i))).abs() < 1e-12,
-                "{c} {name} density from"
-            );
-            assert!(
-                (num("density_to_mean") - avg(&|i| dens(db, i))).abs() < 1e-12,
-                "{c} {name} density to"
-            );
-            let born = members
-                .iter()
-                .filter(|&&i| dens(da, i) <= 1e-4 && dens(db, i) > 1e-4)
-                .count();
-            let died = members
-                .iter()
-                .filter(|&&i| dens(da, i) > 1e-4 && dens(db, i) <= 1e-4)
-                .count();
-            assert_eq!(
-                (num("born") as usize, num("died") as usize),
-                (born, died),
-                "{c} {name} born/died"
-            );
-        }
-    }
+    });
+    let want_rows: usize = firsts.map(|t| check_quadrants_of(case, t, &quad)).sum();
     assert_eq!(
         quad.len(),
         want_rows,
         "no l18_quadrants row beyond the expected ones"
     );
+}
+
+/// The l18_quadrants rows of transition `t` against its reference cosines; returns how many
+/// quadrants it has rows for.
+fn check_quadrants_of(case: &StatsCase, t: &Value, quad: &[HashMap<String, String>]) -> usize {
+    let (l, density) = (case.lake.as_str(), &case.density);
+    let (c, layer, k, from, to) = (
+        t["chain"].as_str().unwrap().to_string(),
+        t["layer"].as_i64().unwrap(),
+        t["k"].as_i64().unwrap(),
+        t["from"].as_str().unwrap().to_string(),
+        t["to"].as_str().unwrap().to_string(),
+    );
+    let mut want_rows = 0;
+    let floats = |v: &Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let (dec, enc) = (floats(&t["decoder_cos"]), floats(&t["encoder_cos"]));
+    let median = |v: &[f64]| {
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        let n = s.len();
+        if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            (s[n / 2 - 1] + s[n / 2]) / 2.0
+        }
+    };
+    let (dm, em) = (median(&dec), median(&enc));
+    // Our cosines differ from the float32 reference by < 1e-6: a feature that close to a
+    // median may fall on either side, so such features are classified with ours.
+    let ours = csv_rows(&ok(&[
+        "--lake",
+        l,
+        "sql",
+        "-c",
+        &format!("SELECT feature, dec_cos, enc_cos FROM feature_drift WHERE chain = '{c}' AND layer = 18 AND k = {k} AND stage_from = '{from}' ORDER BY feature"),
+        "--format",
+        "csv",
+    ]));
+    let our = |col: &str| -> Vec<f64> { ours.iter().map(|r| r[col].parse().unwrap()).collect() };
+    let (our_dec, our_enc) = (our("dec_cos"), our("enc_cos"));
+    let (odm, oem) = (median(&our_dec), median(&our_enc));
+    let near = |v: &[f64], m: f64| v.iter().any(|x| (x - m).abs() < 1e-6);
+    let ambiguous = near(&dec, dm) || near(&enc, em);
+    let (cd, ce, cdm, cem) = if ambiguous {
+        (&our_dec, &our_enc, odm, oem)
+    } else {
+        (&dec, &enc, dm, em)
+    };
+    let da = &density[&(c.clone(), from.clone(), layer, k)];
+    let db = &density[&(c.clone(), to.clone(), layer, k)];
+    let dens = |v: &Vec<f64>, i: usize| v.get(i).copied().unwrap_or(0.0);
+    for name in ["stable", "reweighted", "redirected", "rotated"] {
+        let members: Vec<usize> = (0..dec.len())
+            .filter(|&i| {
+                let q = match (cd[i] >= cdm, ce[i] >= cem) {
+                    (true, true) => "stable",
+                    (true, false) => "reweighted",
+                    (false, true) => "redirected",
+                    (false, false) => "rotated",
+                };
+                q == name
+            })
+            .collect();
+        let row = quad
+            .iter()
+            .find(|r| r["chain"] == *c && r["k"] == k.to_string() && r["quadrant"] == name);
+        let Some(row) = row else {
+            assert!(
+                members.is_empty(),
+                "{c} k {k}: no {name} row but {} features",
+                members.len()
+            );
+            continue;
+        };
+        want_rows += 1;
+        let num = |col: &str| row[col].parse::<f64>().unwrap();
+        let n = members.len() as f64;
+        let avg = |f: &dyn Fn(usize) -> f64| members.iter().map(|&i| f(i)).sum::<f64>() / n;
+        assert_eq!(
+            num("n_features") as usize,
+            members.len(),
+            "{c} k {k} {name}"
+        );
+        assert!(
+            (num("dec_cos_mean") - avg(&|i| dec[i])).abs() < 1e-5,
+            "{c} {name} dec mean"
+        );
+        assert!(
+            (num("enc_cos_mean") - avg(&|i| enc[i])).abs() < 1e-5,
+            "{c} {name} enc mean"
+        );
+        assert!(
+            (num("density_from_mean") - avg(&|i| dens(da, i))).abs() < 1e-12,
+            "{c} {name} density from"
+        );
+        assert!(
+            (num("density_to_mean") - avg(&|i| dens(db, i))).abs() < 1e-12,
+            "{c} {name} density to"
+        );
+        let born = members
+            .iter()
+            .filter(|&&i| dens(da, i) <= 1e-4 && dens(db, i) > 1e-4)
+            .count();
+        let died = members
+            .iter()
+            .filter(|&&i| dens(da, i) > 1e-4 && dens(db, i) <= 1e-4)
+            .count();
+        assert_eq!(
+            (num("born") as usize, num("died") as usize),
+            (born, died),
+            "{c} {name} born/died"
+        );
+    }
+    want_rows
 }
 
 /// The step a stage name encodes.

@@ -114,3 +114,71 @@ impl<'a> FloatLists<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{FixedSizeListArray, LargeListArray, ListArray};
+    use arrow::datatypes::{Float32Type, Float64Type, Int32Type};
+
+    use super::*;
+
+    fn read(a: &ArrayRef) -> Vec<Option<Vec<f32>>> {
+        let lists = FloatLists::new("test", a).unwrap();
+        (0..a.len())
+            .map(|i| {
+                lists.row(i).map(|r| {
+                    let mut v = Vec::new();
+                    r.to_f32(&mut v);
+                    v
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_list_type_reads_the_same_rows_sliced_or_not() {
+        let rows = [Some([1.0, 2.0]), None, Some([3.0, -4.5]), Some([0.25, 8.0])];
+        let f32s = rows.map(|r| r.map(|v| v.map(|x| Some(x as f32))));
+        let f64s = rows.map(|r| r.map(|v| v.map(Some)));
+        let arrays: [ArrayRef; 3] = [
+            Arc::new(ListArray::from_iter_primitive::<Float32Type, _, _>(f32s)),
+            Arc::new(LargeListArray::from_iter_primitive::<Float64Type, _, _>(
+                f64s,
+            )),
+            Arc::new(FixedSizeListArray::from_iter_primitive::<Float32Type, _, _>(f32s, 2)),
+        ];
+        let want: Vec<Option<Vec<f32>>> = rows
+            .iter()
+            .map(|r| r.map(|v| v.iter().map(|&x| x as f32).collect()))
+            .collect();
+        for a in &arrays {
+            assert!(is_float_list(a.data_type()));
+            assert_eq!(read(a), want, "{}", a.data_type());
+            // A slice starts at its own first row, whatever the list type keeps of its offsets.
+            assert_eq!(read(&a.slice(1, 3)), want[1..], "{} sliced", a.data_type());
+        }
+    }
+
+    #[test]
+    fn lists_of_other_types_are_refused_with_the_argument_named() {
+        let err = check_float_list("f", "x", &DataType::Utf8)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("f: argument `x` must be a list of Float32"),
+            "{err}"
+        );
+        assert!(check_float_list("f", "x", &DataType::Null).is_ok());
+        let ints: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int32Type, _, _>([Some([
+            Some(1),
+        ])]));
+        assert!(!is_float_list(ints.data_type()));
+        let err = FloatLists::new("f", &ints).err().unwrap().to_string();
+        assert!(
+            err.contains("list items must be Float32 or Float64"),
+            "{err}"
+        );
+    }
+}

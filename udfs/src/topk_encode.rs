@@ -224,3 +224,147 @@ impl ScalarUDFImpl for TopkEncode {
         Ok(ColumnarValue::Array(Arc::new(list)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use arrow::array::{RecordBatch, StringArray};
+    use arrow::datatypes::Float32Type;
+    use datafusion::logical_expr::ScalarUDF;
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+
+    /// The two largest entries of a row of width 3, largest first.
+    struct TopTwo;
+
+    impl Encoder for TopTwo {
+        fn d_model(&self) -> usize {
+            3
+        }
+        fn encode(&self, x: &[f32]) -> std::result::Result<Vec<(u32, f32)>, String> {
+            let mut lat: Vec<(u32, f32)> =
+                x.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+            lat.sort_by(|a, b| b.1.total_cmp(&a.1));
+            lat.truncate(2);
+            Ok(lat)
+        }
+    }
+
+    /// Counts lookups; chain `missing` has no SAE.
+    #[derive(Debug, Default)]
+    struct Source {
+        lookups: AtomicUsize,
+    }
+
+    impl SaeSource for Source {
+        fn encoder(&self, key: &SaeKey) -> std::result::Result<Arc<dyn Encoder>, String> {
+            self.lookups.fetch_add(1, Ordering::Relaxed);
+            match key.chain.as_str() {
+                "missing" => Err(format!("no SAE for chain {}", key.chain)),
+                _ => Ok(Arc::new(TopTwo)),
+            }
+        }
+    }
+
+    type Latents = Vec<Option<Vec<(i32, f32)>>>;
+
+    async fn encode(rows: Vec<Option<Vec<f32>>>, chains: Vec<&str>) -> (Result<Latents>, usize) {
+        let source = Arc::new(Source::default());
+        let ctx = SessionContext::new();
+        ctx.register_udf(ScalarUDF::from(TopkEncode::new(source.clone())));
+        let x = ListArray::from_iter_primitive::<Float32Type, _, _>(
+            rows.into_iter().map(|r| r.map(|v| v.into_iter().map(Some))),
+        );
+        let batch = RecordBatch::try_from_iter([
+            ("x", Arc::new(x) as ArrayRef),
+            ("c", Arc::new(StringArray::from(chains)) as ArrayRef),
+        ])
+        .unwrap();
+        ctx.register_batch("t", batch).unwrap();
+        let out = async {
+            let df = ctx.sql("SELECT topk_encode(x, c, 's', 6) FROM t").await?;
+            let mut out = Latents::new();
+            for b in df.collect().await? {
+                let lists = b.column(0).as_list::<i32>();
+                for i in 0..lists.len() {
+                    out.push((!lists.is_null(i)).then(|| {
+                        let items = lists.value(i);
+                        let items = items.as_struct();
+                        let (f, v) = (
+                            items.column(0).as_primitive::<Int32Type>(),
+                            items.column(1).as_primitive::<Float32Type>(),
+                        );
+                        (0..items.len()).map(|j| (f.value(j), v.value(j))).collect()
+                    }));
+                }
+            }
+            Ok(out)
+        }
+        .await;
+        (out, source.lookups.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn rows_are_encoded_per_run_of_one_sae_and_null_rows_stay_null() {
+        let rows = vec![
+            Some(vec![1.0, 3.0, 2.0]),
+            None,
+            Some(vec![0.5, -1.0, 4.0]),
+            Some(vec![-3.0, -2.0, -1.0]),
+        ];
+        let (out, lookups) = encode(rows, vec!["a", "a", "a", "b"]).await;
+        assert_eq!(
+            out.unwrap(),
+            vec![
+                Some(vec![(1, 3.0), (2, 2.0)]),
+                None,
+                Some(vec![(2, 4.0), (0, 0.5)]),
+                Some(vec![(2, -1.0), (1, -2.0)]),
+            ]
+        );
+        assert_eq!(lookups, 2, "one lookup per run of equal keys");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_width_or_a_missing_sae_fails_the_statement_with_its_reason() {
+        let (out, _) = encode(vec![Some(vec![1.0, 2.0])], vec!["a"]).await;
+        let err = out.unwrap_err().to_string();
+        assert!(
+            err.contains("x has 2 values but the SAE expects d_model = 3 (row 0)"),
+            "{err}"
+        );
+        let (out, _) = encode(vec![Some(vec![1.0, 2.0, 3.0])], vec!["missing"]).await;
+        let err = out.unwrap_err().to_string();
+        assert!(
+            err.contains("topk_encode: no SAE for chain missing"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn arguments_of_the_wrong_type_are_refused_when_planning() {
+        let ctx = SessionContext::new();
+        ctx.register_udf(ScalarUDF::from(TopkEncode::new(
+            Arc::new(Source::default()),
+        )));
+        for (sql, want) in [
+            (
+                "SELECT topk_encode(make_array(1.0), 1, 's', 6)",
+                "`chain` must be a string",
+            ),
+            (
+                "SELECT topk_encode('x', 'a', 's', 6)",
+                "argument `x` must be a list",
+            ),
+            (
+                "SELECT topk_encode(make_array(1.0), 'a', 's')",
+                "expected 4 or 5 arguments",
+            ),
+        ] {
+            let err = ctx.sql(sql).await.err().unwrap().to_string();
+            assert!(err.contains(want), "{sql}: {err}");
+        }
+    }
+}

@@ -28,9 +28,8 @@ pub struct BenchIngest {
     /// Keep (and reuse) the generated model in this directory.
     #[arg(long)]
     pub keep: Option<PathBuf>,
-    /// `--device` of the ingest (cuda needs a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::commands::args::DeviceArg,
     /// The precision the model computes in; with bf16 the benchmark also reports how far bf16
     /// activations are from f32 ones.
     #[arg(long, value_enum, default_value_t = crate::model::ModelDtype::F32)]
@@ -79,11 +78,11 @@ pub fn run(a: &BenchIngest, refs: &References) -> Result<()> {
         "--layers",
         "6,12,18,23",
         "--device",
-        &a.device,
+        a.device.name(),
     ])?;
     args.dtype = a.dtype;
     (args.model, args.data, args.limit) = (Some(model_dir.clone()), Some(data.clone()), Some(a.n));
-    args.project = work.join("saerl.toml");
+    args.project = crate::commands::args::ProjectArg::new(work.join("saerl.toml"));
     let summary = ingest(&lake, &args)?;
     let tokens = summary.rows;
     // Like the reference, the rate is of collection: the forward passes and the writes, after
@@ -115,7 +114,7 @@ pub fn run(a: &BenchIngest, refs: &References) -> Result<()> {
         weights / (1u64 << 30) as f64,
         (rss as f64 - weights) / (1u64 << 30) as f64
     );
-    if a.device == "cpu" {
+    if *a.device == crate::commands::args::Device::Cpu {
         let gemm = gflops(1024, 896, 4864, true);
         println!(
             "  model linear layers: {achieved:.1} GFLOP/s achieved vs the GEMM at 1024×896×4864: {gemm:.1} GFLOP/s ({:.0}%)",
@@ -145,7 +144,7 @@ pub fn run(a: &BenchIngest, refs: &References) -> Result<()> {
         1.5,
     );
     if a.dtype == crate::model::ModelDtype::Bf16 {
-        bf16_difference(&work, &model_dir, &data, &a.device)?;
+        bf16_difference(&work, &model_dir, &data, a.device.name())?;
     }
     Ok(())
 }
@@ -171,7 +170,7 @@ pub(super) fn bf16_difference(work: &Path, model: &Path, train: &Path, device: &
             "--overwrite",
         ])?;
         (args.model, args.data) = (Some(model.to_path_buf()), Some(train.to_path_buf()));
-        args.project = work.join("none.toml");
+        args.project = crate::commands::args::ProjectArg::new(work.join("none.toml"));
         ingest(&lake, &args)?;
         let mut per_layer = Vec::new();
         for l in crate::study::LAYERS {

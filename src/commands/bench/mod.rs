@@ -20,6 +20,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use crate::commands::args::{Device, DeviceArg};
+
 pub use ingest::BenchIngest;
 pub use serve::BenchServe;
 pub use sql::BenchSql;
@@ -44,8 +46,8 @@ pub enum BenchWhat {
     /// saerl's device kernels against their CPU references, then timed (fails on a mismatch).
     Kernels {
         /// The device whose kernels to check and time.
-        #[arg(long, default_value = "cuda")]
-        device: String,
+        #[arg(long, value_enum, default_value_t = Device::Cuda)]
+        device: Device,
         /// Only compile the CUDA kernels with NVRTC (no GPU needed): checks their source.
         #[arg(long)]
         compile_only: bool,
@@ -55,9 +57,8 @@ pub enum BenchWhat {
         /// Training steps to time.
         #[arg(long, default_value_t = 8)]
         steps: usize,
-        /// `cpu` or `cuda`.
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[command(flatten)]
+        device: DeviceArg,
         /// Instead of timing steps, train a whole SAE (the study's settings) on this many
         /// synthetic rows in memory (the study's full split: 445,744) and time it end to end.
         #[arg(long)]
@@ -71,9 +72,8 @@ pub enum BenchWhat {
         /// Rows (the study's full train split of one stage and layer: 445,744).
         #[arg(long, default_value_t = 445_744)]
         rows: usize,
-        /// `cpu` or `cuda`.
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Activation collection with a random model of Qwen2.5-0.5B's exact shape.
     Ingest(BenchIngest),
@@ -117,15 +117,15 @@ pub async fn run(lake: &crate::lake::Lake, a: &BenchArgs) -> Result<()> {
         BenchWhat::Kernels {
             compile_only: true, ..
         } => kernels::compile(),
-        BenchWhat::Kernels { device, .. } => kernels::run(device),
+        BenchWhat::Kernels { device, .. } => kernels::run(device.name()),
         BenchWhat::Train {
             rows: Some(rows),
             epochs,
             device,
             ..
-        } => train::whole(*rows, *epochs, device),
-        BenchWhat::Train { steps, device, .. } => train::run(*steps, device, &refs),
-        BenchWhat::Stats { rows, device } => stats::run(*rows, device),
+        } => train::whole(*rows, *epochs, device.name()),
+        BenchWhat::Train { steps, device, .. } => train::run(*steps, device.name(), &refs),
+        BenchWhat::Stats { rows, device } => stats::run(*rows, device.name()),
         BenchWhat::Ingest(b) => ingest::run(b, &refs),
         BenchWhat::Sql(b) => sql::run(b, &refs).await,
         BenchWhat::Serve(b) => serve::run(b).await,

@@ -72,8 +72,8 @@ pub async fn run(a: &BenchServe) -> Result<()> {
             layers: Vec::new(),
             k: None,
         },
-        device: "cpu".into(),
-        overwrite: false,
+        device: Default::default(),
+        overwrite: Default::default(),
     };
     crate::commands::stats::run(&lake, &stats)?;
     println!(

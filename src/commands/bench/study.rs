@@ -38,9 +38,8 @@ pub struct BenchStudy {
     /// (at least 4).
     #[arg(long, default_value_t = 0.01)]
     pub scale: f64,
-    /// Where every step computes: `cpu` or `cuda`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::commands::args::DeviceArg,
     /// The precision ingest computes the model in; with bf16 the benchmark also reports how far
     /// bf16 activations are from f32 ones.
     #[arg(long, value_enum, default_value_t = ModelDtype::F32)]
@@ -161,13 +160,13 @@ pub fn run(a: &BenchStudy) -> Result<()> {
         work.display()
     );
     let args = RunArgs {
-        project: project.clone(),
+        project: crate::commands::args::ProjectArg::new(&project),
         dry_run: false,
         commands: false,
         only: vec![],
         chain: vec![],
         layers: vec![],
-        device: a.device.clone(),
+        device: a.device,
         jobs: a.jobs,
         train_jobs: a.train_jobs,
         report: work.join("report"),
@@ -175,7 +174,7 @@ pub fn run(a: &BenchStudy) -> Result<()> {
     let summary = run::study(&lake, &args)?.context("the run planned nothing")?;
     report(&lake, &summary, a, prompts)?;
     if a.dtype == ModelDtype::Bf16 {
-        super::ingest::bf16_difference(&work, &model, &train, &a.device)?;
+        super::ingest::bf16_difference(&work, &model, &train, a.device.name())?;
     }
     Ok(())
 }
@@ -258,7 +257,7 @@ fn report(lake: &Lake, s: &RunSummary, a: &BenchStudy, prompts: usize) -> Result
         duration(whole.1 / parallel),
         duration(whole.2 / parallel)
     );
-    let target = if a.device == "cpu" {
+    let target = if *a.device == crate::commands::args::Device::Cpu {
         "under 4 h for S = 0.1 on 2 cores"
     } else {
         "under 15 min for S = 1 on one GPU"

@@ -25,9 +25,8 @@ use estimate::{Rates, Source};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// The project file: chains, stages, the SAEs of each chain, data and step settings.
-    #[arg(long, default_value = "saerl.toml")]
-    pub project: PathBuf,
+    #[command(flatten)]
+    pub project: crate::commands::args::ProjectArg,
     /// Print the plan (every step, whether it is done, the disk it adds, its estimated time)
     /// and run nothing.
     #[arg(long)]
@@ -44,9 +43,8 @@ pub struct RunArgs {
     /// Only these layers (comma-separated; default every layer a chain's `saes` names).
     #[arg(long, value_delimiter = ',')]
     pub layers: Vec<i32>,
-    /// Where every step computes: `cpu` or `cuda`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::commands::args::DeviceArg,
     /// Steps running at once (default: 2 on the CPU, e.g. an ingest beside a training; 16 on a
     /// GPU).
     #[arg(long)]
@@ -90,13 +88,13 @@ pub fn study(lake: &Lake, a: &RunArgs) -> Result<Option<RunSummary>> {
     if !a.dry_run {
         lake.recover()?;
     }
-    crate::model::device(&a.device)?;
+    a.device.open()?;
     let project = Project::load(&a.project)?;
     let scope = plan::Scope {
         only: a.only.clone(),
         chains: a.chain.clone(),
         layers: a.layers.clone(),
-        device: a.device.clone(),
+        device: a.device.name().to_string(),
         report_dir: a.report.clone(),
     };
     let steps = plan::build(lake, &project, &a.project, &scope)?;
@@ -106,7 +104,7 @@ pub fn study(lake: &Lake, a: &RunArgs) -> Result<Option<RunSummary>> {
     let mut rates = Rates::load(lake);
     let times: Vec<Option<(f64, Source)>> = steps
         .iter()
-        .map(|s| rates.seconds(s.phase, &a.device, &s.est))
+        .map(|s| rates.seconds(s.phase, a.device.name(), &s.est))
         .collect();
     if a.dry_run {
         print_plan(lake, a, &steps, &todo, &times);
@@ -125,7 +123,7 @@ pub fn study(lake: &Lake, a: &RunArgs) -> Result<Option<RunSummary>> {
             }
         }
     }
-    let cpu = a.device == "cpu";
+    let cpu = *a.device == crate::commands::args::Device::Cpu;
     let jobs = a.jobs.unwrap_or(if cpu { 2 } else { 16 }).max(1);
     let limits = execute::Limits {
         jobs,
@@ -144,7 +142,15 @@ pub fn study(lake: &Lake, a: &RunArgs) -> Result<Option<RunSummary>> {
     let est: Vec<Option<f64>> = times.iter().map(|t| t.map(|(s, _)| s)).collect();
     let view = view::View::new(&steps, &todo, est, jobs);
     let started = std::time::Instant::now();
-    let result = execute::execute(lake, &steps, &todo, &limits, &a.device, &mut rates, &view);
+    let result = execute::execute(
+        lake,
+        &steps,
+        &todo,
+        &limits,
+        a.device.name(),
+        &mut rates,
+        &view,
+    );
     let usage = view.close();
     let summary = RunSummary {
         finished: result.as_ref().map(|f| f.clone()).unwrap_or_default(),

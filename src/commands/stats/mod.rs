@@ -21,12 +21,10 @@ use crate::tables::{feature_stats_batch, read_sae, top_examples_batch};
 pub struct StatsArgs {
     #[command(flatten)]
     pub select: SaeSelection,
-    /// `cpu` or `cuda` (the encoder and top-k on the GPU; needs `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Recompute statistics that exist already (otherwise only missing tables are written).
-    #[arg(long)]
-    pub overwrite: bool,
+    #[command(flatten)]
+    pub device: crate::commands::args::DeviceArg,
+    #[command(flatten)]
+    pub overwrite: crate::commands::args::Overwrite,
 }
 
 /// The tables computed from the SAE's activations (the rest come from weights alone).
@@ -57,10 +55,10 @@ pub struct StatsSummary {
 
 pub fn run(lake: &Lake, a: &StatsArgs) -> Result<StatsSummary> {
     lake.recover()?;
-    let dev = crate::model::device(&a.device)?;
+    let dev = a.device.open()?;
     let mut summary = StatsSummary::default();
     for key in a.select.keys(lake)? {
-        if !a.overwrite
+        if !*a.overwrite
             && lake.has_partition(Table::TopExamples, &key)?
             && top_examples_lack_split(lake, &key)?
         {
@@ -69,7 +67,7 @@ pub fn run(lake: &Lake, a: &StatsArgs) -> Result<StatsSummary> {
                 key.chain
             );
         }
-        let missing = missing_tables(lake, &key, a.overwrite)?;
+        let missing = missing_tables(lake, &key, *a.overwrite)?;
         if missing.is_empty() {
             crate::commands::say!("{key}: statistics exist, skipped (--overwrite to recompute)");
             continue;
@@ -98,7 +96,7 @@ pub fn run(lake: &Lake, a: &StatsArgs) -> Result<StatsSummary> {
         pages::from_weights(lake, &key, &sae, &missing, &mut out, &mut notes)?;
         summary.weight_seconds += started.elapsed().as_secs_f64();
         if !out.is_empty() {
-            let mut txn = Txn::begin(lake, a.overwrite)?;
+            let mut txn = Txn::begin(lake, *a.overwrite)?;
             for (table, batch) in &out {
                 txn.write(*table, &key, std::slice::from_ref(batch))?;
             }
