@@ -15,7 +15,7 @@ use crate::lake::Lake;
     version,
     about = "What does RL change inside a language model? SAE analytics over a Parquet lake."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The lake: a directory, or an object store `s3://BUCKET/PREFIX` (credentials and endpoint
     /// from the AWS_* variables).
     #[arg(long, global = true, env = "SAERL_LAKE", default_value = "./lake")]
@@ -25,7 +25,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Write a commented saerl.toml template (chains, rewards, KL coefficients, stages, data).
     Init(init::InitArgs),
     /// Run a checkpoint over GSM8k questions and store residual-stream activations.
@@ -79,7 +79,7 @@ pub fn main() -> std::process::ExitCode {
 }
 
 /// Runs the parsed command line.
-pub async fn run(cli: &Cli) -> Result<()> {
+pub(crate) async fn run(cli: &Cli) -> Result<()> {
     let lake = Lake::at(&cli.lake).map_err(|e| e.context(format!("--lake {}", cli.lake)))?;
     match &cli.command {
         Command::Init(a) => init::run(a),

@@ -1,13 +1,14 @@
 //! saerl: an embedded analytics engine over sparse-autoencoder artifacts of RL fine-tuning.
-//! Data flows one way: files → lake (Parquet) → SQL.
+//! Data flows one way: files → lake (Parquet) → SQL. The modules the tests and the fuzz target
+//! use are public; the commands, servers and helpers are the binary's (`cli::main`).
 
 pub mod cli;
-pub mod cluster;
-pub mod commands;
-pub mod data;
+pub(crate) mod cluster;
+pub(crate) mod commands;
+pub(crate) mod data;
 pub mod durable;
-pub mod fault;
-pub mod kernels;
+pub(crate) mod fault;
+pub(crate) mod kernels;
 pub mod lake;
 pub mod model;
 pub mod project;
@@ -15,9 +16,9 @@ mod report_error;
 pub use report_error::error_text;
 pub mod rng;
 pub mod sae;
-pub mod serve;
+pub(crate) mod serve;
 pub mod sql;
 pub mod study;
-pub mod suggest;
-pub mod synth;
+pub(crate) mod suggest;
+pub(crate) mod synth;
 pub mod tables;

@@ -12,7 +12,7 @@ use anyhow::Result;
 pub enum Device {
     #[default]
     Cpu,
-    /// Needs a build with `--features cuda` and a GPU.
+    // Needs a build with `--features cuda` and a GPU (the flag's help says so).
     Cuda,
 }
 
@@ -44,12 +44,6 @@ pub struct DeviceArg {
     device: Device,
 }
 
-impl DeviceArg {
-    pub fn new(device: Device) -> Self {
-        Self { device }
-    }
-}
-
 impl std::fmt::Display for DeviceArg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.device.fmt(f)
@@ -69,12 +63,6 @@ pub struct Overwrite {
     /// eval rows); without it, existing results are kept.
     #[arg(long = "overwrite")]
     overwrite: bool,
-}
-
-impl Overwrite {
-    pub fn new(overwrite: bool) -> Self {
-        Self { overwrite }
-    }
 }
 
 impl Deref for Overwrite {

@@ -14,8 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-pub use estimate::Estimate;
-pub use execute::{Finished, Outcome};
+pub use execute::Finished;
 pub use plan::{Phase, State, Step};
 pub use view::{duration, Usage};
 

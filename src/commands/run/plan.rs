@@ -72,8 +72,6 @@ pub struct Step {
     pub after: Vec<usize>,
     pub state: State,
     pub est: Estimate,
-    /// The SAEs it touches: (chain, stage, layer, k).
-    pub saes: Vec<PartitionKey>,
 }
 
 /// What the run covers: the `--only`, `--chain` and `--layers` of `saerl run`.
@@ -261,7 +259,6 @@ pub fn build(lake: &Lake, project: &Project, path: &Path, scope: &Scope) -> Resu
                 argv,
                 needs: vec![],
                 after: vec![],
-                saes: vec![],
             });
             let mut trains = Vec::new();
             for (g, &(layer, k)) in grid.iter().enumerate() {
@@ -285,7 +282,6 @@ pub fn build(lake: &Lake, project: &Project, path: &Path, scope: &Scope) -> Resu
                     argv,
                     needs: std::iter::once(ingest_i).chain(prev_train[g]).collect(),
                     after: vec![],
-                    saes: vec![key],
                 });
                 prev_train[g] = Some(i);
                 trains.push((layer, k, i));
@@ -318,7 +314,6 @@ pub fn build(lake: &Lake, project: &Project, path: &Path, scope: &Scope) -> Resu
                     argv,
                     needs: needs.clone(),
                     after: vec![],
-                    saes: keys.clone(),
                 });
                 let mut argv = words(&["stats"]);
                 argv.extend(select);
@@ -332,7 +327,6 @@ pub fn build(lake: &Lake, project: &Project, path: &Path, scope: &Scope) -> Resu
                     argv,
                     needs,
                     after: vec![],
-                    saes: keys,
                 });
             }
         }
@@ -361,7 +355,6 @@ pub fn build(lake: &Lake, project: &Project, path: &Path, scope: &Scope) -> Resu
         argv: words(&["report", &report_dir]),
         needs: vec![],
         after: all,
-        saes: vec![],
     });
     Ok(steps)
 }
