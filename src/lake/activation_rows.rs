@@ -16,8 +16,10 @@ use arrow::datatypes::Float32Type;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 
+use super::handle::Lake;
+use super::partition::PartitionKey;
 use super::read::{corrupt, partition_files};
-use super::{Lake, PartitionKey, Table};
+use super::schema::Table;
 use crate::rng::{permutation, SplitMix64};
 
 /// A row group and how many of its rows belong to the split.

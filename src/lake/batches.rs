@@ -8,7 +8,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field};
 
-use super::Table;
+use super::schema::Table;
 
 /// Activation rows: `x` holds `doc_id.len()` vectors of width `d`, row-major.
 pub fn activation_batch(

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::Lake;
+use super::handle::Lake;
 
 /// One statement's view of the lake: the shared lake lock (when the lake has one) and the
 /// commit the lake was at when it was taken.

@@ -13,7 +13,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{Lake, Table};
+use super::handle::Lake;
+use super::schema::Table;
 use crate::durable::write_atomic;
 
 /// The marker file at the lake's root.

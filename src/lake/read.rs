@@ -9,7 +9,9 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::{Lake, PartitionKey, Table, PART_FILE};
+use super::handle::Lake;
+use super::partition::PartitionKey;
+use super::schema::Table;
 
 pub(super) fn corrupt(path: &Path) -> String {
     format!(
@@ -206,14 +208,20 @@ impl Lake {
         key: &PartitionKey,
         columns: &[&str],
     ) -> Result<RecordBatch> {
-        let path = self.data_dir(table, key)?.join(PART_FILE);
-        if !path.is_file() {
+        // The partition's one file: `part-0.parquet`, or on an object store the newest
+        // record's copy of it (names sort by record).
+        let dir = self.data_dir(table, key)?;
+        let mut files = match dir.is_dir() {
+            true => partition_files(&dir)?,
+            false => Vec::new(),
+        };
+        let Some(path) = files.pop() else {
             anyhow::bail!(
                 "no {} partition {key} in lake {}",
                 table.name(),
                 self.location()
             );
-        }
+        };
         decoding(&path, || {
             if columns.iter().any(|c| table.vector_columns().contains(c)) {
                 if let Some(batch) = read_columns_fast(&path, table, columns)? {

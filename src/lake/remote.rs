@@ -8,9 +8,12 @@
 //!   so of two writers racing for number n exactly one wins; the loser re-reads the lake, re-checks
 //!   its destinations and tries n + 1. Creating the record is the commit point;
 //! - `_saerl/log/<n>.done`: written once record n is published (its staged files copied to their
-//!   partitions, the partitions' other files deleted). Any reader or writer that finds a record
-//!   without its marker completes it first (idempotent), so a writer killed mid-publication is
-//!   rolled forward, and a writer killed before its record leaves the lake as it was.
+//!   partitions as `c<n>-<name>`, the partitions' files of older records deleted). Any reader or
+//!   writer that finds a record without its marker completes it first (idempotent), so a writer
+//!   killed mid-publication is rolled forward, and a writer killed before its record leaves the
+//!   lake as it was. Published names carry the record's number because two processes may publish
+//!   one record at once: a slow copy of record n that lands after record n + 1 replaced the
+//!   partition must not overwrite it, and the partition keeps only its newest record's files.
 //!
 //! Commands that compute in Rust (train, eval, stats, the SQL providers) read partitions through
 //! a local cache of the files they touch (`SAERL_LAKE_CACHE`, default
@@ -30,7 +33,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use super::{PartitionKey, Table};
+use super::partition::PartitionKey;
+use super::schema::Table;
 
 /// Object-store requests in flight at once when listing, uploading, publishing, deleting or
 /// reading footers.
@@ -57,7 +61,8 @@ pub struct RemoteMove {
     /// Directories relative to the lake prefix.
     pub staged: String,
     pub dest: String,
-    /// File names the destination holds once published (anything else there is deleted).
+    /// The staged file names; the destination holds them as `published_name(n, name)` once
+    /// published, and nothing of older records.
     pub files: Vec<String>,
 }
 
@@ -305,7 +310,10 @@ impl Remote {
         for e in std::fs::read_dir(local)? {
             let p = e?.path();
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            if name.ends_with(".parquet") && !files.iter().any(|f| f.rel.ends_with(&name)) {
+            let in_store = files
+                .iter()
+                .any(|f| f.rel.rsplit('/').next() == Some(&name));
+            if name.ends_with(".parquet") && !in_store {
                 let _ = std::fs::remove_file(&p);
             }
         }
@@ -438,7 +446,7 @@ impl Remote {
     }
 
     /// Publishes record `n`: copies, deletes, then the `.done` marker, then the staged files go.
-    /// Safe to repeat after a crash at any point.
+    /// Safe to repeat after a crash at any point, and while another process publishes it too.
     pub fn publish(&self, n: u64, record: &RemoteRecord) -> Result<()> {
         let staging = format!("_saerl/staging/{}", record.txn);
         let staged: std::collections::HashSet<String> =
@@ -449,7 +457,7 @@ impl Remote {
                 let from = format!("{}/{name}", m.staged);
                 // Not there: copied before, and the staged copy already removed.
                 if staged.contains(&from) {
-                    let to = format!("{}/{name}", m.dest);
+                    let to = format!("{}/{}", m.dest, published_name(n, name));
                     let (store, a, b) = (self.store.clone(), self.path(&from), self.path(&to));
                     let what = self.err(&format!("publishing {to}"));
                     copies.push(async move {
@@ -466,18 +474,7 @@ impl Remote {
             }
         }
         self.all(copies)?;
-        // A replaced partition's files that the new one does not have.
-        let dests: Vec<String> = record.moves.iter().map(|m| m.dest.clone()).collect();
-        let mut stale = Vec::new();
-        for (m, listing) in record.moves.iter().zip(self.list_many(&dests)?) {
-            for old in listing {
-                let rest = old.rel[m.dest.len()..].trim_start_matches('/').to_string();
-                if !rest.contains('/') && !m.files.contains(&rest) {
-                    stale.push(old.rel);
-                }
-            }
-        }
-        self.delete_all(stale)?;
+        self.keep_newest(record)?;
         let (store, path) = (self.store.clone(), self.path(&Self::record_rel(n, "done")));
         block(async move { store.put(&path, PutPayload::from_static(b"")).await })
             .with_context(|| self.err("marking a commit published"))?;
@@ -485,6 +482,31 @@ impl Remote {
         self.delete_all(staged.into_iter().collect())?;
         self.refresh();
         Ok(())
+    }
+
+    /// Deletes, in each partition `record` publishes to, the files of every record but the
+    /// newest one there: the partitions it replaces, and copies of it that a slower publisher
+    /// made after a newer record had replaced it.
+    fn keep_newest(&self, record: &RemoteRecord) -> Result<()> {
+        let dests: Vec<String> = record.moves.iter().map(|m| m.dest.clone()).collect();
+        let mut stale = Vec::new();
+        for (m, listing) in record.moves.iter().zip(self.list_many(&dests)?) {
+            let files: Vec<(u64, String)> = listing
+                .into_iter()
+                .filter_map(|f| {
+                    let rest = f.rel[m.dest.len()..].trim_start_matches('/');
+                    (!rest.contains('/')).then(|| (published_by(rest), f.rel.clone()))
+                })
+                .collect();
+            let newest = files.iter().map(|(by, _)| *by).max().unwrap_or(0);
+            stale.extend(
+                files
+                    .into_iter()
+                    .filter(|(by, _)| *by < newest)
+                    .map(|(_, rel)| rel),
+            );
+        }
+        self.delete_all(stale)
     }
 
     /// The first of directories `rels` that holds anything (uncached).
@@ -531,10 +553,43 @@ impl Remote {
     }
 }
 
+/// The name staged file `name` gets in its partition when record `n` publishes it.
+fn published_name(n: u64, name: &str) -> String {
+    format!("c{n:020}-{name}")
+}
+
+/// The record that published a partition's file (0 for a name without one: a file of a lake
+/// written before names carried it).
+fn published_by(name: &str) -> u64 {
+    name.strip_prefix('c')
+        .and_then(|rest| rest.split_once('-'))
+        .filter(|(digits, _)| digits.len() == 20)
+        .and_then(|(digits, _)| digits.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A relative path with `/` separators.
 pub fn rel_str(p: &Path) -> String {
     p.iter()
         .map(|s| s.to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_names_carry_their_record_and_sort_by_it() {
+        let (a, b) = (
+            published_name(7, "part-0.parquet"),
+            published_name(12, "part-0.parquet"),
+        );
+        assert_eq!((published_by(&a), published_by(&b)), (7, 12));
+        assert!(a < b, "a newer record's file sorts last");
+        // Files of a lake written before names carried the record count as older than any.
+        assert_eq!(published_by("part-0.parquet"), 0);
+        assert_eq!(published_by("c12-part-0.parquet"), 0);
+    }
 }

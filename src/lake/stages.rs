@@ -7,7 +7,10 @@ use anyhow::{bail, Context, Result};
 use arrow::array::{Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{Float64Type, Int64Type};
 
-use super::{Lake, PartitionKey, Table, Txn};
+use super::handle::Lake;
+use super::partition::PartitionKey;
+use super::schema::Table;
+use super::write::Txn;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageRow {

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::{Lake, PartitionKey};
+use super::handle::Lake;
+use super::partition::PartitionKey;
 
 /// The chunk files of an interrupted ingest of one (chain, stage).
 pub struct IngestStaging {

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 
-use super::{infer_step, Lake, PartitionKey, Table};
+use super::handle::Lake;
+use super::partition::PartitionKey;
+use super::schema::Table;
+use super::stages::infer_step;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Transition {

@@ -26,10 +26,12 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
+use super::handle::Lake;
 use super::lock::LockGuard;
+use super::partition::{PartitionKey, PART_FILE};
 use super::remote::{rel_str, Remote, RemoteRecord};
+use super::schema::Table;
 use super::stages::StageRow;
-use super::{Lake, PartitionKey, Table, PART_FILE};
 use crate::durable::{sync_path, sync_tree, write_atomic};
 
 /// Rows per Parquet row group: bounds reader memory for wide vector columns.

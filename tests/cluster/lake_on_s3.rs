@@ -100,18 +100,27 @@ fn ingest_and_train_on_the_object_store_give_the_local_tables() {
     // A third machine with an empty cache reads the same.
     let fresh = env.with_cache(work.path().join("cache-fresh"));
     assert_eq!(answers(&fresh, s3), want);
-    // The tables are plain Parquet at the local lake's paths; commit records live apart.
+    // The tables are plain Parquet at the local lake's paths, each file named after the commit
+    // that wrote it (`c<N>-part-0.parquet`); commit records live apart.
     let bucket = server.root.path().join("study/runs/lake");
-    let parquet = |root: &Path| {
+    let parquet = |root: &Path, published: bool| {
         let mut v: Vec<String> = crate::shared::snapshot(root)
             .into_keys()
             .map(|p| p.display().to_string())
             .filter(|p| p.ends_with(".parquet") && !p.starts_with(['.', '_']))
+            .map(|p| match p.rsplit_once('/') {
+                Some((dir, name)) if published => {
+                    let (commit, rest) = name.split_once('-').expect("c<N>-<name>");
+                    assert!(commit.starts_with('c'), "{p}: not named after its commit");
+                    format!("{dir}/{rest}")
+                }
+                _ => p,
+            })
             .collect();
         v.sort();
         v
     };
-    assert_eq!(parquet(&bucket), parquet(Path::new(&local)));
+    assert_eq!(parquet(&bucket, true), parquet(Path::new(&local), false));
     // Nothing is left staged once the writers are done.
     assert!(
         !bucket.join("_saerl/staging").exists()

@@ -7,26 +7,13 @@ use std::time::Duration;
 
 use saerl::lake::{Lake, PartitionKey};
 
-use crate::resume::copy_demo_lake;
+use crate::resume::{copy_demo_lake, tiny_train};
 use crate::shared::{crash_matrix, run_saerl, sql_csv};
 
-const TRAIN: &[&str] = &[
-    "train",
-    "--chain",
-    "tiny",
-    "--layers",
-    "2",
-    "--k",
-    "4",
-    "--d-sae",
-    "48",
-    "--epochs",
-    "2",
-    "--batch",
-    "32",
-    "--checkpoint-every",
-    "0",
-];
+/// The tiny training the crash tests kill, checkpointing after every epoch.
+fn train_args() -> Vec<&'static str> {
+    tiny_train("2", &["--checkpoint-every", "0"])
+}
 
 /// Keys of chain `tiny` present in one table of the pair but not the other: each commit writes
 /// both, so any is a torn commit.
@@ -55,7 +42,7 @@ fn train_killed_anywhere_resumes_to_the_uninterrupted_tables() {
             "commit.publish",
             "commit.published",
         ],
-        TRAIN,
+        &train_args(),
         &|lake| copy_demo_lake(lake),
         &|lake| {
             assert_eq!(torn(lake, "saes", "train_log"), "torn\n0\n");
@@ -103,7 +90,7 @@ fn a_second_trainer_of_the_same_saes_fails_clearly_or_waits() {
         )
         .unwrap();
     let before = crate::shared::snapshot(&lake);
-    let o = run_saerl(&lake, TRAIN, None);
+    let o = run_saerl(&lake, &train_args(), None);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
@@ -120,7 +107,7 @@ fn a_second_trainer_of_the_same_saes_fails_clearly_or_waits() {
     let mut waiting = std::process::Command::new(env!("CARGO_BIN_EXE_saerl"))
         .arg("--lake")
         .arg(&lake)
-        .args(TRAIN)
+        .args(train_args())
         .arg("--wait")
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -146,7 +133,7 @@ fn a_checkpoint_is_not_resumed_on_other_activations_of_the_same_shape() {
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
     copy_demo_lake(&lake);
-    let mut stop = TRAIN.to_vec();
+    let mut stop = train_args();
     stop.extend(["--stop-after-epochs", "1"]);
     assert_eq!(run_saerl(&lake, &stop, None).status.code(), Some(1));
 
@@ -189,7 +176,7 @@ fn a_checkpoint_is_not_resumed_on_other_activations_of_the_same_shape() {
         }
         w.close().unwrap();
     }
-    let o = run_saerl(&lake, TRAIN, None);
+    let o = run_saerl(&lake, &train_args(), None);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(

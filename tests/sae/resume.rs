@@ -52,23 +52,16 @@ pub fn copy_demo_lake(to: &Path) {
     copy_dir(&demo_out().join("lake"), to);
 }
 
-const TRAIN: &[&str] = &[
-    "train",
-    "--chain",
-    "tiny",
-    "--layers",
-    "2",
-    "--k",
-    "4",
-    "--d-sae",
-    "48",
-    "--epochs",
-    "4",
-    "--batch",
-    "32",
-    "--resample-every",
-    "2",
-];
+/// `saerl train` of the demo's tiny chain at layer 2 with a small SAE, for `epochs` epochs, and
+/// `extra` flags.
+pub fn tiny_train(epochs: &'static str, extra: &[&'static str]) -> Vec<&'static str> {
+    let mut args = vec![
+        "train", "--chain", "tiny", "--layers", "2", "--k", "4", "--d-sae", "48", "--batch", "32",
+        "--epochs", epochs,
+    ];
+    args.extend(extra);
+    args
+}
 
 fn key(stage: &str) -> PartitionKey {
     PartitionKey::sae("tiny", stage, 2, 4)
@@ -146,7 +139,7 @@ fn sequential_streaming_trains_the_same_weights_as_in_memory() {
     copy_dir(&a, &b);
     let run = |lake: &Path, extra: &[&str]| {
         let mut args = vec!["--lake", lake.to_str().unwrap()];
-        args.extend(TRAIN);
+        args.extend(tiny_train("4", &["--resample-every", "2"]));
         args.extend(["--batch-order", "sequential", "--stage", "instruct_base"]);
         args.extend(extra);
         ok(&args);
@@ -167,7 +160,7 @@ fn an_interrupted_chain_resumes_to_the_weights_of_an_uninterrupted_run() {
     copy_dir(&a, &b);
     fn with_lake<'a>(lake: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
         let mut args = vec!["--lake", lake.to_str().unwrap()];
-        args.extend(TRAIN);
+        args.extend(tiny_train("4", &["--resample-every", "2"]));
         args.extend(extra);
         args
     }
