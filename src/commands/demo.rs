@@ -26,7 +26,7 @@ use crate::model::lm_train::{train_lm, LmTraining};
 use crate::model::random::{write_model, write_tokenizer, TinyShape};
 use crate::model::TextTokenizer;
 use crate::sql::format::{print_batches, Format};
-use crate::sql::saved::QUERIES;
+use crate::sql::saved::{SavedQuery, QUERIES};
 use crate::sql::{open_session, run_sql};
 use crate::study::{CHAINS, LAYERS};
 use crate::synth::{write_chain, ChainPlan};
@@ -292,11 +292,12 @@ pub async fn run(a: &DemoArgs) -> Result<()> {
     .context("the demo's study of its tiny chain")?;
     write_synthetic_chains(&lake)?;
     let ctx = open_session(&lake).await?;
-    print_findings(&ctx, out).await?;
+    let queries = crate::sql::saved::builtin();
+    print_findings(&ctx, &queries, out).await?;
     let page = super::report::write_report(
         &lake,
         &out.join("report"),
-        &crate::sql::saved::builtin(),
+        &queries,
         &Default::default(),
         None,
     )
@@ -330,7 +331,7 @@ fn write_synthetic_chains(lake: &Lake) -> Result<()> {
 
 /// Prints the tiny chain's activations, runs every saved query into `out` (CSV, SVG, PNG) and
 /// prints the KL ratio.
-async fn print_findings(ctx: &SessionContext, out: &Path) -> Result<()> {
+async fn print_findings(ctx: &SessionContext, queries: &[SavedQuery], out: &Path) -> Result<()> {
     let summary = "SELECT stage, layer, count(*) AS tokens, sum(CASE WHEN split = 'val' THEN 1 ELSE 0 END) AS val_tokens \
                    FROM activations GROUP BY stage, layer ORDER BY stage, layer";
     println!("activations of the tiny model (chain `tiny`):");
@@ -339,7 +340,7 @@ async fn print_findings(ctx: &SessionContext, out: &Path) -> Result<()> {
         Format::Table,
         &mut std::io::stdout().lock(),
     )?;
-    for q in &crate::sql::saved::builtin() {
+    for q in queries {
         let (name, sql) = (q.name.as_str(), q.sql.as_str());
         let params = q.defaults()?;
         let batches = crate::sql::run_sql_with(ctx, sql, &params)

@@ -211,16 +211,11 @@ impl Lake {
         // The partition's one file: `part-0.parquet`, or on an object store the newest
         // record's copy of it (names sort by record).
         let dir = self.data_dir(table, key)?;
-        let mut files = match dir.is_dir() {
-            true => partition_files(&dir)?,
-            false => Vec::new(),
-        };
-        let Some(path) = files.pop() else {
-            anyhow::bail!(
-                "no {} partition {key} in lake {}",
-                table.name(),
-                self.location()
-            );
+        if !dir.is_dir() {
+            return Err(self.missing(table, key));
+        }
+        let Some(path) = partition_files(&dir)?.pop() else {
+            return Err(self.missing(table, key));
         };
         decoding(&path, || {
             if columns.iter().any(|c| table.vector_columns().contains(c)) {
