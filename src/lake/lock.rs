@@ -117,10 +117,8 @@ impl Lake {
     pub fn read_guard(&self) -> Result<Snapshot> {
         let remote_head = match self.remote() {
             Some(r) => {
-                // The store has no locks: complete any interrupted commit, then read what is there.
-                let head = r.roll_forward()?;
-                r.refresh();
-                Some(head)
+                // The store has no locks: complete any interrupted commit, then read the last one.
+                Some(r.snapshot()?)
             }
             None => None,
         };
@@ -172,7 +170,7 @@ impl Lake {
     pub fn recover(&self) -> Result<()> {
         self.check_writable_dir()?;
         if let Some(r) = self.remote() {
-            r.roll_forward()?;
+            r.snapshot()?;
         }
         if self.root().is_dir() && self.has_pending_commits()? {
             let _x = self.lock_exclusive()?;

@@ -8,6 +8,7 @@ mod handle;
 mod lock;
 mod marker;
 mod partition;
+mod pinned;
 mod read;
 mod remote;
 mod schema;

@@ -8,22 +8,27 @@
 //!   so of two writers racing for number n exactly one wins; the loser re-reads the lake, re-checks
 //!   its destinations and tries n + 1. Creating the record is the commit point;
 //! - `_saerl/log/<n>.done`: written once record n is published (its staged files copied to their
-//!   partitions as `c<n>-<name>`, the partitions' files of older records deleted). Any reader or
-//!   writer that finds a record without its marker completes it first (idempotent), so a writer
-//!   killed mid-publication is rolled forward, and a writer killed before its record leaves the
-//!   lake as it was. Published names carry the record's number because two processes may publish
-//!   one record at once: a slow copy of record n that lands after record n + 1 replaced the
-//!   partition must not overwrite it, and the partition keeps only its newest record's files.
+//!   partitions as `c<n>-<name>`). Any reader or writer that finds a record without its marker
+//!   completes it first (idempotent), so a writer killed mid-publication is rolled forward, and a
+//!   writer killed before its record leaves the lake as it was. Published names carry the
+//!   record's number because two processes may publish one record at once, and because readers
+//!   pick files by it: a reader pinned at commit `H` (its last roll-forward) sees in each
+//!   partition the files of the newest record up to `H` (`pinned.rs`), so a statement sees every
+//!   commit whole or not at all while later ones are being published;
+//! - `_saerl/log/<n>.clean`: the files record n replaced are deleted (and this marker written)
+//!   only once n has been published for `RETAIN`, by whichever saerl process rolls the lake
+//!   forward next, so statements still reading them can finish.
 //!
 //! Commands that compute in Rust (train, eval, stats, the SQL providers) read partitions through
 //! a local cache of the files they touch (`SAERL_LAKE_CACHE`, default
 //! `~/.cache/saerl/lakes/<bucket>/<prefix>`), which also keeps their resumable work; the cache is
 //! refreshed by ETag, so it never serves a replaced partition.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use futures::{FutureExt, StreamExt, TryStreamExt};
@@ -34,11 +39,17 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use super::partition::PartitionKey;
+use super::pinned::{published_by, published_name, visible, Pin, PinnedStore};
 use super::schema::Table;
 
 /// Object-store requests in flight at once when listing, uploading, publishing, deleting or
 /// reading footers.
 pub const CONCURRENCY: usize = 16;
+
+/// How long the files a commit replaced stay on the store after it is published: a statement
+/// that began before it and reads them for longer fails (the file is gone) rather than mixing
+/// two commits.
+const RETAIN: Duration = Duration::from_secs(10 * 60);
 
 /// One data file of a table on the store.
 #[derive(Debug, Clone)]
@@ -47,6 +58,8 @@ pub struct RemoteFile {
     pub rel: String,
     pub size: u64,
     pub e_tag: Option<String>,
+    /// When the store last wrote it.
+    pub modified: SystemTime,
 }
 
 /// What commit record n publishes: each staged partition directory replaces its destination.
@@ -71,8 +84,10 @@ pub struct Remote {
     bucket: String,
     prefix: ObjPath,
     store: Arc<dyn ObjectStore>,
-    /// Table listings, read once per process and dropped when this process commits.
+    /// The commit this process reads (see `snapshot`), and the table listings read at it.
+    pin: Arc<Pin>,
     listings: Mutex<HashMap<Table, Arc<Vec<RemoteFile>>>>,
+    retain: Duration,
 }
 
 impl std::fmt::Debug for Remote {
@@ -138,13 +153,22 @@ impl Remote {
         if bucket.is_empty() {
             bail!("{location}: no bucket (use s3://BUCKET/PREFIX)");
         }
-        Ok(Self {
-            url: format!("s3://{rest}"),
+        Ok(Self::with_store(bucket, prefix, s3_store(bucket)?))
+    }
+
+    fn with_store(bucket: &str, prefix: &str, store: Arc<dyn ObjectStore>) -> Self {
+        let prefix = ObjPath::from(prefix);
+        Self {
+            url: format!("s3://{bucket}/{prefix}")
+                .trim_end_matches('/')
+                .to_string(),
             bucket: bucket.to_string(),
-            prefix: ObjPath::from(prefix),
-            store: s3_store(bucket)?,
+            prefix,
+            store,
+            pin: Arc::new(Pin::unpinned()),
             listings: Mutex::default(),
-        })
+            retain: RETAIN,
+        }
     }
 
     /// `s3://bucket/prefix`, without a trailing slash.
@@ -239,6 +263,7 @@ impl Remote {
                         rel: self.rel(&m.location),
                         size: m.size,
                         e_tag: m.e_tag,
+                        modified: m.last_modified.into(),
                     })
                     .collect();
                 out.sort_by(|a, b| a.rel.cmp(&b.rel));
@@ -256,8 +281,12 @@ impl Remote {
         Ok(!listing.common_prefixes.is_empty() || !listing.objects.is_empty())
     }
 
-    /// The data files of `table`, as last read by this process.
+    /// The data files of `table` at the commit this process reads (pinned first if it is not).
     pub fn table_files(&self, table: Table) -> Result<Arc<Vec<RemoteFile>>> {
+        let pin = match self.pin.get() {
+            Some(pin) => pin,
+            None => self.snapshot()?,
+        };
         if let Some(l) = self.listings.lock().unwrap().get(&table) {
             return Ok(l.clone());
         }
@@ -268,14 +297,24 @@ impl Remote {
                 f.rel.ends_with(".parquet") && !f.rel.split('/').any(|p| p.starts_with(['.', '_']))
             })
             .collect();
-        let files = Arc::new(files);
+        let files = Arc::new(visible(files, Some(pin), |f| f.rel.as_str()));
         self.listings.lock().unwrap().insert(table, files.clone());
         Ok(files)
     }
 
-    /// Forget the listings, so the next read sees commits made since.
+    /// Forget the pinned commit and the listings, so the next read sees commits made since.
     pub fn refresh(&self) {
         self.listings.lock().unwrap().clear();
+        self.pin.clear();
+    }
+
+    /// Completes any interrupted commit, then pins this process's reads (and its SQL engine's
+    /// listings) to the lake's last commit; returns its number.
+    pub fn snapshot(&self) -> Result<u64> {
+        self.refresh();
+        let head = self.roll_forward()?;
+        self.pin.set(head);
+        Ok(head)
     }
 
     /// The files of one partition directory (`rel` relative to the prefix).
@@ -387,33 +426,46 @@ impl Remote {
         .map(|_| ())
     }
 
-    /// Commit record numbers, and which of them are published.
-    fn log(&self) -> Result<(Vec<u64>, Vec<u64>)> {
-        let (mut records, mut done) = (Vec::new(), Vec::new());
+    /// The commit log: record numbers, when each published one was marked so, and which have
+    /// had the files they replaced deleted.
+    fn log(&self) -> Result<Log> {
+        let mut log = Log::default();
         for f in self.list("_saerl/log")? {
             let name = f.rel.rsplit('/').next().unwrap_or("");
-            if let Some(n) = name.strip_suffix(".json").and_then(|n| n.parse().ok()) {
-                records.push(n);
-            } else if let Some(n) = name.strip_suffix(".done").and_then(|n| n.parse().ok()) {
-                done.push(n);
+            let Some((n, ext)) = name.split_once('.') else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match ext {
+                "json" => log.records.push(n),
+                "done" => {
+                    log.done.insert(n, f.modified);
+                }
+                "clean" => {
+                    log.clean.insert(n);
+                }
+                _ => {}
             }
         }
-        records.sort();
-        Ok((records, done))
+        log.records.sort();
+        Ok(log)
     }
 
     fn record_rel(n: u64, ext: &str) -> String {
         format!("_saerl/log/{n:020}.{ext}")
     }
 
-    /// Completes every commit whose record is not yet published; returns the last record
-    /// number (0 for none).
+    /// Completes every commit whose record is not yet published, and deletes what settled
+    /// commits replaced; returns the last record number (0 for none).
     pub fn roll_forward(&self) -> Result<u64> {
-        let (records, done) = self.log()?;
-        for &n in records.iter().filter(|n| !done.contains(n)) {
+        let log = self.log()?;
+        for &n in log.records.iter().filter(|n| !log.done.contains_key(n)) {
             self.publish(n, &self.read_record(n)?)?;
         }
-        Ok(records.last().copied().unwrap_or(0))
+        // Best effort: superseded files only cost space, as no reader picks them, and a reader
+        // whose credentials may not delete still reads.
+        let _ = self.clean_settled(&log);
+        Ok(log.records.last().copied().unwrap_or(0))
     }
 
     fn read_record(&self, n: u64) -> Result<RemoteRecord> {
@@ -445,12 +497,12 @@ impl Remote {
         }
     }
 
-    /// Publishes record `n`: copies, deletes, then the `.done` marker, then the staged files go.
-    /// Safe to repeat after a crash at any point, and while another process publishes it too.
+    /// Publishes record `n`: copies, then the `.done` marker, then the staged files go (what it
+    /// replaces goes later, in `clean_settled`). Safe to repeat after a crash at any point, and
+    /// while another process publishes it too.
     pub fn publish(&self, n: u64, record: &RemoteRecord) -> Result<()> {
         let staging = format!("_saerl/staging/{}", record.txn);
-        let staged: std::collections::HashSet<String> =
-            self.list(&staging)?.into_iter().map(|f| f.rel).collect();
+        let staged: HashSet<String> = self.list(&staging)?.into_iter().map(|f| f.rel).collect();
         let mut copies = Vec::new();
         for m in &record.moves {
             for name in &m.files {
@@ -474,39 +526,65 @@ impl Remote {
             }
         }
         self.all(copies)?;
-        self.keep_newest(record)?;
-        let (store, path) = (self.store.clone(), self.path(&Self::record_rel(n, "done")));
-        block(async move { store.put(&path, PutPayload::from_static(b"")).await })
-            .with_context(|| self.err("marking a commit published"))?;
+        self.mark(n, "done")?;
         crate::fault::point("remote.published");
         self.delete_all(staged.into_iter().collect())?;
         self.refresh();
         Ok(())
     }
 
-    /// Deletes, in each partition `record` publishes to, the files of every record but the
-    /// newest one there: the partitions it replaces, and copies of it that a slower publisher
-    /// made after a newer record had replaced it.
-    fn keep_newest(&self, record: &RemoteRecord) -> Result<()> {
-        let dests: Vec<String> = record.moves.iter().map(|m| m.dest.clone()).collect();
-        let mut stale = Vec::new();
-        for (m, listing) in record.moves.iter().zip(self.list_many(&dests)?) {
-            let files: Vec<(u64, String)> = listing
-                .into_iter()
-                .filter_map(|f| {
-                    let rest = f.rel[m.dest.len()..].trim_start_matches('/');
-                    (!rest.contains('/')).then(|| (published_by(rest), f.rel.clone()))
-                })
-                .collect();
-            let newest = files.iter().map(|(by, _)| *by).max().unwrap_or(0);
-            stale.extend(
-                files
+    /// For every record published at least `retain` ago whose replaced files are not yet
+    /// deleted: deletes, in each partition it published to, the files of records older than
+    /// the newest settled one there. Records still being published, or published within
+    /// `retain`, protect what they replace: a statement pinned before them may be reading it.
+    fn clean_settled(&self, log: &Log) -> Result<()> {
+        let now = SystemTime::now();
+        let settled: HashSet<u64> = log
+            .done
+            .iter()
+            .filter(|(_, &at)| now.duration_since(at).is_ok_and(|age| age >= self.retain))
+            .map(|(&n, _)| n)
+            .collect();
+        let mut due: Vec<u64> = settled.difference(&log.clean).copied().collect();
+        due.sort_unstable();
+        for n in due {
+            let record = self.read_record(n)?;
+            let dests: Vec<String> = record.moves.iter().map(|m| m.dest.clone()).collect();
+            let mut stale = Vec::new();
+            for (m, listing) in record.moves.iter().zip(self.list_many(&dests)?) {
+                let files: Vec<(u64, String)> = listing
                     .into_iter()
-                    .filter(|(by, _)| *by < newest)
-                    .map(|(_, rel)| rel),
-            );
+                    .filter_map(|f| {
+                        let rest = f.rel[m.dest.len()..].trim_start_matches('/');
+                        (!rest.contains('/')).then(|| (published_by(rest), f.rel.clone()))
+                    })
+                    .collect();
+                let newest = files
+                    .iter()
+                    .map(|(by, _)| *by)
+                    .filter(|by| *by == 0 || settled.contains(by))
+                    .max()
+                    .unwrap_or(0);
+                stale.extend(
+                    files
+                        .into_iter()
+                        .filter(|(by, _)| *by < newest)
+                        .map(|(_, rel)| rel),
+                );
+            }
+            self.delete_all(stale)?;
+            self.mark(n, "clean")?;
         }
-        self.delete_all(stale)
+        Ok(())
+    }
+
+    /// Writes record `n`'s empty marker `<n>.<ext>`.
+    fn mark(&self, n: u64, ext: &str) -> Result<()> {
+        let rel = Self::record_rel(n, ext);
+        let (store, path) = (self.store.clone(), self.path(&rel));
+        block(async move { store.put(&path, PutPayload::from_static(b"")).await })
+            .with_context(|| self.err(&format!("writing {rel}")))?;
+        Ok(())
     }
 
     /// The first of directories `rels` that holds anything (uncached).
@@ -516,8 +594,7 @@ impl Remote {
 
     /// Whether transaction `txn` got as far as its commit record.
     pub fn has_record_of(&self, txn: &str) -> Result<bool> {
-        let (records, _) = self.log()?;
-        for n in records {
+        for n in self.log()?.records {
             if self.read_record(n)?.txn == txn {
                 return Ok(true);
             }
@@ -547,25 +624,24 @@ impl Remote {
     }
 
     /// A client of its own for DataFusion's object-store registry (connections belong to the
-    /// runtime that opened them, and the SQL engine runs on another).
+    /// runtime that opened them, and the SQL engine runs on another), whose listings show the
+    /// commit this process reads.
     pub fn sql_store(&self) -> Result<Arc<dyn ObjectStore>> {
-        s3_store(&self.bucket)
+        Ok(Arc::new(PinnedStore::new(
+            s3_store(&self.bucket)?,
+            self.pin.clone(),
+        )))
     }
 }
 
-/// The name staged file `name` gets in its partition when record `n` publishes it.
-fn published_name(n: u64, name: &str) -> String {
-    format!("c{n:020}-{name}")
-}
-
-/// The record that published a partition's file (0 for a name without one: a file of a lake
-/// written before names carried it).
-fn published_by(name: &str) -> u64 {
-    name.strip_prefix('c')
-        .and_then(|rest| rest.split_once('-'))
-        .filter(|(digits, _)| digits.len() == 20)
-        .and_then(|(digits, _)| digits.parse().ok())
-        .unwrap_or(0)
+/// What `_saerl/log/` holds.
+#[derive(Default)]
+struct Log {
+    records: Vec<u64>,
+    /// Published records, and when their `.done` marker was written.
+    done: HashMap<u64, SystemTime>,
+    /// Records whose replaced files are deleted.
+    clean: HashSet<u64>,
 }
 
 /// A relative path with `/` separators.
@@ -579,17 +655,79 @@ pub fn rel_str(p: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use object_store::memory::InMemory;
+
+    /// Commits one partition `dest` holding `part-0.parquet` with `bytes`, as a writer does.
+    fn commit(remote: &Remote, dest: &str, bytes: &[u8]) -> u64 {
+        let local = tempfile::tempdir().unwrap();
+        std::fs::write(local.path().join("part-0.parquet"), bytes).unwrap();
+        let txn = format!("txn-{}", bytes.len());
+        let moves = vec![remote.stage_partition(&txn, local.path(), dest).unwrap()];
+        let n = remote.snapshot().unwrap() + 1;
+        let record = RemoteRecord { txn, moves };
+        assert!(remote.try_record(n, &record).unwrap());
+        remote.publish(n, &record).unwrap();
+        n
+    }
+
+    fn stored(remote: &Remote, dir: &str) -> Vec<String> {
+        remote
+            .list(dir)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.rel)
+            .collect()
+    }
 
     #[test]
-    fn published_names_carry_their_record_and_sort_by_it() {
-        let (a, b) = (
-            published_name(7, "part-0.parquet"),
-            published_name(12, "part-0.parquet"),
+    fn readers_see_their_commit_and_replaced_files_go_once_settled() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let remote = Remote::with_store("bucket", "lake", store.clone());
+        let dest = "features/chain=a";
+        let first = commit(&remote, dest, b"first");
+        let second = commit(&remote, dest, b"second!");
+        let names = |files: &[RemoteFile]| files.iter().map(|f| f.rel.clone()).collect::<Vec<_>>();
+        let file_of = |n| format!("{dest}/{}", published_name(n, "part-0.parquet"));
+
+        // A fresh reader sees the second commit; one pinned before it, the first.
+        assert_eq!(remote.snapshot().unwrap(), second);
+        assert_eq!(
+            names(&remote.table_files(Table::Features).unwrap()),
+            [file_of(second)]
         );
-        assert_eq!((published_by(&a), published_by(&b)), (7, 12));
-        assert!(a < b, "a newer record's file sorts last");
-        // Files of a lake written before names carried the record count as older than any.
-        assert_eq!(published_by("part-0.parquet"), 0);
-        assert_eq!(published_by("c12-part-0.parquet"), 0);
+        remote.refresh();
+        remote.pin.set(first);
+        assert_eq!(
+            names(&remote.table_files(Table::Features).unwrap()),
+            [file_of(first)]
+        );
+        // So do DataFusion's listings through the SQL engine's store.
+        let sql = PinnedStore::new(store, remote.pin.clone());
+        let listed = |sql: &PinnedStore| {
+            block({
+                let stream = sql.list(Some(&ObjPath::from("lake/features")));
+                async move { stream.try_collect::<Vec<_>>().await }
+            })
+            .unwrap()
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(listed(&sql), [format!("lake/{}", file_of(first))]);
+        remote.pin.set(second);
+        assert_eq!(listed(&sql), [format!("lake/{}", file_of(second))]);
+
+        // The first commit's file stays while the second is recent, so the pinned reader can
+        // finish; once the second has settled, the next roll-forward deletes it, once.
+        remote.roll_forward().unwrap();
+        assert_eq!(stored(&remote, dest), [file_of(first), file_of(second)]);
+        let settled = Remote {
+            retain: Duration::ZERO,
+            ..Remote::with_store("bucket", "lake", remote.store.clone())
+        };
+        settled.roll_forward().unwrap();
+        assert_eq!(stored(&settled, dest), [file_of(second)]);
+        assert_eq!(settled.log().unwrap().clean, HashSet::from([first, second]));
+        assert!(stored(&settled, "_saerl/staging").is_empty());
     }
 }

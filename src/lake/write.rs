@@ -352,8 +352,7 @@ impl Txn {
         crate::fault::point("remote.staged");
         let data = self.staged.len();
         loop {
-            let head = remote.roll_forward()?;
-            remote.refresh();
+            let head = remote.snapshot()?;
             self.staged.truncate(data);
             moves.truncate(data);
             if !rows.is_empty() {

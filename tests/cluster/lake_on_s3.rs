@@ -101,22 +101,34 @@ fn ingest_and_train_on_the_object_store_give_the_local_tables() {
     let fresh = env.with_cache(work.path().join("cache-fresh"));
     assert_eq!(answers(&fresh, s3), want);
     // The tables are plain Parquet at the local lake's paths, each file named after the commit
-    // that wrote it (`c<N>-part-0.parquet`); commit records live apart.
+    // that wrote it (`c<N>-part-0.parquet`); commit records live apart. A partition's newest
+    // commit is what readers see: the `stages` files the racers replaced stay a while beside it.
     let bucket = server.root.path().join("study/runs/lake");
     let parquet = |root: &Path, published: bool| {
-        let mut v: Vec<String> = crate::shared::snapshot(root)
-            .into_keys()
-            .map(|p| p.display().to_string())
-            .filter(|p| p.ends_with(".parquet") && !p.starts_with(['.', '_']))
-            .map(|p| match p.rsplit_once('/') {
-                Some((dir, name)) if published => {
-                    let (commit, rest) = name.split_once('-').expect("c<N>-<name>");
-                    assert!(commit.starts_with('c'), "{p}: not named after its commit");
-                    format!("{dir}/{rest}")
-                }
-                _ => p,
-            })
-            .collect();
+        let mut newest = std::collections::BTreeMap::<String, (String, Vec<String>)>::new();
+        for p in crate::shared::snapshot(root).into_keys() {
+            let p = p.display().to_string();
+            if !p.ends_with(".parquet") || p.starts_with(['.', '_']) {
+                continue;
+            }
+            let (dir, name) = p.rsplit_once('/').unwrap();
+            let (commit, rest) = match published {
+                true => name.split_once('-').expect("c<N>-<name>"),
+                false => ("", name),
+            };
+            assert!(
+                !published || commit.starts_with('c'),
+                "{p}: not named after its commit"
+            );
+            let entry = newest.entry(dir.to_string()).or_default();
+            if commit > entry.0.as_str() {
+                *entry = (commit.to_string(), Vec::new());
+            }
+            if commit == entry.0 {
+                entry.1.push(format!("{dir}/{rest}"));
+            }
+        }
+        let mut v: Vec<String> = newest.into_values().flat_map(|(_, f)| f).collect();
         v.sort();
         v
     };
