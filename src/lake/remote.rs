@@ -79,14 +79,17 @@ pub struct RemoteMove {
     pub files: Vec<String>,
 }
 
+/// A table's data files, as one pin sees them.
+type Listing = Arc<Vec<RemoteFile>>;
+
 pub struct Remote {
     url: String,
     bucket: String,
     prefix: ObjPath,
     store: Arc<dyn ObjectStore>,
-    /// The commit this process reads (see `snapshot`), and the table listings read at it.
+    /// The commit this process reads (see `snapshot`), and the table listings read at a pin.
     pin: Arc<Pin>,
-    listings: Mutex<HashMap<Table, Arc<Vec<RemoteFile>>>>,
+    listings: Mutex<HashMap<Table, (u64, Listing)>>,
     retain: Duration,
 }
 
@@ -153,17 +156,19 @@ impl Remote {
         if bucket.is_empty() {
             bail!("{location}: no bucket (use s3://BUCKET/PREFIX)");
         }
-        Ok(Self::with_store(bucket, prefix, s3_store(bucket)?))
+        Ok(Self::with_store(
+            format!("s3://{rest}"),
+            bucket,
+            prefix,
+            s3_store(bucket)?,
+        ))
     }
 
-    fn with_store(bucket: &str, prefix: &str, store: Arc<dyn ObjectStore>) -> Self {
-        let prefix = ObjPath::from(prefix);
+    fn with_store(url: String, bucket: &str, prefix: &str, store: Arc<dyn ObjectStore>) -> Self {
         Self {
-            url: format!("s3://{bucket}/{prefix}")
-                .trim_end_matches('/')
-                .to_string(),
+            url,
             bucket: bucket.to_string(),
-            prefix,
+            prefix: ObjPath::from(prefix),
             store,
             pin: Arc::new(Pin::unpinned()),
             listings: Mutex::default(),
@@ -282,13 +287,16 @@ impl Remote {
     }
 
     /// The data files of `table` at the commit this process reads (pinned first if it is not).
-    pub fn table_files(&self, table: Table) -> Result<Arc<Vec<RemoteFile>>> {
+    pub fn table_files(&self, table: Table) -> Result<Listing> {
         let pin = match self.pin.get() {
             Some(pin) => pin,
             None => self.snapshot()?,
         };
-        if let Some(l) = self.listings.lock().unwrap().get(&table) {
-            return Ok(l.clone());
+        // A listing read at another pin (a statement that began meanwhile moved it) is stale.
+        if let Some((at, l)) = self.listings.lock().unwrap().get(&table) {
+            if *at == pin {
+                return Ok(l.clone());
+            }
         }
         let files: Vec<RemoteFile> = self
             .list(table.name())?
@@ -298,7 +306,10 @@ impl Remote {
             })
             .collect();
         let files = Arc::new(visible(files, Some(pin), |f| f.rel.as_str()));
-        self.listings.lock().unwrap().insert(table, files.clone());
+        self.listings
+            .lock()
+            .unwrap()
+            .insert(table, (pin, files.clone()));
         Ok(files)
     }
 
@@ -682,7 +693,7 @@ mod tests {
     #[test]
     fn readers_see_their_commit_and_replaced_files_go_once_settled() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let remote = Remote::with_store("bucket", "lake", store.clone());
+        let remote = Remote::with_store("s3://bucket/lake".into(), "bucket", "lake", store.clone());
         let dest = "features/chain=a";
         let first = commit(&remote, dest, b"first");
         let second = commit(&remote, dest, b"second!");
@@ -723,7 +734,7 @@ mod tests {
         assert_eq!(stored(&remote, dest), [file_of(first), file_of(second)]);
         let settled = Remote {
             retain: Duration::ZERO,
-            ..Remote::with_store("bucket", "lake", remote.store.clone())
+            ..Remote::with_store(remote.url.clone(), "bucket", "lake", remote.store.clone())
         };
         settled.roll_forward().unwrap();
         assert_eq!(stored(&settled, dest), [file_of(second)]);

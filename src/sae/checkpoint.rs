@@ -123,77 +123,81 @@ impl Trainer {
             )
         };
         let bytes = std::fs::read(path).with_context(fix)?;
-        let (_, header) = SafeTensors::read_metadata(&bytes).with_context(fix)?;
-        let meta: Meta = serde_json::from_str(
-            header
-                .metadata()
-                .as_ref()
-                .and_then(|m| m.get("saerl"))
-                .context("no saerl metadata")
-                .with_context(fix)?,
-        )
-        .with_context(fix)?;
+        let meta = Meta::read(&bytes).with_context(fix)?;
         if meta.fingerprint != fingerprint {
             return Ok(None);
         }
         let st = SafeTensors::deserialize(&bytes).with_context(fix)?;
-        let get = |name: String, len: usize| -> Result<Vec<f32>> {
-            let t = st.tensor(&name).with_context(fix)?;
-            if t.dtype() != Dtype::F32 || t.data().len() != len * 4 {
-                bail!(
-                    "{}: tensor {name} has the wrong type or size",
-                    path.display()
-                );
-            }
-            Ok(t.data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect())
-        };
-        let (d, n) = (meta.d_model, meta.d_sae);
-        let lens = Tensors::sizes(d, n);
+        let lens = Tensors::sizes(meta.d_model, meta.d_sae);
         let read = |prefix: &str| -> Result<Tensors> {
             let mut out: [Vec<f32>; 5] = Default::default();
             for (i, name) in Tensors::NAMES.iter().enumerate() {
-                out[i] = get(format!("{prefix}.{name}"), lens[i])?;
+                out[i] = f32_tensor(&st, &format!("{prefix}.{name}"), lens[i]).with_context(fix)?;
             }
             Ok(Tensors::from_parts(out))
-        };
-        let sae_from = |tensors: Tensors| -> Result<Sae> {
-            let mut sae = Sae {
-                d_model: d,
-                d_sae: n,
-                k: meta.k,
-                activation: Activation::parse(&meta.activation)?,
-                tensors,
-                meta: Default::default(),
-            };
-            sae.meta.init_from_stage = meta.init_from_stage.clone();
-            Ok(sae)
         };
         let adam = Adam {
             m: read("m")?,
             v: read("v")?,
             t: meta.adam_t,
         };
-        let mut trainer = Trainer::from_parts(cfg, meta.n_rows, sae_from(read("sae")?)?, adam);
+        let mut trainer = Trainer::from_parts(cfg, meta.n_rows, meta.sae(read("sae")?)?, adam);
         if let Some(e) = meta.best_epoch {
-            trainer.best = Some((e, sae_from(read("best")?)?));
+            trainer.best = Some((e, meta.sae(read("best")?)?));
         }
         trainer.prev_dead = meta.prev_dead;
-        let epochs = st.tensor("epochs").with_context(fix)?;
-        if epochs.dtype() != Dtype::F64 || epochs.data().len() % (8 * EPOCH_COLS) != 0 {
-            bail!(
-                "{}: tensor epochs has the wrong type or size",
-                path.display()
-            );
-        }
-        let values: Vec<f64> = epochs
-            .data()
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        trainer.epochs = epochs_from_f64(&values);
+        trainer.epochs = epochs_from_f64(&f64_rows(&st, "epochs", EPOCH_COLS).with_context(fix)?);
         Ok(Some(trainer))
     }
+}
+
+impl Meta {
+    /// The `saerl` entry of a checkpoint's safetensors header.
+    fn read(bytes: &[u8]) -> Result<Self> {
+        let (_, header) = SafeTensors::read_metadata(bytes)?;
+        let text = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("saerl"))
+            .context("no saerl metadata")?;
+        Ok(serde_json::from_str(text)?)
+    }
+
+    /// An SAE of this checkpoint's shape and settings with `tensors`.
+    fn sae(&self, tensors: Tensors) -> Result<Sae> {
+        let mut sae = Sae {
+            d_model: self.d_model,
+            d_sae: self.d_sae,
+            k: self.k,
+            activation: Activation::parse(&self.activation)?,
+            tensors,
+            meta: Default::default(),
+        };
+        sae.meta.init_from_stage = self.init_from_stage.clone();
+        Ok(sae)
+    }
+}
+
+/// Tensor `name`, which must be f32 with `len` values.
+fn f32_tensor(st: &SafeTensors, name: &str, len: usize) -> Result<Vec<f32>> {
+    let t = st.tensor(name)?;
+    if t.dtype() != Dtype::F32 || t.data().len() != len * 4 {
+        bail!("tensor {name} has the wrong type or size");
+    }
+    Ok(t.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+/// Tensor `name`, which must be f64 with whole rows of `cols` values.
+fn f64_rows(st: &SafeTensors, name: &str, cols: usize) -> Result<Vec<f64>> {
+    let t = st.tensor(name)?;
+    if t.dtype() != Dtype::F64 || t.data().len() % (8 * cols) != 0 {
+        bail!("tensor {name} has the wrong type or size");
+    }
+    Ok(t.data()
+        .chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+        .collect())
 }

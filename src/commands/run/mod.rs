@@ -187,7 +187,26 @@ fn print_plan(
         steps.len(),
         todo.len()
     );
-    let rows: Vec<[String; 6]> = steps
+    print_table(
+        ["#", "phase", "target", "status", "disk", "time (est.)"],
+        &plan_rows(steps, todo, times),
+    );
+    print_totals(lake, steps, todo, times);
+    if a.commands {
+        println!("commands:");
+        for &i in todo {
+            println!(
+                "  saerl --lake {} {}",
+                lake.location(),
+                steps[i].argv.join(" ")
+            );
+        }
+    }
+}
+
+/// One row per step: number, phase, target, status, disk and time it will take.
+fn plan_rows(steps: &[Step], todo: &[usize], times: &[Option<(f64, Source)>]) -> Vec<[String; 6]> {
+    steps
         .iter()
         .enumerate()
         .map(|(i, s)| {
@@ -217,8 +236,11 @@ fn print_plan(
                 time,
             ]
         })
-        .collect();
-    let head = ["#", "phase", "target", "status", "disk", "time (est.)"];
+        .collect()
+}
+
+/// The plan's table, columns padded to their widest cell (numbers right-aligned).
+fn print_table(head: [&str; 6], rows: &[[String; 6]]) {
     let width: Vec<usize> = (0..6)
         .map(|c| {
             rows.iter()
@@ -241,7 +263,10 @@ fn print_plan(
     };
     line(&head.map(String::from));
     rows.iter().for_each(|r| line(r));
-    // Totals of what is to do, per phase and in all.
+}
+
+/// Totals of what is to do, per phase and in all, with what the estimates rest on.
+fn print_totals(lake: &Lake, steps: &[Step], todo: &[usize], times: &[Option<(f64, Source)>]) {
     let mut unknown = false;
     let mut calibrated = false;
     let mut per_phase = Vec::new();
@@ -289,16 +314,6 @@ fn print_plan(
         println!(
             "  ? unknown: a model directory or prompt file of the project is not on this machine"
         );
-    }
-    if a.commands {
-        println!("commands:");
-        for &i in todo {
-            println!(
-                "  saerl --lake {} {}",
-                lake.location(),
-                steps[i].argv.join(" ")
-            );
-        }
     }
 }
 

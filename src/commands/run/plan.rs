@@ -160,6 +160,42 @@ fn parsed<T: Parser>(argv: &[String], section: &str, project: &Path) -> Result<T
 
 /// Builds the plan of `project` (at `path`) within `scope`, with each step's state in `lake`.
 pub fn build(lake: &Lake, project: &Project, path: &Path, scope: &Scope) -> Result<Vec<Step>> {
+    check_chains(project, path, scope)?;
+    let mut plan = Planner::new(lake, project, path, scope)?;
+    let mut trains = Vec::new();
+    let mut layers_seen = BTreeSet::new();
+    for (chain, config) in &project.chains {
+        if !scope.chains.is_empty() && !scope.chains.contains(chain) {
+            continue;
+        }
+        let grid: Vec<(i32, usize)> = config
+            .sae_grid(chain)?
+            .into_iter()
+            .filter(|(l, _)| scope.layers.is_empty() || scope.layers.contains(l))
+            .collect();
+        if grid.is_empty() {
+            continue;
+        }
+        layers_seen.extend(grid.iter().map(|&(l, _)| l));
+        trains.extend(plan.chain(chain, &grid)?);
+    }
+    if let Some(l) = scope.layers.iter().find(|l| !layers_seen.contains(l)) {
+        bail!(
+            "--layers {l}: no chain of {} trains SAEs at layer {l} (their `saes`)",
+            path.display()
+        );
+    }
+    // Statistics follow every training of the run: partners pair each SAE with the other
+    // chains' SAEs of the same layer and k, which must exist by then.
+    for s in plan.steps.iter_mut().filter(|s| s.phase == Phase::Stats) {
+        s.after = trains.clone();
+    }
+    plan.report()?;
+    Ok(plan.steps)
+}
+
+/// Fails on a project without chains, or a `--chain` it does not declare.
+fn check_chains(project: &Project, path: &Path, scope: &Scope) -> Result<()> {
     if project.chains.is_empty() {
         bail!(
             "{} declares no chains: add [chains.NAME] tables (`saerl init` writes an example)",
@@ -175,188 +211,228 @@ pub fn build(lake: &Lake, project: &Project, path: &Path, scope: &Scope) -> Resu
             );
         }
     }
-    let project_arg = path.display().to_string();
-    let device = scope.device.as_str();
-    let ingest_flags = setting_flags(
-        &project.ingest,
-        "ingest",
-        &[
-            "chain",
-            "stage",
-            "step",
-            "model",
-            "project",
-            "layers",
-            "device",
-            "overwrite",
-        ],
-    )?;
-    let train_flags = setting_flags(
-        &project.train,
-        "train",
-        &["chain", "stage", "layers", "k", "device", "overwrite"],
-    )?;
-    let eval_flags = setting_flags(
-        &project.eval,
-        "eval",
-        &[
-            "chain",
-            "stage",
-            "layers",
-            "k",
-            "model",
-            "project",
-            "device",
-            "overwrite",
-        ],
-    )?;
-    let mut sizes = Sizes::new(project);
-    let mut steps: Vec<Step> = Vec::new();
-    let mut trains_all = Vec::new();
-    let mut layers_seen = BTreeSet::new();
-    for (chain, config) in &project.chains {
-        if !scope.chains.is_empty() && !scope.chains.contains(chain) {
-            continue;
-        }
-        let grid: Vec<(i32, usize)> = config
-            .sae_grid(chain)?
-            .into_iter()
-            .filter(|(l, _)| scope.layers.is_empty() || scope.layers.contains(l))
-            .collect();
-        if grid.is_empty() {
-            continue;
-        }
+    Ok(())
+}
+
+/// The plan as it is built: the project's settings as flags, and the steps so far.
+struct Planner<'a> {
+    lake: &'a Lake,
+    project: &'a Project,
+    path: &'a Path,
+    scope: &'a Scope,
+    project_arg: String,
+    ingest_flags: Vec<String>,
+    train_flags: Vec<String>,
+    eval_flags: Vec<String>,
+    sizes: Sizes<'a>,
+    steps: Vec<Step>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(lake: &'a Lake, project: &'a Project, path: &'a Path, scope: &'a Scope) -> Result<Self> {
+        // Flags the plan sets itself may not come from the project's settings.
+        let common = ["chain", "stage", "layers", "device", "overwrite"];
+        let reserved = |extra: &[&'static str]| [&common[..], extra].concat();
+        Ok(Self {
+            lake,
+            project,
+            path,
+            scope,
+            project_arg: path.display().to_string(),
+            ingest_flags: setting_flags(
+                &project.ingest,
+                "ingest",
+                &reserved(&["step", "model", "project"]),
+            )?,
+            train_flags: setting_flags(&project.train, "train", &reserved(&["k"]))?,
+            eval_flags: setting_flags(
+                &project.eval,
+                "eval",
+                &reserved(&["k", "model", "project"]),
+            )?,
+            sizes: Sizes::new(project),
+            steps: Vec::new(),
+        })
+    }
+
+    fn push(&mut self, step: Step) -> usize {
+        self.steps.push(step);
+        self.steps.len() - 1
+    }
+
+    /// One chain's steps: per stage its ingest and trainings (each SAE warm-started from the
+    /// previous stage's), then per stage and k an eval and a stats. Returns the trainings.
+    fn chain(&mut self, chain: &str, grid: &[(i32, usize)]) -> Result<Vec<usize>> {
         let layers: Vec<i32> = grid
             .iter()
             .map(|&(l, _)| l)
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        layers_seen.extend(layers.iter().copied());
-        let ks: BTreeSet<usize> = grid.iter().map(|&(_, k)| k).collect();
-        let stages = ordered_stages(project, chain)?;
         // Per (layer, k): the previous stage's training step.
         let mut prev_train: Vec<Option<usize>> = vec![None; grid.len()];
-        let mut stage_steps = Vec::new();
-        for (stage, _) in &stages {
-            let mut argv = words(&["ingest", "--chain", chain, "--stage", stage]);
-            argv.extend(words(&[
-                "--project",
-                &project_arg,
-                "--layers",
-                &join(&layers),
-            ]));
-            argv.extend(words(&["--device", device]));
-            argv.extend(ingest_flags.iter().cloned());
-            let ingest: Ingest = parsed(&argv, "ingest", path)?;
-            let ingest_i = steps.len();
-            let stage_key = PartitionKey::stage(chain, stage);
-            steps.push(Step {
-                phase: Phase::Ingest,
-                target: format!("{chain}/{stage} layers {}", join(&layers)),
-                state: ingest_state(lake, &stage_key, &layers)?,
-                est: sizes.ingest(lake, chain, stage, &ingest)?,
-                argv,
-                needs: vec![],
-                after: vec![],
-            });
+        let mut stage_trains = Vec::new();
+        for (stage, _) in ordered_stages(self.project, chain)? {
+            let ingest = self.ingest(chain, &stage, &layers)?;
             let mut trains = Vec::new();
             for (g, &(layer, k)) in grid.iter().enumerate() {
-                let mut argv = words(&["train", "--chain", chain, "--stage", stage]);
-                argv.extend(words(&[
-                    "--layers",
-                    &layer.to_string(),
-                    "--k",
-                    &k.to_string(),
-                ]));
-                argv.extend(words(&["--device", device]));
-                argv.extend(train_flags.iter().cloned());
-                let train: TrainArgs = parsed(&argv, "train", path)?;
-                let key = PartitionKey::sae(chain, stage, layer, k as i32);
-                let i = steps.len();
-                steps.push(Step {
-                    phase: Phase::Train,
-                    target: format!("{chain}/{stage} layer {layer} k {k}"),
-                    state: train_state(lake, &key)?,
-                    est: sizes.train(lake, chain, stage, &train)?,
-                    argv,
-                    needs: std::iter::once(ingest_i).chain(prev_train[g]).collect(),
-                    after: vec![],
-                });
+                let needs = std::iter::once(ingest).chain(prev_train[g]).collect();
+                let i = self.train(chain, &stage, layer, k, needs)?;
                 prev_train[g] = Some(i);
                 trains.push((layer, k, i));
             }
-            trains_all.extend(trains.iter().map(|&(_, _, i)| i));
-            stage_steps.push((stage.clone(), trains));
+            stage_trains.push((stage, trains));
         }
-        for (stage, trains) in &stage_steps {
+        let ks: BTreeSet<usize> = grid.iter().map(|&(_, k)| k).collect();
+        for (stage, trains) in &stage_trains {
             for &k in &ks {
-                let mine: Vec<&(i32, usize, usize)> =
-                    trains.iter().filter(|(_, tk, _)| *tk == k).collect();
-                let ls: Vec<i32> = mine.iter().map(|(l, _, _)| *l).collect();
-                let keys: Vec<PartitionKey> = ls
+                let mine: Vec<(i32, usize)> = trains
                     .iter()
-                    .map(|&l| PartitionKey::sae(chain, stage, l, k as i32))
+                    .filter(|(_, tk, _)| *tk == k)
+                    .map(|&(l, _, i)| (l, i))
                     .collect();
-                let needs: Vec<usize> = mine.iter().map(|(_, _, i)| *i).collect();
-                let select = words(&["--chain", chain, "--stage", stage, "--layers", &join(&ls)]);
-                let mut argv = words(&["eval"]);
-                argv.extend(select.iter().cloned());
-                argv.extend(words(&["--k", &k.to_string(), "--project", &project_arg]));
-                argv.extend(words(&["--device", device]));
-                argv.extend(eval_flags.iter().cloned());
-                let eval: EvalArgs = parsed(&argv, "eval", path)?;
-                steps.push(Step {
-                    phase: Phase::Eval,
-                    target: format!("{chain}/{stage} layers {} k {k}", join(&ls)),
-                    state: all_have(lake, Table::Evals, &keys)?,
-                    est: sizes.eval(lake, chain, stage, &eval, ls.len())?,
-                    argv,
-                    needs: needs.clone(),
-                    after: vec![],
-                });
-                let mut argv = words(&["stats"]);
-                argv.extend(select);
-                argv.extend(words(&["--k", &k.to_string(), "--device", device]));
-                let _: stats::StatsArgs = parsed(&argv, "stats", path)?;
-                steps.push(Step {
-                    phase: Phase::Stats,
-                    target: format!("{chain}/{stage} layers {} k {k}", join(&ls)),
-                    state: stats_state(lake, &keys)?,
-                    est: sizes.stats(lake, chain, stage, &keys)?,
-                    argv,
-                    needs,
-                    after: vec![],
-                });
+                self.eval_and_stats(chain, stage, k, &mine)?;
             }
         }
+        Ok(stage_trains
+            .iter()
+            .flat_map(|(_, t)| t.iter().map(|&(_, _, i)| i))
+            .collect())
     }
-    if let Some(l) = scope.layers.iter().find(|l| !layers_seen.contains(l)) {
-        bail!(
-            "--layers {l}: no chain of {} trains SAEs at layer {l} (their `saes`)",
-            path.display()
-        );
+
+    fn ingest(&mut self, chain: &str, stage: &str, layers: &[i32]) -> Result<usize> {
+        let mut argv = words(&["ingest", "--chain", chain, "--stage", stage]);
+        argv.extend(words(&[
+            "--project",
+            &self.project_arg,
+            "--layers",
+            &join(layers),
+        ]));
+        argv.extend(words(&["--device", &self.scope.device]));
+        argv.extend(self.ingest_flags.iter().cloned());
+        let ingest: Ingest = parsed(&argv, "ingest", self.path)?;
+        let stage_key = PartitionKey::stage(chain, stage);
+        let step = Step {
+            phase: Phase::Ingest,
+            target: format!("{chain}/{stage} layers {}", join(layers)),
+            state: ingest_state(self.lake, &stage_key, layers)?,
+            est: self.sizes.ingest(self.lake, chain, stage, &ingest)?,
+            argv,
+            needs: vec![],
+            after: vec![],
+        };
+        Ok(self.push(step))
     }
-    // Statistics follow every training of the run: partners pair each SAE with the other
-    // chains' SAEs of the same layer and k, which must exist by then.
-    for s in steps.iter_mut().filter(|s| s.phase == Phase::Stats) {
-        s.after = trains_all.clone();
+
+    fn train(
+        &mut self,
+        chain: &str,
+        stage: &str,
+        layer: i32,
+        k: usize,
+        needs: Vec<usize>,
+    ) -> Result<usize> {
+        let mut argv = words(&["train", "--chain", chain, "--stage", stage]);
+        argv.extend(words(&[
+            "--layers",
+            &layer.to_string(),
+            "--k",
+            &k.to_string(),
+        ]));
+        argv.extend(words(&["--device", &self.scope.device]));
+        argv.extend(self.train_flags.iter().cloned());
+        let train: TrainArgs = parsed(&argv, "train", self.path)?;
+        let key = PartitionKey::sae(chain, stage, layer, k as i32);
+        let step = Step {
+            phase: Phase::Train,
+            target: format!("{chain}/{stage} layer {layer} k {k}"),
+            state: train_state(self.lake, &key)?,
+            est: self.sizes.train(self.lake, chain, stage, &train)?,
+            argv,
+            needs,
+            after: vec![],
+        };
+        Ok(self.push(step))
     }
-    let all: Vec<usize> = (0..steps.len()).collect();
-    let report_dir = scope.report_dir.display().to_string();
-    steps.push(Step {
-        phase: Phase::Report,
-        target: format!("every saved query into {report_dir}/"),
-        state: match report_is_current(lake, &scope.report_dir)? {
-            true => State::Done,
-            false => State::ToDo,
-        },
-        est: sizes.report(),
-        argv: words(&["report", &report_dir]),
-        needs: vec![],
-        after: all,
-    });
-    Ok(steps)
+
+    /// The eval and the stats of one stage's SAEs of one k (`trained`: layer and training
+    /// step of each).
+    fn eval_and_stats(
+        &mut self,
+        chain: &str,
+        stage: &str,
+        k: usize,
+        trained: &[(i32, usize)],
+    ) -> Result<()> {
+        let ls: Vec<i32> = trained.iter().map(|&(l, _)| l).collect();
+        let keys: Vec<PartitionKey> = ls
+            .iter()
+            .map(|&l| PartitionKey::sae(chain, stage, l, k as i32))
+            .collect();
+        let needs: Vec<usize> = trained.iter().map(|&(_, i)| i).collect();
+        let select = words(&["--chain", chain, "--stage", stage, "--layers", &join(&ls)]);
+        let target = format!("{chain}/{stage} layers {} k {k}", join(&ls));
+        let mut argv = words(&["eval"]);
+        argv.extend(select.iter().cloned());
+        argv.extend(words(&[
+            "--k",
+            &k.to_string(),
+            "--project",
+            &self.project_arg,
+        ]));
+        argv.extend(words(&["--device", &self.scope.device]));
+        argv.extend(self.eval_flags.iter().cloned());
+        let eval: EvalArgs = parsed(&argv, "eval", self.path)?;
+        let step = Step {
+            phase: Phase::Eval,
+            target: target.clone(),
+            state: all_have(self.lake, Table::Evals, &keys)?,
+            est: self.sizes.eval(self.lake, chain, stage, &eval, ls.len())?,
+            argv,
+            needs: needs.clone(),
+            after: vec![],
+        };
+        self.push(step);
+        let mut argv = words(&["stats"]);
+        argv.extend(select);
+        argv.extend(words(&[
+            "--k",
+            &k.to_string(),
+            "--device",
+            &self.scope.device,
+        ]));
+        let _: stats::StatsArgs = parsed(&argv, "stats", self.path)?;
+        let step = Step {
+            phase: Phase::Stats,
+            target,
+            state: stats_state(self.lake, &keys)?,
+            est: self.sizes.stats(self.lake, chain, stage, &keys)?,
+            argv,
+            needs,
+            after: vec![],
+        };
+        self.push(step);
+        Ok(())
+    }
+
+    /// The report, after every other step of the run.
+    fn report(&mut self) -> Result<()> {
+        let report_dir = self.scope.report_dir.display().to_string();
+        let step = Step {
+            phase: Phase::Report,
+            target: format!("every saved query into {report_dir}/"),
+            state: match report_is_current(self.lake, &self.scope.report_dir)? {
+                true => State::Done,
+                false => State::ToDo,
+            },
+            est: self.sizes.report(),
+            argv: words(&["report", &report_dir]),
+            needs: vec![],
+            after: (0..self.steps.len()).collect(),
+        };
+        self.push(step);
+        Ok(())
+    }
 }
 
 fn ingest_state(lake: &Lake, stage: &PartitionKey, layers: &[i32]) -> Result<State> {
