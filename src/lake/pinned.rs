@@ -21,7 +21,8 @@ use object_store::{
 };
 
 /// The commit a process's readers see; shared by the lake handle and its SQL engine's store.
-#[derive(Debug, Default)]
+/// (No `Default`: a pin at 0 would hide every published file.)
+#[derive(Debug)]
 pub struct Pin(AtomicU64);
 
 impl Pin {
@@ -52,7 +53,7 @@ pub fn published_name(n: u64, name: &str) -> String {
 
 /// The record that published a partition's file (0 for a name without one: a file of a lake
 /// written before names carried it).
-pub fn published_by(name: &str) -> u64 {
+fn published_by(name: &str) -> u64 {
     name.strip_prefix('c')
         .and_then(|rest| rest.split_once('-'))
         .filter(|(digits, _)| digits.len() == 20)
@@ -61,7 +62,7 @@ pub fn published_by(name: &str) -> u64 {
 }
 
 /// Splits `a/b/name` into its directory and the record that published it.
-fn dir_and_record(path: &str) -> (&str, u64) {
+pub fn dir_and_record(path: &str) -> (&str, u64) {
     let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
     (dir, published_by(name))
 }

@@ -208,8 +208,8 @@ impl Lake {
         key: &PartitionKey,
         columns: &[&str],
     ) -> Result<RecordBatch> {
-        // The partition's one file: `part-0.parquet`, or on an object store the newest
-        // record's copy of it (names sort by record).
+        // The partition's one file: `part-0.parquet`, or on an object store the copy published
+        // by the commit this process reads (the cache holds only that one; see `pinned.rs`).
         let dir = self.data_dir(table, key)?;
         if !dir.is_dir() {
             return Err(self.missing(table, key));

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use super::partition::PartitionKey;
-use super::pinned::{published_by, published_name, visible, Pin, PinnedStore};
+use super::pinned::{dir_and_record, published_name, visible, Pin, PinnedStore};
 use super::schema::Table;
 
 /// Object-store requests in flight at once when listing, uploading, publishing, deleting or
@@ -566,8 +566,8 @@ impl Remote {
                 let files: Vec<(u64, String)> = listing
                     .into_iter()
                     .filter_map(|f| {
-                        let rest = f.rel[m.dest.len()..].trim_start_matches('/');
-                        (!rest.contains('/')).then(|| (published_by(rest), f.rel.clone()))
+                        let (dir, by) = dir_and_record(&f.rel);
+                        (dir == m.dest).then(|| (by, f.rel.clone()))
                     })
                     .collect();
                 let newest = files
