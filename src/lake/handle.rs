@@ -2,42 +2,45 @@
 //! which partitions its tables hold.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
 use super::partition::PartitionKey;
 use super::read;
-use super::remote::{is_remote, Remote};
 use super::schema::Table;
+use super::store::{is_remote, Store};
 
-/// A lake: a directory, or an object store with a local cache directory (`remote.rs`).
+/// A lake: a directory, or an object store with a local cache directory (`store.rs`).
 #[derive(Debug, Clone)]
 pub struct Lake {
     /// The directory: the lake itself, or for an object store this machine's cache of it.
     pub(super) root: PathBuf,
     /// Whether a command queues behind another doing the same work (`--wait`) or fails.
     pub(super) wait: bool,
-    pub(super) remote: Option<std::sync::Arc<Remote>>,
+    /// Where the tables live and commits are recorded: the directory itself, or the store.
+    pub(super) store: Arc<Store>,
 }
 
 impl Lake {
     /// A lake that commands will write into (created on first write).
     pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
         Self {
-            root: root.into(),
+            store: Arc::new(Store::directory(&root)),
+            root,
             wait: false,
-            remote: None,
         }
     }
 
     /// The lake `--lake` names: a directory (or `file://` URL), or `s3://bucket/prefix`.
     pub fn at(location: &str) -> Result<Self> {
         if is_remote(location) {
-            let remote = Remote::parse(location)?;
+            let remote = Store::parse(location)?;
             Ok(Self {
                 root: remote.default_cache(),
                 wait: false,
-                remote: Some(std::sync::Arc::new(remote)),
+                store: Arc::new(remote),
             })
         } else {
             Ok(Self::new(
@@ -47,13 +50,19 @@ impl Lake {
     }
 
     /// The object store this lake lives on, if it is not a local directory.
-    pub fn remote(&self) -> Option<&Remote> {
-        self.remote.as_deref()
+    pub fn remote(&self) -> Option<&Store> {
+        Some(self.store.as_ref()).filter(|s| !s.is_local())
+    }
+
+    /// An object store for the SQL engine's listing tables, whose listings show the commit
+    /// the last statement pinned (`read_guard`).
+    pub fn sql_store(&self) -> Result<Arc<dyn object_store::ObjectStore>> {
+        self.store.sql_store()
     }
 
     /// Where the lake is, for messages and for other processes: a path or an `s3://` URL.
     pub fn location(&self) -> String {
-        match &self.remote {
+        match self.remote() {
             Some(r) => r.url().to_string(),
             None => self.root.display().to_string(),
         }
@@ -62,7 +71,7 @@ impl Lake {
     /// What names this lake across processes and machines: its `s3://` URL, or the directory's
     /// canonical path (so `lake` and `/work/lake` are one lake).
     pub fn identity(&self) -> String {
-        match &self.remote {
+        match self.remote() {
             Some(r) => r.url().to_string(),
             None => std::fs::canonicalize(&self.root)
                 .or_else(|_| std::path::absolute(&self.root))
@@ -83,7 +92,7 @@ impl Lake {
 
     /// This lake, which must already exist (for readers).
     pub fn existing(&self) -> Result<Self> {
-        if let Some(r) = &self.remote {
+        if let Some(r) = self.remote() {
             if !r.exists()? {
                 bail!(
                     "no lake at {}: create one there with `saerl --lake {0} import ...` or `ingest`",
@@ -115,7 +124,7 @@ impl Lake {
         Ok(self.root.join(key.rel_dir(table)?))
     }
 
-    /// Where writers stage their output before the rename that publishes it.
+    /// Where resumable work in progress is kept (`staging.rs`); commits stage elsewhere.
     pub fn tmp_root(&self) -> PathBuf {
         self.root.join(".tmp")
     }
@@ -125,7 +134,7 @@ impl Lake {
     pub fn partitions(&self, table: Table) -> Result<Vec<(PartitionKey, PathBuf)>> {
         let base = self.table_dir(table);
         let mut out = Vec::new();
-        if let Some(r) = &self.remote {
+        if let Some(r) = self.remote() {
             let files = r.table_files(table)?;
             let mut dirs: Vec<&str> = files
                 .iter()
@@ -168,7 +177,7 @@ impl Lake {
     }
 
     pub fn has_partition(&self, table: Table, key: &PartitionKey) -> Result<bool> {
-        match &self.remote {
+        match self.remote() {
             Some(r) => Ok(!r.partition_files(table, key)?.is_empty()),
             None => Ok(self.partition_dir(table, key)?.is_dir()),
         }
@@ -179,7 +188,7 @@ impl Lake {
     /// directory, as locally).
     pub fn data_dir(&self, table: Table, key: &PartitionKey) -> Result<PathBuf> {
         let dir = self.partition_dir(table, key)?;
-        if let Some(r) = &self.remote {
+        if let Some(r) = self.remote() {
             if self.has_partition(table, key)? {
                 r.fetch_partition(table, key, &dir)?;
             } else if dir.is_dir() {

@@ -1,8 +1,9 @@
 //! Advisory locks (the standard library's `flock`), so that writers never lose each other's
 //! rows and readers never see half a commit:
-//! - the lake lock `<lake>/.locks/lake.lock`: a commit holds it exclusively while it publishes
-//!   (and while it rewrites the derived `stages` table, a read-modify-write); a reader holds it
-//!   shared for one statement. Both holds are short, so neither side waits for the other's run.
+//! - the lake lock `<lake>/.locks/lake.lock` (a lake directory's; an object store has none): a
+//!   commit holds it exclusively while it publishes (and while it rewrites the derived `stages`
+//!   table, a read-modify-write), so what it replaces can go at once; a reader holds it shared
+//!   for one statement. Both holds are short, so neither side waits for the other's run.
 //! - a work lock per piece of resumable work (an ingest of one stage, the training of one chain's
 //!   layer and k), also under `.locks/`: held for the whole run, so a second command doing the
 //!   same work fails clearly, or waits with `--wait`. Lock files stay, so waiters always lock the
@@ -27,7 +28,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The lake's commit count (for an object store, its last commit record's number).
+    /// The lake's last commit record's number when the view was taken.
     pub fn generation(&self) -> u64 {
         self.generation
     }
@@ -109,32 +110,37 @@ impl Lake {
         )
     }
 
-    /// A consistent view of the lake for one read: holds the lake lock shared, after rolling
-    /// forward any commit a crashed writer left half-published, and says which commit the lake
-    /// is at. A reader creates nothing outside a lake: only in a lake, or an empty directory a
-    /// writer may make one, does it create the lock file; elsewhere (or where it may not write)
-    /// it reads without a lock, as no saerl writer can be there.
+    /// The lake lock for a commit: exclusive on a lake directory; none on an object store,
+    /// whose commit records order writers and whose readers pin a commit (`store.rs`).
+    pub(super) fn lock_commit(&self) -> Result<Option<LockGuard>> {
+        match self.remote() {
+            Some(_) => Ok(None),
+            None => self.lock_exclusive().map(Some),
+        }
+    }
+
+    /// A consistent view of the lake for one read, pinned to its last commit after rolling
+    /// forward any a crashed writer left half-published. On a lake directory it holds the lake
+    /// lock shared, so no commit is published meanwhile. A reader creates nothing outside a
+    /// lake: only in a lake, or an empty directory a writer may make one, does it create the
+    /// lock file; elsewhere (or where it may not write) it reads without a lock, as no saerl
+    /// writer can be there, and without completing what it may not.
     pub fn read_guard(&self) -> Result<Snapshot> {
-        let remote_head = match self.remote() {
-            Some(r) => {
-                // The store has no locks: complete any interrupted commit, then read the last one.
-                Some(r.snapshot()?)
-            }
-            None => None,
-        };
-        let generation = || match remote_head {
-            Some(h) => Ok(h),
-            None => self.local_generation(),
-        };
+        if let Some(r) = self.remote() {
+            return Ok(Snapshot {
+                _lock: None,
+                generation: r.snapshot()?,
+            });
+        }
         loop {
-            let writable = (remote_head.is_some() || self.is_claimed())
+            let writable = self.is_claimed()
                 && std::fs::metadata(self.root())
                     .map(|m| !m.permissions().readonly())
                     .unwrap_or(false);
             let Some(file) = open_lock_file(&self.lock_path(), writable)? else {
                 return Ok(Snapshot {
                     _lock: None,
-                    generation: generation()?,
+                    generation: self.store.pin_published()?,
                 });
             };
             let guard = acquire(
@@ -145,10 +151,10 @@ impl Lake {
                     self.lock_path().display()
                 ),
             )?;
-            if !self.has_pending_commits()? {
+            if let Some(generation) = self.store.pin_if_complete()? {
                 return Ok(Snapshot {
                     _lock: Some(guard),
-                    generation: generation()?,
+                    generation,
                 });
             }
             drop(guard);
@@ -156,12 +162,10 @@ impl Lake {
         }
     }
 
-    /// Which commit the lake is at now (changes with every commit), without taking a lock.
+    /// Which commit the lake is at (changes with every commit; the pinned one while a
+    /// statement reads), without taking a lock.
     pub fn generation(&self) -> Result<u64> {
-        match self.remote() {
-            Some(r) => r.roll_forward(),
-            None => self.local_generation(),
-        }
+        self.store.generation()
     }
 
     /// Completes any commit a crashed writer left half-published, so that a command sees the
@@ -171,8 +175,7 @@ impl Lake {
         self.check_writable_dir()?;
         if let Some(r) = self.remote() {
             r.snapshot()?;
-        }
-        if self.root().is_dir() && self.has_pending_commits()? {
+        } else if self.root().is_dir() && self.store.pin_if_complete()?.is_none() {
             let _x = self.lock_exclusive()?;
             self.roll_forward()?;
         }

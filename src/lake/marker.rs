@@ -1,17 +1,14 @@
-//! What makes a directory a lake, and the lake's commit count.
+//! What makes a directory a lake.
 //!
-//! The first commit into a directory writes the marker `.saerl-lake`; every commit rewrites it
-//! (atomically, under the exclusive lake lock) with one more commit counted, so a long-lived
-//! session sees that the lake changed by reading one small file per statement and re-reads
-//! table footers only then. A directory is a lake when it holds the marker, or tables written
-//! by a saerl from before the marker; an empty or missing one becomes a lake when a writer
-//! first commits to it. Anything else is refused, so a `--lake` one level too high is an error,
+//! The first commit into a directory writes the marker `.saerl-lake`. A directory is a lake
+//! when it holds the marker, or tables written by a saerl from before the marker; an empty or
+//! missing one becomes a lake when a writer first commits to it. Anything else is refused, so a `--lake` one level too high is an error,
 //! not an empty lake with `.locks/` left in the user's directory.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::handle::Lake;
 use super::schema::Table;
@@ -20,16 +17,15 @@ use crate::durable::write_atomic;
 /// The marker file at the lake's root.
 pub const MARKER: &str = ".saerl-lake";
 /// The directories saerl itself keeps in a lake (locks, staging, `saerl run`'s measured rates).
-const SAERL_DIRS: &[&str] = &[".locks", ".tmp", RUN_DIR];
+const SAERL_DIRS: &[&str] = &[".locks", ".tmp", "_saerl", RUN_DIR];
 /// Where `saerl run` keeps what it measured of this machine (step rates for its estimates).
 pub const RUN_DIR: &str = ".run";
 
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Serialize)]
 struct Marker {
-    /// The layout's version.
+    /// The layout's version: 2 since commits are numbered records (`store.rs`); a lake of
+    /// version 1 reads the same, its unnumbered files counting as older than any record.
     format: u32,
-    /// Commits published so far (rolled-forward ones included).
-    commits: u64,
 }
 
 /// What a local directory is, as a lake.
@@ -123,37 +119,13 @@ impl Lake {
         }
     }
 
-    fn read_marker(&self) -> Result<Option<Marker>> {
+    /// Writes the marker if this lake directory has none (a writer, before its commit record).
+    pub(super) fn mark_lake(&self) -> Result<()> {
         let path = self.root().join(MARKER);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).with_context(|| {
-                format!(
-                    "{} is damaged: write `{{\"format\": 1, \"commits\": 0}}` into it",
-                    path.display()
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        if self.remote().is_some() || path.is_file() {
+            return Ok(());
         }
-    }
-
-    fn write_marker(&self, m: &Marker) -> Result<()> {
-        write_atomic(&self.root().join(MARKER), &serde_json::to_vec(m)?)
-    }
-
-    /// Counts one more commit; the caller holds the lake lock exclusively.
-    pub(super) fn count_commit(&self) -> Result<()> {
-        let mut m = self.read_marker()?.unwrap_or(Marker {
-            format: 1,
-            commits: 0,
-        });
-        m.commits += 1;
-        self.write_marker(&m)
-    }
-
-    /// How many commits this local lake has seen (0 for a lake without a marker).
-    pub(super) fn local_generation(&self) -> Result<u64> {
-        Ok(self.read_marker()?.map_or(0, |m| m.commits))
+        write_atomic(&path, &serde_json::to_vec(&Marker { format: 2 })?)
     }
 
     /// Whether this directory is a lake, or an empty one a writer may make one (so a reader

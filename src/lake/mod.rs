@@ -1,6 +1,6 @@
-//! The lake: one directory of hive-partitioned Parquet tables. This module is the only place
-//! that knows paths, partition levels and schemas; everything else asks it. This file only
-//! names the parts and what the rest of saerl may use.
+//! The lake: hive-partitioned Parquet tables in a directory or on an object store. This module
+//! is the only place that knows paths, partition levels and schemas; everything else asks it.
+//! This file only names the parts and what the rest of saerl may use.
 
 mod activation_rows;
 mod batches;
@@ -10,10 +10,10 @@ mod marker;
 mod partition;
 mod pinned;
 mod read;
-mod remote;
 mod schema;
 mod stages;
 mod staging;
+mod store;
 mod transitions;
 mod vectors;
 mod write;
@@ -26,9 +26,9 @@ pub use marker::{MARKER, RUN_DIR};
 pub use partition::{check_name, PartitionKey, PART_FILE};
 pub(crate) use read::panic_text;
 pub use read::{check_parquet, partition_files, read_parquet};
-pub use remote::{is_remote, rel_str, s3_store, Remote, RemoteFile, CONCURRENCY};
 pub use schema::{vector_type, vector_width, PartCol, Table};
 pub use stages::{infer_step, StageRow};
 pub use staging::IngestStaging;
+pub use store::{is_remote, rel_str, s3_store, Store, StoredFile, CONCURRENCY};
 pub use transitions::{SaeSequences, Transition};
 pub use write::{writer_properties, PartitionWriter, Txn};

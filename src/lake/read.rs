@@ -150,17 +150,24 @@ pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
     })
 }
 
-/// The data files of a partition directory, in name order (`part-00000.parquet`, ...).
+/// The data files of a partition directory, in name order (`part-00000.parquet`, ...): those
+/// of its newest commit, should a crash have left an older one's beside them (`pinned.rs`).
 pub fn partition_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let mut files = Vec::new();
     for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let p = e?.path();
         if p.extension().is_some_and(|x| x == "parquet") {
-            files.push(p);
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            files.push((name, p));
         }
     }
     files.sort();
-    Ok(files)
+    Ok(
+        super::pinned::visible(files, None, |(name, _)| name.as_str())
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect(),
+    )
 }
 
 impl Lake {

@@ -1,16 +1,19 @@
-//! Atomic, durable commits. A transaction stages every partition it writes under
-//! `<lake>/.tmp/txn-*/`; `commit` then, holding the lake lock:
-//! 1. rewrites the derived `stages` partitions it touches (a read-modify-write, so under the lock),
-//! 2. checks no destination appeared meanwhile, fsyncs every staged file and directory,
-//! 3. writes the commit record `COMMIT` (temporary file, fsync, rename, fsync): the commit point,
-//! 4. publishes: moves each replaced partition aside into the transaction directory and renames
-//!    the staged one into place, then fsyncs the parent directories,
-//! 5. deletes the record, then the replaced data.
+//! Atomic, durable commits, one protocol for a lake directory and an object store
+//! (`store.rs`). A transaction stages every partition it writes under
+//! `<lake>/_saerl/staging/<txn>/` (for an object store, in the local cache, then uploaded);
+//! `commit` then:
+//! 1. on a lake directory, takes the lake lock exclusively (`lock.rs`), so statements and other
+//!    commits wait for the moment it takes to publish;
+//! 2. rolls the lake forward, rewrites the derived `stages` partitions it touches (a
+//!    read-modify-write of the last commit) and checks no destination appeared meanwhile;
+//! 3. creates the next commit record: the commit point. Another writer that took the number
+//!    first (only possible on an object store) sends it back to 2 with the next number;
+//! 4. publishes the record's files into their partitions, marks it done, and deletes what it
+//!    replaced (on an object store, once it is no longer read).
 //!
 //! A crash before 3 leaves the lake as it was (the staged directory is removed by the next
 //! commit, once its owner's lock shows it dead); a crash after 3 is rolled forward by the next
-//! reader or writer (`roll_forward`, idempotent) before it looks at any table. Readers hold the
-//! lake lock shared for a statement, so SQL sees every transaction whole or not at all.
+//! reader or writer before it looks at any table.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -24,15 +27,13 @@ use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use serde::{Deserialize, Serialize};
 
 use super::handle::Lake;
 use super::lock::LockGuard;
 use super::partition::{PartitionKey, PART_FILE};
-use super::remote::{rel_str, Remote, RemoteRecord};
 use super::schema::Table;
 use super::stages::StageRow;
-use crate::durable::{sync_path, sync_tree, write_atomic};
+use super::store::{rel_str, Record, Store, STAGING};
 
 /// Rows per Parquet row group: bounds reader memory for wide vector columns.
 pub const ROW_GROUP_ROWS: usize = 8192;
@@ -44,29 +45,16 @@ pub struct Txn {
     staged: Vec<Staged>,
     /// Rows for the `stages` table, merged into it at commit under the lake lock.
     stage_rows: Vec<StageRow>,
+    /// Whether its commit record exists but is not yet published: then its staged files are
+    /// the record's, and stay for whoever rolls it forward.
+    recorded: bool,
     /// Marks the transaction directory as alive (see `roll_forward`).
     _owner: LockGuard,
 }
 
-/// The file whose presence in a transaction directory means "committed".
-const COMMIT_RECORD: &str = "COMMIT";
 const TXN_PREFIX: &str = "txn-";
 /// The lock a live transaction holds in its directory.
 const OWNER_LOCK: &str = ".lock";
-
-/// What a committed transaction publishes, as paths relative to the lake root.
-#[derive(Serialize, Deserialize)]
-struct Record {
-    moves: Vec<Move>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Move {
-    staged: PathBuf,
-    dest: PathBuf,
-    /// Where the partition it replaces is kept until the commit is complete.
-    aside: PathBuf,
-}
 
 struct Staged {
     tmp: PathBuf,
@@ -140,7 +128,10 @@ fn unique_id() -> String {
 impl Txn {
     pub fn begin(lake: &Lake, overwrite: bool) -> Result<Self> {
         lake.check_writable_dir()?;
-        let dir = lake.tmp_root().join(format!("{TXN_PREFIX}{}", unique_id()));
+        let dir = lake
+            .root()
+            .join(STAGING)
+            .join(format!("{TXN_PREFIX}{}", unique_id()));
         std::fs::create_dir_all(&dir).with_context(|| {
             format!(
                 "creating {} (is the lake directory writable?)",
@@ -154,6 +145,7 @@ impl Txn {
             overwrite,
             staged: Vec::new(),
             stage_rows: Vec::new(),
+            recorded: false,
             _owner: owner,
         })
     }
@@ -292,73 +284,41 @@ impl Txn {
 
     /// Publishes every staged partition at once (see the module comment); returns how many.
     pub fn commit(mut self) -> Result<usize> {
-        let _lock = self.lake.lock_exclusive()?;
+        let _lock = self.lake.lock_commit()?;
         self.lake.roll_forward()?;
-        if let Some(remote) = self.lake.remote.clone() {
-            // The store's commit is the one that counts; the cache then takes the same files.
-            self.commit_remote(&remote)?;
-        } else {
-            let rows = std::mem::take(&mut self.stage_rows);
-            if !rows.is_empty() {
-                self.stage_merged_stages(&rows)?;
-            }
-            for s in &self.staged {
-                if s.dest.exists() && !(s.replace || self.overwrite) {
-                    bail!("{} appeared while this command ran; nothing was written (re-run with --overwrite to replace it)", s.label);
-                }
-            }
-        }
-        crate::fault::point("commit.staged");
-        let root = self.lake.root().to_path_buf();
-        let rel = |p: &Path| p.strip_prefix(&root).map(Path::to_path_buf);
-        let mut moves = Vec::new();
-        for (i, s) in self.staged.iter().enumerate() {
-            sync_tree(&s.tmp)?;
-            moves.push(Move {
-                staged: rel(&s.tmp)?,
-                dest: rel(&s.dest)?,
-                aside: rel(&self.dir.join(".replaced").join(i.to_string()))?,
-            });
-        }
-        let record = serde_json::to_vec(&Record { moves })?;
-        write_atomic(&self.dir.join(COMMIT_RECORD), &record)?;
-        crate::fault::point("commit.recorded");
-        self.lake.finish_commit(&self.dir)?;
-        Ok(std::mem::take(&mut self.staged).len())
-    }
-}
-
-impl Txn {
-    /// The commit on an object store (see `remote.rs`): upload the staged partitions, then race
-    /// for the next commit record; a lost race re-reads the lake, re-merges `stages` and
-    /// re-checks the destinations before trying the next number.
-    fn commit_remote(&mut self, remote: &Remote) -> Result<()> {
+        let store = self.lake.store.clone();
         let txn = self.dir.file_name().unwrap().to_string_lossy().into_owned();
-        let result = self.record_remote(remote, &txn);
-        if result.is_err() && !remote.has_record_of(&txn)? {
-            remote.discard(&txn);
+        self.lake.mark_lake()?;
+        let result = self.record(&store, &txn);
+        if result.is_err() && !self.recorded && !store.has_record_of(&txn)? {
+            store.discard(&txn);
         }
-        result
+        result?;
+        // Deletes what this commit replaced, where that may happen at once.
+        self.lake.roll_forward()?;
+        Ok(self.staged.len())
     }
 
-    fn record_remote(&mut self, remote: &Remote, txn: &str) -> Result<()> {
+    /// Steps 2 to 4: stages the partitions on the store, then takes the next commit record;
+    /// a lost race re-reads the lake, re-merges `stages` and re-checks the destinations
+    /// before trying the number after.
+    fn record(&mut self, store: &Store, txn: &str) -> Result<()> {
         let root = self.lake.root().to_path_buf();
         let rel = |p: &Path| -> Result<String> { Ok(rel_str(p.strip_prefix(&root)?)) };
         let rows = std::mem::take(&mut self.stage_rows);
         let mut moves = Vec::new();
         for s in &self.staged {
-            moves.push(remote.stage_partition(txn, &s.tmp, &rel(&s.dest)?)?);
+            moves.push(store.stage_partition(txn, &s.tmp, &rel(&s.dest)?)?);
         }
-        crate::fault::point("remote.staged");
         let data = self.staged.len();
         loop {
-            let head = remote.snapshot()?;
+            let head = store.snapshot()?;
             self.staged.truncate(data);
             moves.truncate(data);
             if !rows.is_empty() {
                 self.stage_merged_stages(&rows)?;
                 for s in &self.staged[data..] {
-                    moves.push(remote.stage_partition(txn, &s.tmp, &rel(&s.dest)?)?);
+                    moves.push(store.stage_partition(txn, &s.tmp, &rel(&s.dest)?)?);
                 }
             }
             let fresh: Vec<_> = self
@@ -370,16 +330,20 @@ impl Txn {
                 .iter()
                 .map(|s| rel(&s.dest))
                 .collect::<Result<Vec<_>>>()?;
-            if let Some(i) = remote.first_occupied(&dests)? {
-                bail!("{} appeared in {} while this command ran; nothing was written (re-run with --overwrite to replace it)", fresh[i].label, remote.url());
+            if let Some(i) = store.first_occupied(&dests)? {
+                bail!("{} appeared in {} while this command ran; nothing was written (re-run with --overwrite to replace it)", fresh[i].label, store.url());
             }
-            let record = RemoteRecord {
+            crate::fault::point("commit.staged");
+            let record = Record {
                 txn: txn.to_string(),
                 moves,
             };
-            if remote.try_record(head + 1, &record)? {
-                crate::fault::point("remote.recorded");
-                return remote.publish(head + 1, &record);
+            if store.try_record(head + 1, &record)? {
+                self.recorded = true;
+                crate::fault::point("commit.recorded");
+                store.publish(head + 1, &record)?;
+                self.recorded = false;
+                return Ok(());
             }
             moves = record.moves;
         }
@@ -387,120 +351,41 @@ impl Txn {
 }
 
 impl Lake {
-    /// Whether a crashed writer left a committed transaction half-published.
-    pub(super) fn has_pending_commits(&self) -> Result<bool> {
-        Ok(self
-            .txn_dirs()?
-            .iter()
-            .any(|d| d.join(COMMIT_RECORD).exists()))
-    }
-
-    fn txn_dirs(&self) -> Result<Vec<PathBuf>> {
-        let tmp = self.tmp_root();
-        let mut out = Vec::new();
-        let entries = match std::fs::read_dir(&tmp) {
+    /// Completes every commit a crashed writer left half-published (on a lake directory the
+    /// caller holds the lake lock exclusively), and removes the staged data of transactions
+    /// whose writer died before committing.
+    pub(super) fn roll_forward(&self) -> Result<()> {
+        self.store.roll_forward()?;
+        let staging = self.root().join(STAGING);
+        let entries = match std::fs::read_dir(&staging) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e).with_context(|| format!("listing {}", tmp.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", staging.display())),
         };
         for e in entries {
-            let e = e?;
-            if e.file_name().to_string_lossy().starts_with(TXN_PREFIX) {
-                out.push(e.path());
+            let dir = e?.path();
+            let Ok(owner) = File::open(dir.join(OWNER_LOCK)) else {
+                continue;
+            };
+            // A live writer holds its transaction's lock; a dead one's was released.
+            if owner.try_lock().is_ok() {
+                let _ = std::fs::remove_dir_all(&dir);
             }
         }
-        out.sort();
-        Ok(out)
-    }
-
-    /// Completes every committed transaction a crashed writer left half-published, and removes
-    /// the staged data of transactions whose writer died before committing. The caller holds
-    /// the lake lock exclusively.
-    pub(super) fn roll_forward(&self) -> Result<()> {
-        for dir in self.txn_dirs()? {
-            if dir.join(COMMIT_RECORD).exists() {
-                eprintln!(
-                    "completing a commit interrupted by a crash ({})",
-                    dir.display()
-                );
-                self.finish_commit(&dir)?;
-            } else if let Ok(owner) = std::fs::File::open(dir.join(OWNER_LOCK)) {
-                // A live writer holds its transaction's lock; a dead one's was released.
-                if owner.try_lock().is_ok() {
-                    let _ = std::fs::remove_dir_all(&dir);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Step 4 and 5 of a commit whose record is written; safe to repeat after a crash.
-    fn finish_commit(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(COMMIT_RECORD);
-        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let record: Record = serde_json::from_slice(&text).with_context(|| {
-            format!(
-                "{} is not a commit record; move it away to discard that commit",
-                path.display()
-            )
-        })?;
-        // Counted before publishing, under the exclusive lock: a session sees the new count only
-        // with the whole commit, and a crash here is counted again when rolled forward.
-        self.count_commit()?;
-        let root = self.root();
-        let mut parents = Vec::new();
-        for m in &record.moves {
-            let (staged, dest, aside) = (
-                root.join(&m.staged),
-                root.join(&m.dest),
-                root.join(&m.aside),
-            );
-            if !staged.exists() {
-                continue; // published before the crash
-            }
-            if dest.exists() {
-                if aside.exists() {
-                    bail!(
-                        "cannot complete the commit {}: {} and {} both exist; move one away",
-                        path.display(),
-                        dest.display(),
-                        aside.display()
-                    );
-                }
-                std::fs::create_dir_all(aside.parent().unwrap())?;
-                std::fs::rename(&dest, &aside)
-                    .with_context(|| format!("moving aside {}", dest.display()))?;
-            }
-            let parent = dest.parent().unwrap().to_path_buf();
-            std::fs::create_dir_all(&parent)?;
-            std::fs::rename(&staged, &dest)
-                .with_context(|| format!("publishing {}", dest.display()))?;
-            crate::fault::point("commit.publish");
-            parents.push(parent);
-        }
-        parents.sort();
-        parents.dedup();
-        for p in &parents {
-            sync_path(p)?;
-        }
-        // Durable: now the record and the replaced partitions may go.
-        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        sync_path(dir)?;
-        crate::fault::point("commit.published");
-        let _ = std::fs::remove_dir_all(dir);
         Ok(())
     }
 }
 
 impl Drop for Txn {
     fn drop(&mut self) {
-        // A committed transaction whose publication failed midway keeps its directory (the
-        // staged and the replaced partitions) for `roll_forward`; anything else is discarded.
-        if self.dir.join(COMMIT_RECORD).exists() {
+        // A recorded transaction whose publication failed midway keeps its staged files for
+        // whoever rolls it forward (on an object store they were uploaded: the cache's copy
+        // may go); anything else is discarded.
+        if self.recorded && self.lake.remote().is_none() {
             return;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-        // Leave no empty .tmp behind; ignore failure when another writer is using it.
-        let _ = std::fs::remove_dir(self.lake.tmp_root());
+        // Leave no empty staging directory behind; fails while another writer stages there.
+        let _ = std::fs::remove_dir(self.lake.root().join(STAGING));
     }
 }

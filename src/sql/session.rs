@@ -17,7 +17,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use saerl_udfs::{Encoder, SaeKey, SaeSource};
 
-use crate::lake::{check_parquet, vector_width, Lake, PartitionKey, Remote, Snapshot, Table};
+use crate::lake::{check_parquet, vector_width, Lake, PartitionKey, Snapshot, Store, Table};
 use crate::tables::read_sae;
 
 /// The device the SQL functions compute on: `SAERL_DEVICE` (cpu, the default, or cuda).
@@ -103,10 +103,12 @@ pub fn limited_runtime_env(lake: &Lake, limit: Option<usize>) -> Result<Arc<Runt
             );
     }
     let rt = builder.build_arc()?;
-    if let Some(r) = lake.remote() {
-        let url = url::Url::parse(&format!("s3://{}", r.bucket()))?;
-        rt.register_object_store(&url, r.sql_store()?);
-    }
+    // Listings through the lake's store show the commit each statement pinned.
+    let url = match lake.remote() {
+        Some(r) => url::Url::parse(&format!("s3://{}", r.bucket()))?,
+        None => url::Url::parse("file://")?,
+    };
+    rt.register_object_store(&url, lake.sql_store()?);
     Ok(rt)
 }
 
@@ -296,7 +298,7 @@ async fn register_table(ctx: &SessionContext, lake: &Lake, table: Table) -> Resu
 // The footer is all this reads; ParquetObjectReader's deprecation asks for a hand-written
 // AsyncFileReader, which would do exactly what it does.
 #[allow(deprecated)]
-async fn remote_schemas(ctx: &SessionContext, r: &Remote, table: Table) -> Result<Vec<SchemaRef>> {
+async fn remote_schemas(ctx: &SessionContext, r: &Store, table: Table) -> Result<Vec<SchemaRef>> {
     use futures::{StreamExt, TryStreamExt};
     use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
     let url =

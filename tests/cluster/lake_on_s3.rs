@@ -101,10 +101,11 @@ fn ingest_and_train_on_the_object_store_give_the_local_tables() {
     let fresh = env.with_cache(work.path().join("cache-fresh"));
     assert_eq!(answers(&fresh, s3), want);
     // The tables are plain Parquet at the local lake's paths, each file named after the commit
-    // that wrote it (`c<N>-part-0.parquet`); commit records live apart. A partition's newest
-    // commit is what readers see: the `stages` files the racers replaced stay a while beside it.
+    // that wrote it (`c<N>-part-0.parquet`) on both; commit records live apart. A partition's
+    // newest commit is what readers see: on the store, the `stages` files the racers replaced
+    // stay a while beside it.
     let bucket = server.root.path().join("study/runs/lake");
-    let parquet = |root: &Path, published: bool| {
+    let parquet = |root: &Path| {
         let mut newest = std::collections::BTreeMap::<String, (String, Vec<String>)>::new();
         for p in crate::shared::snapshot(root).into_keys() {
             let p = p.display().to_string();
@@ -112,14 +113,8 @@ fn ingest_and_train_on_the_object_store_give_the_local_tables() {
                 continue;
             }
             let (dir, name) = p.rsplit_once('/').unwrap();
-            let (commit, rest) = match published {
-                true => name.split_once('-').expect("c<N>-<name>"),
-                false => ("", name),
-            };
-            assert!(
-                !published || commit.starts_with('c'),
-                "{p}: not named after its commit"
-            );
+            let (commit, rest) = name.split_once('-').expect("c<N>-<name>");
+            assert!(commit.starts_with('c'), "{p}: not named after its commit");
             let entry = newest.entry(dir.to_string()).or_default();
             if commit > entry.0.as_str() {
                 *entry = (commit.to_string(), Vec::new());
@@ -132,7 +127,7 @@ fn ingest_and_train_on_the_object_store_give_the_local_tables() {
         v.sort();
         v
     };
-    assert_eq!(parquet(&bucket, true), parquet(Path::new(&local), false));
+    assert_eq!(parquet(&bucket), parquet(Path::new(&local)));
     // Nothing is left staged once the writers are done.
     assert!(
         !bucket.join("_saerl/staging").exists()
@@ -159,10 +154,10 @@ fn a_commit_killed_on_the_object_store_leaves_a_readable_lake() {
     // Before the record: nothing was committed. From the record on: the commit is rolled
     // forward by the next reader, whatever machine it runs on.
     for (point, committed) in [
-        ("remote.staged", false),
-        ("remote.recorded", true),
-        ("remote.publish", true),
-        ("remote.published", true),
+        ("commit.staged", false),
+        ("commit.recorded", true),
+        ("commit.publish", true),
+        ("commit.published", true),
     ] {
         let lake = format!("s3://study/kill-{}", point.replace('.', "-"));
         let mut cmd = import(&env, &lake);

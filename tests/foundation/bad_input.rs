@@ -189,11 +189,9 @@ fn a_corrupt_parquet_file_is_named() {
     let (_dir, lake) = imported_lake();
     let files = pt_files();
     let f = files.last().unwrap();
-    let part = format!(
-        "stage={}/layer={}/k={}/part-0.parquet",
-        f.stage, f.layer, f.k
-    );
-    let victim = lake.join(format!("features/chain={}/{part}", f.chain));
+    let part = format!("stage={}/layer={}/k={}", f.stage, f.layer, f.k);
+    let dir = lake.join(format!("features/chain={}/{part}", f.chain));
+    let victim = saerl::lake::partition_files(&dir).unwrap().pop().unwrap();
     let bytes = std::fs::read(&victim).unwrap();
     std::fs::write(&victim, &bytes[..bytes.len() - 100]).unwrap();
     fails(

@@ -295,7 +295,8 @@ fn a_complete_ingest_is_skipped_and_new_layers_are_added() {
     );
     let after = snapshot(&lake);
     for (path, hash) in &before {
-        if !path.starts_with("stages") {
+        // `stages` is rewritten by every ingest, and the commit log grows.
+        if !path.starts_with("stages") && !path.starts_with("_saerl") {
             assert_eq!(after.get(path), Some(hash), "{} kept", path.display());
         }
     }

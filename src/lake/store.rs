@@ -1,26 +1,29 @@
-//! The lake on an object store (`--lake s3://bucket/prefix`).
-//!
-//! The store holds the same hive-partitioned tables as a local lake, under the prefix, so any
-//! engine (and DataFusion's object-store registry, for `saerl sql`) reads them in place. Beside
-//! them, `_saerl/` holds what makes commits atomic without rename or locks:
-//! - `_saerl/staging/<txn>/<table>/<partition>/<files>`: a writer's uploads (multipart);
-//! - `_saerl/log/<n>.json`: commit record n, created with a conditional PUT (`PutMode::Create`),
-//!   so of two writers racing for number n exactly one wins; the loser re-reads the lake, re-checks
-//!   its destinations and tries n + 1. Creating the record is the commit point;
+//! Where a lake's tables live, and the one commit protocol over them. A lake is a directory
+//! (`object_store`'s local file system) or a prefix of an object store (`--lake
+//! s3://bucket/prefix`); both hold the hive-partitioned tables at the same paths, so any engine
+//! reads them in place, and beside them `_saerl/`, which makes commits atomic:
+//! - `_saerl/staging/<txn>/<table>/<partition>/<files>`: a writer's staged partitions (on a
+//!   directory, written there; on an object store, uploaded from the writer's cache);
+//! - `_saerl/log/<n>.json`: commit record n, created only if absent (`PutMode::Create`: a hard
+//!   link on a directory, a conditional PUT on a store), so of two writers racing for number n
+//!   exactly one wins; the loser re-reads the lake, re-checks its destinations and tries n + 1.
+//!   Creating the record is the commit point;
 //! - `_saerl/log/<n>.done`: written once record n is published (its staged files copied to their
-//!   partitions as `c<n>-<name>`). Any reader or writer that finds a record without its marker
-//!   completes it first (idempotent), so a writer killed mid-publication is rolled forward, and a
-//!   writer killed before its record leaves the lake as it was. Published names carry the
-//!   record's number because two processes may publish one record at once, and because readers
-//!   pick files by it: a reader pinned at commit `H` (its last roll-forward) sees in each
-//!   partition the files of the newest record up to `H` (`pinned.rs`), so a statement sees every
-//!   commit whole or not at all while later ones are being published;
+//!   partitions as `c<n>-<name>`; a hard link on a directory). Any reader or writer that finds a
+//!   record without its marker completes it first (idempotent), so a writer killed
+//!   mid-publication is rolled forward, and a writer killed before its record leaves the lake as
+//!   it was. Published names carry the record's number because two processes may publish one
+//!   record at once, and because readers pick files by it: a reader pinned at commit `H` sees in
+//!   each partition the files of the newest record up to `H` (`pinned.rs`), so a statement sees
+//!   every commit whole or not at all;
 //! - `_saerl/log/<n>.clean`: the files record n replaced are deleted (and this marker written)
-//!   only once n has been published for `RETAIN`, by whichever saerl process rolls the lake
-//!   forward next, so statements still reading them can finish.
+//!   once n has been published for the store's retention, by whichever saerl process rolls the
+//!   lake forward next. On an object store that is `RETAIN`, so statements still reading them
+//!   can finish; on a directory it is at once, as the lake lock keeps statements out while a
+//!   commit is published (`lock.rs`).
 //!
-//! Commands that compute in Rust (train, eval, stats, the SQL providers) read partitions through
-//! a local cache of the files they touch (`SAERL_LAKE_CACHE`, default
+//! On an object store, commands that compute in Rust (train, eval, stats, the SQL providers) read
+//! partitions through a local cache of the files they touch (`SAERL_LAKE_CACHE`, default
 //! `~/.cache/saerl/lakes/<bucket>/<prefix>`), which also keeps their resumable work; the cache is
 //! refreshed by ETag, so it never serves a replaced partition.
 
@@ -33,6 +36,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -51,9 +55,9 @@ pub const CONCURRENCY: usize = 16;
 /// two commits.
 const RETAIN: Duration = Duration::from_secs(10 * 60);
 
-/// One data file of a table on the store.
+/// One file on the store.
 #[derive(Debug, Clone)]
-pub struct RemoteFile {
+pub struct StoredFile {
     /// Relative to the lake prefix: `features/chain=a/stage=b/layer=6/k=32/part-0.parquet`.
     pub rel: String,
     pub size: u64,
@@ -64,13 +68,13 @@ pub struct RemoteFile {
 
 /// What commit record n publishes: each staged partition directory replaces its destination.
 #[derive(Serialize, Deserialize, Debug)]
-pub struct RemoteRecord {
+pub struct Record {
     pub txn: String,
-    pub moves: Vec<RemoteMove>,
+    pub moves: Vec<Move>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
-pub struct RemoteMove {
+pub struct Move {
     /// Directories relative to the lake prefix.
     pub staged: String,
     pub dest: String,
@@ -79,12 +83,19 @@ pub struct RemoteMove {
     pub files: Vec<String>,
 }
 
-/// A table's data files, as one pin sees them.
-type Listing = Arc<Vec<RemoteFile>>;
+/// Where writers stage partitions, relative to the lake (and, on an object store, to the cache).
+pub const STAGING: &str = "_saerl/staging";
 
-pub struct Remote {
+/// A table's data files, as one pin sees them.
+type Listing = Arc<Vec<StoredFile>>;
+
+pub struct Store {
+    /// `s3://bucket/prefix`, or the lake directory.
     url: String,
     bucket: String,
+    /// For a lake directory, its path: staged files are already in place, and what is written
+    /// is made durable with fsync (the local file system's client does not).
+    local: Option<PathBuf>,
     prefix: ObjPath,
     store: Arc<dyn ObjectStore>,
     /// The commit this process reads (see `snapshot`), and the table listings read at a pin.
@@ -93,9 +104,9 @@ pub struct Remote {
     retain: Duration,
 }
 
-impl std::fmt::Debug for Remote {
+impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Remote({})", self.url)
+        write!(f, "Store({})", self.url)
     }
 }
 
@@ -145,7 +156,7 @@ pub fn s3_store(bucket: &str) -> Result<Arc<dyn ObjectStore>> {
     Ok(Arc::new(store))
 }
 
-impl Remote {
+impl Store {
     /// `s3://bucket[/prefix]`.
     pub fn parse(location: &str) -> Result<Self> {
         let rest = location
@@ -168,6 +179,7 @@ impl Remote {
         Self {
             url,
             bucket: bucket.to_string(),
+            local: None,
             prefix: ObjPath::from(prefix),
             store,
             pin: Arc::new(Pin::unpinned()),
@@ -176,7 +188,39 @@ impl Remote {
         }
     }
 
-    /// `s3://bucket/prefix`, without a trailing slash.
+    /// The lake directory `root` (which need not exist yet).
+    pub fn directory(root: &Path) -> Self {
+        let abs = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+        // A path no URL can name (not UTF-8) fails later, at its first listing, with its name.
+        let prefix = ObjPath::from_absolute_path(&abs)
+            .unwrap_or_else(|_| ObjPath::from(abs.to_string_lossy().as_ref()));
+        Self {
+            url: root.display().to_string(),
+            bucket: String::new(),
+            local: Some(abs),
+            prefix,
+            store: Arc::new(LocalFileSystem::new()),
+            pin: Arc::new(Pin::unpinned()),
+            listings: Mutex::default(),
+            retain: Duration::ZERO,
+        }
+    }
+
+    /// Whether this is a lake directory rather than an object store.
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
+    }
+
+    /// fsyncs `rel` (a file or directory) on a lake directory; an object store's writes are
+    /// durable when they return.
+    fn sync(&self, rel: &str) -> Result<()> {
+        match &self.local {
+            Some(root) => crate::durable::sync_path(&root.join(rel)),
+            None => Ok(()),
+        }
+    }
+
+    /// `s3://bucket/prefix` without a trailing slash, or the lake directory.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -221,14 +265,15 @@ impl Remote {
     }
 
     fn err(&self, what: &str) -> String {
-        format!(
-            "{what} in {} (check the AWS_* variables and that the bucket exists)",
-            self.url
-        )
+        let advice = match self.local {
+            Some(_) => "is the lake directory writable, and its disk not full?",
+            None => "check the AWS_* variables and that the bucket exists",
+        };
+        format!("{what} in {} ({advice})", self.url)
     }
 
     /// Every object under `rel` (recursively).
-    fn list(&self, rel: &str) -> Result<Vec<RemoteFile>> {
+    fn list(&self, rel: &str) -> Result<Vec<StoredFile>> {
         Ok(self
             .list_many(&[rel.to_string()])?
             .pop()
@@ -237,7 +282,7 @@ impl Remote {
 
     /// Every object under each of `rels` (recursively), listed concurrently: a commit checks
     /// and publishes one directory per SAE or stage.
-    fn list_many(&self, rels: &[String]) -> Result<Vec<Vec<RemoteFile>>> {
+    fn list_many(&self, rels: &[String]) -> Result<Vec<Vec<StoredFile>>> {
         let jobs: Vec<_> = rels
             .iter()
             .map(|rel| {
@@ -262,9 +307,9 @@ impl Remote {
         Ok(listings
             .into_iter()
             .map(|metas| {
-                let mut out: Vec<RemoteFile> = metas
+                let mut out: Vec<StoredFile> = metas
                     .into_iter()
-                    .map(|m| RemoteFile {
+                    .map(|m| StoredFile {
                         rel: self.rel(&m.location),
                         size: m.size,
                         e_tag: m.e_tag,
@@ -298,7 +343,7 @@ impl Remote {
                 return Ok(l.clone());
             }
         }
-        let files: Vec<RemoteFile> = self
+        let files: Vec<StoredFile> = self
             .list(table.name())?
             .into_iter()
             .filter(|f| {
@@ -319,6 +364,47 @@ impl Remote {
         self.pin.clear();
     }
 
+    /// The last commit record's number (0 for none), or the pinned one while pinned.
+    pub fn generation(&self) -> Result<u64> {
+        match self.pin.get() {
+            Some(pin) => Ok(pin),
+            None => Ok(self.log()?.head()),
+        }
+    }
+
+    /// Pins reads to the last commit if every commit is complete (on a lake directory, also
+    /// cleaned); `None` when one must be rolled forward first.
+    pub fn pin_if_complete(&self) -> Result<Option<u64>> {
+        self.refresh();
+        let log = self.log()?;
+        let clean = self.is_local();
+        let pending = log
+            .records
+            .iter()
+            .any(|n| !log.done.contains_key(n) || (clean && !log.clean.contains(n)));
+        if pending {
+            return Ok(None);
+        }
+        self.pin.set(log.head());
+        Ok(Some(log.head()))
+    }
+
+    /// Pins reads to the last commit published with all before it, for a reader that may not
+    /// roll the lake forward (one without write access): it sees the lake without the rest.
+    pub fn pin_published(&self) -> Result<u64> {
+        self.refresh();
+        let log = self.log()?;
+        let head = log
+            .records
+            .iter()
+            .take_while(|n| log.done.contains_key(n))
+            .last()
+            .copied()
+            .unwrap_or(0);
+        self.pin.set(head);
+        Ok(head)
+    }
+
     /// Completes any interrupted commit, then pins this process's reads (and its SQL engine's
     /// listings) to the lake's last commit; returns its number.
     pub fn snapshot(&self) -> Result<u64> {
@@ -329,7 +415,7 @@ impl Remote {
     }
 
     /// The files of one partition directory (`rel` relative to the prefix).
-    pub fn partition_files(&self, table: Table, key: &PartitionKey) -> Result<Vec<RemoteFile>> {
+    pub fn partition_files(&self, table: Table, key: &PartitionKey) -> Result<Vec<StoredFile>> {
         let dir = format!("{}/", rel_str(&key.rel_dir(table)?));
         Ok(self
             .table_files(table)?
@@ -388,9 +474,11 @@ impl Remote {
         Ok(())
     }
 
-    /// Stages a local partition directory's data files under `_saerl/staging/<txn>/<dest>`.
-    pub fn stage_partition(&self, txn: &str, local: &Path, dest: &str) -> Result<RemoteMove> {
-        let staged = format!("_saerl/staging/{txn}/{dest}");
+    /// Stages a partition written to `local`, the writer's `<root>/<STAGING>/<txn>/<dest>`:
+    /// on a lake directory that is the staged partition itself, made durable; on an object
+    /// store its data files are uploaded to the same path.
+    pub fn stage_partition(&self, txn: &str, local: &Path, dest: &str) -> Result<Move> {
+        let staged = format!("{STAGING}/{txn}/{dest}");
         let mut files = Vec::new();
         let mut uploads = Vec::new();
         for p in super::partition_files(local)? {
@@ -398,8 +486,14 @@ impl Remote {
             uploads.push((p, format!("{staged}/{name}")));
             files.push(name);
         }
-        self.upload_all(uploads)?;
-        Ok(RemoteMove {
+        match &self.local {
+            Some(root) => {
+                debug_assert_eq!(root.join(&staged), std::path::absolute(local)?);
+                crate::durable::sync_tree(local)?;
+            }
+            None => self.upload_all(uploads)?,
+        }
+        Ok(Move {
             staged,
             dest: dest.to_string(),
             files,
@@ -469,17 +563,32 @@ impl Remote {
     /// Completes every commit whose record is not yet published, and deletes what settled
     /// commits replaced; returns the last record number (0 for none).
     pub fn roll_forward(&self) -> Result<u64> {
-        let log = self.log()?;
-        for &n in log.records.iter().filter(|n| !log.done.contains_key(n)) {
+        let mut log = self.log()?;
+        let pending: Vec<u64> = log
+            .records
+            .iter()
+            .copied()
+            .filter(|n| !log.done.contains_key(n))
+            .collect();
+        for &n in &pending {
             self.publish(n, &self.read_record(n)?)?;
         }
-        // Best effort: superseded files only cost space, as no reader picks them, and a reader
-        // whose credentials may not delete still reads.
-        let _ = self.clean_settled(&log);
-        Ok(log.records.last().copied().unwrap_or(0))
+        if !pending.is_empty() {
+            log = self.log()?;
+        }
+        if self.is_local() {
+            // A lake directory's readers wait for this (`pin_if_complete`): it must happen.
+            self.clean_settled(&log)?;
+            self.compact(&self.log()?)?;
+        } else {
+            // Best effort: superseded files only cost space, as no reader picks them, and a
+            // reader whose credentials may not delete still reads.
+            let _ = self.clean_settled(&log);
+        }
+        Ok(log.head())
     }
 
-    fn read_record(&self, n: u64) -> Result<RemoteRecord> {
+    fn read_record(&self, n: u64) -> Result<Record> {
         let rel = Self::record_rel(n, "json");
         let (store, path) = (self.store.clone(), self.path(&rel));
         let bytes = block(async move { store.get(&path).await?.bytes().await })
@@ -493,7 +602,7 @@ impl Remote {
     }
 
     /// Creates commit record `n` unless another writer did first (then `Ok(false)`).
-    pub fn try_record(&self, n: u64, record: &RemoteRecord) -> Result<bool> {
+    pub fn try_record(&self, n: u64, record: &Record) -> Result<bool> {
         let rel = Self::record_rel(n, "json");
         let (store, path) = (self.store.clone(), self.path(&rel));
         let body = PutPayload::from(serde_json::to_vec(record)?);
@@ -502,7 +611,11 @@ impl Remote {
             ..Default::default()
         };
         match block(async move { store.put_opts(&path, body, opts).await }) {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                self.sync(&rel)?;
+                self.sync("_saerl/log")?;
+                Ok(true)
+            }
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(e).with_context(|| self.err(&format!("writing the commit record {rel}"))),
         }
@@ -511,15 +624,17 @@ impl Remote {
     /// Publishes record `n`: copies, then the `.done` marker, then the staged files go (what it
     /// replaces goes later, in `clean_settled`). Safe to repeat after a crash at any point, and
     /// while another process publishes it too.
-    pub fn publish(&self, n: u64, record: &RemoteRecord) -> Result<()> {
-        let staging = format!("_saerl/staging/{}", record.txn);
-        let staged: HashSet<String> = self.list(&staging)?.into_iter().map(|f| f.rel).collect();
+    pub fn publish(&self, n: u64, record: &Record) -> Result<()> {
+        let staging = format!("{STAGING}/{}", record.txn);
+        let mut staged: HashSet<String> = self.list(&staging)?.into_iter().map(|f| f.rel).collect();
+        let mut sources = Vec::new();
         let mut copies = Vec::new();
         for m in &record.moves {
             for name in &m.files {
                 let from = format!("{}/{name}", m.staged);
                 // Not there: copied before, and the staged copy already removed.
-                if staged.contains(&from) {
+                if let Some(from) = staged.take(&from) {
+                    sources.push(from.clone());
                     let to = format!("{}/{}", m.dest, published_name(n, name));
                     let (store, a, b) = (self.store.clone(), self.path(&from), self.path(&to));
                     let what = self.err(&format!("publishing {to}"));
@@ -530,16 +645,24 @@ impl Remote {
                             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                             Err(e) => return Err(e).context(what),
                         }
-                        crate::fault::point("remote.publish");
+                        crate::fault::point("commit.publish");
                         Ok(())
                     });
                 }
             }
         }
         self.all(copies)?;
+        let mut dests: Vec<&str> = record.moves.iter().map(|m| m.dest.as_str()).collect();
+        dests.dedup();
+        for d in dests {
+            self.sync(d)?;
+        }
         self.mark(n, "done")?;
-        crate::fault::point("remote.published");
-        self.delete_all(staged.into_iter().collect())?;
+        self.sync("_saerl/log")?;
+        crate::fault::point("commit.published");
+        // Only the record's files: the rest of a writer's staging directory (its owner lock on
+        // a lake directory) goes with the writer.
+        self.delete_all(sources)?;
         self.refresh();
         Ok(())
     }
@@ -553,7 +676,9 @@ impl Remote {
         let settled: HashSet<u64> = log
             .done
             .iter()
-            .filter(|(_, &at)| now.duration_since(at).is_ok_and(|age| age >= self.retain))
+            .filter(|(_, &at)| {
+                self.retain.is_zero() || now.duration_since(at).is_ok_and(|age| age >= self.retain)
+            })
             .map(|(&n, _)| n)
             .collect();
         let mut due: Vec<u64> = settled.difference(&log.clean).copied().collect();
@@ -589,6 +714,22 @@ impl Remote {
         Ok(())
     }
 
+    /// Deletes the log entries of cleaned records before the last, so every statement's look
+    /// at the log stays small. Only on a lake directory, under the lake lock: there nobody can
+    /// be publishing one of them. (Deleting the record first, a crash leaves at most markers
+    /// without a record, which nothing reads.)
+    fn compact(&self, log: &Log) -> Result<()> {
+        let head = log.head();
+        let mut old: Vec<u64> = log.clean.iter().copied().filter(|&n| n < head).collect();
+        old.sort_unstable();
+        for n in old {
+            for ext in ["json", "done", "clean"] {
+                self.delete_all(vec![Self::record_rel(n, ext)])?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes record `n`'s empty marker `<n>.<ext>`.
     fn mark(&self, n: u64, ext: &str) -> Result<()> {
         let rel = Self::record_rel(n, ext);
@@ -615,7 +756,7 @@ impl Remote {
 
     /// Removes what a writer staged before giving up (it never wrote a record).
     pub fn discard(&self, txn: &str) {
-        if let Ok(files) = self.list(&format!("_saerl/staging/{txn}")) {
+        if let Ok(files) = self.list(&format!("{STAGING}/{txn}")) {
             let _ = self.delete_all(files.into_iter().map(|f| f.rel).collect());
         }
     }
@@ -638,10 +779,11 @@ impl Remote {
     /// runtime that opened them, and the SQL engine runs on another), whose listings show the
     /// commit this process reads.
     pub fn sql_store(&self) -> Result<Arc<dyn ObjectStore>> {
-        Ok(Arc::new(PinnedStore::new(
-            s3_store(&self.bucket)?,
-            self.pin.clone(),
-        )))
+        let inner = match self.local {
+            Some(_) => self.store.clone(),
+            None => s3_store(&self.bucket)?,
+        };
+        Ok(Arc::new(PinnedStore::new(inner, self.pin.clone())))
     }
 }
 
@@ -653,6 +795,13 @@ struct Log {
     done: HashMap<u64, SystemTime>,
     /// Records whose replaced files are deleted.
     clean: HashSet<u64>,
+}
+
+impl Log {
+    /// The last record's number (0 for none).
+    fn head(&self) -> u64 {
+        self.records.last().copied().unwrap_or(0)
+    }
 }
 
 /// A relative path with `/` separators.
@@ -668,20 +817,29 @@ mod tests {
     use super::*;
     use object_store::memory::InMemory;
 
-    /// Commits one partition `dest` holding `part-0.parquet` with `bytes`, as a writer does.
-    fn commit(remote: &Remote, dest: &str, bytes: &[u8]) -> u64 {
-        let local = tempfile::tempdir().unwrap();
-        std::fs::write(local.path().join("part-0.parquet"), bytes).unwrap();
+    /// Commits one partition `dest` holding `part-0.parquet` with `bytes`, as a writer does
+    /// (staging it where a writer on this store would: in the lake, or in a scratch cache).
+    fn commit(remote: &Store, dest: &str, bytes: &[u8]) -> u64 {
+        let scratch = tempfile::tempdir().unwrap();
         let txn = format!("txn-{}", bytes.len());
-        let moves = vec![remote.stage_partition(&txn, local.path(), dest).unwrap()];
+        let base = remote.local.clone();
+        let local = base
+            .as_deref()
+            .unwrap_or(scratch.path())
+            .join(STAGING)
+            .join(&txn)
+            .join(dest);
+        std::fs::create_dir_all(&local).unwrap();
+        std::fs::write(local.join("part-0.parquet"), bytes).unwrap();
+        let moves = vec![remote.stage_partition(&txn, &local, dest).unwrap()];
         let n = remote.snapshot().unwrap() + 1;
-        let record = RemoteRecord { txn, moves };
+        let record = Record { txn, moves };
         assert!(remote.try_record(n, &record).unwrap());
         remote.publish(n, &record).unwrap();
         n
     }
 
-    fn stored(remote: &Remote, dir: &str) -> Vec<String> {
+    fn stored(remote: &Store, dir: &str) -> Vec<String> {
         remote
             .list(dir)
             .unwrap()
@@ -693,11 +851,11 @@ mod tests {
     #[test]
     fn readers_see_their_commit_and_replaced_files_go_once_settled() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let remote = Remote::with_store("s3://bucket/lake".into(), "bucket", "lake", store.clone());
+        let remote = Store::with_store("s3://bucket/lake".into(), "bucket", "lake", store.clone());
         let dest = "features/chain=a";
         let first = commit(&remote, dest, b"first");
         let second = commit(&remote, dest, b"second!");
-        let names = |files: &[RemoteFile]| files.iter().map(|f| f.rel.clone()).collect::<Vec<_>>();
+        let names = |files: &[StoredFile]| files.iter().map(|f| f.rel.clone()).collect::<Vec<_>>();
         let file_of = |n| format!("{dest}/{}", published_name(n, "part-0.parquet"));
 
         // A fresh reader sees the second commit; one pinned before it, the first.
@@ -732,13 +890,42 @@ mod tests {
         // finish; once the second has settled, the next roll-forward deletes it, once.
         remote.roll_forward().unwrap();
         assert_eq!(stored(&remote, dest), [file_of(first), file_of(second)]);
-        let settled = Remote {
+        let settled = Store {
             retain: Duration::ZERO,
-            ..Remote::with_store(remote.url.clone(), "bucket", "lake", remote.store.clone())
+            ..Store::with_store(remote.url.clone(), "bucket", "lake", remote.store.clone())
         };
         settled.roll_forward().unwrap();
         assert_eq!(stored(&settled, dest), [file_of(second)]);
         assert_eq!(settled.log().unwrap().clean, HashSet::from([first, second]));
         assert!(stored(&settled, "_saerl/staging").is_empty());
+    }
+
+    #[test]
+    fn a_lake_directory_commits_by_the_same_records_and_cleans_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Store::directory(dir.path());
+        let dest = "features/chain=a";
+        let file_of = |n| format!("{dest}/{}", published_name(n, "part-0.parquet"));
+        let first = commit(&lake, dest, b"first");
+        // Published but not yet cleaned: a reader must roll forward before it pins.
+        assert_eq!(lake.pin_if_complete().unwrap(), None);
+        lake.roll_forward().unwrap();
+        assert_eq!(lake.pin_if_complete().unwrap(), Some(first));
+        let second = commit(&lake, dest, b"second!");
+        lake.roll_forward().unwrap();
+        // The replaced file is gone at once; the published one is the staged file, linked.
+        assert_eq!(stored(&lake, dest), [file_of(second)]);
+        assert_eq!(
+            std::fs::read(dir.path().join(file_of(second))).unwrap(),
+            b"second!"
+        );
+        assert!(stored(&lake, STAGING).is_empty());
+        assert_eq!(lake.generation().unwrap(), second);
+        // The log keeps only the last record, so a statement's look at it stays small.
+        let log = lake.log().unwrap();
+        assert_eq!(
+            (log.records, log.clean),
+            (vec![second], HashSet::from([second]))
+        );
     }
 }
