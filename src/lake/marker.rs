@@ -2,8 +2,9 @@
 //!
 //! The first commit into a directory writes the marker `.saerl-lake`. A directory is a lake
 //! when it holds the marker, or tables written by a saerl from before the marker; an empty or
-//! missing one becomes a lake when a writer first commits to it. Anything else is refused, so a `--lake` one level too high is an error,
-//! not an empty lake with `.locks/` left in the user's directory.
+//! missing one becomes a lake when a writer first commits to it. Anything else is refused, so
+//! a `--lake` one level too high is an error, not an empty lake with `.locks/` left in the
+//! user's directory.
 
 use std::path::Path;
 

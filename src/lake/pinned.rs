@@ -1,13 +1,13 @@
-//! What a reader of a lake on an object store sees: the files of one commit, whole.
+//! What a reader of a lake sees: the files of one commit, whole.
 //!
 //! Every published file is named after the commit record that published it (`c<N>-name`), and
-//! a partition's files of older records are deleted only a while after a newer record replaced
-//! them (`remote.rs`). So at any moment a partition directory may hold the files of several
-//! records: the ones a record still being published is copying in, the ones it replaces, and a
-//! straggler's late copy. A reader pinned at commit `H` takes, in each directory, the files of
-//! the newest record up to `H` — exactly the partition as commit `H` left it. Saerl's own
-//! listings go through `visible`; DataFusion's go through `PinnedStore`, which applies the same
-//! rule to the object store it lists.
+//! a partition's files of older records are deleted only after a newer record replaced them
+//! (`store.rs`: on an object store a while after, on a directory within the commit). So at any
+//! moment a partition directory may hold the files of several records: the ones a record still
+//! being published is copying in, the ones it replaces, and a straggler's late copy. A reader
+//! pinned at commit `H` takes, in each directory, the files of the newest record up to `H` —
+//! exactly the partition as commit `H` left it. Saerl's own listings go through `visible`;
+//! DataFusion's go through `PinnedStore`, which applies the same rule to the store it lists.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
