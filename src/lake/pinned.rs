@@ -135,6 +135,25 @@ impl ObjectStore for PinnedStore {
         self.inner.get_opts(location, options).await
     }
 
+    // The inner store's own range reads and renames (the local file system reads all ranges of
+    // a file in one blocking task), not the trait's generic ones.
+    async fn get_ranges(
+        &self,
+        location: &ObjPath,
+        ranges: &[std::ops::Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &ObjPath,
+        to: &ObjPath,
+        options: object_store::RenameOptions,
+    ) -> object_store::Result<()> {
+        self.inner.rename_opts(from, to, options).await
+    }
+
     fn delete_stream(
         &self,
         locations: futures::stream::BoxStream<'static, object_store::Result<ObjPath>>,

@@ -534,9 +534,27 @@ impl Store {
     /// The commit log: record numbers, when each published one was marked so, and which have
     /// had the files they replaced deleted.
     fn log(&self) -> Result<Log> {
+        let entries: Vec<(String, SystemTime)> = match &self.local {
+            // Every statement looks at the log first: on a directory, where the time a record
+            // was marked done does not matter (`retain` is zero), read the names directly
+            // rather than through the client's runtime (0.6 against 1.0 ms a small statement).
+            Some(root) => log_names(&root.join("_saerl/log"))?
+                .into_iter()
+                .map(|name| (name, SystemTime::UNIX_EPOCH))
+                .collect(),
+            None => self
+                .list("_saerl/log")?
+                .into_iter()
+                .map(|f| {
+                    (
+                        f.rel.rsplit('/').next().unwrap_or("").to_string(),
+                        f.modified,
+                    )
+                })
+                .collect(),
+        };
         let mut log = Log::default();
-        for f in self.list("_saerl/log")? {
-            let name = f.rel.rsplit('/').next().unwrap_or("");
+        for (name, modified) in entries {
             let Some((n, ext)) = name.split_once('.') else {
                 continue;
             };
@@ -544,7 +562,7 @@ impl Store {
             match ext {
                 "json" => log.records.push(n),
                 "done" => {
-                    log.done.insert(n, f.modified);
+                    log.done.insert(n, modified);
                 }
                 "clean" => {
                     log.clean.insert(n);
@@ -802,6 +820,21 @@ impl Log {
     fn head(&self) -> u64 {
         self.records.last().copied().unwrap_or(0)
     }
+}
+
+/// The file names in a lake directory's log (none before its first commit).
+fn log_names(dir: &Path) -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut names = Vec::new();
+    for e in entries {
+        let e = e.with_context(|| format!("listing {}", dir.display()))?;
+        names.push(e.file_name().to_string_lossy().into_owned());
+    }
+    Ok(names)
 }
 
 /// A relative path with `/` separators.
