@@ -337,7 +337,7 @@ type EncoderCache = HashMap<SaeKey, Arc<dyn Encoder>>;
 struct LakeSaes {
     lake: Lake,
     device: candle_core::Device,
-    /// The lake's commit count the cached SAEs were read at, and the SAEs.
+    /// The lake commit the cached SAEs were read at, and the SAEs.
     cache: Mutex<(u64, EncoderCache)>,
     /// The cached SAEs' bytes, held in the session's memory pool.
     reserved: datafusion::execution::memory_pool::MemoryReservation,
