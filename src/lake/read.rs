@@ -150,6 +150,21 @@ pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
     })
 }
 
+/// The paths in `dir` (none when it does not exist: a lake before its first commit).
+pub(super) fn dir_entries(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    entries
+        .map(|e| {
+            Ok(e.with_context(|| format!("listing {}", dir.display()))?
+                .path())
+        })
+        .collect()
+}
+
 /// The data files of a partition directory, in name order (`part-00000.parquet`, ...): those
 /// of its newest commit, should a crash have left an older one's beside them (`pinned.rs`).
 pub fn partition_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {

@@ -194,15 +194,12 @@ impl Store {
         // A path no URL can name (not UTF-8) fails later, at its first listing, with its name.
         let prefix = ObjPath::from_absolute_path(&abs)
             .unwrap_or_else(|_| ObjPath::from(abs.to_string_lossy().as_ref()));
+        let url = root.display().to_string();
         Self {
-            url: root.display().to_string(),
-            bucket: String::new(),
             local: Some(abs),
             prefix,
-            store: Arc::new(LocalFileSystem::new()),
-            pin: Arc::new(Pin::unpinned()),
-            listings: Mutex::default(),
             retain: Duration::ZERO,
+            ..Self::with_store(url, "", "", Arc::new(LocalFileSystem::new()))
         }
     }
 
@@ -824,17 +821,10 @@ impl Log {
 
 /// The file names in a lake directory's log (none before its first commit).
 fn log_names(dir: &Path) -> Result<Vec<String>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-    };
-    let mut names = Vec::new();
-    for e in entries {
-        let e = e.with_context(|| format!("listing {}", dir.display()))?;
-        names.push(e.file_name().to_string_lossy().into_owned());
-    }
-    Ok(names)
+    Ok(super::read::dir_entries(dir)?
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect())
 }
 
 /// A relative path with `/` separators.

@@ -356,14 +356,7 @@ impl Lake {
     /// whose writer died before committing.
     pub(super) fn roll_forward(&self) -> Result<()> {
         self.store.roll_forward()?;
-        let staging = self.root().join(STAGING);
-        let entries = match std::fs::read_dir(&staging) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e).with_context(|| format!("listing {}", staging.display())),
-        };
-        for e in entries {
-            let dir = e?.path();
+        for dir in super::read::dir_entries(&self.root().join(STAGING))? {
             let Ok(owner) = File::open(dir.join(OWNER_LOCK)) else {
                 continue;
             };
