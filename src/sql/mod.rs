@@ -1,6 +1,7 @@
 //! SQL over the lake: session setup, execution, output formats, the REPL and plots.
 
 pub mod best_match;
+pub mod blocking;
 pub mod drift;
 pub mod exec;
 pub mod format;

@@ -130,10 +130,8 @@ pub fn fixture_lake_copy() -> (tempfile::TempDir, PathBuf) {
     (dir, lake)
 }
 
-pub async fn session(lake: &Path) -> SessionContext {
-    saerl::sql::open_session(&Lake::open(lake).unwrap())
-        .await
-        .unwrap()
+pub fn session(lake: &Path) -> SessionContext {
+    saerl::sql::blocking::open_session(&Lake::open(lake).unwrap()).unwrap()
 }
 
 /// numpy's default (linear) quantile of unsorted values.
@@ -165,13 +163,9 @@ pub fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
 }
 
 /// A query's rows as column name → displayed value.
-pub async fn rows(
-    ctx: &SessionContext,
-    sql: &str,
-) -> Vec<std::collections::HashMap<String, String>> {
-    let batches = saerl::sql::run_sql(ctx, sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:#}"));
+pub fn rows(ctx: &SessionContext, sql: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let batches =
+        saerl::sql::blocking::run_sql(ctx, sql).unwrap_or_else(|e| panic!("{sql}: {e:#}"));
     let mut out = Vec::new();
     for b in &batches {
         for i in 0..b.num_rows() {
@@ -273,7 +267,7 @@ pub fn probe_table(file: &Path, key: &str) -> (MemTable, usize, usize, Vec<f32>)
 }
 
 /// `topk_encode` of every row of the session's `probe` table: (features, values) per row.
-pub async fn encode_probe(
+pub fn encode_probe(
     ctx: &SessionContext,
     chain: &str,
     stage: &str,
@@ -283,7 +277,7 @@ pub async fn encode_probe(
     let sql = format!(
         "SELECT topk_encode(x, '{chain}', '{stage}', {layer}, {k}) AS z FROM probe ORDER BY row"
     );
-    let batches = saerl::sql::run_sql(ctx, &sql).await.unwrap();
+    let batches = saerl::sql::blocking::run_sql(ctx, &sql).unwrap();
     let mut rows = Vec::new();
     for b in &batches {
         let lists = b.column(0).as_list::<i32>();

@@ -57,8 +57,8 @@ fn dir(desc: bool) -> &'static str {
 }
 
 /// Values of one column of a small saerl query, as text.
-async fn pool(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Vec<String> {
-    let batches = saerl::sql::run_sql(ctx, sql).await.unwrap();
+fn pool(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Vec<String> {
+    let batches = saerl::sql::blocking::run_sql(ctx, sql).unwrap();
     rows_of(&batches)
         .into_iter()
         .map(|r| match &r[0] {
@@ -500,18 +500,18 @@ fn duckdb(lake: &Path, tables: &[&str], statements: &[String]) -> Vec<Value> {
     serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn saerl_answers_as_duckdb_does_on_the_same_files() {
+#[test]
+fn saerl_answers_as_duckdb_does_on_the_same_files() {
     let seed: u64 = std::env::var("SAERL_DIFF_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(21);
     let lake = fixture_lake();
-    let ctx = session(lake).await;
+    let ctx = session(lake);
     let pools = Pools {
-        chains: pool(&ctx, "SELECT DISTINCT chain FROM features ORDER BY chain").await,
-        layers: pool(&ctx, "SELECT DISTINCT layer FROM features ORDER BY layer").await,
-        steps: pool(&ctx, "SELECT DISTINCT step FROM stages ORDER BY step").await,
+        chains: pool(&ctx, "SELECT DISTINCT chain FROM features ORDER BY chain"),
+        layers: pool(&ctx, "SELECT DISTINCT layer FROM features ORDER BY layer"),
+        steps: pool(&ctx, "SELECT DISTINCT step FROM stages ORDER BY step"),
     };
     let cases = generate(&mut Rng(seed), &pools, 300);
     let tables = [
@@ -542,7 +542,7 @@ async fn saerl_answers_as_duckdb_does_on_the_same_files() {
             .iter()
             .map(|r| r.as_array().unwrap().clone())
             .collect();
-        let ours = match saerl::sql::run_sql(&ctx, &case.sql).await {
+        let ours = match saerl::sql::blocking::run_sql(&ctx, &case.sql) {
             Ok(b) => rows_of(&b),
             Err(e) => {
                 failures.push(format!("saerl failed: {e:#}\n  {}", case.sql));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type};
 use saerl::lake::{Lake, PartitionKey};
-use saerl::sql::run_sql;
+use saerl::sql::blocking::run_sql;
 use saerl::sql::saved::QUERIES;
 use saerl::tables::read_sae;
 
@@ -22,15 +22,15 @@ fn step_of(stage: &str) -> i64 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn topk_encode_matches_pytorch_for_every_file() {
+#[test]
+fn topk_encode_matches_pytorch_for_every_file() {
     let (_dir, lake) = imported_lake();
     let expected = json(&fixtures().join("sae-pt/expected.json"));
     let files = expected["files"].as_object().unwrap();
-    let ctx = session(&lake).await;
+    let ctx = session(&lake);
     let (probe, p, _, _) = probe_table(&fixtures().join("sae-pt/probe.safetensors"), "x");
     ctx.register_table("probe", Arc::new(probe)).unwrap();
-    let n_saes: i64 = run_sql(&ctx, "SELECT count(*) FROM saes").await.unwrap()[0]
+    let n_saes: i64 = run_sql(&ctx, "SELECT count(*) FROM saes").unwrap()[0]
         .column(0)
         .as_primitive::<Int64Type>()
         .value(0);
@@ -38,7 +38,7 @@ async fn topk_encode_matches_pytorch_for_every_file() {
     for (name, f) in files {
         let (chain, stage) = (f["chain"].as_str().unwrap(), f["stage"].as_str().unwrap());
         let (layer, k) = (f["layer"].as_i64().unwrap(), f["k"].as_i64().unwrap());
-        let rows = encode_probe(&ctx, chain, stage, layer, k).await;
+        let rows = encode_probe(&ctx, chain, stage, layer, k);
         assert_eq!(rows.len(), p, "{name}: one encoding per probe row");
         for (r, (feats, vals)) in rows.iter().enumerate() {
             let want_idx: Vec<i32> = f["encode_idx"][r]
@@ -83,18 +83,18 @@ async fn topk_encode_matches_pytorch_for_every_file() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn decoder_drift_reproduces_every_transition_statistic() {
+#[test]
+fn decoder_drift_reproduces_every_transition_statistic() {
     let (_dir, lake) = imported_lake();
     let expected = json(&fixtures().join("sae-pt/expected.json"));
     let transitions = expected["transitions"].as_array().unwrap();
-    let ctx = session(&lake).await;
+    let ctx = session(&lake);
     let sql = QUERIES
         .iter()
         .find(|(n, _)| *n == "decoder_drift")
         .unwrap()
         .1;
-    let batches = run_sql(&ctx, sql).await.unwrap();
+    let batches = run_sql(&ctx, sql).unwrap();
     let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
     let names: Vec<String> = batch
         .schema()
@@ -176,7 +176,7 @@ async fn decoder_drift_reproduces_every_transition_statistic() {
     .map(|n| (n, f64s(n)))
     .collect();
     // Our per-feature cosines, by transition.
-    let fd = run_sql(&ctx, "SELECT chain, layer, k, stage_from, stage_to, feature, dec_cos, enc_cos FROM feature_drift ORDER BY feature").await.unwrap();
+    let fd = run_sql(&ctx, "SELECT chain, layer, k, stage_from, stage_to, feature, dec_cos, enc_cos FROM feature_drift ORDER BY feature").unwrap();
     // Per (chain, layer, k, stage_from, stage_to): the decoder and encoder cosines.
     type Transition = (String, i64, i64, String, String);
     let mut drift: HashMap<Transition, (Vec<f64>, Vec<f64>)> = HashMap::new();
@@ -297,10 +297,10 @@ const COS_TOL: f64 = 2e-6;
 
 /// Per-step drift rates and the KL ratio, recomputed here from the reference cosines with plain
 /// loops: `drift_by_step.sql` and `kl_ratio.sql` must give the same numbers.
-#[tokio::test(flavor = "multi_thread")]
-async fn drift_rates_and_kl_ratio_match_the_reference_cosines() {
+#[test]
+fn drift_rates_and_kl_ratio_match_the_reference_cosines() {
     let (_dir, lake) = imported_lake();
-    let ctx = session(&lake).await;
+    let ctx = session(&lake);
     let cos = reference_cosines();
     // (chain, k, layer, step_from, step_to) → (decoder rate, encoder rate)
     let mut rate = std::collections::BTreeMap::new();
@@ -312,7 +312,7 @@ async fn drift_rates_and_kl_ratio_match_the_reference_cosines() {
             ((1.0 - mean(dec)) / d, (1.0 - mean(enc)) / d, d),
         );
     }
-    let got = rows(&ctx, saved_query("drift_by_step")).await;
+    let got = rows(&ctx, saved_query("drift_by_step"));
     assert_eq!(got.len(), rate.len(), "one row per transition");
     for r in &got {
         let (sae, k) = r["sae"].rsplit_once(" k").unwrap();
@@ -362,7 +362,7 @@ async fn drift_rates_and_kl_ratio_match_the_reference_cosines() {
         !want.is_empty(),
         "the fixture has both chains' early transitions"
     );
-    let got = rows(&ctx, saved_query("kl_ratio")).await;
+    let got = rows(&ctx, saved_query("kl_ratio"));
     assert_eq!(got.len(), want.len());
     for ((layer, k, transition), (ratio, rel), (enc_ratio, enc_rel)) in want {
         let r = got
@@ -390,10 +390,10 @@ async fn drift_rates_and_kl_ratio_match_the_reference_cosines() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn stages_get_steps_parents_and_study_defaults() {
+#[test]
+fn stages_get_steps_parents_and_study_defaults() {
     let (_dir, lake) = imported_lake();
-    let ctx = session(&lake).await;
+    let ctx = session(&lake);
     let files = pt_files();
     let mut chains: Vec<&str> = files.iter().map(|f| f.chain.as_str()).collect();
     chains.sort();
@@ -403,7 +403,6 @@ async fn stages_get_steps_parents_and_study_defaults() {
             &ctx,
             &format!("SELECT stage, CAST(step AS VARCHAR) AS s, parent_stage, reward, CAST(kl_coef AS VARCHAR) AS kl FROM stages WHERE chain = '{chain}' ORDER BY step"),
         )
-        .await
         .unwrap();
         let b = arrow::compute::concat_batches(&b[0].schema(), &b).unwrap();
         let s = |c: usize, i: usize| {
@@ -434,7 +433,6 @@ async fn stages_get_steps_parents_and_study_defaults() {
         &ctx,
         "SELECT chain, layer, count(DISTINCT k) AS n FROM saes GROUP BY chain, layer",
     )
-    .await
     .unwrap();
     for b in &ks {
         for i in 0..b.num_rows() {

@@ -12,7 +12,7 @@ use saerl::rng::SplitMix64;
 use saerl::sae::interop::NOTES_FILE;
 use saerl::sae::zip_store::ZipStore;
 use saerl::sae::Sae;
-use saerl::sql::run_sql;
+use saerl::sql::blocking::run_sql;
 use saerl::tables::read_sae;
 use serde_json::Value;
 
@@ -65,8 +65,8 @@ fn matrix(v: &Value) -> Vec<Vec<f64>> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_libraries_own_saes_reproduce_their_encodings_and_decodes() {
+#[test]
+fn the_libraries_own_saes_reproduce_their_encodings_and_decodes() {
     let e = json(&interop().join("expected.json"));
     let layer = fixture_layer(&e);
     let probe_file = interop().join(e["probe"]["file"].as_str().unwrap());
@@ -91,11 +91,11 @@ async fn the_libraries_own_saes_reproduce_their_encodings_and_decodes() {
                 &layer.to_string(),
             ],
         );
-        let ctx = session(&lake).await;
+        let ctx = session(&lake);
         let (probe, p, d, x) = probe_table(&probe_file, e["probe"]["key"].as_str().unwrap());
         ctx.register_table("probe", Arc::new(probe)).unwrap();
         let k = e[format]["cfg"]["k"].as_i64().unwrap();
-        let rows = encode_probe(&ctx, format, "instruct_base", layer, k).await;
+        let rows = encode_probe(&ctx, format, "instruct_base", layer, k);
         let want = expected_sparse(&e[format], idx, val);
         assert_eq!(rows.len(), p);
         let sae = read_sae(
@@ -406,10 +406,10 @@ fn match_features_is_the_optimal_assignment() {
 
 /// Consecutive stages of one chain are warm-started, so the optimal matching is index to index;
 /// `matching.sql` runs and reports PW-MCC in [−1, 1].
-#[tokio::test(flavor = "multi_thread")]
-async fn consecutive_stages_match_index_to_index() {
+#[test]
+fn consecutive_stages_match_index_to_index() {
     let (_dir, lake) = imported_lake();
-    let ctx = session(&lake).await;
+    let ctx = session(&lake);
     let e = json(&fixtures().join("sae-pt/expected.json"));
     let t = &e["transitions"][0];
     let (chain, layer, k) = (
@@ -422,7 +422,7 @@ async fn consecutive_stages_match_index_to_index() {
         "SELECT count(*) AS n, sum(CASE WHEN feature_a = feature_b THEN 1 ELSE 0 END) AS same \
          FROM match_features('{chain}', '{from}', '{chain}', '{to}', {layer}, {k})"
     );
-    let b = run_sql(&ctx, &sql).await.unwrap();
+    let b = run_sql(&ctx, &sql).unwrap();
     let csv = format!("{:?}", b);
     let n = b[0]
         .column(0)
@@ -450,7 +450,7 @@ async fn consecutive_stages_match_index_to_index() {
         .find(|q| q.0 == "matching")
         .unwrap()
         .1;
-    let r = run_sql(&ctx, m).await.unwrap();
+    let r = run_sql(&ctx, m).unwrap();
     assert!(
         r.iter().map(|b| b.num_rows()).sum::<usize>() > 0,
         "matching.sql gave no rows"

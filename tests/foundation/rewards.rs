@@ -7,12 +7,12 @@ use arrow::array::{AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
-use saerl::sql::run_sql;
+use saerl::sql::blocking::run_sql;
 
 use crate::common::fixtures;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn reward_udfs_agree_with_every_reference_row() {
+#[test]
+fn reward_udfs_agree_with_every_reference_row() {
     let text = std::fs::read_to_string(fixtures().join("gsm8k-scores.jsonl")).unwrap();
     let rows: Vec<serde_json::Value> = text
         .lines()
@@ -40,7 +40,6 @@ async fn reward_udfs_agree_with_every_reference_row() {
     )
     .unwrap();
     let out = run_sql(&ctx, "SELECT gsm8k_score_strict(response, ground_truth), gsm8k_score_flexible(response, ground_truth) FROM r")
-        .await
         .unwrap();
     let (mut strict, mut flexible) = (Vec::new(), Vec::new());
     for b in &out {

@@ -7,21 +7,21 @@ use std::path::Path;
 
 use crate::common::*;
 
-async fn scalar(ctx: &datafusion::prelude::SessionContext, sql: &str) -> String {
-    let batches = saerl::sql::run_sql(ctx, sql).await.unwrap();
+fn scalar(ctx: &datafusion::prelude::SessionContext, sql: &str) -> String {
+    let batches = saerl::sql::blocking::run_sql(ctx, sql).unwrap();
     let mut out = Vec::new();
     saerl::sql::print_batches(&batches, saerl::sql::Format::Csv, &mut out).unwrap();
     String::from_utf8(out).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_long_session_sees_every_commit() {
+#[test]
+fn a_long_session_sees_every_commit() {
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
     std::fs::create_dir_all(&lake).unwrap();
-    let ctx = session(&lake).await;
+    let ctx = session(&lake);
     let count = "SELECT count(*) AS n FROM saes";
-    assert_eq!(scalar(&ctx, count).await, "n\n0\n");
+    assert_eq!(scalar(&ctx, count), "n\n0\n");
 
     // Two SAEs of the same shape and k, imported in turn at one key.
     let files = pt_files();
@@ -50,7 +50,7 @@ async fn a_long_session_sees_every_commit() {
     };
     import(a, false);
     assert_eq!(
-        scalar(&ctx, count).await,
+        scalar(&ctx, count),
         "n\n1\n",
         "a table empty at start fills"
     );
@@ -58,36 +58,33 @@ async fn a_long_session_sees_every_commit() {
     // topk_encode's SAE cache follows the lake: the same input encodes with the new weights.
     let encode = "SELECT topk_encode(w_enc, 'probe', 'instruct_base', 1) AS z FROM features \
                   WHERE chain = 'probe' AND feature = 0";
-    let before = scalar(&ctx, encode).await;
+    let before = scalar(&ctx, encode);
     import(b, true);
-    let after = scalar(&ctx, encode).await;
+    let after = scalar(&ctx, encode);
     assert_ne!(before, after, "topk_encode still used the replaced SAE");
 
     // Transitions and feature_drift see chains imported after the session opened.
     let n_trans = "SELECT count(*) AS n FROM sae_transitions";
     let n_drift = "SELECT count(*) AS n FROM feature_drift";
-    assert_eq!(scalar(&ctx, n_trans).await, "n\n0\n");
+    assert_eq!(scalar(&ctx, n_trans), "n\n0\n");
     ok(
         &lake,
         &["import", "pt", fixtures().join("sae-pt").to_str().unwrap()],
     );
-    assert_ne!(scalar(&ctx, n_trans).await, "n\n0\n");
-    assert_ne!(scalar(&ctx, n_drift).await, "n\n0\n");
-    assert_eq!(
-        scalar(&ctx, count).await,
-        format!("n\n{}\n", files.len() + 1)
-    );
+    assert_ne!(scalar(&ctx, n_trans), "n\n0\n");
+    assert_ne!(scalar(&ctx, n_drift), "n\n0\n");
+    assert_eq!(scalar(&ctx, count), format!("n\n{}\n", files.len() + 1));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn order_by_keys_survive_a_one_to_many_join() {
+#[test]
+fn order_by_keys_survive_a_one_to_many_join() {
     let (_dir, lake) = imported_lake();
-    let ctx = session(&lake).await;
+    let ctx = session(&lake);
     // The reported statement: steps must descend within each chain.
     let sql = "WITH e AS (SELECT chain, min(step) m FROM stages GROUP BY chain) \
                SELECT e.chain, s.stage, s.step, count(*) n FROM e JOIN stages s ON s.chain = e.chain \
                GROUP BY e.chain, s.stage, s.step ORDER BY e.chain, s.step DESC";
-    let csv = scalar(&ctx, sql).await;
+    let csv = scalar(&ctx, sql);
     let rows: Vec<(String, i64)> = csv
         .lines()
         .skip(1)
@@ -103,7 +100,7 @@ async fn order_by_keys_survive_a_one_to_many_join() {
             "not ordered by chain, step DESC:\n{csv}"
         );
     }
-    let plan = scalar(&ctx, &format!("EXPLAIN {sql}")).await;
+    let plan = scalar(&ctx, &format!("EXPLAIN {sql}"));
     assert!(
         plan.contains("s.step DESC"),
         "the sort keeps both keys:\n{plan}"
@@ -114,8 +111,7 @@ async fn order_by_keys_survive_a_one_to_many_join() {
     let all = scalar(
         &ctx,
         "SELECT chain, stage, max(b_enc) AS mx FROM features GROUP BY chain, stage",
-    )
-    .await;
+    );
     let mut want: Vec<(String, String, f64)> = all
         .lines()
         .skip(1)
@@ -126,7 +122,6 @@ async fn order_by_keys_survive_a_one_to_many_join() {
         .collect();
     want.sort_by(|a, b| a.0.cmp(&b.0).then(b.2.total_cmp(&a.2)));
     let got: Vec<String> = scalar(&ctx, top)
-        .await
         .lines()
         .skip(1)
         .map(|l| l.split(',').nth(1).unwrap().to_string())
@@ -260,10 +255,10 @@ fn assert_demo_marker_is_what_clears(project: &Path) {
 
 /// `.help` and error messages know saerl's functions from one list; it must be what a session
 /// registers: every entry registered, and nothing saerl registers left out.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_function_list_is_what_a_session_registers() {
+#[test]
+fn the_function_list_is_what_a_session_registers() {
     let (_dir, lake) = imported_lake();
-    let ctx = session(&lake).await;
+    let ctx = session(&lake);
     let (ours, plain) = (
         ctx.state(),
         datafusion::prelude::SessionContext::new().state(),

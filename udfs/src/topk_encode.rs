@@ -227,12 +227,14 @@ impl ScalarUDFImpl for TopkEncode {
 
 #[cfg(test)]
 mod tests {
+    //! The function is called as DataFusion's executor calls it, after `coerce_types`: no
+    //! session, so this harness compiles none of DataFusion's async query path (SQL-level
+    //! use of `topk_encode` is tested by saerl's foundation tests).
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use arrow::array::{RecordBatch, StringArray};
+    use arrow::array::StringArray;
     use arrow::datatypes::Float32Type;
-    use datafusion::logical_expr::ScalarUDF;
-    use datafusion::prelude::SessionContext;
+    use datafusion::config::ConfigOptions;
 
     use super::*;
 
@@ -270,26 +272,39 @@ mod tests {
 
     type Latents = Vec<Option<Vec<(i32, f32)>>>;
 
-    async fn encode(rows: Vec<Option<Vec<f32>>>, chains: Vec<&str>) -> (Result<Latents>, usize) {
+    /// `topk_encode(x, chain, 's', 0, 6)` over the rows, and the number of SAE lookups.
+    fn encode(rows: Vec<Option<Vec<f32>>>, chains: Vec<&str>) -> (Result<Latents>, usize) {
         let source = Arc::new(Source::default());
-        let ctx = SessionContext::new();
-        ctx.register_udf(ScalarUDF::from(TopkEncode::new(source.clone())));
+        let f = TopkEncode::new(source.clone());
+        let n = rows.len();
         let x = ListArray::from_iter_primitive::<Float32Type, _, _>(
             rows.into_iter().map(|r| r.map(|v| v.into_iter().map(Some))),
         );
-        let batch = RecordBatch::try_from_iter([
-            ("x", Arc::new(x) as ArrayRef),
-            ("c", Arc::new(StringArray::from(chains)) as ArrayRef),
-        ])
-        .unwrap();
-        ctx.register_batch("t", batch).unwrap();
-        let out = async {
-            let df = ctx.sql("SELECT topk_encode(x, c, 's', 6) FROM t").await?;
-            let mut out = Latents::new();
-            for b in df.collect().await? {
-                let lists = b.column(0).as_list::<i32>();
-                for i in 0..lists.len() {
-                    out.push((!lists.is_null(i)).then(|| {
+        let arrays: [ArrayRef; 5] = [
+            Arc::new(x),
+            Arc::new(StringArray::from(chains)),
+            Arc::new(StringArray::from(vec!["s"; n])),
+            Arc::new(Int32Array::from(vec![0; n])),
+            Arc::new(Int32Array::from(vec![6; n])),
+        ];
+        let types: Vec<DataType> = arrays.iter().map(|a| a.data_type().clone()).collect();
+        assert_eq!(f.coerce_types(&types).unwrap(), types, "already coerced");
+        let args = ScalarFunctionArgs {
+            arg_fields: arrays
+                .iter()
+                .map(|a| Arc::new(Field::new("a", a.data_type().clone(), true)))
+                .collect(),
+            args: arrays.into_iter().map(ColumnarValue::Array).collect(),
+            number_rows: n,
+            return_field: Arc::new(Field::new("z", f.return_type(&types).unwrap(), true)),
+            config_options: Arc::new(ConfigOptions::default()),
+        };
+        let out = f.invoke_with_args(args).and_then(|out| {
+            let out = out.into_array(n)?;
+            let lists = out.as_list::<i32>();
+            Ok((0..lists.len())
+                .map(|i| {
+                    (!lists.is_null(i)).then(|| {
                         let items = lists.value(i);
                         let items = items.as_struct();
                         let (f, v) = (
@@ -297,24 +312,22 @@ mod tests {
                             items.column(1).as_primitive::<Float32Type>(),
                         );
                         (0..items.len()).map(|j| (f.value(j), v.value(j))).collect()
-                    }));
-                }
-            }
-            Ok(out)
-        }
-        .await;
+                    })
+                })
+                .collect())
+        });
         (out, source.lookups.load(Ordering::Relaxed))
     }
 
-    #[tokio::test]
-    async fn rows_are_encoded_per_run_of_one_sae_and_null_rows_stay_null() {
+    #[test]
+    fn rows_are_encoded_per_run_of_one_sae_and_null_rows_stay_null() {
         let rows = vec![
             Some(vec![1.0, 3.0, 2.0]),
             None,
             Some(vec![0.5, -1.0, 4.0]),
             Some(vec![-3.0, -2.0, -1.0]),
         ];
-        let (out, lookups) = encode(rows, vec!["a", "a", "a", "b"]).await;
+        let (out, lookups) = encode(rows, vec!["a", "a", "a", "b"]);
         assert_eq!(
             out.unwrap(),
             vec![
@@ -327,15 +340,15 @@ mod tests {
         assert_eq!(lookups, 2, "one lookup per run of equal keys");
     }
 
-    #[tokio::test]
-    async fn a_wrong_width_or_a_missing_sae_fails_the_statement_with_its_reason() {
-        let (out, _) = encode(vec![Some(vec![1.0, 2.0])], vec!["a"]).await;
+    #[test]
+    fn a_wrong_width_or_a_missing_sae_fails_the_statement_with_its_reason() {
+        let (out, _) = encode(vec![Some(vec![1.0, 2.0])], vec!["a"]);
         let err = out.unwrap_err().to_string();
         assert!(
             err.contains("x has 2 values but the SAE expects d_model = 3 (row 0)"),
             "{err}"
         );
-        let (out, _) = encode(vec![Some(vec![1.0, 2.0, 3.0])], vec!["missing"]).await;
+        let (out, _) = encode(vec![Some(vec![1.0, 2.0, 3.0])], vec!["missing"]);
         let err = out.unwrap_err().to_string();
         assert!(
             err.contains("topk_encode: no SAE for chain missing"),
@@ -343,28 +356,44 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn arguments_of_the_wrong_type_are_refused_when_planning() {
-        let ctx = SessionContext::new();
-        ctx.register_udf(ScalarUDF::from(TopkEncode::new(
-            Arc::new(Source::default()),
-        )));
-        for (sql, want) in [
+    #[test]
+    fn arguments_of_the_wrong_type_are_refused_when_planning() {
+        let f = TopkEncode::new(Arc::new(Source::default()));
+        let floats = DataType::new_list(DataType::Float64, true);
+        let (utf8, int) = (DataType::Utf8, DataType::Int64);
+        for (types, want) in [
             (
-                "SELECT topk_encode(make_array(1.0), 1, 's', 6)",
+                vec![floats.clone(), int.clone(), utf8.clone(), int.clone()],
                 "`chain` must be a string",
             ),
             (
-                "SELECT topk_encode('x', 'a', 's', 6)",
+                vec![utf8.clone(), utf8.clone(), utf8.clone(), int.clone()],
                 "argument `x` must be a list",
             ),
             (
-                "SELECT topk_encode(make_array(1.0), 'a', 's')",
+                vec![floats.clone(), utf8.clone(), utf8.clone()],
                 "expected 4 or 5 arguments",
             ),
+            (
+                vec![
+                    floats.clone(),
+                    utf8.clone(),
+                    utf8.clone(),
+                    int,
+                    utf8.clone(),
+                ],
+                "`k` must be an integer",
+            ),
         ] {
-            let err = ctx.sql(sql).await.err().unwrap().to_string();
-            assert!(err.contains(want), "{sql}: {err}");
+            let err = f.coerce_types(&types).unwrap_err().to_string();
+            assert!(err.contains(want), "{types:?}: {err}");
         }
+        let coerced = f
+            .coerce_types(&[floats.clone(), DataType::Utf8View, utf8, DataType::Int64])
+            .unwrap();
+        assert_eq!(
+            coerced,
+            [floats, DataType::Utf8, DataType::Utf8, DataType::Int32]
+        );
     }
 }
