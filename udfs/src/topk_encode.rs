@@ -75,6 +75,41 @@ impl TopkEncode {
             Field::new("value", DataType::Float32, false),
         ])
     }
+
+    /// One list of (feature, value) structs per row; a row not encoded is NULL.
+    fn latents_array(encoded: &[Option<Vec<(u32, f32)>>]) -> ListArray {
+        let mut offsets = vec![0i32];
+        let (mut features, mut values) = (Vec::new(), Vec::new());
+        let mut nulls = Vec::with_capacity(encoded.len());
+        for lat in encoded {
+            if let Some(lat) = lat {
+                for &(f, v) in lat {
+                    features.push(f as i32);
+                    values.push(v);
+                }
+            }
+            nulls.push(lat.is_some());
+            offsets.push(features.len() as i32);
+        }
+        let items = StructArray::new(
+            Self::item_fields(),
+            vec![
+                Arc::new(Int32Array::from(features)) as ArrayRef,
+                Arc::new(Float32Array::from(values)) as ArrayRef,
+            ],
+            None,
+        );
+        ListArray::new(
+            Arc::new(Field::new(
+                "item",
+                DataType::Struct(Self::item_fields()),
+                true,
+            )),
+            OffsetBuffer::new(offsets.into()),
+            Arc::new(items),
+            Some(nulls.into()),
+        )
+    }
 }
 
 const USAGE: &str = "topk_encode(x float list, chain string, stage string, layer int [, k int])";
@@ -190,38 +225,9 @@ impl ScalarUDFImpl for TopkEncode {
             run.push(i);
         }
         flush(&current, &mut run, &mut buf, &mut encoded)?;
-        let mut offsets = vec![0i32];
-        let (mut features, mut values) = (Vec::new(), Vec::new());
-        let mut nulls = Vec::with_capacity(args.number_rows);
-        for lat in &encoded {
-            if let Some(lat) = lat {
-                for &(f, v) in lat {
-                    features.push(f as i32);
-                    values.push(v);
-                }
-            }
-            nulls.push(lat.is_some());
-            offsets.push(features.len() as i32);
-        }
-        let items = StructArray::new(
-            Self::item_fields(),
-            vec![
-                Arc::new(Int32Array::from(features)) as ArrayRef,
-                Arc::new(Float32Array::from(values)) as ArrayRef,
-            ],
-            None,
-        );
-        let list = ListArray::new(
-            Arc::new(Field::new(
-                "item",
-                DataType::Struct(Self::item_fields()),
-                true,
-            )),
-            OffsetBuffer::new(offsets.into()),
-            Arc::new(items),
-            Some(nulls.into()),
-        );
-        Ok(ColumnarValue::Array(Arc::new(list)))
+        Ok(ColumnarValue::Array(Arc::new(Self::latents_array(
+            &encoded,
+        ))))
     }
 }
 
