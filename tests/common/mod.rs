@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-/// The reference fixtures (`SAERL_FIXTURES`, default `../shared/fixtures`).
+/// The reference fixtures (`SAERL_FIXTURES`, default `../shared/fixtures`). Each call is noted
+/// for CI (`note_fixture_reader`), so call it wherever a test uses anything made from them.
 pub fn fixtures() -> PathBuf {
+    note_fixture_reader();
     let p = std::env::var_os("SAERL_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
@@ -18,6 +20,26 @@ pub fn fixtures() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// With `SAERL_FIXTURE_READERS` set, appends the running test's name to that file. CI's pass over
+/// a second fixture set runs only these tests: the others would repeat the first pass exactly.
+/// libtest runs each test on a thread named after it; a call from any other thread cannot say
+/// which test it serves and writes `*`, which asks for every test.
+fn note_fixture_reader() {
+    use std::io::Write;
+    let Some(file) = std::env::var_os("SAERL_FIXTURE_READERS") else {
+        return;
+    };
+    let thread = std::thread::current();
+    let name = thread.name().filter(|n| *n != "main").unwrap_or("*");
+    // One short append per call: lines from concurrent tests do not interleave.
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)
+        .unwrap_or_else(|e| panic!("SAERL_FIXTURE_READERS {}: {e}", Path::new(&file).display()));
+    f.write_all(format!("{name}\n").as_bytes()).unwrap();
 }
 
 /// Every file under `dir` with a hash of its bytes: equal snapshots mean an untouched lake.

@@ -55,6 +55,8 @@ pub fn imported_lake() -> (tempfile::TempDir, PathBuf) {
 /// saes, features), and the tiny model's activations, docs and vocab with its SAE's statistics
 /// (feature_stats, top_examples).
 pub fn fixture_lake() -> &'static Path {
+    // Built once, read by every caller: each of them is a fixture reader.
+    fixtures();
     static LAKE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     LAKE.get_or_init(|| {
         let lake = Path::new(env!("CARGO_TARGET_TMPDIR"))

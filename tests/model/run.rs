@@ -121,6 +121,8 @@ fn ok(lake: &Path, args: &[&str]) -> String {
 /// The study by the individual commands, one after another: ingest every stage, train every
 /// SAE sequence, then eval and stats of every chain. Built once per run of this binary.
 fn by_hand() -> &'static (tempfile::TempDir, Contents) {
+    // Built once, read by every caller: each of them is a fixture reader.
+    fixtures();
     static BUILT: OnceLock<(tempfile::TempDir, Contents)> = OnceLock::new();
     BUILT.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
