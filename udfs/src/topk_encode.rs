@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, Float32Array, Int32Array, ListArray, StructArray};
 use arrow::buffer::OffsetBuffer;
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Fields, Int32Type};
+use arrow::datatypes::{DataType, Field, FieldRef, Fields, Int32Type};
 use datafusion::common::{exec_err, plan_err, DataFusionError, Result};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
@@ -76,6 +76,15 @@ impl TopkEncode {
         ])
     }
 
+    /// The output list's item: a nullable (feature, value) struct.
+    fn list_item() -> FieldRef {
+        Arc::new(Field::new(
+            "item",
+            DataType::Struct(Self::item_fields()),
+            true,
+        ))
+    }
+
     /// One list of (feature, value) structs per row; a row not encoded is NULL.
     fn latents_array(encoded: &[Option<Vec<(u32, f32)>>]) -> ListArray {
         let mut offsets = vec![0i32];
@@ -100,11 +109,7 @@ impl TopkEncode {
             None,
         );
         ListArray::new(
-            Arc::new(Field::new(
-                "item",
-                DataType::Struct(Self::item_fields()),
-                true,
-            )),
+            Self::list_item(),
             OffsetBuffer::new(offsets.into()),
             Arc::new(items),
             Some(nulls.into()),
@@ -154,11 +159,7 @@ impl ScalarUDFImpl for TopkEncode {
     }
 
     fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::List(Arc::new(Field::new(
-            "item",
-            DataType::Struct(Self::item_fields()),
-            true,
-        ))))
+        Ok(DataType::List(Self::list_item()))
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
