@@ -5,27 +5,33 @@
 //!
 //! Work per batch of B rows, d = d_model, n = d_sae:
 //! - encode: Z = (X − b_pre)·W_encᵀ + b_enc (2·B·d·n FLOP, the GEMM);
-//! - select: per row the top-k (and aux-k over the dead features), then the selections grouped
-//!   by feature (a counting sort);
+//! - select: per row the top-k, grouped by feature (a counting sort), and with aux-k on, the
+//!   top k_aux among the dead features;
 //! - decode: x̂ = b_dec + Σ v·W_dec[i], feature by feature over blocks of rows, so each decoder
 //!   column is read once per block; then dL/dx̂ per row;
 //! - norm: per feature dz = ⟨W_dec[i], dL/dx̂⟩ for the rows that selected it, its gradient rows
-//!   built in cache only to measure them (the global norm that clipping needs), and b_pre's
-//!   gradient −Σ_i ∂b_enc[i]·W_enc[i];
-//! - update: per feature the gradient rows rebuilt from the stored dz (cheap: rows in cache) and
-//!   Adam applied at once with the clipping scale, the decoder column renormalised while in cache;
-//!   Adam moves features nobody selected too, through their moments, as PyTorch's does.
+//!   built to measure them (the global norm that clipping needs), and b_pre's gradient
+//!   −Σ_i ∂b_enc[i]·W_enc[i];
+//! - update: per feature the gradient rows rebuilt from the stored dz (cheap: a few rows in
+//!   cache) and Adam applied at once with the clipping scale, the decoder column renormalised
+//!   while in cache; Adam moves features nobody selected too, through their moments, as
+//!   PyTorch's does.
 //!
-//! Gradient rows are never stored: the two passes over the features read and write the weights
-//! and Adam's moments once each. Rows and features are split in a fixed way and every reduction
-//! runs in a fixed order (independent of the thread count), so a step is deterministic: a
-//! resumed run reaches bit-identical weights.
+//! Aux-k is dense instead (`Aux`): each row picks k_aux = min(16·k, n_dead) of the dead features,
+//! so most rows pick most of them. Its reconstruction, its dz and the dead features' gradient
+//! rows are GEMMs over a B × n_dead matrix (term by term, every dead feature would stream every
+//! row's residual through the caches), and those gradient rows are kept for the update.
+//!
+//! The two passes over the features read and write the weights and Adam's moments once each.
+//! Rows and features are split in a fixed way and every reduction runs in a fixed order
+//! (independent of the thread count), so a step is deterministic: a resumed run reaches
+//! bit-identical weights.
 
 use rayon::prelude::*;
 
 use super::{Sae, Tensors};
 use crate::kernels::simd::simd_fn;
-use crate::kernels::{axpy, dot, top_k, unit_norm, unit_rows, Encoded};
+use crate::kernels::{axpy, dot, gemm, top_k, unit_norm, unit_rows, Encoded, Mat};
 
 /// Adam's state (β 0.9/0.999, ε 1e-8, PyTorch's update order).
 #[derive(Clone)]
@@ -88,6 +94,9 @@ struct Term {
     v: f32,
 }
 
+/// One row's selection: its top-k terms and its aux picks (index among the dead, value).
+type Selection = (Vec<Term>, Vec<(u32, f32)>);
+
 /// The phases of a step, in order, as `Scratch::phase_times` reports them.
 pub const PHASES: [&str; 5] = [
     "encoder GEMM + top-k",
@@ -103,7 +112,7 @@ pub struct Scratch {
     enc: Encoded,
     /// Per row: x̂ then dL/dx̂ of the reconstruction, then of the aux reconstruction (2·d).
     dx: Vec<f32>,
-    /// Per row, its k (+ k_aux) selected latents.
+    /// Per row, its k selected latents.
     terms: Vec<Term>,
     /// Terms grouped by feature: feature f's are `order[start[f]..start[f + 1]]` (term indices,
     /// ascending, so rows ascending too).
@@ -111,6 +120,7 @@ pub struct Scratch {
     order: Vec<u32>,
     /// dz of each grouped term (aligned with `order`).
     dz: Vec<f32>,
+    aux: Aux,
     /// The bias gradients.
     g_b_pre: Vec<f32>,
     g_b_enc: Vec<f32>,
@@ -139,6 +149,124 @@ impl Scratch {
     }
 }
 
+/// Marks a feature that is not dead in `Aux::index`.
+const ALIVE: u32 = u32::MAX;
+
+/// The aux-k terms of a step as dense matrices over the dead features.
+#[derive(Default)]
+struct Aux {
+    /// The dead features (ascending) and, per feature, its index among them (`ALIVE` if none).
+    dead: Vec<u32>,
+    index: Vec<u32>,
+    /// B × n_dead: the aux values (0 where the row did not pick the feature), and 1 where the
+    /// term passes a gradient (picked, and not clamped under the ReLU conventions).
+    v: Vec<f32>,
+    live: Vec<f32>,
+    /// n_dead × d: the dead features' decoder columns.
+    w_dec: Vec<f32>,
+    /// B × n_dead: dz of the aux terms, and per dead feature their sum (∂b_enc's aux part).
+    dz: Vec<f32>,
+    g_b_enc: Vec<f32>,
+    /// n_dead × 2d: per dead feature its gradient rows gd then ge, the aux terms' part from the
+    /// GEMMs, then the top-k terms' added by `norm`; the update reads them from here.
+    grads: Vec<f32>,
+    /// Task t's dead features' rows are `grads[parts[t]..parts[t + 1]]`.
+    parts: Vec<usize>,
+}
+
+impl Aux {
+    /// The dead features of this step (none when aux-k is off), over `n` features.
+    fn set_dead(&mut self, dead: Option<&[u32]>, n: usize, d: usize) {
+        self.dead.clear();
+        self.dead.extend_from_slice(dead.unwrap_or_default());
+        self.dead.sort_unstable();
+        self.index.clear();
+        self.index.resize(n, ALIVE);
+        for (j, &f) in self.dead.iter().enumerate() {
+            self.index[f as usize] = j as u32;
+        }
+        self.parts.clear();
+        self.parts.push(0);
+        for f0 in (0..n).step_by(FEATURES_PER_TASK) {
+            let f1 = (f0 + FEATURES_PER_TASK).min(n);
+            let dead = self.index[f0..f1].iter().filter(|&&j| j != ALIVE).count();
+            self.parts.push(self.parts.last().unwrap() + dead * 2 * d);
+        }
+    }
+
+    /// The rows' picks as the dense value and live matrices.
+    fn fill(&mut self, selected: &[Selection], relu: bool) {
+        let nd = self.dead.len();
+        if nd == 0 {
+            return;
+        }
+        self.v.clear();
+        self.v.resize(selected.len() * nd, 0.0);
+        self.live.clear();
+        self.live.resize(selected.len() * nd, 0.0);
+        let rows = self
+            .v
+            .chunks_exact_mut(nd)
+            .zip(self.live.chunks_exact_mut(nd));
+        for ((v, live), (_, picks)) in rows.zip(selected) {
+            for &(j, x) in picks {
+                v[j as usize] = x;
+                live[j as usize] = f32::from(!(relu && x == 0.0));
+            }
+        }
+    }
+
+    /// Adds the aux reconstruction Σ v·W_dec[dead] to each row's second half of `dx`
+    /// (B rows of 2d, the aux half starting at b_dec).
+    fn decode(&mut self, sae: &Sae, dx: &mut [f32]) {
+        let (d, nd) = (sae.d_model, self.dead.len());
+        self.w_dec.clear();
+        for &f in &self.dead {
+            self.w_dec.extend_from_slice(sae.dec_col(f as usize));
+        }
+        let rows = self.v.len() / nd;
+        let v = Mat::rows(&self.v, rows, nd);
+        gemm(v, Mat::rows(&self.w_dec, nd, d), &mut dx[d..], 2 * d, true);
+    }
+
+    /// From the aux residuals dL/dx̂ (the second halves of `dx`) and X − b_pre: dz = (dL/dx̂ ·
+    /// W_dec[dead]ᵀ) where live, its sums per feature, and the gradient rows gd = vᵀ·dL/dx̂ and
+    /// ge = dzᵀ·(X − b_pre).
+    fn backward(&mut self, dx: &[f32], xc: &[f32], d: usize) {
+        let nd = self.dead.len();
+        let rows = xc.len() / d;
+        let residual = Mat {
+            data: &dx[d..],
+            rows,
+            cols: d,
+            rs: 2 * d,
+            cs: 1,
+        };
+        self.dz.resize(rows * nd, 0.0);
+        let w_dec = Mat::rows(&self.w_dec, nd, d);
+        gemm(residual, w_dec.t(), &mut self.dz, nd, false);
+        self.dz
+            .iter_mut()
+            .zip(&self.live)
+            .for_each(|(z, l)| *z *= l);
+        self.g_b_enc.clear();
+        self.g_b_enc.resize(nd, 0.0);
+        for dz in self.dz.chunks_exact(nd) {
+            axpy(&mut self.g_b_enc, 1.0, dz);
+        }
+        self.grads.resize(nd * 2 * d, 0.0);
+        let (v, dz) = (Mat::rows(&self.v, rows, nd), Mat::rows(&self.dz, rows, nd));
+        gemm(v.t(), residual, &mut self.grads, 2 * d, false);
+        gemm(
+            dz.t(),
+            Mat::rows(xc, rows, d),
+            &mut self.grads[d..],
+            2 * d,
+            false,
+        );
+    }
+}
+
 /// What a step reports.
 pub struct StepOut {
     pub recon: f64,
@@ -149,8 +277,6 @@ pub struct StepOut {
 struct Shape {
     d: usize,
     k: usize,
-    /// Latents per row: k, plus k_aux when aux-k is on.
-    kt: usize,
     k_aux: usize,
     /// rows × d_model, the MSE's denominator.
     elems: f32,
@@ -161,10 +287,10 @@ struct Shape {
 }
 
 impl Shape {
-    /// The row of term `e` and its slot: 0 = reconstruction, 1 = aux.
-    fn place(&self, e: u32) -> (usize, usize) {
-        let e = e as usize;
-        (e / self.kt, usize::from(e % self.kt >= self.k))
+    /// Where the reconstruction gradient dL/dx̂ of term `e`'s row lies in `Scratch::dx`.
+    fn dx_row(&self, e: u32) -> std::ops::Range<usize> {
+        let at = (e as usize / self.k) * 2 * self.d;
+        at..at + self.d
     }
 }
 
@@ -188,7 +314,6 @@ pub fn step(
     let sh = Shape {
         d: sae.d_model,
         k,
-        kt: k + k_aux,
         k_aux,
         elems: x.len() as f32,
         aux_coeff,
@@ -200,10 +325,15 @@ pub fn step(
         s.times[phase] += now - clock;
         clock = now;
     };
-    let selected =
-        sae.map_pre_activations(x, &mut s.enc, |_, z| select_row(z, &sae.b_enc, dead, &sh));
+    s.aux
+        .set_dead(dead.filter(|_| k_aux > 0), sae.d_sae, sae.d_model);
+    let aux = &s.aux;
+    let selected = sae.map_pre_activations(x, &mut s.enc, |_, z| {
+        select_row(z, &sae.b_enc, &aux.dead, &sh)
+    });
     lap(s, 0);
     group_by_feature(s, sae.d_sae, &selected, &sh, fired);
+    s.aux.fill(&selected, sh.relu);
     lap(s, 1);
     let (recon, aux) = decode(sae, s, x, &sh);
     lap(s, 2);
@@ -218,46 +348,47 @@ pub fn step(
 }
 
 /// One row's selection: the top-k of its pre-activations z + b_enc and, with aux-k on, the top
-/// k_aux among the dead features.
-fn select_row(z: &[f32], b_enc: &[f32], dead: Option<&[u32]>, sh: &Shape) -> Vec<Term> {
-    let top = top_k(z, b_enc, sh.k);
-    let picked: Vec<(u32, f32)> = match dead.filter(|_| sh.k_aux > 0) {
-        Some(dead) => {
+/// k_aux among the `dead` features (as indices among them).
+fn select_row(z: &[f32], b_enc: &[f32], dead: &[u32], sh: &Shape) -> Selection {
+    let clamp = |v: f32| if sh.relu { v.max(0.0) } else { v };
+    let top = top_k(z, b_enc, sh.k)
+        .into_iter()
+        .map(|(feature, v)| Term {
+            feature,
+            v: clamp(v),
+        })
+        .collect();
+    let picks = match sh.k_aux {
+        0 => Vec::new(),
+        k_aux => {
             let zd: Vec<f32> = dead.iter().map(|&i| z[i as usize]).collect();
             let bd: Vec<f32> = dead.iter().map(|&i| b_enc[i as usize]).collect();
-            top_k(&zd, &bd, sh.k_aux)
+            top_k(&zd, &bd, k_aux)
                 .into_iter()
-                .map(|(j, v)| (dead[j as usize], v))
+                .map(|(j, v)| (j, clamp(v)))
                 .collect()
         }
-        None => Vec::new(),
     };
-    top.iter()
-        .chain(&picked)
-        .map(|&(feature, v)| Term {
-            feature,
-            v: if sh.relu { v.max(0.0) } else { v },
-        })
-        .collect()
+    (top, picks)
 }
 
-/// The rows' selections as terms, grouped by feature (a counting sort), with `fired` counted.
+/// The rows' top-k terms, grouped by feature (a counting sort), with `fired` counted.
 fn group_by_feature(
     s: &mut Scratch,
     n: usize,
-    selected: &[Vec<Term>],
+    selected: &[Selection],
     sh: &Shape,
     fired: &mut [u64],
 ) {
     s.terms.clear();
-    for row in selected {
-        s.terms.extend_from_slice(row);
+    for (top, _) in selected {
+        s.terms.extend_from_slice(top);
     }
     s.start.clear();
     s.start.resize(n + 1, 0);
-    for (j, t) in s.terms.iter().enumerate() {
+    for t in &s.terms {
         s.start[t.feature as usize + 1] += 1;
-        if j % sh.kt < sh.k && !(sh.relu && t.v == 0.0) {
+        if !(sh.relu && t.v == 0.0) {
             fired[t.feature as usize] += 1;
         }
     }
@@ -273,23 +404,21 @@ fn group_by_feature(
     }
 }
 
-/// x̂ of every row (and its aux reconstruction), feature by feature over blocks of rows, then
-/// dL/dx̂ = scale·(x̂ − x) in place. Returns the summed squared errors of the reconstruction and
-/// of the aux term.
+/// x̂ of every row (and its aux reconstruction), then dL/dx̂ = scale·(x̂ − x) in place. Returns
+/// the summed squared errors of the reconstruction and of the aux term.
 fn decode(sae: &Sae, s: &mut Scratch, x: &[f32], sh: &Shape) -> (f64, f64) {
     let d = sh.d;
     let rows = x.len() / d;
     s.dx.resize(rows * 2 * d, 0.0);
-    // One block of rows per thread: each reads every selected decoder column once. A row's sum
-    // runs in feature order whatever the blocks, so results do not depend on the thread count.
+    // The top-k terms feature by feature over one block of rows per thread: each block reads
+    // every selected decoder column once. A row's sum runs in feature order whatever the
+    // blocks, so results do not depend on the thread count.
     let per = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
     let mut dx = std::mem::take(&mut s.dx);
     let (start, order, terms) = (&s.start, &s.order, &s.terms);
-    let errs: Vec<(f64, f64)> = dx
-        .par_chunks_mut(per * 2 * d)
-        .zip(x.par_chunks(per * d))
+    dx.par_chunks_mut(per * 2 * d)
         .enumerate()
-        .map(|(b, (out, x))| {
+        .for_each(|(b, out)| {
             let r0 = b * per;
             let r1 = r0 + out.len() / (2 * d);
             for o in out.chunks_exact_mut(d) {
@@ -297,18 +426,22 @@ fn decode(sae: &Sae, s: &mut Scratch, x: &[f32], sh: &Shape) -> (f64, f64) {
             }
             for f in 0..sae.d_sae {
                 let entries = &order[start[f] as usize..start[f + 1] as usize];
-                let lo = entries.partition_point(|&e| (e as usize) / sh.kt < r0);
-                let hi = entries.partition_point(|&e| (e as usize) / sh.kt < r1);
-                if lo == hi {
-                    continue;
-                }
+                let lo = entries.partition_point(|&e| (e as usize) / sh.k < r0);
+                let hi = entries.partition_point(|&e| (e as usize) / sh.k < r1);
                 let col = sae.dec_col(f);
                 for &e in &entries[lo..hi] {
-                    let (r, slot) = sh.place(e);
-                    let at = ((r - r0) * 2 + slot) * d;
+                    let at = sh.dx_row(e).start - r0 * 2 * d;
                     axpy(&mut out[at..at + d], terms[e as usize].v, col);
                 }
             }
+        });
+    if sh.k_aux > 0 {
+        s.aux.decode(sae, &mut dx);
+    }
+    let errs: Vec<(f64, f64)> = dx
+        .par_chunks_mut(per * 2 * d)
+        .zip(x.par_chunks(per * d))
+        .map(|(out, x)| {
             let (mut recon, mut aux) = (0f64, 0f64);
             for (o, x) in out.chunks_exact_mut(2 * d).zip(x.chunks_exact(d)) {
                 let (o0, o1) = o.split_at_mut(d);
@@ -332,9 +465,9 @@ fn residual(out: &mut [f32], x: &[f32], scale: f32) -> f64 {
     err
 }
 
-/// A feature's gradient rows from its grouped terms and their dz: gd = Σ v·dL/dx̂_r (W_dec) and
-/// ge = Σ dz·(x_r − b_pre) (W_enc), into `gd` and `ge`.
-fn feature_grads(
+/// Adds a feature's top-k terms to its gradient rows: gd += Σ v·dL/dx̂_r (W_dec) and
+/// ge += Σ dz·(x_r − b_pre) (W_enc).
+fn add_feature_grads(
     s: &Scratch,
     sh: &Shape,
     entries: &[u32],
@@ -343,30 +476,30 @@ fn feature_grads(
     ge: &mut [f32],
 ) {
     let d = sh.d;
-    gd.fill(0.0);
-    ge.fill(0.0);
     for (&e, &dz) in entries.iter().zip(dz) {
-        let (r, slot) = sh.place(e);
-        axpy(
-            gd,
-            s.terms[e as usize].v,
-            &s.dx[(r * 2 + slot) * d..(r * 2 + slot + 1) * d],
-        );
+        let r = e as usize / sh.k;
+        axpy(gd, s.terms[e as usize].v, &s.dx[sh.dx_row(e)]);
         axpy(ge, dz, &s.enc.xc[r * d..(r + 1) * d]);
     }
 }
 
-/// Per feature: dz of its terms (stored for the update), ∂b_enc, the squared norms of its
-/// gradient rows (built in cache and discarded), and b_pre's gradient −Σ ∂b_enc[i]·W_enc[i]
-/// (b_pre enters every pre-activation through W_enc); with b_dec's gradient (Σ_r dL/dx̂_r), the
-/// squared global gradient norm, summed in a fixed order.
+/// Per feature: dz of its top-k terms (stored for the update), ∂b_enc, the squared norms of its
+/// gradient rows (built in cache and discarded, but for the dead features', which are kept),
+/// and b_pre's gradient −Σ ∂b_enc[i]·W_enc[i] (b_pre enters every pre-activation through
+/// W_enc); with b_dec's gradient (Σ_r dL/dx̂_r), the squared global gradient norm, summed in a
+/// fixed order.
 fn norm(sae: &Sae, s: &mut Scratch, sh: &Shape) -> f64 {
     let (d, n) = (sh.d, sae.d_sae);
+    if sh.k_aux > 0 {
+        s.aux.backward(&s.dx, &s.enc.xc, d);
+    }
     let mut dz = std::mem::take(&mut s.dz);
     dz.resize(s.order.len(), 0.0);
     let mut g_b_enc = std::mem::take(&mut s.g_b_enc);
     g_b_enc.resize(n, 0.0);
-    // Split dz at the task boundaries (a task's features own a contiguous range of it).
+    let mut grads = std::mem::take(&mut s.aux.grads);
+    // Split dz and the dead features' rows at the task boundaries (a task's features own a
+    // contiguous range of each).
     let mut dz_parts = Vec::new();
     let mut rest = dz.as_mut_slice();
     for f0 in (0..n).step_by(FEATURES_PER_TASK) {
@@ -375,16 +508,24 @@ fn norm(sae: &Sae, s: &mut Scratch, sh: &Shape) -> f64 {
         dz_parts.push(part);
         rest = tail;
     }
+    let mut grad_parts = Vec::new();
+    let mut rest = grads.as_mut_slice();
+    for w in s.aux.parts.windows(2) {
+        let (part, tail) = rest.split_at_mut(w[1] - w[0]);
+        grad_parts.push(part);
+        rest = tail;
+    }
     let s_ref = &*s;
     let shares: Vec<(f64, Vec<f32>)> = (
         g_b_enc.par_chunks_mut(FEATURES_PER_TASK),
         dz_parts.into_par_iter(),
+        grad_parts.into_par_iter(),
     )
         .into_par_iter()
         .enumerate()
-        .map(|(task, (gb, dz))| {
+        .map(|(task, (gb, dz, mut dead_rows))| {
             let (mut sq, mut b_pre) = (0f64, vec![0f32; d]);
-            let (mut gd, mut ge) = (vec![0f32; d], vec![0f32; d]);
+            let (mut gd_own, mut ge_own) = (vec![0f32; d], vec![0f32; d]);
             let base = s_ref.start[task * FEATURES_PER_TASK] as usize;
             for (j, gb) in gb.iter_mut().enumerate() {
                 let f = task * FEATURES_PER_TASK + j;
@@ -392,24 +533,35 @@ fn norm(sae: &Sae, s: &mut Scratch, sh: &Shape) -> f64 {
                 let dz = &mut dz[range.start - base..range.end - base];
                 let col = sae.dec_col(f);
                 for (&e, dz) in entries.iter().zip(dz.iter_mut()) {
-                    let (r, slot) = sh.place(e);
                     *dz = match sh.relu && s_ref.terms[e as usize].v == 0.0 {
                         true => 0.0,
-                        false => dot(col, &s_ref.dx[(r * 2 + slot) * d..(r * 2 + slot + 1) * d]),
+                        false => dot(col, &s_ref.dx[sh.dx_row(e)]),
                     };
                 }
                 *gb = dz.iter().sum();
-                if entries.is_empty() {
-                    continue;
-                }
-                feature_grads(s_ref, sh, entries, dz, &mut gd, &mut ge);
+                let (gd, ge) = match s_ref.aux.index[f] {
+                    ALIVE if entries.is_empty() => continue,
+                    ALIVE => {
+                        gd_own.fill(0.0);
+                        ge_own.fill(0.0);
+                        (gd_own.as_mut_slice(), ge_own.as_mut_slice())
+                    }
+                    i => {
+                        *gb += s_ref.aux.g_b_enc[i as usize];
+                        let (rows, tail) = std::mem::take(&mut dead_rows).split_at_mut(2 * d);
+                        dead_rows = tail;
+                        rows.split_at_mut(d)
+                    }
+                };
+                add_feature_grads(s_ref, sh, entries, dz, gd, ge);
                 axpy(&mut b_pre, -*gb, sae.enc_row(f));
-                sq += dot(&ge, &ge) as f64 + dot(&gd, &gd) as f64 + (*gb as f64).powi(2);
+                sq += dot(ge, ge) as f64 + dot(gd, gd) as f64 + (*gb as f64).powi(2);
             }
             (sq, b_pre)
         })
         .collect();
     s.dz = dz;
+    s.aux.grads = grads;
     s.g_b_enc = g_b_enc;
     s.g_b_pre.clear();
     s.g_b_pre.resize(d, 0.0);
@@ -435,8 +587,8 @@ fn norm(sae: &Sae, s: &mut Scratch, sh: &Shape) -> f64 {
 }
 
 /// PyTorch's clip_grad_norm_ (as a scale folded into Adam), then Adam on every parameter with
-/// each feature's gradient rows rebuilt in cache, then unit-norm decoder columns.
-/// `norm` = (gradient norm, clip).
+/// each feature's gradient rows rebuilt in cache (or read back, for the dead features), then
+/// unit-norm decoder columns. `norm` = (gradient norm, clip).
 fn update(sae: &mut Sae, adam: &mut Adam, s: &Scratch, sh: &Shape, norm: (f32, f32), lr: f64) {
     let d = sh.d;
     let (total, clip_norm) = norm;
@@ -457,24 +609,34 @@ fn update(sae: &mut Sae, adam: &mut Adam, s: &Scratch, sh: &Shape, norm: (f32, f
         .into_par_iter()
         .enumerate()
         .for_each(|(task, (pe, pd, (me, ve), (md, vd)))| {
-            let (mut gd, mut ge) = (vec![0f32; d], vec![0f32; d]);
+            let (mut gd_own, mut ge_own) = (vec![0f32; d], vec![0f32; d]);
+            let mut dead_rows = &s.aux.grads[s.aux.parts[task]..s.aux.parts[task + 1]];
             for j in 0..pe.len() / d {
                 let f = task * FEATURES_PER_TASK + j;
                 let (range, entries) = s.entries(f);
                 let rows = j * d..(j + 1) * d;
                 // Features nobody selected have no gradient this step.
-                let g = if entries.is_empty() {
-                    None
-                } else {
-                    feature_grads(s, sh, entries, &s.dz[range], &mut gd, &mut ge);
-                    Some(())
+                let g = match s.aux.index[f] {
+                    ALIVE if entries.is_empty() => None,
+                    ALIVE => {
+                        gd_own.fill(0.0);
+                        ge_own.fill(0.0);
+                        let dz = &s.dz[range];
+                        add_feature_grads(s, sh, entries, dz, &mut gd_own, &mut ge_own);
+                        Some((gd_own.as_slice(), ge_own.as_slice()))
+                    }
+                    _ => {
+                        let (g, tail) = dead_rows.split_at(2 * d);
+                        dead_rows = tail;
+                        Some(g.split_at(d))
+                    }
                 };
                 adam_slice(
                     &h,
                     &mut pe[rows.clone()],
                     &mut me[rows.clone()],
                     &mut ve[rows.clone()],
-                    g.map(|_| ge.as_slice()),
+                    g.map(|g| g.1),
                 );
                 let col = &mut pd[rows.clone()];
                 adam_slice(
@@ -482,7 +644,7 @@ fn update(sae: &mut Sae, adam: &mut Adam, s: &Scratch, sh: &Shape, norm: (f32, f
                     col,
                     &mut md[rows.clone()],
                     &mut vd[rows],
-                    g.map(|_| gd.as_slice()),
+                    g.map(|g| g.0),
                 );
                 unit_norm(col);
             }

@@ -57,6 +57,10 @@ pub enum BenchWhat {
         /// Training steps to time.
         #[arg(long, default_value_t = 8)]
         steps: usize,
+        /// Time the steps with aux-k on: this many features count as dead (aux-k then picks
+        /// min(16·k, N) of them per row, as in an epoch after one that left them dead).
+        #[arg(long, default_value_t = 0)]
+        dead: usize,
         #[command(flatten)]
         device: DeviceArg,
         /// Instead of timing steps, train a whole SAE (the study's settings) on this many
@@ -124,7 +128,12 @@ pub async fn run(lake: &crate::lake::Lake, a: &BenchArgs) -> Result<()> {
             device,
             ..
         } => train::whole(*rows, *epochs, device.name()),
-        BenchWhat::Train { steps, device, .. } => train::run(*steps, device.name(), &refs),
+        BenchWhat::Train {
+            steps,
+            dead,
+            device,
+            ..
+        } => train::run(*steps, *dead, device.name(), &refs),
         BenchWhat::Stats { rows, device } => stats::run(*rows, device.name()),
         BenchWhat::Ingest(b) => ingest::run(b, &refs),
         BenchWhat::Sql(b) => sql::run(b, &refs).await,

@@ -15,8 +15,11 @@ use crate::sae::train::{cold_start, TrainConfig};
 /// PyTorch's dense step on this machine kind (shared/bench/README.md), when it is not run here.
 const PYTORCH_ROWS_PER_S: f64 = 1806.0;
 
-pub fn run(steps: usize, device: &str, refs: &References) -> Result<()> {
+pub fn run(steps: usize, dead: usize, device: &str, refs: &References) -> Result<()> {
     let (d, n, k, batch) = (896, 7168, 64, 512);
+    anyhow::ensure!(dead <= n, "--dead {dead}: the SAE has {n} features");
+    let dead: Vec<u32> = (0..dead as u32).collect();
+    let dead = (!dead.is_empty()).then_some(dead.as_slice());
     let dev = crate::model::device(device)?;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(0);
     // Warm-up steps (first touches of the buffers; kernel compilation on a GPU), then `steps`.
@@ -32,6 +35,10 @@ pub fn run(steps: usize, device: &str, refs: &References) -> Result<()> {
         true => None,
         false => Some(DeviceTrainer::new(&sae, &adam, &dev)?),
     };
+    let dead_mask = match (&device_trainer, dead) {
+        (Some(dt), Some(dd)) => Some(dt.dead_mask(dd)?),
+        _ => None,
+    };
     reset_peak_rss();
     let mut start = Instant::now();
     for (i, x) in rows.chunks(batch * d).enumerate() {
@@ -43,7 +50,13 @@ pub fn run(steps: usize, device: &str, refs: &References) -> Result<()> {
         let outs = match &mut device_trainer {
             // As in training: the losses come back in groups of steps.
             Some(dt) => {
-                dt.step(x, None, cfg.aux_coeff, cfg.clip_grad_norm, cfg.lr)?;
+                dt.step(
+                    x,
+                    dead_mask.as_ref(),
+                    cfg.aux_coeff,
+                    cfg.clip_grad_norm,
+                    cfg.lr,
+                )?;
                 dt.losses(i + 1 == steps + warm)?
             }
             None => vec![(
@@ -53,7 +66,7 @@ pub fn run(steps: usize, device: &str, refs: &References) -> Result<()> {
                     &mut adam,
                     &mut scratch,
                     x,
-                    None,
+                    dead,
                     cfg.aux_coeff,
                     cfg.clip_grad_norm,
                     cfg.lr,
@@ -69,7 +82,8 @@ pub fn run(steps: usize, device: &str, refs: &References) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let rps = (steps * batch) as f64 / secs;
     let rss = peak_rss().unwrap_or(0);
-    println!("saerl train step ({device}; d {d}, d_sae {n}, k {k}, batch {batch}): {rps:.0} rows/s = {:.3} ms/step over {steps} steps after {warm} warm-up step(s); peak RSS {:.2} GiB", 1e3 * secs / steps as f64, gib(rss));
+    let aux = dead.map_or(String::new(), |dd| format!(", aux-k on {} dead", dd.len()));
+    println!("saerl train step ({device}; d {d}, d_sae {n}, k {k}, batch {batch}{aux}): {rps:.0} rows/s = {:.3} ms/step over {steps} steps after {warm} warm-up step(s); peak RSS {:.2} GiB", 1e3 * secs / steps as f64, gib(rss));
     if let Some(profile) = device_trainer.as_ref().and_then(|dt| dt.profile()) {
         let total = (steps + warm) as f64;
         let phases: Vec<String> = profile
@@ -95,6 +109,10 @@ pub fn run(steps: usize, device: &str, refs: &References) -> Result<()> {
             "  encoder GEMM {gemm:.1} GFLOP/s → GEMM-bound limit {bound:.0} rows/s; saerl reaches {:.0}% of it",
             100.0 * rps / bound
         );
+    }
+    if dead.is_some() {
+        // PyTorch's reference step has no aux-k term: no like-for-like ratio.
+        return Ok(());
     }
     let threads = rayon::current_num_threads().to_string();
     let reference = refs
