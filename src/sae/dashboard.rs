@@ -257,6 +257,14 @@ pub type Extremes = (Vec<Latent>, Vec<Latent>);
 /// The `n` largest and `n` smallest of `values` as (index, value), largest (smallest) first;
 /// among equal values the earlier index first. One pass: most values fail one comparison.
 fn extremes(values: &[f32], n: usize) -> Extremes {
+    let mut ex = (Vec::with_capacity(n + 1), Vec::with_capacity(n + 1));
+    extend_extremes(&mut ex, values, 0, n);
+    ex
+}
+
+/// `ex` (the extremes of the values before these) updated with `values`, the first at index
+/// `offset`: scanning in pieces gives what one scan of the whole would.
+fn extend_extremes(ex: &mut Extremes, values: &[f32], offset: u32, n: usize) {
     // `better(a, b)`: a ranks before b.
     fn keep(list: &mut Vec<Latent>, n: usize, e: Latent, better: fn(f32, f32) -> bool) {
         if list.len() == n && !better(e.1, list[n - 1].1) {
@@ -266,42 +274,84 @@ fn extremes(values: &[f32], n: usize) -> Extremes {
         list.insert(at, e);
         list.truncate(n);
     }
-    let (mut top, mut bottom) = (Vec::with_capacity(n + 1), Vec::with_capacity(n + 1));
     if n == 0 {
-        return (top, bottom);
+        return;
     }
-    for (i, &v) in values.iter().enumerate() {
-        if v.is_nan() {
-            continue;
+    let (top, bottom) = ex;
+    for (c, chunk) in values.chunks(CHUNK).enumerate() {
+        // Once both lists are full, most chunks hold nothing that enters either.
+        if top.len() == n && bottom.len() == n {
+            let (lo, hi) = range(chunk);
+            if hi <= top[n - 1].1 && lo >= bottom[n - 1].1 {
+                continue;
+            }
         }
-        keep(&mut top, n, (i as u32, v), |a, b| a > b);
-        keep(&mut bottom, n, (i as u32, v), |a, b| a < b);
+        for (i, &v) in chunk.iter().enumerate() {
+            if v.is_nan() {
+                continue;
+            }
+            let i = offset + (c * CHUNK + i) as u32;
+            keep(top, n, (i, v), |a, b| a > b);
+            keep(bottom, n, (i, v), |a, b| a < b);
+        }
     }
-    (top, bottom)
+}
+
+/// Values per chunk that `extend_extremes` checks at once.
+const CHUNK: usize = 64;
+
+/// The smallest and largest of `values`, NaNs ignored, in 8 lanes (so it vectorises).
+fn range(values: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = ([f32::INFINITY; 8], [f32::NEG_INFINITY; 8]);
+    let lanes = values.chunks_exact(8);
+    let tail = lanes.remainder();
+    for v in lanes {
+        for j in 0..8 {
+            lo[j] = if v[j] < lo[j] { v[j] } else { lo[j] };
+            hi[j] = if v[j] > hi[j] { v[j] } else { hi[j] };
+        }
+    }
+    let fold = |init: (f32, f32), v: &f32| (init.0.min(*v), init.1.max(*v));
+    let lanes = lo
+        .iter()
+        .zip(&hi)
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |a, (l, h)| {
+            (a.0.min(*l), a.1.max(*h))
+        });
+    tail.iter().fold(lanes, fold)
 }
 
 /// Per feature, the `LOGITS` tokens whose logits its decoder direction raises most and lowers
 /// most: `unembed · (norm ⊙ w_dec[i])`, `unembed` [vocab × d]. The final RMSNorm's weight is
 /// folded into the direction; its 1/rms scale is not (it depends on the residual).
 pub fn logit_effects(w_dec: &[f32], d: usize, unembed: &[f32], norm: &[f32]) -> Vec<Extremes> {
-    const BLOCK: usize = 64;
+    use rayon::prelude::*;
+    // Tiles of features × tokens: each GEMM reads a slice of the unembedding that stays in
+    // cache, and the unembedding is read once per block of features (512 rows of its product
+    // amortise the packing that 64 did not).
+    const FEATURES: usize = 512;
+    const TOKENS: usize = 8192;
     let (n, vocab) = (w_dec.len() / d, unembed.len() / d);
     let mut out = Vec::with_capacity(n);
-    let mut dirs = vec![0f32; BLOCK * d];
-    let mut logits = vec![0f32; BLOCK * vocab];
-    for start in (0..n).step_by(BLOCK) {
-        let m = BLOCK.min(n - start);
+    let mut dirs = vec![0f32; FEATURES * d];
+    let mut logits = vec![0f32; FEATURES * TOKENS];
+    for start in (0..n).step_by(FEATURES) {
+        let m = FEATURES.min(n - start);
         for r in 0..m {
             for (j, v) in dirs[r * d..(r + 1) * d].iter_mut().enumerate() {
                 *v = w_dec[(start + r) * d + j] * norm[j];
             }
         }
-        sgemm_nt(m, vocab, d, &dirs, unembed, &mut logits[..m * vocab], false);
-        use rayon::prelude::*;
-        let block: Vec<_> = logits[..m * vocab]
-            .par_chunks(vocab)
-            .map(|row| extremes(row, LOGITS))
-            .collect();
+        let mut block: Vec<Extremes> = vec![(Vec::new(), Vec::new()); m];
+        for t0 in (0..vocab).step_by(TOKENS) {
+            let t = TOKENS.min(vocab - t0);
+            let tokens = &unembed[t0 * d..(t0 + t) * d];
+            sgemm_nt(m, t, d, &dirs, tokens, &mut logits[..m * t], false);
+            block
+                .par_iter_mut()
+                .zip(logits[..m * t].par_chunks(t))
+                .for_each(|(ex, row)| extend_extremes(ex, row, t0 as u32, LOGITS));
+        }
         out.extend(block);
     }
     out

@@ -485,9 +485,8 @@ fn add_feature_grads(
 
 /// Per feature: dz of its top-k terms (stored for the update), ∂b_enc, the squared norms of its
 /// gradient rows (built in cache and discarded, but for the dead features', which are kept),
-/// and b_pre's gradient −Σ ∂b_enc[i]·W_enc[i] (b_pre enters every pre-activation through
-/// W_enc); with b_dec's gradient (Σ_r dL/dx̂_r), the squared global gradient norm, summed in a
-/// fixed order.
+/// and its share of b_pre's gradient −Σ ∂b_enc[i]·W_enc[i] (b_pre enters every pre-activation
+/// through W_enc); then the bias gradients and the squared global gradient norm.
 fn norm(sae: &Sae, s: &mut Scratch, sh: &Shape) -> f64 {
     let (d, n) = (sh.d, sae.d_sae);
     if sh.k_aux > 0 {
@@ -498,23 +497,14 @@ fn norm(sae: &Sae, s: &mut Scratch, sh: &Shape) -> f64 {
     let mut g_b_enc = std::mem::take(&mut s.g_b_enc);
     g_b_enc.resize(n, 0.0);
     let mut grads = std::mem::take(&mut s.aux.grads);
-    // Split dz and the dead features' rows at the task boundaries (a task's features own a
+    // dz and the dead features' rows split at the task boundaries (a task's features own a
     // contiguous range of each).
-    let mut dz_parts = Vec::new();
-    let mut rest = dz.as_mut_slice();
-    for f0 in (0..n).step_by(FEATURES_PER_TASK) {
+    let dz_lens = (0..n).step_by(FEATURES_PER_TASK).map(|f0| {
         let f1 = (f0 + FEATURES_PER_TASK).min(n);
-        let (part, tail) = rest.split_at_mut((s.start[f1] - s.start[f0]) as usize);
-        dz_parts.push(part);
-        rest = tail;
-    }
-    let mut grad_parts = Vec::new();
-    let mut rest = grads.as_mut_slice();
-    for w in s.aux.parts.windows(2) {
-        let (part, tail) = rest.split_at_mut(w[1] - w[0]);
-        grad_parts.push(part);
-        rest = tail;
-    }
+        (s.start[f1] - s.start[f0]) as usize
+    });
+    let dz_parts = split_lengths(&mut dz, dz_lens);
+    let grad_parts = split_lengths(&mut grads, s.aux.parts.windows(2).map(|w| w[1] - w[0]));
     let s_ref = &*s;
     let shares: Vec<(f64, Vec<f32>)> = (
         g_b_enc.par_chunks_mut(FEATURES_PER_TASK),
@@ -563,10 +553,27 @@ fn norm(sae: &Sae, s: &mut Scratch, sh: &Shape) -> f64 {
     s.dz = dz;
     s.aux.grads = grads;
     s.g_b_enc = g_b_enc;
+    bias_grads(s, sh, &shares)
+}
+
+/// `rest` cut into consecutive parts of the given lengths.
+fn split_lengths<T>(mut rest: &mut [T], lens: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
+    lens.map(|len| {
+        let (part, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        rest = tail;
+        part
+    })
+    .collect()
+}
+
+/// b_pre's gradient from the feature tasks' (squared norm, b_pre share) and b_dec's from the
+/// rows; returns the squared global gradient norm, summed in a fixed order.
+fn bias_grads(s: &mut Scratch, sh: &Shape, shares: &[(f64, Vec<f32>)]) -> f64 {
+    let d = sh.d;
     s.g_b_pre.clear();
     s.g_b_pre.resize(d, 0.0);
     let mut sq_total = 0f64;
-    for (sq, b_pre) in &shares {
+    for (sq, b_pre) in shares {
         sq_total += sq;
         axpy(&mut s.g_b_pre, 1.0, b_pre);
     }
