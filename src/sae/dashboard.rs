@@ -404,6 +404,36 @@ mod tests {
         assert_eq!(bin_of(10.0, 10.0, HIST_BINS), HIST_BINS - 1);
     }
 
+    /// Against a sort (ties to the earlier index, NaNs dropped), in one scan and in pieces whose
+    /// chunks mostly get skipped once the lists are full.
+    #[test]
+    fn extremes_match_a_sort_in_one_scan_or_in_pieces() {
+        let values: Vec<f32> = (0..5000u32)
+            .map(|i| match i % 97 {
+                0 => f32::NAN,
+                _ => ((i.wrapping_mul(2654435761) >> 20) % 301) as f32 - 150.0,
+            })
+            .collect();
+        let n = 7;
+        let mut sorted: Vec<Latent> = (0..values.len() as u32)
+            .map(|i| (i, values[i as usize]))
+            .filter(|(_, v)| !v.is_nan())
+            .collect();
+        sorted.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let top: Vec<Latent> = sorted[..n].to_vec();
+        sorted.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        let bottom: Vec<Latent> = sorted[..n].to_vec();
+        assert_eq!(extremes(&values, n), (top.clone(), bottom.clone()));
+        let mut pieces = (Vec::new(), Vec::new());
+        let mut at = 0;
+        for len in [3, 61, 64, 1000, 1, 2500, 1371] {
+            extend_extremes(&mut pieces, &values[at..at + len], at as u32, n);
+            at += len;
+        }
+        assert_eq!(at, values.len());
+        assert_eq!(pieces, (top, bottom));
+    }
+
     #[test]
     fn extremes_are_ordered_and_nearest_skips_itself() {
         let (top, bottom) = extremes(&[3.0, -1.0, 7.0, 0.5, -4.0], 2);
