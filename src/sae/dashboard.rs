@@ -311,14 +311,12 @@ fn range(values: &[f32]) -> (f32, f32) {
             hi[j] = if v[j] > hi[j] { v[j] } else { hi[j] };
         }
     }
-    let fold = |init: (f32, f32), v: &f32| (init.0.min(*v), init.1.max(*v));
-    let lanes = lo
-        .iter()
+    lo.iter()
         .zip(&hi)
+        .chain(tail.iter().zip(tail))
         .fold((f32::INFINITY, f32::NEG_INFINITY), |a, (l, h)| {
             (a.0.min(*l), a.1.max(*h))
-        });
-    tail.iter().fold(lanes, fold)
+        })
 }
 
 /// Per feature, the `LOGITS` tokens whose logits its decoder direction raises most and lowers

@@ -132,6 +132,13 @@ pub struct Scratch {
 /// Features per parallel task in the per-feature passes.
 const FEATURES_PER_TASK: usize = 64;
 
+/// The features each task of the per-feature passes owns, in order, of `n`.
+fn task_features(n: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..n)
+        .step_by(FEATURES_PER_TASK)
+        .map(move |f0| f0..(f0 + FEATURES_PER_TASK).min(n))
+}
+
 impl Scratch {
     /// Seconds spent in each of `PHASES` over all steps so far.
     pub fn phase_times(&self) -> [f64; 5] {
@@ -187,9 +194,8 @@ impl Aux {
         }
         self.parts.clear();
         self.parts.push(0);
-        for f0 in (0..n).step_by(FEATURES_PER_TASK) {
-            let f1 = (f0 + FEATURES_PER_TASK).min(n);
-            let dead = self.index[f0..f1].iter().filter(|&&j| j != ALIVE).count();
+        for fs in task_features(n) {
+            let dead = self.index[fs].iter().filter(|&&j| j != ALIVE).count();
             self.parts.push(self.parts.last().unwrap() + dead * 2 * d);
         }
     }
@@ -499,10 +505,7 @@ fn norm(sae: &Sae, s: &mut Scratch, sh: &Shape) -> f64 {
     let mut grads = std::mem::take(&mut s.aux.grads);
     // dz and the dead features' rows split at the task boundaries (a task's features own a
     // contiguous range of each).
-    let dz_lens = (0..n).step_by(FEATURES_PER_TASK).map(|f0| {
-        let f1 = (f0 + FEATURES_PER_TASK).min(n);
-        (s.start[f1] - s.start[f0]) as usize
-    });
+    let dz_lens = task_features(n).map(|fs| (s.start[fs.end] - s.start[fs.start]) as usize);
     let dz_parts = split_lengths(&mut dz, dz_lens);
     let grad_parts = split_lengths(&mut grads, s.aux.parts.windows(2).map(|w| w[1] - w[0]));
     let s_ref = &*s;

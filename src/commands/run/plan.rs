@@ -68,7 +68,7 @@ pub struct Step {
     /// Steps whose output it reads: they must be done (by this run or an earlier one).
     pub needs: Vec<usize>,
     /// Steps it must follow when both are in the run, though it does not read their output
-    /// (stats after every training, so partners are computed against every chain).
+    /// (stats after the other chains' trainings its partners pair with).
     pub after: Vec<usize>,
     pub state: State,
     pub est: Estimate,
@@ -162,7 +162,6 @@ fn parsed<T: Parser>(argv: &[String], section: &str, project: &Path) -> Result<T
 pub fn build(lake: &Lake, project: &Project, path: &Path, scope: &Scope) -> Result<Vec<Step>> {
     check_chains(project, path, scope)?;
     let mut plan = Planner::new(lake, project, path, scope)?;
-    let mut trains = Vec::new();
     let mut layers_seen = BTreeSet::new();
     for (chain, config) in &project.chains {
         if !scope.chains.is_empty() && !scope.chains.contains(chain) {
@@ -177,7 +176,7 @@ pub fn build(lake: &Lake, project: &Project, path: &Path, scope: &Scope) -> Resu
             continue;
         }
         layers_seen.extend(grid.iter().map(|&(l, _)| l));
-        trains.extend(plan.chain(chain, &grid)?);
+        plan.chain(chain, &grid)?;
     }
     if let Some(l) = scope.layers.iter().find(|l| !layers_seen.contains(l)) {
         bail!(
@@ -185,10 +184,11 @@ pub fn build(lake: &Lake, project: &Project, path: &Path, scope: &Scope) -> Resu
             path.display()
         );
     }
-    // Statistics follow every training of the run: partners pair each SAE with the other
-    // chains' SAEs of the same layer and k, which must exist by then.
-    for s in plan.steps.iter_mut().filter(|s| s.phase == Phase::Stats) {
-        s.after = trains.clone();
+    // Partners pair each SAE with the other chains' SAEs of its layer and k (at its stage, else
+    // their first): a stats step follows those trainings, and only those, so statistics run
+    // beside the trainings still to come instead of after all of them.
+    for (step, sae) in std::mem::take(&mut plan.stats) {
+        plan.steps[step].after = sae.partner_trainings(&plan.trained);
     }
     plan.report()?;
     Ok(plan.steps)
@@ -226,6 +226,45 @@ struct Planner<'a> {
     eval_flags: Vec<String>,
     sizes: Sizes<'a>,
     steps: Vec<Step>,
+    /// Every training step, with the SAE it trains.
+    trained: Vec<(Sae, usize)>,
+    /// Every stats step, with the SAEs it covers (one per layer of `Sae::layers`).
+    stats: Vec<(usize, Sae)>,
+}
+
+/// SAEs of one chain, stage and k, at some layers.
+#[derive(Debug, Clone)]
+struct Sae {
+    chain: String,
+    stage: String,
+    layers: Vec<i32>,
+    k: usize,
+}
+
+impl Sae {
+    /// The trainings (of `trained`) whose SAEs `saerl stats` pairs these with: per layer and
+    /// every other chain training that layer and k, its SAE at this stage when it has the
+    /// stage, else its first (as `stats`'s partners choose).
+    fn partner_trainings(&self, trained: &[(Sae, usize)]) -> Vec<usize> {
+        let mut out = BTreeSet::new();
+        for layer in &self.layers {
+            let same = |t: &Sae| t.layers == [*layer] && t.k == self.k;
+            let chains: BTreeSet<&str> = trained
+                .iter()
+                .filter(|(t, _)| t.chain != self.chain && same(t))
+                .map(|(t, _)| t.chain.as_str())
+                .collect();
+            for chain in chains {
+                // Plan order: a chain's trainings come in stage order, its first stage first.
+                let theirs = || trained.iter().filter(|(t, _)| t.chain == chain && same(t));
+                let pick = theirs().find(|(t, _)| t.stage == self.stage);
+                if let Some((_, i)) = pick.or_else(|| theirs().next()) {
+                    out.insert(*i);
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
 }
 
 impl<'a> Planner<'a> {
@@ -252,6 +291,8 @@ impl<'a> Planner<'a> {
             )?,
             sizes: Sizes::new(project),
             steps: Vec::new(),
+            trained: Vec::new(),
+            stats: Vec::new(),
         })
     }
 
@@ -261,8 +302,8 @@ impl<'a> Planner<'a> {
     }
 
     /// One chain's steps: per stage its ingest and trainings (each SAE warm-started from the
-    /// previous stage's), then per stage and k an eval and a stats. Returns the trainings.
-    fn chain(&mut self, chain: &str, grid: &[(i32, usize)]) -> Result<Vec<usize>> {
+    /// previous stage's), then per stage and k an eval and a stats.
+    fn chain(&mut self, chain: &str, grid: &[(i32, usize)]) -> Result<()> {
         let layers: Vec<i32> = grid
             .iter()
             .map(|&(l, _)| l)
@@ -294,10 +335,7 @@ impl<'a> Planner<'a> {
                 self.eval_and_stats(chain, stage, k, &mine)?;
             }
         }
-        Ok(stage_trains
-            .iter()
-            .flat_map(|(_, t)| t.iter().map(|&(_, _, i)| i))
-            .collect())
+        Ok(())
     }
 
     fn ingest(&mut self, chain: &str, stage: &str, layers: &[i32]) -> Result<usize> {
@@ -352,7 +390,15 @@ impl<'a> Planner<'a> {
             needs,
             after: vec![],
         };
-        Ok(self.push(step))
+        let i = self.push(step);
+        let sae = Sae {
+            chain: chain.to_string(),
+            stage: stage.to_string(),
+            layers: vec![layer],
+            k,
+        };
+        self.trained.push((sae, i));
+        Ok(i)
     }
 
     /// The eval and the stats of one stage's SAEs of one k (`trained`: layer and training
@@ -411,7 +457,14 @@ impl<'a> Planner<'a> {
             needs,
             after: vec![],
         };
-        self.push(step);
+        let i = self.push(step);
+        let saes = Sae {
+            chain: chain.to_string(),
+            stage: stage.to_string(),
+            layers: ls,
+            k,
+        };
+        self.stats.push((i, saes));
         Ok(())
     }
 
@@ -577,6 +630,33 @@ mod tests {
                 "strict/instruct_base layer 23 k 256"
             ]
         );
+        // Stats follow the trainings their partners pair with: the other chains' SAEs of the
+        // layer and k, at the same stage where a chain has it, else at its first.
+        let after = |target: &str| -> Vec<&str> {
+            let s = steps
+                .iter()
+                .find(|s| s.phase == Phase::Stats && s.target == target)
+                .unwrap();
+            s.after.iter().map(|&i| steps[i].target.as_str()).collect()
+        };
+        assert_eq!(
+            after("flexible/ppo_step10 layers 23 k 256"),
+            ["strict/ppo_step10 layer 23 k 256"]
+        );
+        let mut partners = after("strict/ppo_step50 layers 6,12,18,23 k 64");
+        partners.sort();
+        let mut want: Vec<String> = [6, 12, 18]
+            .iter()
+            .flat_map(|l| {
+                [
+                    format!("flexible/instruct_base layer {l} k 64"),
+                    format!("kl0p025/instruct_base layer {l} k 64"),
+                ]
+            })
+            .chain(["kl0p025/instruct_base layer 23 k 64".to_string()])
+            .collect();
+        want.sort();
+        assert_eq!(partners, want);
         // Narrowed to a layer no chain trains: an error naming it.
         let scope = Scope {
             layers: vec![7],
