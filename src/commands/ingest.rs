@@ -9,7 +9,7 @@
 //! are skipped (with a line saying so) unless `--overwrite`.
 
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use parquet::arrow::ArrowWriter;
@@ -237,6 +237,39 @@ pub fn run(lake: &Lake, a: &Ingest) -> Result<Summary> {
     })
 }
 
+/// The blocks of `--layers` this run ingests: each checked against the model's `blocks`, those
+/// already in the lake skipped (unless --overwrite).
+fn layers_to_ingest(
+    lake: &Lake,
+    a: &Ingest,
+    blocks: usize,
+    model_dir: &Path,
+) -> Result<Vec<usize>> {
+    let mut requested = a.layers.clone();
+    requested.sort();
+    requested.dedup();
+    if requested.is_empty() {
+        bail!("--layers is empty");
+    }
+    if let Some(&l) = requested.iter().find(|&&l| l >= blocks) {
+        bail!(
+            "--layers {l} is beyond the model: {} has blocks 0..{}",
+            model_dir.display(),
+            blocks - 1
+        );
+    }
+    let mut layers = Vec::new();
+    for &l in &requested {
+        let key = PartitionKey::layer(&a.chain, &a.stage, l as i32);
+        if !*a.overwrite && lake.has_partition(Table::Activations, &key)? {
+            super::say!("activations {key}: already ingested, skipped (--overwrite to replace)");
+        } else {
+            layers.push(l);
+        }
+    }
+    Ok(layers)
+}
+
 /// Checks the flags, reads and tokenizes the questions; None when every requested partition is
 /// complete already (and --overwrite is not given).
 fn plan(lake: &Lake, a: &Ingest) -> Result<Option<Plan>> {
@@ -257,29 +290,8 @@ fn plan(lake: &Lake, a: &Ingest) -> Result<Option<Plan>> {
             .context("pass --model DIR or declare the stage in saerl.toml")?,
     };
     let cfg = Qwen2Config::from_file(&model_dir.join("config.json"))?;
-    let mut requested = a.layers.clone();
-    requested.sort();
-    requested.dedup();
-    if requested.is_empty() {
-        bail!("--layers is empty");
-    }
-    if let Some(&l) = requested.iter().find(|&&l| l >= cfg.num_hidden_layers) {
-        bail!(
-            "--layers {l} is beyond the model: {} has blocks 0..{}",
-            model_dir.display(),
-            cfg.num_hidden_layers - 1
-        );
-    }
     let stage_key = PartitionKey::stage(&a.chain, &a.stage);
-    let mut layers = Vec::new();
-    for &l in &requested {
-        let key = PartitionKey::layer(&a.chain, &a.stage, l as i32);
-        if !*a.overwrite && lake.has_partition(Table::Activations, &key)? {
-            super::say!("activations {key}: already ingested, skipped (--overwrite to replace)");
-        } else {
-            layers.push(l);
-        }
-    }
+    let layers = layers_to_ingest(lake, a, cfg.num_hidden_layers, &model_dir)?;
     let have_docs = lake.has_partition(Table::Docs, &stage_key)?
         && lake.has_partition(Table::Vocab, &stage_key)?;
     if layers.is_empty() && have_docs {

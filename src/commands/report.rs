@@ -111,6 +111,39 @@ pub async fn run(lake: &Lake, a: &ReportArgs) -> Result<()> {
     Ok(())
 }
 
+/// One query's result: its CSV beside the page, and in the page its figure and table (or a
+/// note that there are no rows yet).
+fn write_result(
+    body: &mut String,
+    dir: &Path,
+    name: &str,
+    batches: &[RecordBatch],
+    h: &header::Header,
+) -> Result<()> {
+    let csv = format!("{name}.csv");
+    let mut file = crate::durable::AtomicFile::create(&dir.join(&csv))?;
+    print_batches(batches, Format::Csv, &mut file)?;
+    file.finish()?;
+    let batch = match batches.first() {
+        Some(b) => concat_batches(&b.schema(), batches)?,
+        None => RecordBatch::new_empty(std::sync::Arc::new(arrow::datatypes::Schema::empty())),
+    };
+    if batch.num_rows() == 0 {
+        body.push_str("<p class=note>No rows: the lake has nothing for this question yet (see the commands in the README).</p>");
+        return Ok(());
+    }
+    match plot::draw_svg(&batch, h) {
+        Ok(svg) => write!(body, "<figure>{svg}</figure>")?,
+        Err(e) => write!(
+            body,
+            "<p class=err>No figure: {}</p>",
+            escape(&format!("{e:#}"))
+        )?,
+    }
+    body.push_str(&table_html(&batch, &csv)?);
+    Ok(())
+}
+
 /// Writes the report of `queries` (each with its defaults, overridden by `given` where it
 /// declares them); returns the page's path.
 pub async fn write_report(
@@ -151,31 +184,7 @@ pub async fn write_report(
                 "<p class=err>The query failed: {}</p>",
                 escape(&format!("{e:#}"))
             )?,
-            Ok(batches) => {
-                let csv = format!("{}.csv", q.name);
-                let mut file = crate::durable::AtomicFile::create(&dir.join(&csv))?;
-                print_batches(&batches, Format::Csv, &mut file)?;
-                file.finish()?;
-                let batch = match batches.first() {
-                    Some(b) => concat_batches(&b.schema(), &batches)?,
-                    None => RecordBatch::new_empty(std::sync::Arc::new(
-                        arrow::datatypes::Schema::empty(),
-                    )),
-                };
-                if batch.num_rows() == 0 {
-                    body.push_str("<p class=note>No rows: the lake has nothing for this question yet (see the commands in the README).</p>");
-                } else {
-                    match plot::draw_svg(&batch, &h) {
-                        Ok(svg) => write!(body, "<figure>{svg}</figure>")?,
-                        Err(e) => write!(
-                            body,
-                            "<p class=err>No figure: {}</p>",
-                            escape(&format!("{e:#}"))
-                        )?,
-                    }
-                    body.push_str(&table_html(&batch, &csv)?);
-                }
-            }
+            Ok(batches) => write_result(&mut body, dir, &q.name, &batches, &h)?,
         }
         body.push_str("</section>\n");
         bar.inc(1);

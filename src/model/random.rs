@@ -80,31 +80,7 @@ pub fn write_model(
         serde_json::to_string_pretty(&config)?,
     )?;
     let cfg = Qwen2Config::parse(&config.to_string())?;
-    let (h, i, hd) = (shape.hidden, shape.intermediate, h_dim(shape));
-    let kv = shape.kv_heads * hd;
-    let mut names: Vec<(String, Vec<usize>)> = vec![
-        ("model.embed_tokens.weight".into(), vec![vocab, h]),
-        ("model.norm.weight".into(), vec![h]),
-    ];
-    for l in 0..shape.layers {
-        let p = format!("model.layers.{l}");
-        for (n, s) in [
-            ("input_layernorm.weight", vec![h]),
-            ("post_attention_layernorm.weight", vec![h]),
-            ("self_attn.q_proj.weight", vec![h, h]),
-            ("self_attn.q_proj.bias", vec![h]),
-            ("self_attn.k_proj.weight", vec![kv, h]),
-            ("self_attn.k_proj.bias", vec![kv]),
-            ("self_attn.v_proj.weight", vec![kv, h]),
-            ("self_attn.v_proj.bias", vec![kv]),
-            ("self_attn.o_proj.weight", vec![h, h]),
-            ("mlp.gate_proj.weight", vec![i, h]),
-            ("mlp.up_proj.weight", vec![i, h]),
-            ("mlp.down_proj.weight", vec![h, i]),
-        ] {
-            names.push((format!("{p}.{n}"), s));
-        }
-    }
+    let names = tensor_shapes(shape, vocab);
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut noise = perturb.map(|(s, scale)| (SmallRng::seed_from_u64(s), scale));
     let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -138,6 +114,36 @@ pub fn write_model(
         .collect::<Result<_>>()?;
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))?;
     Ok(cfg)
+}
+
+/// Every tensor of a Qwen2 of this shape with tied embeddings: its name and shape.
+fn tensor_shapes(shape: &TinyShape, vocab: usize) -> Vec<(String, Vec<usize>)> {
+    let (h, i, hd) = (shape.hidden, shape.intermediate, h_dim(shape));
+    let kv = shape.kv_heads * hd;
+    let mut names: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![vocab, h]),
+        ("model.norm.weight".into(), vec![h]),
+    ];
+    for l in 0..shape.layers {
+        let p = format!("model.layers.{l}");
+        for (n, s) in [
+            ("input_layernorm.weight", vec![h]),
+            ("post_attention_layernorm.weight", vec![h]),
+            ("self_attn.q_proj.weight", vec![h, h]),
+            ("self_attn.q_proj.bias", vec![h]),
+            ("self_attn.k_proj.weight", vec![kv, h]),
+            ("self_attn.k_proj.bias", vec![kv]),
+            ("self_attn.v_proj.weight", vec![kv, h]),
+            ("self_attn.v_proj.bias", vec![kv]),
+            ("self_attn.o_proj.weight", vec![h, h]),
+            ("mlp.gate_proj.weight", vec![i, h]),
+            ("mlp.up_proj.weight", vec![i, h]),
+            ("mlp.down_proj.weight", vec![h, i]),
+        ] {
+            names.push((format!("{p}.{n}"), s));
+        }
+    }
+    names
 }
 
 fn h_dim(shape: &TinyShape) -> usize {

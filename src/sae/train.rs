@@ -128,6 +128,21 @@ struct EpochSteps {
     fired: Vec<u64>,
 }
 
+impl EpochSteps {
+    /// Adds step `step`'s losses (of epoch `ep`, from 0); a non-finite loss stops training.
+    fn add(&mut self, out: &StepOut, ep: usize, step: usize) -> Result<()> {
+        if !out.recon.is_finite() || out.aux.is_some_and(|a| !a.is_finite()) {
+            bail!("the loss became non-finite at epoch {} step {step}", ep + 1);
+        }
+        self.recon += out.recon;
+        if let Some(a) = out.aux {
+            self.aux += a;
+            self.aux_steps += 1;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepLog {
     pub recon_loss: f64,
@@ -383,15 +398,7 @@ impl Trainer {
         // Each step's losses as they become known (the device reports them in groups).
         let steps_log = &mut self.steps;
         let mut record = |sums: &mut EpochSteps, rows: usize, out: StepOut| -> Result<()> {
-            if !out.recon.is_finite() || out.aux.is_some_and(|a| !a.is_finite()) {
-                let step = steps_log.len();
-                bail!("the loss became non-finite at epoch {} step {step}", ep + 1);
-            }
-            sums.recon += out.recon;
-            if let Some(a) = out.aux {
-                sums.aux += a;
-                sums.aux_steps += 1;
-            }
+            sums.add(&out, ep, steps_log.len())?;
             on_batch(rows, out.recon);
             steps_log.push(StepLog {
                 recon_loss: out.recon,

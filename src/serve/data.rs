@@ -534,50 +534,10 @@ pub(super) async fn feature(
     }
     let t = FeatureTables::read(app, &g, feature, split).await?;
     let texts = token_texts(app, chain, &stages, &t.token_ids()).await?;
-    let mut out_stages = Vec::new();
     let mut prev_top = None;
-    for (n, (stage, step)) in stages.iter().enumerate() {
-        let st = at(&t.stats, stage).first().copied();
-        let mv = at(&t.moves, stage).first().copied();
-        let density = st.and_then(|r| f(r, "density"));
-        // The best match in the next stage, when the index-aligned feature has moved away.
-        let next_match = stages.get(n + 1).and_then(|(next, _)| {
-            let m = *at(&t.moves, next).first()?;
-            let (aligned, best, cos) = (
-                f(m, "dec_cos")?,
-                m.get("best_match")?.as_i64()?,
-                f(m, "best_cos")?,
-            );
-            (aligned < MOVED && best != feature as i64).then(|| {
-                json!({
-                    "stage": next, "feature": best, "dec_cos": cos, "aligned_dec_cos": aligned,
-                })
-            })
-        });
-        let hist = at(&t.hist, stage).first().copied();
-        let (top, quantiles) = examples_json(&at(&t.examples, stage), hist, &texts);
-        out_stages.push(json!({
-            "stage": stage,
-            "step": step,
-            "density": density,
-            "alive": density.map(|x| x > 1e-4),
-            "mean_act": st.and_then(|r| f(r, "mean_act")),
-            "max_act": st.and_then(|r| f(r, "max_act")),
-            "dec_cos_prev": mv.and_then(|r| f(r, "dec_cos")),
-            "enc_cos_prev": mv.and_then(|r| f(r, "enc_cos")),
-            "dec_cos_first": mv.and_then(|r| f(r, "dec_cos_first")),
-            "enc_cos_first": mv.and_then(|r| f(r, "enc_cos_first")),
-            "next_best_match": next_match,
-            "nearest": at(&t.near, stage).iter().map(|r| json!({ "feature": i(r, "neighbor"), "dec_cos": f(r, "dec_cos") })).collect::<Vec<_>>(),
-            "partners": at(&t.partners, stage).iter().map(|r| json!({ "chain": s(r, "other_chain"), "stage": s(r, "other_stage"), "feature": i(r, "partner"), "dec_cos": f(r, "dec_cos") })).collect::<Vec<_>>(),
-            "top_examples": top,
-            "quantile_examples": quantiles,
-            "histogram": hist.map(|r| json!({
-                "lo": 0.0, "hi": f(r, "hi"), "n_nonzero": i(r, "n_nonzero"), "counts": ints(r.get("counts")),
-            })),
-            "logits": logits_json(&at(&t.logits, stage), &texts, &mut prev_top),
-        }));
-    }
+    let out_stages: Vec<Value> = (0..stages.len())
+        .map(|n| feature_at_stage(&t, &stages, n, feature, &texts, &mut prev_top))
+        .collect();
     let mut notes = page_notes(
         app,
         &g,
@@ -598,6 +558,60 @@ pub(super) async fn feature(
         "stages": out_stages,
         "notes": notes,
     }))
+}
+
+/// One stage's part of a feature's page: its statistics, movement, neighbours, partners,
+/// examples and logit effects (`prev_top`: the previous stage's top tokens, to mark changes).
+fn feature_at_stage(
+    t: &FeatureTables,
+    stages: &[(String, i64)],
+    n: usize,
+    feature: i32,
+    texts: &HashMap<i64, String>,
+    prev_top: &mut Option<Vec<String>>,
+) -> Value {
+    let (stage, step) = &stages[n];
+    let st = at(&t.stats, stage).first().copied();
+    let mv = at(&t.moves, stage).first().copied();
+    let density = st.and_then(|r| f(r, "density"));
+    let hist = at(&t.hist, stage).first().copied();
+    let (top, quantiles) = examples_json(&at(&t.examples, stage), hist, texts);
+    json!({
+        "stage": stage,
+        "step": step,
+        "density": density,
+        "alive": density.map(|x| x > 1e-4),
+        "mean_act": st.and_then(|r| f(r, "mean_act")),
+        "max_act": st.and_then(|r| f(r, "max_act")),
+        "dec_cos_prev": mv.and_then(|r| f(r, "dec_cos")),
+        "enc_cos_prev": mv.and_then(|r| f(r, "enc_cos")),
+        "dec_cos_first": mv.and_then(|r| f(r, "dec_cos_first")),
+        "enc_cos_first": mv.and_then(|r| f(r, "enc_cos_first")),
+        "next_best_match": stages.get(n + 1).and_then(|(next, _)| next_best_match(t, next, feature)),
+        "nearest": at(&t.near, stage).iter().map(|r| json!({ "feature": i(r, "neighbor"), "dec_cos": f(r, "dec_cos") })).collect::<Vec<_>>(),
+        "partners": at(&t.partners, stage).iter().map(|r| json!({ "chain": s(r, "other_chain"), "stage": s(r, "other_stage"), "feature": i(r, "partner"), "dec_cos": f(r, "dec_cos") })).collect::<Vec<_>>(),
+        "top_examples": top,
+        "quantile_examples": quantiles,
+        "histogram": hist.map(|r| json!({
+            "lo": 0.0, "hi": f(r, "hi"), "n_nonzero": i(r, "n_nonzero"), "counts": ints(r.get("counts")),
+        })),
+        "logits": logits_json(&at(&t.logits, stage), texts, prev_top),
+    })
+}
+
+/// The feature's best match in stage `next`, when the index-aligned feature has moved away.
+fn next_best_match(t: &FeatureTables, next: &str, feature: i32) -> Option<Value> {
+    let m = *at(&t.moves, next).first()?;
+    let (aligned, best, cos) = (
+        f(m, "dec_cos")?,
+        m.get("best_match")?.as_i64()?,
+        f(m, "best_cos")?,
+    );
+    (aligned < MOVED && best != feature as i64).then(|| {
+        json!({
+            "stage": next, "feature": best, "dec_cos": cos, "aligned_dec_cos": aligned,
+        })
+    })
 }
 
 fn histogram(values: &[f64], lo: f64, hi: f64) -> Vec<usize> {
@@ -621,6 +635,42 @@ fn median(values: &[f64]) -> f64 {
     v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
 }
 
+/// Refuses a transition `a → b` unless b is the stage right after a among `stages` (of the
+/// SAE group `group`), naming the transitions there are.
+fn consecutive(stages: &[(String, i64)], a: &str, b: &str, group: &str) -> Result<(), Failure> {
+    let pos = |st: &str| stages.iter().position(|(x, _)| x == st);
+    match (pos(a), pos(b)) {
+        (Some(x), Some(y)) if y == x + 1 => Ok(()),
+        _ => {
+            let known: Vec<String> = stages
+                .windows(2)
+                .map(|w| format!("{} → {}", w[0].0, w[1].0))
+                .collect();
+            Err(Failure::NotFound(unknown(
+                "transition",
+                &format!("{a} → {b}"),
+                group,
+                &known,
+            )))
+        }
+    }
+}
+
+/// Features per quadrant of (decoder, encoder) cosine about their medians: stable (both at or
+/// above), reweighted (decoder only), redirected (encoder only), rotated (neither).
+fn quadrants(dec: &[f64], enc: &[f64], md: f64, me: f64) -> [usize; 4] {
+    let mut q = [0usize; 4];
+    for (x, y) in dec.iter().zip(enc) {
+        q[match (*x >= md, *y >= me) {
+            (true, true) => 0,
+            (true, false) => 1,
+            (false, true) => 2,
+            (false, false) => 3,
+        }] += 1;
+    }
+    q
+}
+
 /// The transition page: how the dictionary moved from stage a to b.
 pub(super) async fn transition(
     app: &App,
@@ -633,22 +683,7 @@ pub(super) async fn transition(
     let stages = stages_of(app, chain, layer, k).await?;
     name("stage", a)?;
     name("stage", b)?;
-    let pos = |st: &str| stages.iter().position(|(x, _)| x == st);
-    match (pos(a), pos(b)) {
-        (Some(x), Some(y)) if y == x + 1 => {}
-        _ => {
-            let known: Vec<String> = stages
-                .windows(2)
-                .map(|w| format!("{} → {}", w[0].0, w[1].0))
-                .collect();
-            return Err(Failure::NotFound(unknown(
-                "transition",
-                &format!("{a} → {b}"),
-                &format!("chain {chain} layer {layer} k {k}"),
-                &known,
-            )));
-        }
-    }
+    consecutive(&stages, a, b, &format!("chain {chain} layer {layer} k {k}"))?;
     let rows = app
         .rows(&format!(
             "SELECT feature, dec_cos, enc_cos FROM {} WHERE chain = '{chain}' AND layer = {layer} \
@@ -665,16 +700,7 @@ pub(super) async fn transition(
         .map(|r| f(r, "enc_cos").unwrap_or(f64::NAN))
         .collect();
     let (md, me) = (median(&dec), median(&enc));
-    let mut quadrants = [0usize; 4];
-    for (x, y) in dec.iter().zip(&enc) {
-        let q = match (*x >= md, *y >= me) {
-            (true, true) => 0,
-            (true, false) => 1,
-            (false, true) => 2,
-            (false, false) => 3,
-        };
-        quadrants[q] += 1;
-    }
+    let quadrants = quadrants(&dec, &enc, md, me);
     let mut drifted: Vec<usize> = (0..dec.len()).collect();
     drifted.sort_by(|&x, &y| dec[x].total_cmp(&dec[y]));
     drifted.truncate(20);

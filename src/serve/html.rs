@@ -436,14 +436,8 @@ fn logits_html(b: &mut String, lg: &Value) {
     );
 }
 
-/// One stage of the feature page: examples in context beside the histogram, logits and neighbours.
-fn stage_html(b: &mut String, s: &Value, chain: &str, l: &Value, k: &Value) {
-    let _ = write!(
-        b,
-        "<section class=stage id=\"stage-{st}\"><h2>{st} <span class=muted>(step {})</span></h2><div class=cols><div>",
-        s["step"],
-        st = text(&s["stage"])
-    );
+/// A stage's top examples, then its quantile intervals' examples folded (the highest first).
+fn examples_column_html(b: &mut String, s: &Value) {
     let examples = s["top_examples"].as_array().cloned().unwrap_or_default();
     b.push_str("<h3>Top activations</h3>");
     if examples.is_empty() {
@@ -470,6 +464,17 @@ fn stage_html(b: &mut String, s: &Value, chain: &str, l: &Value, k: &Value) {
         }
         b.push_str("</details>");
     }
+}
+
+/// One stage of the feature page: examples in context beside the histogram, logits and neighbours.
+fn stage_html(b: &mut String, s: &Value, chain: &str, l: &Value, k: &Value) {
+    let _ = write!(
+        b,
+        "<section class=stage id=\"stage-{st}\"><h2>{st} <span class=muted>(step {})</span></h2><div class=cols><div>",
+        s["step"],
+        st = text(&s["stage"])
+    );
+    examples_column_html(b, s);
     b.push_str("</div><div>");
     if let Some(h) = s["histogram"].as_object() {
         let counts = h

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{plan_err, Result, ScalarValue};
 use datafusion::datasource::MemTable;
@@ -16,7 +16,7 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::Expr;
 
 use crate::kernels::{for_each_cosine_row, unit_rows};
-use crate::lake::Lake;
+use crate::lake::{Lake, Transition};
 use crate::tables::read_sae;
 
 #[derive(Debug)]
@@ -137,20 +137,7 @@ impl TableFunctionImpl for BestMatch {
             .filter(|t| layer.is_none_or(|l| t.layer as i64 == l))
             .filter(|t| k.is_none_or(|k| t.k as i64 == k))
             .collect();
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("chain", DataType::Utf8, false),
-            Field::new("layer", DataType::Int32, false),
-            Field::new("k", DataType::Int32, false),
-            Field::new("stage_from", DataType::Utf8, false),
-            Field::new("stage_to", DataType::Utf8, false),
-            Field::new("step_from", DataType::Int64, false),
-            Field::new("step_to", DataType::Int64, false),
-            Field::new("feature", DataType::Int32, false),
-            Field::new("best_feature", DataType::Int32, false),
-            Field::new("best_cos", DataType::Float64, false),
-            Field::new("aligned_cos", DataType::Float64, true),
-            Field::new("renaming_gap", DataType::Float64, true),
-        ]));
+        let schema = best_match_schema();
         let mut batches = Vec::new();
         for t in &transitions {
             let a = read_sae(&self.lake, &t.from_key()).map_err(ext)?;
@@ -162,34 +149,62 @@ impl TableFunctionImpl for BestMatch {
             }
             let m = best_matches_on(&a.w_dec, &b.w_dec, a.d_model, &self.device)
                 .map_err(|e| DataFusionError::External(e.into()))?;
-            let n = m.len();
-            let aligned: Vec<Option<f64>> = m
-                .iter()
-                .map(|r| (!r.2.is_nan()).then_some(r.2 as f64))
-                .collect();
-            batches.push(RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(StringArray::from(vec![t.chain.as_str(); n])),
-                    Arc::new(Int32Array::from(vec![t.layer; n])),
-                    Arc::new(Int32Array::from(vec![t.k; n])),
-                    Arc::new(StringArray::from(vec![t.stage_from.as_str(); n])),
-                    Arc::new(StringArray::from(vec![t.stage_to.as_str(); n])),
-                    Arc::new(Int64Array::from(vec![t.step_from; n])),
-                    Arc::new(Int64Array::from(vec![t.step_to; n])),
-                    Arc::new(Int32Array::from_iter_values(0..n as i32)),
-                    Arc::new(Int32Array::from_iter_values(m.iter().map(|r| r.0 as i32))),
-                    Arc::new(Float64Array::from_iter_values(m.iter().map(|r| r.1 as f64))),
-                    Arc::new(Float64Array::from(aligned.clone())),
-                    Arc::new(Float64Array::from_iter(
-                        m.iter()
-                            .zip(&aligned)
-                            .map(|(r, al)| al.map(|al| r.1 as f64 - al)),
-                    )),
-                ],
-            )?);
+            batches.push(transition_batch(&schema, t, &m)?);
         }
         // No matching transition is an empty table, like a WHERE that matches nothing.
         Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
     }
+}
+
+/// The columns of `best_match`'s table.
+fn best_match_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("chain", DataType::Utf8, false),
+        Field::new("layer", DataType::Int32, false),
+        Field::new("k", DataType::Int32, false),
+        Field::new("stage_from", DataType::Utf8, false),
+        Field::new("stage_to", DataType::Utf8, false),
+        Field::new("step_from", DataType::Int64, false),
+        Field::new("step_to", DataType::Int64, false),
+        Field::new("feature", DataType::Int32, false),
+        Field::new("best_feature", DataType::Int32, false),
+        Field::new("best_cos", DataType::Float64, false),
+        Field::new("aligned_cos", DataType::Float64, true),
+        Field::new("renaming_gap", DataType::Float64, true),
+    ]))
+}
+
+/// One transition's rows: per feature of its first SAE, `m`'s (best feature, best cosine,
+/// aligned cosine; NaN where the second SAE has no such index).
+fn transition_batch(
+    schema: &SchemaRef,
+    t: &Transition,
+    m: &[(usize, f32, f32)],
+) -> Result<RecordBatch> {
+    let n = m.len();
+    let aligned: Vec<Option<f64>> = m
+        .iter()
+        .map(|r| (!r.2.is_nan()).then_some(r.2 as f64))
+        .collect();
+    let gap = m
+        .iter()
+        .zip(&aligned)
+        .map(|(r, al)| al.map(|al| r.1 as f64 - al));
+    Ok(RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec![t.chain.as_str(); n])),
+            Arc::new(Int32Array::from(vec![t.layer; n])),
+            Arc::new(Int32Array::from(vec![t.k; n])),
+            Arc::new(StringArray::from(vec![t.stage_from.as_str(); n])),
+            Arc::new(StringArray::from(vec![t.stage_to.as_str(); n])),
+            Arc::new(Int64Array::from(vec![t.step_from; n])),
+            Arc::new(Int64Array::from(vec![t.step_to; n])),
+            Arc::new(Int32Array::from_iter_values(0..n as i32)),
+            Arc::new(Int32Array::from_iter_values(m.iter().map(|r| r.0 as i32))),
+            Arc::new(Float64Array::from_iter_values(m.iter().map(|r| r.1 as f64))),
+            Arc::new(Float64Array::from(aligned.clone())),
+            Arc::new(Float64Array::from_iter(gap)),
+        ],
+    )?)
 }

@@ -39,7 +39,7 @@ pub struct BenchIngest {
 /// Transformers' CPU f32 throughput on this machine kind (shared/bench/README.md).
 const TRANSFORMERS_TOKENS_PER_S: f64 = 147.0;
 
-pub(super) const QWEN_05B: TinyShape = TinyShape {
+const QWEN_05B: TinyShape = TinyShape {
     hidden: 896,
     layers: 24,
     heads: 14,
@@ -53,20 +53,12 @@ pub fn run(a: &BenchIngest, refs: &References) -> Result<()> {
     let model_dir = a.keep.clone().unwrap_or_else(|| work.join("model"));
     let data = questions_file(&a.data, &work)?;
     let shape = &QWEN_05B;
-    if !model_dir.join("model.safetensors").is_file() {
-        let texts: Vec<String> = read_questions(&data, None)?
+    random_qwen(&model_dir, a.tokenizer.as_deref(), || {
+        Ok(read_questions(&data, None)?
             .into_iter()
             .map(|d| d.question)
-            .collect();
-        let t = Instant::now();
-        write_tokenizer(&model_dir, a.tokenizer.as_deref(), &texts)?;
-        write_model(&model_dir, shape, VOCAB, 0, None)?;
-        println!(
-            "wrote a random Qwen2.5-0.5B-shaped model to {} in {:.1} s",
-            model_dir.display(),
-            t.elapsed().as_secs_f64()
-        );
-    }
+            .collect())
+    })?;
     let lake = Lake::new(work.join("lake"));
     reset_peak_rss();
     let t = Instant::now();
@@ -94,17 +86,7 @@ pub fn run(a: &BenchIngest, refs: &References) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     let rss = peak_rss().unwrap_or(0);
-    let (h, i, kv) = (
-        shape.hidden as f64,
-        shape.intermediate as f64,
-        (shape.kv_heads * shape.hidden / shape.heads) as f64,
-    );
-    // Linear layers of every block up to the deepest captured one (23 = all 24); attention's
-    // T×T products are small next to them at GSM8k lengths and are left out.
-    let block = 2.0 * h * h + 2.0 * h * kv + 3.0 * h * i;
-    let flops_per_token = shape.layers as f64 * 2.0 * block;
-    let weights =
-        4.0 * (shape.layers as f64 * (block + 2.0 * h + 2.0 * kv + h) + VOCAB as f64 * h + h);
+    let (flops_per_token, weights) = cost(shape);
     let tps = tokens as f64 / secs;
     let achieved = tps * flops_per_token / 1e9;
     println!(
@@ -147,6 +129,43 @@ pub fn run(a: &BenchIngest, refs: &References) -> Result<()> {
         bf16_difference(&work, &model_dir, &data, a.device.name())?;
     }
     Ok(())
+}
+
+/// Writes a random Qwen2.5-0.5B-shaped model into `dir` unless one is there, with `tokenizer`
+/// or else a BPE trained on `texts()`.
+pub(super) fn random_qwen(
+    dir: &Path,
+    tokenizer: Option<&Path>,
+    texts: impl FnOnce() -> Result<Vec<String>>,
+) -> Result<()> {
+    if dir.join("model.safetensors").is_file() {
+        return Ok(());
+    }
+    let t = Instant::now();
+    write_tokenizer(dir, tokenizer, &texts()?)?;
+    write_model(dir, &QWEN_05B, VOCAB, 0, None)?;
+    println!(
+        "wrote a random Qwen2.5-0.5B-shaped model to {} in {:.1} s",
+        dir.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A model's forward FLOP per token and its f32 weights' bytes.
+fn cost(shape: &TinyShape) -> (f64, f64) {
+    let (h, i, kv) = (
+        shape.hidden as f64,
+        shape.intermediate as f64,
+        (shape.kv_heads * shape.hidden / shape.heads) as f64,
+    );
+    // Linear layers of every block up to the deepest captured one (23 = all 24); attention's
+    // T×T products are small next to them at GSM8k lengths and are left out.
+    let block = 2.0 * h * h + 2.0 * h * kv + 3.0 * h * i;
+    let flops_per_token = shape.layers as f64 * 2.0 * block;
+    let weights =
+        4.0 * (shape.layers as f64 * (block + 2.0 * h + 2.0 * kv + h) + VOCAB as f64 * h + h);
+    (flops_per_token, weights)
 }
 
 /// bf16 against f32: 16 questions ingested both ways, the relative RMS difference per layer.

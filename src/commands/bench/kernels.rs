@@ -67,16 +67,14 @@ pub fn compile() -> Result<()> {
     bail!("this saerl was built without CUDA; rebuild with `--features cuda`")
 }
 
+/// Checks and times every device kernel; fails at the first that disagrees with the CPU.
 pub fn run(device: &str) -> Result<()> {
     let dev = crate::model::device(device)?;
-    let cpu = Device::Cpu;
     let (rows, n, d, k) = (512usize, 7168usize, 896usize, 64usize);
-    let up = |v: &[f32], shape: (usize, usize), on: &Device| Tensor::from_slice(v, shape, on);
     println!(
         "device kernels against their CPU references ({device}; rows {rows}, d_sae {n}, d {d}):"
     );
-
-    // top-k, at k and at the aux size, with ties planted (every value appears twice).
+    // Scores with ties planted (every 97th value appears twice) and a bias.
     let mut zv = random(rows * n, 1);
     for r in 0..rows {
         for j in (0..n).step_by(97) {
@@ -84,14 +82,45 @@ pub fn run(device: &str) -> Result<()> {
         }
     }
     let bv = random(n, 2);
+    let scores = Scores {
+        z: &zv,
+        b: &bv,
+        rows,
+        n,
+    };
+    check_topk(&dev, &scores, k)?;
+    check_sparse(&dev, &scores, d, k)?;
+    check_adam(&dev, n, d)
+}
+
+/// A batch's encoder scores (rows × n) and the bias added before the top-k.
+struct Scores<'a> {
+    z: &'a [f32],
+    b: &'a [f32],
+    rows: usize,
+    n: usize,
+}
+
+impl Scores<'_> {
+    fn on(&self, dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((
+            up(self.z, (self.rows, self.n), dev)?,
+            Tensor::from_slice(self.b, self.n, dev)?,
+        ))
+    }
+}
+
+fn up(v: &[f32], shape: (usize, usize), on: &Device) -> candle_core::Result<Tensor> {
+    Tensor::from_slice(v, shape, on)
+}
+
+/// top-k at k and at the aux size: the same features exactly, the values within TOL.
+fn check_topk(dev: &Device, scores: &Scores, k: usize) -> Result<()> {
     for kk in [k, 16 * k] {
-        let (z, b) = (up(&zv, (rows, n), &dev)?, Tensor::from_slice(&bv, n, &dev)?);
+        let (z, b) = scores.on(dev)?;
         let (ig, vg) = topk_rows(&z, &b, kk)?;
-        let (iw, vw) = topk_rows(
-            &up(&zv, (rows, n), &cpu)?,
-            &Tensor::from_slice(&bv, n, &cpu)?,
-            kk,
-        )?;
+        let (zc, bc) = scores.on(&Device::Cpu)?;
+        let (iw, vw) = topk_rows(&zc, &bc, kk)?;
         if ig.to_vec2::<u32>()? != iw.to_vec2::<u32>()? {
             bail!("topk_rows k={kk}: the selected features differ from the CPU's");
         }
@@ -101,16 +130,21 @@ pub fn run(device: &str) -> Result<()> {
             &vw.flatten_all()?.to_vec1()?,
             TOL,
         )?;
-        let ms = time(&dev, || topk_rows(&z, &b, kk).map(|_| ()))?;
+        let ms = time(dev, || topk_rows(&z, &b, kk).map(|_| ()))?;
         println!("  topk_rows k={kk:<5} indices exact, values within {err:.1e}; {ms:.3} ms");
     }
+    Ok(())
+}
 
-    // Sparse decode and gather-dot over the selections of a top-k.
-    let (z, b) = (up(&zv, (rows, n), &cpu)?, Tensor::from_slice(&bv, n, &cpu)?);
+/// Sparse decode, gather-dot, bincount, the sparse weight gradient and the sum of squares over
+/// the selections of a top-k.
+fn check_sparse(dev: &Device, scores: &Scores, d: usize, k: usize) -> Result<()> {
+    let (cpu, (rows, n)) = (Device::Cpu, (scores.rows, scores.n));
+    let (z, b) = scores.on(&cpu)?;
     let (idx, val) = topk_rows(&z, &b, k)?;
     let wv = random(n * d, 3);
     let xv = random(rows * d, 4);
-    let on = |t: &Tensor| t.to_device(&dev);
+    let on = |t: &Tensor| t.to_device(dev);
     let (w, x) = (up(&wv, (n, d), &cpu)?, up(&xv, (rows, d), &cpu)?);
     let (idx_g, val_g, w_g, x_g) = (on(&idx)?, on(&val)?, on(&w)?, on(&x)?);
     let err = compare(
@@ -121,7 +155,7 @@ pub fn run(device: &str) -> Result<()> {
         &sparse_decode(&idx, &val, &w)?.flatten_all()?.to_vec1()?,
         TOL,
     )?;
-    let ms = time(&dev, || sparse_decode(&idx_g, &val_g, &w_g).map(|_| ()))?;
+    let ms = time(dev, || sparse_decode(&idx_g, &val_g, &w_g).map(|_| ()))?;
     println!("  sparse_decode     within {err:.1e}; {ms:.3} ms");
     let err = compare(
         "gather_dot",
@@ -129,7 +163,7 @@ pub fn run(device: &str) -> Result<()> {
         &gather_dot(&idx, &w, &x)?.flatten_all()?.to_vec1()?,
         TOL * (d as f32).sqrt(),
     )?;
-    let ms = time(&dev, || gather_dot(&idx_g, &w_g, &x_g).map(|_| ()))?;
+    let ms = time(dev, || gather_dot(&idx_g, &w_g, &x_g).map(|_| ()))?;
     println!("  gather_dot        within {err:.1e}; {ms:.3} ms");
     let (cg, cw) = (bincount(&idx_g, n)?, bincount(&idx, n)?);
     if cg.to_vec1::<u32>()? != cw.to_vec1::<u32>()? {
@@ -146,7 +180,7 @@ pub fn run(device: &str) -> Result<()> {
         &outer(&idx, &val, &x)?.to_vec1()?,
         TOL * (rows as f32).sqrt(),
     )?;
-    let ms = time(&dev, || outer(&idx_g, val_g, x_g).map(|_| ()))?;
+    let ms = time(dev, || outer(&idx_g, val_g, x_g).map(|_| ()))?;
     println!("  sparse_outer      within {err:.1e}; {ms:.3} ms");
     let (sg, sw) = (
         sum_sq(&w_g)?.to_scalar::<f64>()?,
@@ -155,13 +189,16 @@ pub fn run(device: &str) -> Result<()> {
     if (sg - sw).abs() > 1e-9 * sw {
         bail!("sum_sq: {sg} on the device, {sw} on the CPU");
     }
-    let ms = time(&dev, || sum_sq(&w_g).map(|_| ()))?;
+    let ms = time(dev, || sum_sq(&w_g).map(|_| ()))?;
     println!(
         "  sum_sq            within {:.1e}; {ms:.3} ms",
         (sg - sw).abs() / sw
     );
+    Ok(())
+}
 
-    // Adam and the row renormalisation, in place on copies of one state.
+/// Adam and the row renormalisation, in place on copies of one state.
+fn check_adam(dev: &Device, n: usize, d: usize) -> Result<()> {
     let state_v: Vec<f32> = random(n * d, 5)
         .into_iter()
         .chain(random(n * d, 6).into_iter().map(|v| v * 1e-3))
@@ -184,13 +221,13 @@ pub fn run(device: &str) -> Result<()> {
     // The norm is a sum of d squares reduced as a tree on the device.
     let err = compare(
         "adam + unit_rows",
-        &run_adam(&dev)?,
-        &run_adam(&cpu)?,
+        &run_adam(dev)?,
+        &run_adam(&Device::Cpu)?,
         TOL * (d as f32).sqrt(),
     )?;
-    let s = up(&state_v, (3, n * d), &dev)?;
-    let (g, sq) = (Tensor::from_slice(&gv, n * d, &dev)?, sq_norm(&dev)?);
-    let ms = time(&dev, || adam(&s, &g, &sq, h))?;
+    let s = up(&state_v, (3, n * d), dev)?;
+    let (g, sq) = (Tensor::from_slice(&gv, n * d, dev)?, sq_norm(dev)?);
+    let ms = time(dev, || adam(&s, &g, &sq, h))?;
     println!(
         "  adam (+unit_rows) within {err:.1e}; adam {ms:.3} ms on {} parameters",
         n * d

@@ -64,23 +64,7 @@ pub async fn run(a: &BenchServe) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
 
-    let t = Instant::now();
-    let stats = crate::commands::stats::StatsArgs {
-        select: crate::commands::SaeSelection {
-            chain: "flexible".into(),
-            stage: Vec::new(),
-            layers: Vec::new(),
-            k: None,
-        },
-        device: Default::default(),
-        overwrite: Default::default(),
-    };
-    crate::commands::stats::run(&lake, &stats)?;
-    println!(
-        "stats: {:.1} s for {} stages",
-        t.elapsed().as_secs_f64(),
-        a.shape.stages
-    );
+    page_tables(&lake, a.shape.stages)?;
 
     let server = Server::start(&lake)?;
     let k = a.shape.k;
@@ -110,18 +94,8 @@ pub async fn run(a: &BenchServe) -> Result<()> {
         "  first feature page after start: {:.0} ms (target < 1000)",
         ms(first)
     );
-    println!(
-        "  warm feature page, HTML: median {:.0} ms, p95 {:.0} ms, max {:.0} ms (target < 200)",
-        ms(quantile(&html, 0.5)),
-        ms(quantile(&html, 0.95)),
-        ms(quantile(&html, 1.0))
-    );
-    println!(
-        "  warm feature page, JSON: median {:.0} ms, p95 {:.0} ms, max {:.0} ms (target < 200)",
-        ms(quantile(&json, 0.5)),
-        ms(quantile(&json, 0.95)),
-        ms(quantile(&json, 1.0))
-    );
+    print_latencies("HTML", &html);
+    print_latencies("JSON", &json);
     println!(
         "  study page: first {:.0} ms, then median {:.0} ms (target < 1000); a transition page {:.0} ms",
         ms(first_study),
@@ -130,6 +104,37 @@ pub async fn run(a: &BenchServe) -> Result<()> {
     );
     println!("  server peak RSS {:.2} GiB (target < 1 GB)", gib(rss));
     Ok(())
+}
+
+/// `saerl stats` over the chain's SAEs: the tables the pages read.
+fn page_tables(lake: &Lake, stages: usize) -> Result<()> {
+    let t = Instant::now();
+    let stats = crate::commands::stats::StatsArgs {
+        select: crate::commands::SaeSelection {
+            chain: "flexible".into(),
+            stage: Vec::new(),
+            layers: Vec::new(),
+            k: None,
+        },
+        device: Default::default(),
+        overwrite: Default::default(),
+    };
+    crate::commands::stats::run(lake, &stats)?;
+    println!(
+        "stats: {:.1} s for {} stages",
+        t.elapsed().as_secs_f64(),
+        stages
+    );
+    Ok(())
+}
+
+fn print_latencies(what: &str, seconds: &[f64]) {
+    println!(
+        "  warm feature page, {what}: median {:.0} ms, p95 {:.0} ms, max {:.0} ms (target < 200)",
+        1e3 * quantile(seconds, 0.5),
+        1e3 * quantile(seconds, 0.95),
+        1e3 * quantile(seconds, 1.0)
+    );
 }
 
 fn quantile(v: &[f64], q: f64) -> f64 {

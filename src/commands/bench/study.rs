@@ -16,21 +16,18 @@
 //! parallelism reached.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::{ingest::QWEN_05B, work_dir};
+use super::{ingest::random_qwen, work_dir};
 use crate::commands::run::{self, duration, Phase, RunArgs, RunSummary};
 use crate::data::{read_questions, SAMPLE_TEST, SAMPLE_TRAIN};
 use crate::lake::{Lake, PartitionKey, Table};
-use crate::model::random::{write_model, write_tokenizer};
 use crate::model::{ModelDtype, TextTokenizer};
 use crate::study::{stage_name, CHAINS, LAYERS};
 
 /// Tokens per stage of the study (GSM8k train, max 512 tokens per question).
 const STUDY_TOKENS: f64 = 445_744.0;
-const VOCAB: usize = 151_936;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchStudy {
@@ -128,20 +125,12 @@ pub fn run(a: &BenchStudy) -> Result<()> {
     let (_tmp, work) = work_dir(&a.keep)?;
     let model = work.join("model");
     let (train, test) = (work.join("train.jsonl"), work.join("test.jsonl"));
-    if !model.join("model.safetensors").is_file() {
-        let texts: Vec<String> = crate::data::sample_questions(SAMPLE_TRAIN, None)
+    random_qwen(&model, None, || {
+        Ok(crate::data::sample_questions(SAMPLE_TRAIN, None)
             .into_iter()
             .map(|d| d.question)
-            .collect();
-        let t = Instant::now();
-        write_tokenizer(&model, None, &texts)?;
-        write_model(&model, &QWEN_05B, VOCAB, 0, None)?;
-        println!(
-            "wrote a random Qwen2.5-0.5B-shaped model to {} in {:.1} s",
-            model.display(),
-            t.elapsed().as_secs_f64()
-        );
-    }
+            .collect())
+    })?;
     let tok = TextTokenizer::from_file(&model.join("tokenizer.json"))?;
     let tokens = (a.scale * STUDY_TOKENS).round() as usize;
     std::fs::write(&train, questions(&tok, tokens)?)?;
@@ -179,9 +168,9 @@ pub fn run(a: &BenchStudy) -> Result<()> {
     Ok(())
 }
 
-/// Each phase's time and rate, and its extrapolation to the full and the 10 % study.
-fn report(lake: &Lake, s: &RunSummary, a: &BenchStudy, prompts: usize) -> Result<()> {
-    // Tokens per stage and the train rows each epoch passes over, from the lake.
+/// From the lake: the tokens ingested (counted at the first layer) and the train rows each
+/// epoch of every SAE passes over.
+fn data_sizes(lake: &Lake) -> Result<(usize, f64)> {
     let mut tokens = 0usize;
     let mut train_rows = 0f64;
     for (key, _) in lake.partitions(Table::Saes)? {
@@ -197,6 +186,12 @@ fn report(lake: &Lake, s: &RunSummary, a: &BenchStudy, prompts: usize) -> Result
         let act = PartitionKey::layer(&key.chain, key.stage.as_deref().unwrap_or(""), LAYERS[0]);
         tokens += lake.activation_count(&act)?;
     }
+    Ok((tokens, train_rows))
+}
+
+/// Each phase's time and rate, and its extrapolation to the full and the 10 % study.
+fn report(lake: &Lake, s: &RunSummary, a: &BenchStudy, prompts: usize) -> Result<()> {
+    let (tokens, train_rows) = data_sizes(lake)?;
     let prompt_ratio = |to: f64| (prompts as f64, eval_prompts(to) as f64);
     println!(
         "\nbench study at S = {} on {} ({} cores):",

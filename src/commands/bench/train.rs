@@ -84,36 +84,55 @@ pub fn run(steps: usize, dead: usize, device: &str, refs: &References) -> Result
     let rss = peak_rss().unwrap_or(0);
     let aux = dead.map_or(String::new(), |dd| format!(", aux-k on {} dead", dd.len()));
     println!("saerl train step ({device}; d {d}, d_sae {n}, k {k}, batch {batch}{aux}): {rps:.0} rows/s = {:.3} ms/step over {steps} steps after {warm} warm-up step(s); peak RSS {:.2} GiB", 1e3 * secs / steps as f64, gib(rss));
-    if let Some(profile) = device_trainer.as_ref().and_then(|dt| dt.profile()) {
-        let total = (steps + warm) as f64;
+    match &device_trainer {
+        Some(dt) => print_device_profile(dt, steps + warm),
+        None => print_cpu_phases(&scratch, steps, rps, (batch, d, n)),
+    }
+    // PyTorch's reference step has no aux-k term: with --dead, no like-for-like ratio.
+    if dead.is_none() {
+        compare_with_pytorch(rps, device, dev.is_cpu(), refs);
+    }
+    Ok(())
+}
+
+/// The device's per-phase times per step (SAERL_PROFILE), when it kept them.
+fn print_device_profile(dt: &DeviceTrainer, total_steps: usize) {
+    if let Some(profile) = dt.profile() {
         let phases: Vec<String> = profile
             .iter()
-            .map(|(p, t)| format!("{p} {:.3} ms", 1e3 * t / total))
+            .map(|(p, t)| format!("{p} {:.3} ms", 1e3 * t / total_steps as f64))
             .collect();
         println!(
             "  per step (SAERL_PROFILE, synchronised): {}",
             phases.join(", ")
         );
     }
-    if dev.is_cpu() {
-        let phases: Vec<String> = step::PHASES
-            .iter()
-            .zip(scratch.phase_times())
-            .map(|(p, t)| format!("{p} {:.1} ms", 1e3 * t / steps as f64))
-            .collect();
-        println!("  per step: {}", phases.join(", "));
-        let gemm = gflops(batch, d, n, true);
-        // The encoder GEMM is the floor: 2·d·d_sae FLOP per row.
-        let bound = gemm * 1e9 / (2.0 * (d * n) as f64);
-        println!(
-            "  encoder GEMM {gemm:.1} GFLOP/s → GEMM-bound limit {bound:.0} rows/s; saerl reaches {:.0}% of it",
-            100.0 * rps / bound
-        );
-    }
-    if dead.is_some() {
-        // PyTorch's reference step has no aux-k term: no like-for-like ratio.
-        return Ok(());
-    }
+}
+
+/// The CPU step's phases per step, and how close the rate comes to the encoder GEMM's bound.
+fn print_cpu_phases(
+    scratch: &Scratch,
+    steps: usize,
+    rps: f64,
+    (batch, d, n): (usize, usize, usize),
+) {
+    let phases: Vec<String> = step::PHASES
+        .iter()
+        .zip(scratch.phase_times())
+        .map(|(p, t)| format!("{p} {:.1} ms", 1e3 * t / steps as f64))
+        .collect();
+    println!("  per step: {}", phases.join(", "));
+    let gemm = gflops(batch, d, n, true);
+    // The encoder GEMM is the floor: 2·d·d_sae FLOP per row.
+    let bound = gemm * 1e9 / (2.0 * (d * n) as f64);
+    println!(
+        "  encoder GEMM {gemm:.1} GFLOP/s → GEMM-bound limit {bound:.0} rows/s; saerl reaches {:.0}% of it",
+        100.0 * rps / bound
+    );
+}
+
+/// The rate against PyTorch's dense step, run now where `refs` has it, else as recorded.
+fn compare_with_pytorch(rps: f64, device: &str, cpu: bool, refs: &References) {
     let threads = rayon::current_num_threads().to_string();
     let reference = refs
         .script(
@@ -121,7 +140,7 @@ pub fn run(steps: usize, dead: usize, device: &str, refs: &References) -> Result
             &["--threads", &threads, "--device", device],
         )
         .and_then(|out| super::figure_before(&out, "rows/s"));
-    let (recorded, target) = match dev.is_cpu() {
+    let (recorded, target) = match cpu {
         true => (Some(PYTORCH_ROWS_PER_S), 4.0),
         false => (None, 2.0),
     };
@@ -132,7 +151,6 @@ pub fn run(steps: usize, dead: usize, device: &str, refs: &References) -> Result
         recorded,
         target,
     );
-    Ok(())
 }
 
 /// A whole SAE at the study's shape and settings (20 epochs, batch 512, aux-k, resampling,

@@ -115,6 +115,33 @@ fn fits(steps: &[Step], i: usize, running: &[usize], limits: &Limits) -> bool {
         && phase != Phase::Report
 }
 
+/// Runs step `s` on a thread of its own, which reports its result and seconds on `tx` (a
+/// panic as an error, so the run stops with it instead of hanging).
+fn spawn(lake: &Lake, s: usize, step: &Step, tx: &mpsc::Sender<Reported>) -> Result<()> {
+    let (lake, step, tx) = (lake.clone(), step.clone(), tx.clone());
+    std::thread::Builder::new()
+        .name(format!("saerl run step {s}"))
+        .spawn(move || {
+            let t = Instant::now();
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_step(&lake, &step)))
+                    .unwrap_or_else(|p| {
+                        let what = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
+                        Err(anyhow!("the step panicked: {what}"))
+                    });
+            let _ = tx.send((s, result, t.elapsed().as_secs_f64()));
+        })
+        .context("starting a step's thread")?;
+    Ok(())
+}
+
+/// What a step's thread sends back: the step, its result and its seconds.
+type Reported = (usize, Result<Outcome>, f64);
+
 /// Takes the steps `todo` (indices into `steps`, plan order) to completion; steps outside
 /// `todo` count as done. Returns each finished step's times.
 pub fn execute(
@@ -135,7 +162,7 @@ pub fn execute(
     let mut running: Vec<usize> = Vec::new();
     let mut began = vec![0f64; steps.len()];
     let mut out = Vec::new();
-    let (tx, rx) = mpsc::channel::<(usize, Result<Outcome>, f64)>();
+    let (tx, rx) = mpsc::channel::<Reported>();
     loop {
         let mut i = 0;
         while i < waiting.len() {
@@ -150,25 +177,7 @@ pub fn execute(
                 running.push(s);
                 began[s] = started.elapsed().as_secs_f64();
                 view.begin(s);
-                let (lake, step, tx) = (lake.clone(), steps[s].clone(), tx.clone());
-                std::thread::Builder::new()
-                    .name(format!("saerl run step {s}"))
-                    .spawn(move || {
-                        let t = Instant::now();
-                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            run_step(&lake, &step)
-                        }))
-                        .unwrap_or_else(|p| {
-                            let what = p
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                                .unwrap_or_default();
-                            Err(anyhow!("the step panicked: {what}"))
-                        });
-                        let _ = tx.send((s, result, t.elapsed().as_secs_f64()));
-                    })
-                    .context("starting a step's thread")?;
+                spawn(lake, s, &steps[s], &tx)?;
             } else {
                 i += 1;
             }
@@ -186,15 +195,17 @@ pub fn execute(
         let (s, result, seconds) = rx.recv().context("a step's thread vanished")?;
         running.retain(|&r| r != s);
         let step = &steps[s];
-        if let Err(e) = result {
-            view.fail(s, seconds);
-            return Err(e.context(format!(
-                "{} {} failed; the steps finished before it are in the lake, and `saerl run` resumes from there",
-                step.phase.name(),
-                step.target
-            )));
-        }
-        let outcome = result.unwrap();
+        let outcome = match result {
+            Ok(o) => o,
+            Err(e) => {
+                view.fail(s, seconds);
+                return Err(e.context(format!(
+                    "{} {} failed; the steps finished before it are in the lake, and `saerl run` resumes from there",
+                    step.phase.name(),
+                    step.target
+                )));
+            }
+        };
         finished[s] = true;
         if step.state == State::ToDo {
             // A resumed step's time covers only its rest: it would overstate the rate.

@@ -4,7 +4,7 @@
 //! command line of the individual command that does it, with what it waits for and whether the
 //! lake already holds its output.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -163,6 +163,9 @@ pub fn build(lake: &Lake, project: &Project, path: &Path, scope: &Scope) -> Resu
     check_chains(project, path, scope)?;
     let mut plan = Planner::new(lake, project, path, scope)?;
     let mut layers_seen = BTreeSet::new();
+    // Per chain in scope: its SAEs (layer, k), and per SAE the previous stage's training.
+    let mut grids = BTreeMap::new();
+    let mut stages = Vec::new();
     for (chain, config) in &project.chains {
         if !scope.chains.is_empty() && !scope.chains.contains(chain) {
             continue;
@@ -176,7 +179,19 @@ pub fn build(lake: &Lake, project: &Project, path: &Path, scope: &Scope) -> Resu
             continue;
         }
         layers_seen.extend(grid.iter().map(|&(l, _)| l));
-        plan.chain(chain, &grid)?;
+        let prev = vec![None; grid.len()];
+        grids.insert(chain.as_str(), (grid, prev));
+        for (stage, step) in ordered_stages(project, chain)? {
+            stages.push((step, chain.as_str(), stage));
+        }
+    }
+    // The chains' stages side by side in step order (each chain's own order kept), so the
+    // stages whose SAEs partner across chains are trained close together and their
+    // statistics can start long before the last chain's trainings.
+    stages.sort_by_key(|&(step, _, _)| step);
+    for (_, chain, stage) in &stages {
+        let (grid, prev) = grids.get_mut(chain).expect("a chain in scope");
+        plan.stage(chain, stage, grid, prev)?;
     }
     if let Some(l) = scope.layers.iter().find(|l| !layers_seen.contains(l)) {
         bail!(
@@ -217,7 +232,6 @@ fn check_chains(project: &Project, path: &Path, scope: &Scope) -> Result<()> {
 /// The plan as it is built: the project's settings as flags, and the steps so far.
 struct Planner<'a> {
     lake: &'a Lake,
-    project: &'a Project,
     path: &'a Path,
     scope: &'a Scope,
     project_arg: String,
@@ -274,7 +288,6 @@ impl<'a> Planner<'a> {
         let reserved = |extra: &[&'static str]| [&common[..], extra].concat();
         Ok(Self {
             lake,
-            project,
             path,
             scope,
             project_arg: path.display().to_string(),
@@ -301,39 +314,37 @@ impl<'a> Planner<'a> {
         self.steps.len() - 1
     }
 
-    /// One chain's steps: per stage its ingest and trainings (each SAE warm-started from the
-    /// previous stage's), then per stage and k an eval and a stats.
-    fn chain(&mut self, chain: &str, grid: &[(i32, usize)]) -> Result<()> {
+    /// One stage's steps: its ingest and trainings (each SAE warm-started from the previous
+    /// stage's, `prev` per SAE of `grid`, updated), then per k an eval and a stats.
+    fn stage(
+        &mut self,
+        chain: &str,
+        stage: &str,
+        grid: &[(i32, usize)],
+        prev: &mut [Option<usize>],
+    ) -> Result<()> {
         let layers: Vec<i32> = grid
             .iter()
             .map(|&(l, _)| l)
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        // Per (layer, k): the previous stage's training step.
-        let mut prev_train: Vec<Option<usize>> = vec![None; grid.len()];
-        let mut stage_trains = Vec::new();
-        for (stage, _) in ordered_stages(self.project, chain)? {
-            let ingest = self.ingest(chain, &stage, &layers)?;
-            let mut trains = Vec::new();
-            for (g, &(layer, k)) in grid.iter().enumerate() {
-                let needs = std::iter::once(ingest).chain(prev_train[g]).collect();
-                let i = self.train(chain, &stage, layer, k, needs)?;
-                prev_train[g] = Some(i);
-                trains.push((layer, k, i));
-            }
-            stage_trains.push((stage, trains));
+        let ingest = self.ingest(chain, stage, &layers)?;
+        let mut trains = Vec::new();
+        for (g, &(layer, k)) in grid.iter().enumerate() {
+            let needs = std::iter::once(ingest).chain(prev[g]).collect();
+            let i = self.train(chain, stage, layer, k, needs)?;
+            prev[g] = Some(i);
+            trains.push((layer, k, i));
         }
         let ks: BTreeSet<usize> = grid.iter().map(|&(_, k)| k).collect();
-        for (stage, trains) in &stage_trains {
-            for &k in &ks {
-                let mine: Vec<(i32, usize)> = trains
-                    .iter()
-                    .filter(|(_, tk, _)| *tk == k)
-                    .map(|&(l, _, i)| (l, i))
-                    .collect();
-                self.eval_and_stats(chain, stage, k, &mine)?;
-            }
+        for &k in &ks {
+            let mine: Vec<(i32, usize)> = trains
+                .iter()
+                .filter(|(_, tk, _)| *tk == k)
+                .map(|&(l, _, i)| (l, i))
+                .collect();
+            self.eval_and_stats(chain, stage, k, &mine)?;
         }
         Ok(())
     }

@@ -118,8 +118,14 @@ pub fn examples_and_histograms(
             list::<Float32Type>(ctx.iter().map(|c| c.acts.clone()), DataType::Float32),
         ],
     )?;
+    let histograms = histograms_batch(stats, &spreads)?;
+    Ok((examples, histograms))
+}
+
+/// `feature_histograms`: per split, each feature that fired, its activations' histogram.
+fn histograms_batch(stats: &FeatureStats, spreads: &[Spread; 2]) -> Result<RecordBatch> {
     let mut h: Vec<(i32, &str, f32, Vec<i64>)> = Vec::new();
-    for ((split, _), spread) in stats.splits().into_iter().zip(&spreads) {
+    for ((split, _), spread) in stats.splits().into_iter().zip(spreads) {
         for f in 0..stats.val.fire_count.len() {
             if let Some(hi) = spread.hi(f) {
                 let counts = spread.histogram(f).iter().map(|&c| c as i64).collect();
@@ -127,7 +133,7 @@ pub fn examples_and_histograms(
             }
         }
     }
-    let histograms = RecordBatch::try_new(
+    Ok(RecordBatch::try_new(
         Table::FeatureHistograms.file_schema(None),
         vec![
             Arc::new(Int32Array::from_iter_values(h.iter().map(|r| r.0))),
@@ -138,8 +144,7 @@ pub fn examples_and_histograms(
             Arc::new(Float32Array::from_iter_values(h.iter().map(|r| r.2))),
             list::<Int64Type>(h.iter().map(|r| r.3.clone()), DataType::Int64),
         ],
-    )?;
-    Ok((examples, histograms))
+    )?)
 }
 
 /// The weight tables `missing` names that can be computed now; `notes` says why others cannot.
