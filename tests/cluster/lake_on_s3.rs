@@ -137,7 +137,17 @@ fn ingest_and_train_on_the_object_store_give_the_local_tables() {
 
 #[test]
 fn a_commit_killed_on_the_object_store_leaves_a_readable_lake() {
-    let server = S3Server::start(&["study"]);
+    const POINTS: [(&str, bool); 4] = [
+        ("commit.staged", false),
+        ("commit.recorded", true),
+        ("commit.publish", true),
+        ("commit.published", true),
+    ];
+    // A bucket per lake: the test server lists a bucket by walking all of it.
+    let bucket = |point: &str| format!("kill-{}", point.replace('.', "-"));
+    let mut buckets: Vec<String> = POINTS.iter().map(|(p, _)| bucket(p)).collect();
+    buckets.push("whole".into());
+    let server = S3Server::start(&buckets.iter().map(String::as_str).collect::<Vec<_>>());
     let work = tempfile::tempdir().unwrap();
     let env = server.env(work.path().join("cache"));
     let fx = sae_pt();
@@ -148,18 +158,13 @@ fn a_commit_killed_on_the_object_store_leaves_a_readable_lake() {
     let read = |env: &S3Env, lake: &str| {
         [keys, stages].map(|q| ok(saerl(env, lake, &["sql", "--format", "csv", "-c", q])))
     };
-    ok(import(&env, "s3://study/whole"));
-    let whole = read(&env, "s3://study/whole");
+    ok(import(&env, "s3://whole/lake"));
+    let whole = read(&env, "s3://whole/lake");
     assert!(whole[0].lines().count() > 1);
     // Before the record: nothing was committed. From the record on: the commit is rolled
     // forward by the next reader, whatever machine it runs on.
-    for (point, committed) in [
-        ("commit.staged", false),
-        ("commit.recorded", true),
-        ("commit.publish", true),
-        ("commit.published", true),
-    ] {
-        let lake = format!("s3://study/kill-{}", point.replace('.', "-"));
+    for (point, committed) in POINTS {
+        let lake = format!("s3://{}/lake", bucket(point));
         let mut cmd = import(&env, &lake);
         cmd.env("SAERL_KILL_AT", point);
         let o = output(cmd);

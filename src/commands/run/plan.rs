@@ -241,28 +241,28 @@ struct Planner<'a> {
     sizes: Sizes<'a>,
     steps: Vec<Step>,
     /// Every training step, with the SAE it trains.
-    trained: Vec<(Sae, usize)>,
-    /// Every stats step, with the SAEs it covers (one per layer of `Sae::layers`).
-    stats: Vec<(usize, Sae)>,
+    trained: Vec<(SaeGroup, usize)>,
+    /// Every stats step, with the SAEs it covers (one per layer of `SaeGroup::layers`).
+    stats: Vec<(usize, SaeGroup)>,
 }
 
 /// SAEs of one chain, stage and k, at some layers.
 #[derive(Debug, Clone)]
-struct Sae {
+struct SaeGroup {
     chain: String,
     stage: String,
     layers: Vec<i32>,
     k: usize,
 }
 
-impl Sae {
+impl SaeGroup {
     /// The trainings (of `trained`) whose SAEs `saerl stats` pairs these with: per layer and
     /// every other chain training that layer and k, its SAE at this stage when it has the
     /// stage, else its first (as `stats`'s partners choose).
-    fn partner_trainings(&self, trained: &[(Sae, usize)]) -> Vec<usize> {
+    fn partner_trainings(&self, trained: &[(SaeGroup, usize)]) -> Vec<usize> {
         let mut out = BTreeSet::new();
         for layer in &self.layers {
-            let same = |t: &Sae| t.layers == [*layer] && t.k == self.k;
+            let same = |t: &SaeGroup| t.layers == [*layer] && t.k == self.k;
             let chains: BTreeSet<&str> = trained
                 .iter()
                 .filter(|(t, _)| t.chain != self.chain && same(t))
@@ -402,7 +402,7 @@ impl<'a> Planner<'a> {
             after: vec![],
         };
         let i = self.push(step);
-        let sae = Sae {
+        let sae = SaeGroup {
             chain: chain.to_string(),
             stage: stage.to_string(),
             layers: vec![layer],
@@ -469,7 +469,7 @@ impl<'a> Planner<'a> {
             after: vec![],
         };
         let i = self.push(step);
-        let saes = Sae {
+        let saes = SaeGroup {
             chain: chain.to_string(),
             stage: stage.to_string(),
             layers: ls,

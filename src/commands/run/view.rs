@@ -25,12 +25,12 @@ struct Live {
     /// Per set of running phases ("ingest + train").
     usage: BTreeMap<String, Usage>,
     done: usize,
-    /// Seconds taken and estimated by the finished steps that had an estimate.
-    taken: f64,
-    estimated_taken: f64,
+    /// Per phase, seconds taken and estimated by its finished steps that had an estimate.
+    taken: BTreeMap<Phase, (f64, f64)>,
     /// Every finished step's seconds.
     busy: f64,
-    /// Estimated seconds per step (None: unknown).
+    /// Every step's phase and estimated seconds (None: unknown).
+    phase: Vec<Phase>,
     est: Vec<Option<f64>>,
     finished: Vec<bool>,
 }
@@ -73,8 +73,8 @@ pub fn duration(s: f64) -> String {
 }
 
 impl Live {
-    /// The run's remaining time: the estimates of what is left, corrected by how the finished
-    /// steps compared with theirs, over the parallelism reached so far.
+    /// The run's remaining time: the estimates of what is left, each corrected by how its
+    /// phase's finished steps compared with theirs, over the parallelism reached so far.
     fn eta(&self, elapsed: f64, jobs: usize) -> Option<f64> {
         let now = Instant::now();
         let mut left = 0.0;
@@ -88,12 +88,8 @@ impl Live {
                 .iter()
                 .find(|r| r.0 == i)
                 .map_or(0.0, |r| now.duration_since(r.3).as_secs_f64());
-            left += (e - ran).max(0.0);
+            left += (e * self.correction(self.phase[i]) - ran).max(0.0);
         }
-        let correction = match self.estimated_taken > 0.0 {
-            true => self.taken / self.estimated_taken,
-            false => 1.0,
-        };
         let running: f64 = self
             .running
             .iter()
@@ -103,7 +99,26 @@ impl Live {
             true => ((self.busy + running) / elapsed).clamp(1.0, jobs.max(1) as f64),
             false => 1.0,
         };
-        Some(left * correction / parallel)
+        Some(left / parallel)
+    }
+
+    /// Taken over estimated seconds: the phase's own finished steps', else (before any finished)
+    /// every phase's. Not the report's: its estimate is seconds already, not operations at a
+    /// measured rate, so other phases' ratios say nothing of it.
+    fn correction(&self, phase: Phase) -> f64 {
+        let ratio = |(taken, est): (f64, f64)| (est > 0.0).then(|| taken / est);
+        let all = || {
+            let sum = self
+                .taken
+                .values()
+                .fold((0.0, 0.0), |a, t| (a.0 + t.0, a.1 + t.1));
+            ratio(sum).filter(|_| phase != Phase::Report)
+        };
+        self.taken
+            .get(&phase)
+            .and_then(|t| ratio(*t))
+            .or_else(all)
+            .unwrap_or(1.0)
     }
 
     fn phases(&self) -> String {
@@ -135,9 +150,9 @@ impl View {
             running: Vec::new(),
             usage: BTreeMap::new(),
             done: 0,
-            taken: 0.0,
-            estimated_taken: 0.0,
+            taken: BTreeMap::new(),
             busy: 0.0,
+            phase: steps.iter().map(|s| s.phase).collect(),
             est,
             finished,
         }));
@@ -207,8 +222,9 @@ impl View {
         l.done += 1;
         l.busy += seconds;
         if let Some(e) = l.est[i] {
-            l.taken += seconds;
-            l.estimated_taken += e;
+            let phase = l.phase[i];
+            let t = l.taken.entry(phase).or_default();
+            *t = (t.0 + seconds, t.1 + e);
         }
         let elapsed = self.started.elapsed().as_secs_f64();
         self.overall.set_message(message(&l, elapsed, self.jobs));
@@ -260,4 +276,38 @@ fn message(l: &Live, elapsed: f64, jobs: usize) -> String {
         .map(|r| format!("{} {}", r.1.name(), r.2))
         .collect();
     format!("ETA {eta} · {}", running.join(" | "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Trainings that took ten times their estimate say nothing of the report's estimate (in
+    /// seconds), and a phase's own ratio wins over every phase's.
+    #[test]
+    fn each_phase_is_corrected_by_its_own_finished_steps() {
+        let phase = vec![Phase::Train, Phase::Train, Phase::Eval, Phase::Report];
+        let mut l = Live {
+            running: Vec::new(),
+            usage: BTreeMap::new(),
+            done: 1,
+            taken: BTreeMap::from([(Phase::Train, (10.0, 1.0))]),
+            busy: 10.0,
+            phase,
+            est: vec![Some(1.0), Some(1.0), Some(2.0), Some(10.0)],
+            finished: vec![true, false, false, false],
+        };
+        // Train 1 s × 10, eval 2 s × 10 (no eval finished: every phase's ratio), report 10 s.
+        let eta = l.eta(10.0, 2).unwrap();
+        assert!((eta - 40.0).abs() < 1e-9, "{eta}");
+        // An eval that took half its estimate: eval now by its own ratio.
+        l.taken.insert(Phase::Eval, (1.0, 2.0));
+        l.finished[2] = true;
+        l.busy = 11.0;
+        l.est.push(Some(4.0));
+        l.phase.push(Phase::Eval);
+        l.finished.push(false);
+        let eta = l.eta(11.0, 2).unwrap();
+        assert!((eta - 22.0).abs() < 1e-9, "{eta}");
+    }
 }
