@@ -186,10 +186,11 @@ fn transition_batch(
         .iter()
         .map(|r| (!r.2.is_nan()).then_some(r.2 as f64))
         .collect();
-    let gap = m
-        .iter()
-        .zip(&aligned)
-        .map(|(r, al)| al.map(|al| r.1 as f64 - al));
+    let gap = Float64Array::from_iter(
+        m.iter()
+            .zip(&aligned)
+            .map(|(r, al)| al.map(|al| r.1 as f64 - al)),
+    );
     Ok(RecordBatch::try_new(
         schema.clone(),
         vec![
@@ -203,8 +204,8 @@ fn transition_batch(
             Arc::new(Int32Array::from_iter_values(0..n as i32)),
             Arc::new(Int32Array::from_iter_values(m.iter().map(|r| r.0 as i32))),
             Arc::new(Float64Array::from_iter_values(m.iter().map(|r| r.1 as f64))),
-            Arc::new(Float64Array::from(aligned.clone())),
-            Arc::new(Float64Array::from_iter(gap)),
+            Arc::new(Float64Array::from(aligned)),
+            Arc::new(gap),
         ],
     )?)
 }
