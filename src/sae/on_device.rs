@@ -252,27 +252,46 @@ impl DeviceTrainer {
         clip_norm: f32,
         lr: f64,
     ) -> Result<()> {
-        let (d, n) = (self.d, self.n);
-        let rows = x.len() / d;
+        let rows = x.len() / self.d;
         let elems = x.len() as f64;
         let mut clock = std::time::Instant::now();
-        let x = Tensor::from_slice(x, (rows, d), &self.dev)?;
+        let x = Tensor::from_slice(x, (rows, self.d), &self.dev)?;
         self.lap("upload", &mut clock)?;
-        let (b_pre, w_enc, b_enc, w_dec, b_dec) = (
-            self.b_pre.p()?,
-            self.w_enc.p()?,
-            self.b_enc.p()?,
-            self.w_dec.p()?,
-            self.b_dec.p()?,
-        );
-        let xc = x.broadcast_sub(&b_pre)?;
-        let z = xc.matmul(&w_enc.t()?)?;
-        self.lap("encoder GEMM", &mut clock)?;
+        let xc = x.broadcast_sub(&self.b_pre.p()?)?;
+        let terms = self.selections(&x, &xc, dead, aux_coeff, elems, &mut clock)?;
+        let g = self.gradients(&terms, &xc)?;
+        self.lap("gradients", &mut clock)?;
+        // torch's clip_grad_norm_: the norm stays on the device, Adam reads it.
+        let mut sq_norm = sum_sq(&g.enc)?;
+        for g in [&g.b_pre, &g.w_dec, &g.b_dec] {
+            sq_norm = (sq_norm + sum_sq(g)?)?;
+        }
+        let errs = Tensor::stack(&terms.iter().map(|t| t.err.clone()).collect::<Vec<_>>(), 0)?;
+        self.pending.push((rows, elems, errs));
+        self.lap("norms + losses", &mut clock)?;
+        self.update(&g, &sq_norm, clip_norm, lr)?;
+        self.lap("Adam + renorm", &mut clock)
+    }
+
+    /// The step's selections, one term each: top-k (its features counted in `fired`), then
+    /// with `dead` the aux-k of the dead features.
+    fn selections(
+        &mut self,
+        x: &Tensor,
+        xc: &Tensor,
+        dead: Option<&(Tensor, usize)>,
+        aux_coeff: f32,
+        elems: f64,
+        clock: &mut std::time::Instant,
+    ) -> Result<Vec<Term>> {
+        let (b_enc, w_dec, b_dec) = (self.b_enc.p()?, self.w_dec.p()?, self.b_dec.p()?);
+        let z = xc.matmul(&self.w_enc.p()?.t()?)?;
+        self.lap("encoder GEMM", clock)?;
         let (idx, val) = topk_rows(&z, &b_enc, self.k)?;
-        self.fired = (&self.fired + bincount(&idx, n)?)?;
-        self.lap("top-k", &mut clock)?;
+        self.fired = (&self.fired + bincount(&idx, self.n)?)?;
+        self.lap("top-k", clock)?;
         // One term per selection (recon, then aux): features, values, the rows' dL/dx̂.
-        let mut terms = vec![self.term(&idx, &val, &x, &w_dec, &b_dec, 2.0 / elems)?];
+        let mut terms = vec![self.term(&idx, &val, x, &w_dec, &b_dec, 2.0 / elems)?];
         if let Some((mask, k_aux)) = dead {
             // Live features are pushed out of reach; the values are the plain pre-activations.
             let (ia, _) = topk_rows(&z, &(&b_enc + mask)?, *k_aux)?;
@@ -280,59 +299,67 @@ impl DeviceTrainer {
                 + b_enc
                     .index_select(&ia.flatten_all()?, 0)?
                     .reshape(ia.shape())?)?;
-            terms.push(self.term(&ia, &va, &x, &w_dec, &b_dec, aux_coeff as f64 * 2.0 / elems)?);
+            terms.push(self.term(&ia, &va, x, &w_dec, &b_dec, aux_coeff as f64 * 2.0 / elems)?);
         }
-        self.lap("decode", &mut clock)?;
-        // Gradients through the selections only: dz = ⟨W_dec[i], dL/dx̂⟩ per selection; W_enc's
-        // rows gather dz·(x − b_pre) (and b_enc the dz), W_dec's rows z·dL/dx̂, per feature.
-        let (mut g_enc, mut g_w_dec, mut g_b_dec) =
-            (None::<Tensor>, None::<Tensor>, None::<Tensor>);
+        self.lap("decode", clock)?;
+        Ok(terms)
+    }
+
+    /// Gradients through the selections only: dz = ⟨W_dec[i], dL/dx̂⟩ per selection; W_enc's
+    /// rows gather dz·(x − b_pre) (and b_enc the dz), W_dec's rows z·dL/dx̂, per feature.
+    fn gradients(&self, terms: &[Term], xc: &Tensor) -> Result<Grads> {
+        let (n, w_dec) = (self.n, self.w_dec.p()?);
+        let (mut enc, mut w_dec_g, mut b_dec) = (None::<Tensor>, None::<Tensor>, None::<Tensor>);
         let add = |acc: Option<Tensor>, g: Tensor| match acc {
             Some(a) => a + g,
             None => Ok(g),
         };
-        for t in &terms {
+        for t in terms {
             let dz = gather_dot(&t.idx, &w_dec, &t.dx)?;
-            g_enc = Some(add(g_enc, sparse_outer(&t.idx, &dz, &xc, n, true)?)?);
-            g_w_dec = Some(add(
-                g_w_dec,
+            enc = Some(add(enc, sparse_outer(&t.idx, &dz, xc, n, true)?)?);
+            w_dec_g = Some(add(
+                w_dec_g,
                 sparse_outer(&t.idx, &t.val, &t.dx, n, false)?,
             )?);
-            g_b_dec = Some(add(g_b_dec, t.dx.sum(0)?)?);
+            b_dec = Some(add(b_dec, t.dx.sum(0)?)?);
         }
-        let (g_enc, g_w_dec, g_b_dec) = (g_enc.unwrap(), g_w_dec.unwrap(), g_b_dec.unwrap());
-        let g_b_enc = g_enc.narrow(0, n * d, n)?;
-        let g_b_pre = g_b_enc.unsqueeze(0)?.matmul(&w_enc)?.squeeze(0)?.neg()?;
-        self.lap("gradients", &mut clock)?;
-        // torch's clip_grad_norm_ (the norm stays on the device: Adam reads it), then Adam,
-        // then unit-norm decoder rows.
-        let mut sq_norm = sum_sq(&g_enc)?;
-        for g in [&g_b_pre, &g_w_dec, &g_b_dec] {
-            sq_norm = (sq_norm + sum_sq(g)?)?;
-        }
-        let errs = Tensor::stack(&terms.iter().map(|t| t.err.clone()).collect::<Vec<_>>(), 0)?;
-        self.pending.push((rows, elems, errs));
-        self.lap("norms + losses", &mut clock)?;
+        let enc = enc.expect("a step has its top-k term");
+        let g_b_enc = enc.narrow(0, n * self.d, n)?;
+        let b_pre = g_b_enc
+            .unsqueeze(0)?
+            .matmul(&self.w_enc.p()?)?
+            .squeeze(0)?
+            .neg()?;
+        Ok(Grads {
+            enc,
+            b_pre,
+            w_dec: w_dec_g.expect("a step has its top-k term"),
+            b_dec: b_dec.expect("a step has its top-k term"),
+        })
+    }
+
+    /// Adam on every parameter with the clipped gradients (`sq_norm`: their squared norm),
+    /// then unit-norm decoder rows.
+    fn update(&mut self, g: &Grads, sq_norm: &Tensor, clip_norm: f32, lr: f64) -> Result<()> {
+        let nd = self.n * self.d;
         self.t += 1;
         let h = AdamStep {
             step: lr as f32 / (1.0 - B1.powi(self.t)),
             bc2_sqrt: (1.0 - B2.powi(self.t)).sqrt(),
             clip_norm,
         };
-        let g_w_enc = g_enc.narrow(0, 0, n * d)?;
         for (s, g) in [
-            (&self.b_pre, &g_b_pre),
-            (&self.w_enc, &g_w_enc),
-            (&self.b_enc, &g_b_enc),
-            (&self.w_dec, &g_w_dec),
-            (&self.b_dec, &g_b_dec),
+            (&self.b_pre, &g.b_pre),
+            (&self.w_enc, &g.enc.narrow(0, 0, nd)?),
+            (&self.b_enc, &g.enc.narrow(0, nd, self.n)?),
+            (&self.w_dec, &g.w_dec),
+            (&self.b_dec, &g.b_dec),
         ] {
-            adam(&s.state, &g.flatten_all()?.contiguous()?, &sq_norm, h)?;
+            adam(&s.state, &g.flatten_all()?.contiguous()?, sq_norm, h)?;
         }
-        unit_rows(&self.w_dec.p()?)?;
-        self.lap("Adam + renorm", &mut clock)?;
-        Ok(())
+        unit_rows(&self.w_dec.p()?)
     }
+
     /// A selection's reconstruction: its terms, the summed squared error and dL/dx̂·scale.
     fn term(
         &self,
@@ -351,6 +378,15 @@ impl DeviceTrainer {
             err: sum_sq(&err)?,
         })
     }
+}
+
+/// A step's gradients: W_enc's and b_enc's in one tensor (n·d + n, as the sparse outer products
+/// write them), b_pre's, W_dec's and b_dec's.
+struct Grads {
+    enc: Tensor,
+    b_pre: Tensor,
+    w_dec: Tensor,
+    b_dec: Tensor,
 }
 
 /// One kind of selection in a step: features and values [rows × k], dL/dx̂ [rows × d] and the

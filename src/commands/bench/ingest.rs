@@ -103,28 +103,7 @@ pub fn run(a: &BenchIngest, refs: &References) -> Result<()> {
             100.0 * achieved / gemm
         );
     }
-    let threads = rayon::current_num_threads().to_string();
-    let (data_s, model_s) = (data.display().to_string(), model_dir.display().to_string());
-    let reference = refs
-        .script(
-            "ref_ingest.py",
-            &[
-                &data_s,
-                &model_s,
-                "--n",
-                &a.n.to_string(),
-                "--threads",
-                &threads,
-            ],
-        )
-        .and_then(|out| super::figure_before(&out, "tokens/s"));
-    ratio_line(
-        "transformers, same questions and tokenizer (tokens/s)",
-        tps,
-        reference,
-        Some(TRANSFORMERS_TOKENS_PER_S),
-        1.5,
-    );
+    compare_with_transformers(refs, &data, &model_dir, a.n, tps);
     if a.dtype == crate::model::ModelDtype::Bf16 {
         bf16_difference(&work, &model_dir, &data, a.device.name())?;
     }
@@ -150,6 +129,25 @@ pub(super) fn random_qwen(
         t.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// transformers' rate on the same questions, model and thread count (`ref_ingest.py`), beside
+/// saerl's `tps`.
+fn compare_with_transformers(refs: &References, data: &Path, model_dir: &Path, n: usize, tps: f64) {
+    let threads = rayon::current_num_threads().to_string();
+    let (data_s, model_s) = (data.display().to_string(), model_dir.display().to_string());
+    let n = n.to_string();
+    let args: [&str; 6] = [&data_s, &model_s, "--n", &n, "--threads", &threads];
+    let reference = refs
+        .script("ref_ingest.py", &args)
+        .and_then(|out| super::figure_before(&out, "tokens/s"));
+    ratio_line(
+        "transformers, same questions and tokenizer (tokens/s)",
+        tps,
+        reference,
+        Some(TRANSFORMERS_TOKENS_PER_S),
+        1.5,
+    );
 }
 
 /// A model's forward FLOP per token and its f32 weights' bytes.
