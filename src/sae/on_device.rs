@@ -324,14 +324,16 @@ impl DeviceTrainer {
             b_dec = Some(add(b_dec, t.dx.sum(0)?)?);
         }
         let enc = enc.expect("a step has its top-k term");
-        let g_b_enc = enc.narrow(0, n * self.d, n)?;
-        let b_pre = g_b_enc
+        let (w_enc, b_enc) = (enc.narrow(0, 0, n * self.d)?, enc.narrow(0, n * self.d, n)?);
+        let b_pre = b_enc
             .unsqueeze(0)?
             .matmul(&self.w_enc.p()?)?
             .squeeze(0)?
             .neg()?;
         Ok(Grads {
             enc,
+            w_enc,
+            b_enc,
             b_pre,
             w_dec: w_dec_g.expect("a step has its top-k term"),
             b_dec: b_dec.expect("a step has its top-k term"),
@@ -341,7 +343,6 @@ impl DeviceTrainer {
     /// Adam on every parameter with the clipped gradients (`sq_norm`: their squared norm),
     /// then unit-norm decoder rows.
     fn update(&mut self, g: &Grads, sq_norm: &Tensor, clip_norm: f32, lr: f64) -> Result<()> {
-        let nd = self.n * self.d;
         self.t += 1;
         let h = AdamStep {
             step: lr as f32 / (1.0 - B1.powi(self.t)),
@@ -350,8 +351,8 @@ impl DeviceTrainer {
         };
         for (s, g) in [
             (&self.b_pre, &g.b_pre),
-            (&self.w_enc, &g.enc.narrow(0, 0, nd)?),
-            (&self.b_enc, &g.enc.narrow(0, nd, self.n)?),
+            (&self.w_enc, &g.w_enc),
+            (&self.b_enc, &g.b_enc),
             (&self.w_dec, &g.w_dec),
             (&self.b_dec, &g.b_dec),
         ] {
@@ -381,9 +382,12 @@ impl DeviceTrainer {
 }
 
 /// A step's gradients: W_enc's and b_enc's in one tensor (n·d + n, as the sparse outer products
-/// write them), b_pre's, W_dec's and b_dec's.
+/// write them; the clipping norm reads it whole) and as views of its two parts, b_pre's, W_dec's
+/// and b_dec's.
 struct Grads {
     enc: Tensor,
+    w_enc: Tensor,
+    b_enc: Tensor,
     b_pre: Tensor,
     w_dec: Tensor,
     b_dec: Tensor,
