@@ -5,10 +5,16 @@
 //! rows; each time it fills, its rows are permuted and all whole batches leave it, the rest
 //! stays to mix with the next row groups. With the buffer at least as large as the split this
 //! is a uniform permutation. Reading runs on its own thread, one batch ahead of training.
+//!
+//! A split that fits the buffer is decoded once and kept for the later passes (the buffer would
+//! hold it whole anyway, so memory stays within the same bound): an SAE's 20 epochs and their
+//! validations then read Parquet once, and every pass yields exactly the batches it would
+//! have streamed.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
+use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -36,6 +42,10 @@ pub struct ActivationRows {
     pieces: Vec<Piece>,
     n: usize,
     buffer_rows: usize,
+    /// Whether a split that fits the buffer is kept after its first read.
+    keep: bool,
+    /// Each piece's rows, once read, when kept.
+    kept: OnceLock<Vec<Vec<f32>>>,
 }
 
 impl Lake {
@@ -85,6 +95,8 @@ impl Lake {
             pieces,
             n,
             buffer_rows: buffer_rows.max(1),
+            keep: true,
+            kept: OnceLock::new(),
         })
     }
 }
@@ -203,6 +215,43 @@ impl ActivationRows {
         Ok(out)
     }
 
+    /// Decodes a split that fits the buffer on every pass instead of keeping it (the path of
+    /// splits larger than the buffer; tests compare the two).
+    pub fn streaming(mut self) -> Self {
+        self.keep = false;
+        self
+    }
+
+    /// Each piece's rows from memory, read on first use, when the split fits the buffer.
+    fn kept(&self) -> Result<Option<&[Vec<f32>]>> {
+        if !self.keep || self.n > self.buffer_rows {
+            return Ok(None);
+        }
+        if self.kept.get().is_none() {
+            let rows = self
+                .pieces
+                .iter()
+                .map(|p| self.read_piece(p))
+                .collect::<Result<_>>()?;
+            // A pass racing this one may have kept the same rows first; either copy will do.
+            let _ = self.kept.set(rows);
+        }
+        Ok(self.kept.get().map(Vec::as_slice))
+    }
+
+    /// The order in which a pass visits the pieces, and the generator of its buffer's
+    /// permutations.
+    fn pass_order(&self, shuffle: Option<u64>) -> (Vec<usize>, SplitMix64) {
+        let order = match shuffle {
+            Some(seed) => permutation(self.pieces.len(), seed),
+            None => (0..self.pieces.len()).collect(),
+        };
+        (
+            order,
+            SplitMix64::new(shuffle.unwrap_or(0) ^ 0x5EED_0FB0_FFE2),
+        )
+    }
+
     /// All batches of one pass, sent to `emit` (see the module comment for the order).
     fn produce(
         &self,
@@ -210,17 +259,16 @@ impl ActivationRows {
         shuffle: Option<u64>,
         emit: &mut dyn FnMut(Vec<f32>) -> bool,
     ) -> Result<()> {
+        if let Some(kept) = self.kept()? {
+            return self.produce_kept(kept, batch, shuffle, emit);
+        }
         let d = self.d;
-        let order = match shuffle {
-            Some(seed) => permutation(self.pieces.len(), seed),
-            None => (0..self.pieces.len()).collect(),
-        };
+        let (order, mut rng) = self.pass_order(shuffle);
         let cap = if shuffle.is_some() {
             self.buffer_rows.max(batch)
         } else {
             batch
         };
-        let mut rng = SplitMix64::new(shuffle.unwrap_or(0) ^ 0x5EED_0FB0_FFE2);
         let mut buf: Vec<f32> = Vec::new();
         for (i, &p) in order.iter().enumerate() {
             buf.extend(self.read_piece(&self.pieces[p])?);
@@ -242,6 +290,33 @@ impl ActivationRows {
                 }
             }
             buf.drain(..out * d);
+        }
+        Ok(())
+    }
+
+    /// `produce` from the kept rows: the split fits the buffer, so the streamed pass would
+    /// gather every piece (in the pass's order), permute all rows once when shuffled, and emit
+    /// them in batches; this does the same through row references instead of a second copy.
+    fn produce_kept(
+        &self,
+        kept: &[Vec<f32>],
+        batch: usize,
+        shuffle: Option<u64>,
+        emit: &mut dyn FnMut(Vec<f32>) -> bool,
+    ) -> Result<()> {
+        let (order, mut rng) = self.pass_order(shuffle);
+        let mut rows: Vec<&[f32]> = order
+            .iter()
+            .flat_map(|&p| kept[p].chunks_exact(self.d))
+            .collect();
+        if shuffle.is_some() {
+            let perm = permutation(rows.len(), rng.next_u64());
+            rows = perm.into_iter().map(|r| rows[r]).collect();
+        }
+        for chunk in rows.chunks(batch) {
+            if !emit(chunk.concat()) {
+                break;
+            }
         }
         Ok(())
     }
@@ -300,12 +375,16 @@ impl ActivationRows {
     /// The rows at ascending indices `idx`, in that order.
     pub fn gather(&self, idx: &[usize]) -> Result<Vec<f32>> {
         let d = self.d;
+        let kept = self.kept()?;
         let mut out = Vec::with_capacity(idx.len() * d);
         let (mut start, mut next) = (0, 0);
-        for p in &self.pieces {
+        for (i, p) in self.pieces.iter().enumerate() {
             let end = start + p.rows;
             if next < idx.len() && idx[next] < end {
-                let rows = self.read_piece(p)?;
+                let rows = match kept {
+                    Some(k) => std::borrow::Cow::Borrowed(&k[i][..]),
+                    None => std::borrow::Cow::Owned(self.read_piece(p)?),
+                };
                 while next < idx.len() && idx[next] < end {
                     let r = idx[next] - start;
                     out.extend_from_slice(&rows[r * d..(r + 1) * d]);

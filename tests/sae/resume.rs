@@ -132,6 +132,48 @@ fn streamed_batches_cover_every_row_once_and_match_memory_order() {
 }
 
 #[test]
+fn a_split_that_fits_the_buffer_is_read_once_and_gives_the_streamed_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = demo_lake(dir.path());
+    let lake = Lake::open(&root).unwrap();
+    let act = PartitionKey::layer("tiny", "instruct_base", 2);
+    let n = lake.activation_rows(&act, "train", 1).unwrap().len();
+    let kept = lake.activation_rows(&act, "train", n).unwrap();
+    let streamed = lake.activation_rows(&act, "train", n).unwrap().streaming();
+    let pass =
+        |rows: &dyn Rows, batch: usize, seed: Option<u64>| -> Result<Vec<Vec<f32>>, String> {
+            let mut out = Vec::new();
+            rows.for_each_batch(batch, seed, &mut |b| {
+                out.push(b.to_vec());
+                Ok(())
+            })
+            .map_err(|e| format!("{e:#}"))?;
+            Ok(out)
+        };
+    let cases = [(7, None), (32, Some(3)), (32, Some(4)), (n + 5, Some(9))];
+    let before: Vec<_> = cases
+        .iter()
+        .map(|&(batch, seed)| pass(&kept, batch, seed).unwrap())
+        .collect();
+    for (&(batch, seed), kept_batches) in cases.iter().zip(&before) {
+        assert_eq!(
+            kept_batches,
+            &pass(&streamed, batch, seed).unwrap(),
+            "batch {batch}, seed {seed:?}"
+        );
+    }
+    let idx = [0, 3, n / 2, n - 1];
+    assert_eq!(kept.gather(&idx).unwrap(), streamed.gather(&idx).unwrap());
+    // With the lake's files gone, the kept split still gives the same passes; the streamed
+    // one, which reads them on every pass, cannot.
+    std::fs::remove_dir_all(&root).unwrap();
+    for (&(batch, seed), kept_batches) in cases.iter().zip(&before) {
+        assert_eq!(kept_batches, &pass(&kept, batch, seed).unwrap());
+    }
+    assert!(pass(&streamed, 32, Some(3)).is_err());
+}
+
+#[test]
 fn sequential_streaming_trains_the_same_weights_as_in_memory() {
     let dir = tempfile::tempdir().unwrap();
     let a = demo_lake(dir.path());
