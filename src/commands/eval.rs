@@ -7,14 +7,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 use super::SaeSelection;
 use crate::data::read_questions;
 use crate::lake::{Lake, PartitionKey, Table, Txn};
+use crate::model::scoring::BaseScores;
 use crate::model::{
-    load_model, next_token_log_softmax, replace_real_with, splice_real, target_logprobs, Hooks,
-    PaddedBatch, Qwen2, TextTokenizer,
+    load_model, replace_real_with, splice_real, Hooks, PaddedBatch, Qwen2, TextTokenizer,
 };
 use crate::project::{DataSet, Project};
 use crate::sae::batch::BatchEncoder;
@@ -68,7 +68,8 @@ pub struct EvalArgs {
     pub overwrite: crate::commands::args::Overwrite,
 }
 
-/// Where an eval's time went: loading models, and the CE prompts (the rest is the val rows).
+/// Where an eval's time went: loading models and SAEs (fixed), and the CE prompts (the rest is
+/// the val rows).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EvalSummary {
     pub load_seconds: f64,
@@ -101,10 +102,12 @@ pub fn run(lake: &Lake, a: &EvalArgs) -> Result<EvalSummary> {
         }
     }
     for (stage, keys) in by_stage {
+        let reading = std::time::Instant::now();
         let saes = keys
             .iter()
             .map(|k| read_sae(lake, k))
             .collect::<Result<Vec<_>>>()?;
+        summary.load_seconds += reading.elapsed().as_secs_f64();
         let layers: Vec<usize> = keys.iter().map(|k| k.layer.unwrap_or(0) as usize).collect();
         let ces = match a.prompts {
             0 => vec![None; saes.len()],
@@ -225,19 +228,6 @@ fn reconstruction(
     })
 }
 
-/// The batch's loss (mean NLL of the real next tokens) from next-token log-probabilities.
-fn nll(lp: &Tensor, b: &PaddedBatch) -> Result<f64> {
-    let (_, sum, count) = target_logprobs(lp, &b.ids, &b.mask)?;
-    Ok(sum / count as f64)
-}
-
-/// Mean over real next-token positions of KL(p_base ‖ p_other).
-fn kl(lp_base: &Tensor, lp_other: &Tensor, real: &Tensor) -> Result<f64> {
-    let per = (lp_base.exp()? * (lp_base - lp_other)?)?.sum(D::Minus1)?;
-    let sum = (per * real)?.sum_all()?.to_scalar::<f32>()? as f64;
-    Ok(sum / real.sum_all()?.to_scalar::<f32>()? as f64)
-}
-
 /// L_base, L_sae and the ablation's loss (and KL scores) on the first `a.prompts` held-out
 /// questions, for each SAE (spliced at its layer) of one stage's model; and the seconds the
 /// model took to load.
@@ -350,13 +340,8 @@ fn score_batch(
     layers: &[usize],
     ablations: &[Tensor],
 ) -> Result<Vec<[f64; 5]>> {
-    let t = b.ids.dim(1)?;
-    if t < 2 {
-        bail!("a batch of prompts is shorter than two tokens; nothing to score");
-    }
-    let real = b.mask.narrow(1, 1, t - 1)?.to_dtype(DType::F32)?;
     // One full pass captures every SAE's layer; each splice then runs only the blocks after it.
-    let out = model.forward(
+    let mut out = model.forward(
         &b.ids,
         &b.mask,
         &Hooks {
@@ -365,10 +350,9 @@ fn score_batch(
             logits: true,
         },
     )?;
-    let base = next_token_log_softmax(&out.logits.context("no logits")?)?;
-    let l_base = nll(&base, b)?;
-    let after = |layer: usize, h: Tensor| -> Result<Tensor> {
-        next_token_log_softmax(&model.logits_after(layer, &h, &b.mask)?)
+    let base = BaseScores::new(out.logits.take().context("no logits")?, b)?;
+    let after = |layer: usize, h: Tensor| -> Result<(f64, f64)> {
+        base.score(&model.logits_after(layer, &h, &b.mask)?)
     };
     encoders
         .iter()
@@ -376,18 +360,12 @@ fn score_batch(
         .zip(ablations)
         .map(|((encoder, &layer), ablation)| {
             let h = &out.blocks[&layer];
-            let with_sae = after(
+            let (l_sae, kl_sae) = after(
                 layer,
                 splice_real(h, &b.mask, &encoder.reconstruct_tensor(h)?)?,
             )?;
-            let with_abl = after(layer, replace_real_with(h, &b.mask, ablation)?)?;
-            Ok([
-                l_base,
-                nll(&with_sae, b)?,
-                nll(&with_abl, b)?,
-                kl(&base, &with_sae, &real)?,
-                kl(&base, &with_abl, &real)?,
-            ])
+            let (l_abl, kl_abl) = after(layer, replace_real_with(h, &b.mask, ablation)?)?;
+            Ok([base.nll(), l_sae, l_abl, kl_sae, kl_abl])
         })
         .collect()
 }

@@ -7,6 +7,7 @@ pub mod load;
 mod packed;
 pub mod qwen2;
 pub mod random;
+pub mod scoring;
 pub mod token_text;
 pub mod tokenizer;
 

@@ -16,7 +16,7 @@ use crate::kernels::nn::{causal_softmax, rms_norm, rope, silu_mul};
 use crate::kernels::{add, gemm, Mat};
 
 /// Runs `f` on the values of a contiguous f32 CPU tensor.
-fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+pub(super) fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     match (&*storage, layout.contiguous_offsets()) {
         (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),

@@ -4,11 +4,13 @@
 //! SAEs (d_sae 7168, k 64, layer 23 at k 256 in flexible and at both k in strict), with
 //! S × 445,744 tokens per stage and S × 100 eval prompts (at least 4). It prints each phase's
 //! time, tokens/s and rows/s, and each phase extrapolated to S = 1 and S = 0.1:
-//! - ingest, train: their time grows with the rows (∝ S), past the model loads (fixed);
+//! - ingest: its time grows with the rows (∝ S), past the model loads (fixed);
+//! - train: the epochs ∝ S, the checkpoints and the commit fixed;
 //! - eval: the val rows' reconstruction ∝ S, the CE prompts ∝ their number (max(4, 100·S)),
-//!   the model loads fixed;
-//! - stats: the activation pass ∝ S; the weight-only tables (logit effects through a
-//!   151,936-token unembedding, nearest features, transitions, partners) fixed;
+//!   the model and SAE loads fixed;
+//! - stats: the activation pass ∝ S; the SAE's load, the weight-only tables (logit effects
+//!   through a 151,936-token unembedding, nearest features, transitions, partners) and the
+//!   commit of tables whose size d_sae fixes, fixed;
 //! - report: fixed.
 //!
 //! Steps overlap as they ran here (the ratio of each phase's span to its steps' summed time is

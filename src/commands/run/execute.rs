@@ -28,7 +28,8 @@ pub struct Limits {
 }
 
 /// What a finished step reports of its time beyond the total: the part that does not grow
-/// with the data (loading a model, the weight-only tables of stats) and the part that grows
+/// with the data (loading a model or an SAE, the weight-only tables of stats, commits of tables
+/// whose size d_sae fixes) and the part that grows
 /// with the eval prompts rather than the activation rows (for `bench study`'s extrapolation).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Outcome {
@@ -74,7 +75,7 @@ pub fn run_step(lake: &Lake, step: &Step) -> Result<Outcome> {
         Phase::Stats => {
             let s = stats::run(lake, &stats::StatsArgs::try_parse_from(argv)?)?;
             Outcome {
-                fixed_seconds: s.weight_seconds,
+                fixed_seconds: s.fixed_seconds,
                 prompt_seconds: 0.0,
             }
         }
