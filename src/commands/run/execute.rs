@@ -29,8 +29,8 @@ pub struct Limits {
 
 /// What a finished step reports of its time beyond the total: the part that does not grow
 /// with the data (loading a model or an SAE, the weight-only tables of stats, commits of tables
-/// whose size d_sae fixes) and the part that grows
-/// with the eval prompts rather than the activation rows (for `bench study`'s extrapolation).
+/// whose size d_sae fixes) and the part that grows with the eval prompts rather than the
+/// activation rows (for `bench study`'s extrapolation).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Outcome {
     pub fixed_seconds: f64,
