@@ -241,7 +241,11 @@ impl<'a> Sizes<'a> {
             width: Some(d),
             disk: Some(4096 * saes as u64),
             flops: recon.zip(ce).map(|(r, c)| r + c),
-            memory: (4.0 * all_params(&cfg) * 1.1) as u64 + saes as u64 * (2 * d * n) as u64 * 4,
+            // The model, the SAEs, and over a batch of prompts the base distribution and one
+            // splice's logits (`model::scoring`).
+            memory: (4.0 * all_params(&cfg) * 1.1) as u64
+                + saes as u64 * (2 * d * n) as u64 * 4
+                + 2 * (a.batch * a.max_len * cfg.vocab_size) as u64 * 4,
         })
     }
 
