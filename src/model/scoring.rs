@@ -24,6 +24,16 @@ impl BaseScores {
     /// From the base logits [B,T,V] of batch `b`: row by row for f32 logits on the CPU, else
     /// with candle's tensor ops.
     pub fn new(logits: Tensor, b: &PaddedBatch) -> Result<Self> {
+        let (rows, t, _) = logits.dims3()?;
+        if (rows, t) != b.ids.dims2()? {
+            bail!(
+                "scoring logits of {rows} × {t} positions against prompts of {:?}",
+                b.ids.dims()
+            );
+        }
+        if t < 2 {
+            bail!("a batch of prompts is shorter than two tokens; nothing to score");
+        }
         Ok(
             match logits.device().is_cpu() && logits.dtype() == DType::F32 {
                 true => Self::Rows(RowScores::new(&logits, b)?),
@@ -51,7 +61,8 @@ impl BaseScores {
 
 /// The base distribution at the real positions, a vocabulary row each.
 pub struct RowScores {
-    vocab: usize,
+    /// The logits' shape [B,T,V]; every scored tensor has it.
+    dims: (usize, usize, usize),
     /// Per position: its row in the [B·T, V] logits and its target token.
     positions: Vec<(usize, u32)>,
     /// Per position: p_base over the vocabulary.
@@ -69,26 +80,16 @@ fn log_sum_exp(row: &[f32]) -> f64 {
 }
 
 impl RowScores {
+    /// From logits whose [B,T] is the batch's (checked by `BaseScores::new`).
     fn new(logits: &Tensor, b: &PaddedBatch) -> Result<Self> {
-        let (rows, t, vocab) = logits.dims3()?;
-        if t < 2 {
-            bail!("a batch of prompts is shorter than two tokens; nothing to score");
-        }
-        if rows != b.rows.len() {
-            bail!(
-                "scoring {rows} rows of logits against {} prompts",
-                b.rows.len()
-            );
-        }
+        let dims = logits.dims3()?;
+        let (_, t, vocab) = dims;
         let positions: Vec<(usize, u32)> = b
             .rows
             .iter()
             .enumerate()
             .flat_map(|(r, ids)| (1..ids.len()).map(move |p| (r * t + p - 1, ids[p])))
             .collect();
-        if positions.is_empty() {
-            bail!("a batch of prompts has no next token to score");
-        }
         let logits = logits.contiguous()?;
         let mut probs = vec![0f32; positions.len() * vocab];
         // Per position: (E_p[a] − lse_a, its NLL).
@@ -109,7 +110,7 @@ impl RowScores {
                 .collect()
         })?;
         Ok(Self {
-            vocab,
+            dims,
             nll: per.iter().map(|s| s.1).sum::<f64>() / positions.len() as f64,
             positions,
             probs,
@@ -119,11 +120,15 @@ impl RowScores {
 
     /// NLL = lse_o − o[target]; KL = (E_p[a] − lse_a) − E_p[o] + lse_o; each averaged.
     fn score(&self, other: &Tensor) -> Result<(f64, f64)> {
-        let other = other.contiguous()?;
-        let v = self.vocab;
-        if other.dims().last() != Some(&v) {
-            bail!("scoring logits of another vocabulary size");
+        if other.dims3()? != self.dims {
+            bail!(
+                "scoring logits of shape {:?} against a base of {:?}",
+                other.dims(),
+                self.dims
+            );
         }
+        let other = other.contiguous()?;
+        let v = self.dims.2;
         let per: Vec<(f64, f64)> = with_values(&other, |all| {
             self.positions
                 .par_iter()
@@ -161,9 +166,6 @@ pub struct TensorScores {
 impl TensorScores {
     fn new(logits: Tensor, b: &PaddedBatch) -> Result<Self> {
         let t = b.ids.dim(1)?;
-        if t < 2 {
-            bail!("a batch of prompts is shorter than two tokens; nothing to score");
-        }
         let mut s = Self {
             lp: next_token_log_softmax(&logits)?,
             ids: b.ids.clone(),
@@ -226,5 +228,9 @@ mod tests {
         // A distribution against itself: its own NLL, no divergence.
         let (nll, kl) = rows.score(&base).unwrap();
         assert!(close(nll, rows.nll) && kl.abs() < 1e-6, "{nll} {kl}");
+        // Logits of another batch's shape are refused, not read out of place.
+        let shorter = base.narrow(1, 0, t - 1).unwrap();
+        assert!(rows.score(&shorter).is_err());
+        assert!(BaseScores::new(shorter, &b).is_err());
     }
 }
