@@ -7,12 +7,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::SaeSelection;
 use crate::data::read_questions;
 use crate::lake::{Lake, PartitionKey, Table, Txn};
-use crate::model::scoring::BaseScores;
+use crate::model::scoring::{next_tokens, RowScores, TensorScores};
 use crate::model::{
     load_model, replace_real_with, splice_real, Hooks, PaddedBatch, Qwen2, TextTokenizer,
 };
@@ -253,8 +253,8 @@ fn ce_recovered(
     }
     let data = project.data_file(a.data.as_deref(), DataSet::Test)?;
     let rows = prompt_rows(&tok, &data, a)?;
-    let ablations = ablation_vectors(&model, &rows, layers, tok.pad_id(), a, dev)?;
-    let encoders = saes
+    let ablations = ablation_vectors(&model, &rows, layers, tok.pad_id(), a)?;
+    let mut encoders = saes
         .iter()
         .map(|s| BatchEncoder::new(s, dev))
         .collect::<Result<Vec<_>>>()?;
@@ -263,11 +263,14 @@ fn ce_recovered(
     // Per SAE: Σ over batches of (L_base, L_sae, L_ablation, KL_sae, KL_ablation).
     let mut sums = vec![[0f64; 5]; saes.len()];
     for rows in &batches {
-        let b = PaddedBatch::new(rows.to_vec(), tok.pad_id(), dev)?;
-        for (s, batch) in sums
-            .iter_mut()
-            .zip(score_batch(&model, &b, &encoders, layers, &ablations)?)
-        {
+        let scores = match model.packs() {
+            true => score_packed(&model, rows, &mut encoders, layers, &ablations)?,
+            false => {
+                let b = PaddedBatch::new(rows.to_vec(), tok.pad_id(), dev)?;
+                score_padded(&model, &b, &encoders, layers, &ablations)?
+            }
+        };
+        for (s, batch) in sums.iter_mut().zip(scores) {
             s.iter_mut().zip(batch).for_each(|(s, v)| *s += v);
         }
         bar.inc(1);
@@ -311,36 +314,65 @@ fn ablation_vectors(
     layers: &[usize],
     pad: u32,
     a: &EvalArgs,
-    dev: &Device,
-) -> Result<Vec<Tensor>> {
+) -> Result<Vec<Vec<f32>>> {
     match a.ablation {
         Ablation::Mean => {
             let mut distinct = layers.to_vec();
             distinct.sort();
             distinct.dedup();
             let head = &rows[..a.mean_prompts.clamp(1, rows.len())];
-            let means = mean_outputs(model, head, &distinct, pad, a.batch, dev)?;
+            let means = mean_outputs(model, head, &distinct, pad, a.batch)?;
             Ok(layers
                 .iter()
                 .map(|l| means[distinct.binary_search(l).unwrap()].clone())
                 .collect())
         }
-        Ablation::Zero => {
-            let zero = Tensor::zeros(model.config().hidden_size, DType::F32, dev)?;
-            Ok(vec![zero; layers.len()])
-        }
+        Ablation::Zero => Ok(vec![vec![0.0; model.config().hidden_size]; layers.len()]),
     }
 }
 
-/// One batch of prompts: per SAE, (L_base, L_sae, L_ablation, KL_sae, KL_ablation).
-fn score_batch(
+/// One batch of prompts through the packed CPU forward (real tokens only, the head only where a
+/// next token is scored): per SAE, (L_base, L_sae, L_ablation, KL_sae, KL_ablation).
+fn score_packed(
+    model: &Qwen2,
+    rows: &[Vec<u32>],
+    encoders: &mut [BatchEncoder],
+    layers: &[usize],
+    ablations: &[Vec<f32>],
+) -> Result<Vec<[f64; 5]>> {
+    let cfg = model.config();
+    let (d, last) = (cfg.hidden_size, cfg.num_hidden_layers - 1);
+    // One full pass captures every SAE's layer; each splice then runs only the blocks after it.
+    let capture: Vec<usize> = layers.iter().copied().chain([last]).collect();
+    let out = model.forward_packed(rows, &capture)?;
+    let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
+    let after = |layer: usize, h: &[f32]| model.next_token_logits_packed(layer, h, &lens);
+    let base = RowScores::new(
+        &after(last, &out[&last])?,
+        cfg.vocab_size,
+        next_tokens(rows),
+    )?;
+    encoders
+        .iter_mut()
+        .zip(layers)
+        .zip(ablations)
+        .map(|((encoder, &layer), ablation)| {
+            let h = &out[&layer];
+            let (l_sae, kl_sae) = base.score(&after(layer, &encoder.reconstruct(h, d)?.0)?)?;
+            let (l_abl, kl_abl) = base.score(&after(layer, &ablation.repeat(h.len() / d))?)?;
+            Ok([base.nll(), l_sae, l_abl, kl_sae, kl_abl])
+        })
+        .collect()
+}
+
+/// `score_packed` on the padded forward, for models on other devices.
+fn score_padded(
     model: &Qwen2,
     b: &PaddedBatch,
     encoders: &[BatchEncoder],
     layers: &[usize],
-    ablations: &[Tensor],
+    ablations: &[Vec<f32>],
 ) -> Result<Vec<[f64; 5]>> {
-    // One full pass captures every SAE's layer; each splice then runs only the blocks after it.
     let mut out = model.forward(
         &b.ids,
         &b.mask,
@@ -350,7 +382,7 @@ fn score_batch(
             logits: true,
         },
     )?;
-    let base = BaseScores::new(out.logits.take().context("no logits")?, b)?;
+    let base = TensorScores::new(out.logits.take().context("no logits")?, b)?;
     let after = |layer: usize, h: Tensor| -> Result<(f64, f64)> {
         base.score(&model.logits_after(layer, &h, &b.mask)?)
     };
@@ -364,50 +396,86 @@ fn score_batch(
                 layer,
                 splice_real(h, &b.mask, &encoder.reconstruct_tensor(h)?)?,
             )?;
-            let (l_abl, kl_abl) = after(layer, replace_real_with(h, &b.mask, ablation)?)?;
+            let ablation = Tensor::from_slice(ablation, ablation.len(), h.device())?;
+            let ablated = replace_real_with(h, &b.mask, &ablation.to_dtype(h.dtype())?)?;
+            let (l_abl, kl_abl) = after(layer, ablated)?;
             Ok([base.nll(), l_sae, l_abl, kl_sae, kl_abl])
         })
         .collect()
 }
 
 /// The real-token means of the outputs of blocks `layers` over `rows`, accumulated in f64.
-pub fn mean_outputs(
+fn mean_outputs(
     model: &Qwen2,
     rows: &[Vec<u32>],
     layers: &[usize],
     pad: u32,
     batch: usize,
-    dev: &Device,
-) -> Result<Vec<Tensor>> {
+) -> Result<Vec<Vec<f32>>> {
     let h = model.config().hidden_size;
     let (mut sums, mut count) = (vec![vec![0f64; h]; layers.len()], 0usize);
     for chunk in rows.chunks(batch.max(1)) {
-        let b = PaddedBatch::new(chunk.to_vec(), pad, dev)?;
-        let hooks = Hooks {
-            capture: layers,
-            replace: None,
-            logits: false,
-        };
-        let out = model.forward(&b.ids, &b.mask, &hooks)?;
-        let t = b.ids.dim(1)?;
+        let out = model.block_outputs(chunk, layers, pad)?;
         for (sum, layer) in sums.iter_mut().zip(layers) {
-            let x: Vec<f32> = out.blocks[layer].flatten_all()?.to_vec1()?;
-            for (r, len) in b.lengths.iter().enumerate() {
-                for p in 0..*len {
-                    let row = &x[(r * t + p) * h..(r * t + p + 1) * h];
-                    sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
-                }
+            for row in out[layer].chunks_exact(h) {
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
             }
         }
-        count += b.lengths.iter().sum::<usize>();
+        count += chunk.iter().map(Vec::len).sum::<usize>();
     }
     if count == 0 {
         bail!("no tokens to estimate the mean activation on");
     }
-    sums.iter()
-        .map(|s| {
-            let mean: Vec<f32> = s.iter().map(|v| (v / count as f64) as f32).collect();
-            Ok(Tensor::from_vec(mean, h, dev)?)
-        })
-        .collect()
+    Ok(sums
+        .iter()
+        .map(|s| s.iter().map(|v| (v / count as f64) as f32).collect())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::random::{write_model, TinyShape};
+
+    /// On a random model, the packed forward's scores (real tokens, the head at the scored
+    /// positions) equal the padded forward's (the path of other devices) for sequences of
+    /// different lengths, and a splice and an ablation move them.
+    #[test]
+    fn packed_scores_match_the_padded_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = TinyShape {
+            hidden: 32,
+            layers: 3,
+            heads: 4,
+            kv_heads: 2,
+            intermediate: 48,
+        };
+        let vocab = 61;
+        write_model(dir.path(), &shape, vocab, 5, None).unwrap();
+        let model = crate::model::load_model(dir.path(), &Device::Cpu).unwrap();
+        assert!(model.packs());
+        let mut rng = crate::rng::SplitMix64::new(3);
+        let rows: Vec<Vec<u32>> = [6usize, 2, 9]
+            .iter()
+            .map(|&len| (0..len).map(|_| rng.below(vocab) as u32).collect())
+            .collect();
+        let layers = [0, 2];
+        let saes: Vec<Sae> = (0..layers.len() as u64)
+            .map(|seed| crate::sae::train::cold_start(vec![0.1; shape.hidden], 64, 4, seed))
+            .collect();
+        let mut encoders: Vec<BatchEncoder> = saes
+            .iter()
+            .map(|s| BatchEncoder::new(s, &Device::Cpu).unwrap())
+            .collect();
+        let ablations = mean_outputs(&model, &rows, &layers, 0, 2).unwrap();
+        let packed = score_packed(&model, &rows, &mut encoders, &layers, &ablations).unwrap();
+        let b = PaddedBatch::new(rows.clone(), 0, &Device::Cpu).unwrap();
+        let padded = score_padded(&model, &b, &encoders, &layers, &ablations).unwrap();
+        for (p, q) in packed.iter().zip(&padded) {
+            for (a, b) in p.iter().zip(q) {
+                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{p:?} {q:?}");
+            }
+            assert!(p[1] != p[0] && p[2] != p[0] && p[3] > 0.0, "{p:?}");
+        }
+    }
 }

@@ -1,9 +1,10 @@
-//! The CPU forward pass for activation collection: the batch's real tokens packed into one
-//! [tokens × hidden] matrix, so no row of any product is padding. Every linear layer is one
+//! The CPU forward pass for activation collection and eval: the batch's real tokens packed into
+//! one [tokens × hidden] matrix, so no row of any product is padding. Every linear layer is one
 //! GEMM over the packed rows on the weights where they lie; attention runs per sequence and head
 //! on strided views of the packed Q, K, V; the elementwise steps are the `kernels::nn` rows.
-//! It computes the same block outputs as `Qwen2::forward` (which serves CUDA, logits and hooks
-//! that rewrite a block), and stops after the deepest block asked for.
+//! It computes the same block outputs as `Qwen2::forward` (which serves other devices and dtypes,
+//! and the demo's training), stops after the deepest block asked for, and takes the head only
+//! where a next token is scored.
 
 use std::collections::BTreeMap;
 
@@ -24,20 +25,26 @@ pub(super) fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<
     }
 }
 
+/// out [rows × d_out] = x [rows × d_in] · wᵀ, w [d_out × d_in].
+fn project(w: &Tensor, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<()> {
+    let (d_out, d_in) = w.dims2()?;
+    out.resize(rows * d_out, 0.0);
+    with_values(w, |w| {
+        gemm(
+            Mat::rows(x, rows, d_in),
+            Mat::rows(w, d_out, d_in).t(),
+            out,
+            d_out,
+            false,
+        )
+    })
+}
+
 impl Linear {
     /// out [rows × d_out] = x [rows × d_in] · Wᵀ (+ b).
     fn apply(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<()> {
-        let (d_out, d_in) = self.w.dims2()?;
-        out.resize(rows * d_out, 0.0);
-        with_values(&self.w, |w| {
-            gemm(
-                Mat::rows(x, rows, d_in),
-                Mat::rows(w, d_out, d_in).t(),
-                out,
-                d_out,
-                false,
-            )
-        })?;
+        project(&self.w, x, rows, out)?;
+        let d_out = self.w.dim(0)?;
         if let Some(b) = &self.b {
             with_values(b, |b| {
                 out.par_chunks_mut(d_out).for_each(|r| add(r, b));
@@ -62,6 +69,23 @@ impl RmsNorm {
 struct Packing {
     starts: Vec<usize>,
     lens: Vec<usize>,
+}
+
+impl Packing {
+    fn new(lens: &[usize]) -> Self {
+        let starts = lens
+            .iter()
+            .scan(0, |acc, &l| Some(std::mem::replace(acc, *acc + l)))
+            .collect();
+        Self {
+            starts,
+            lens: lens.to_vec(),
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.lens.iter().sum()
+    }
 }
 
 /// Buffers of one forward pass, reused block to block.
@@ -97,12 +121,8 @@ impl Qwen2 {
         }
         let h = self.cfg.hidden_size;
         let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
-        let starts = lens
-            .iter()
-            .scan(0, |acc, &l| Some(std::mem::replace(acc, *acc + l)))
-            .collect();
-        let pack = Packing { starts, lens };
-        let n: usize = pack.lens.iter().sum();
+        let pack = Packing::new(&lens);
+        let n = pack.rows();
         let vocab = self.cfg.vocab_size;
         let mut x = vec![0f32; n * h];
         with_values(&self.embed, |e| -> Result<()> {
@@ -124,6 +144,46 @@ impl Qwen2 {
             }
         }
         Ok(out)
+    }
+
+    /// The next-token logits of a pass whose block `block` put out `x`, the packed rows of
+    /// sequences of lengths `lens` (as `forward_packed` gives them): the blocks after it run
+    /// over the packed rows, then the final norm and the head over the rows that have a next
+    /// token (each sequence's but its last), [Σ (len − 1) × vocab] in sequence order.
+    pub fn next_token_logits_packed(
+        &self,
+        block: usize,
+        x: &[f32],
+        lens: &[usize],
+    ) -> Result<Vec<f32>> {
+        let n_blocks = self.blocks.len();
+        if block >= n_blocks {
+            bail!(
+                "block {block} requested, but the model has {n_blocks} blocks (0..{})",
+                n_blocks - 1
+            );
+        }
+        let (h, pack) = (self.cfg.hidden_size, Packing::new(lens));
+        let n = pack.rows();
+        if x.len() != n * h {
+            bail!(
+                "{} block output values for {n} tokens of width {h}",
+                x.len()
+            );
+        }
+        let mut x = x.to_vec();
+        let mut buf = Buffers::default();
+        for b in &self.blocks[block + 1..] {
+            self.block_packed(b, &mut x, n, &pack, &mut buf)?;
+        }
+        let mut last = Vec::with_capacity(n * h);
+        for (&start, &len) in pack.starts.iter().zip(&pack.lens) {
+            last.extend_from_slice(&x[start * h..(start + len.saturating_sub(1)) * h]);
+        }
+        self.norm.apply(&last, h, &mut buf.h)?;
+        let mut logits = Vec::new();
+        project(&self.head, &buf.h, last.len() / h, &mut logits)?;
+        Ok(logits)
     }
 
     /// x ← x + attention(norm1(x)); x ← x + mlp(norm2(x)), over the packed rows.
@@ -260,6 +320,11 @@ fn attention(
 }
 
 impl Qwen2 {
+    /// Whether this model runs the packed forward: f32 weights on the CPU.
+    pub fn packs(&self) -> bool {
+        self.device().is_cpu() && self.embed.dtype() == candle_core::DType::F32
+    }
+
     /// The outputs of blocks `capture` at the real tokens of `rows`, packed as `forward_packed`
     /// gives them: on the CPU by the packed pass; on other devices by the padded `forward`
     /// (right padding with `pad`), its real positions gathered afterwards.
@@ -269,7 +334,7 @@ impl Qwen2 {
         capture: &[usize],
         pad: u32,
     ) -> Result<BTreeMap<usize, Vec<f32>>> {
-        if self.device().is_cpu() && self.embed.dtype() == candle_core::DType::F32 {
+        if self.packs() {
             return self.forward_packed(rows, capture);
         }
         let batch = super::PaddedBatch::new(rows.to_vec(), pad, self.device())?;

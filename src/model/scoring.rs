@@ -1,70 +1,32 @@
 //! Next-token scores of one batch against a base distribution: the base model's mean NLL, and for
 //! any other logits of the same batch (a splice, an ablation) their mean NLL and mean
-//! KL(p_base ‖ p_other) over the real next-token positions (right padding).
+//! KL(p_base ‖ p_other) over the real next-token positions.
 //!
-//! On the CPU this runs a vocabulary row at a time: the base distribution at each real position
-//! is taken once, then each other score is one pass over its rows. Candle's composite ops, kept
-//! for other devices, make several [B,T,V] tensors per score instead: at the study's vocabulary
-//! of 151,936 that was most of an eval's memory traffic and page faults.
+//! On the CPU (`RowScores`) the logits are rows at those positions only, as the packed forward
+//! gives them: the base distribution at each is taken once, then each other score is one pass
+//! over its rows. Candle's composite ops (`TensorScores`), for the padded forward on other
+//! devices, make several [B,T,V] tensors per score instead: at the study's vocabulary of 151,936
+//! that was most of an eval's memory traffic and page faults.
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, D};
 use rayon::prelude::*;
 
-use super::packed::with_values;
 use super::{next_token_log_softmax, target_logprobs, PaddedBatch};
 
-/// A batch's base distribution, ready to score other logits against.
-pub enum BaseScores {
-    Rows(RowScores),
-    Tensors(TensorScores),
+/// The next token of every position that has one, sequence after sequence: the targets of
+/// `Qwen2::next_token_logits_packed`'s rows.
+pub fn next_tokens(rows: &[Vec<u32>]) -> Vec<u32> {
+    rows.iter()
+        .flat_map(|ids| ids.iter().skip(1).copied())
+        .collect()
 }
 
-impl BaseScores {
-    /// From the base logits [B,T,V] of batch `b`: row by row for f32 logits on the CPU, else
-    /// with candle's tensor ops.
-    pub fn new(logits: Tensor, b: &PaddedBatch) -> Result<Self> {
-        let (rows, t, _) = logits.dims3()?;
-        if (rows, t) != b.ids.dims2()? {
-            bail!(
-                "scoring logits of {rows} × {t} positions against prompts of {:?}",
-                b.ids.dims()
-            );
-        }
-        if t < 2 {
-            bail!("a batch of prompts is shorter than two tokens; nothing to score");
-        }
-        Ok(
-            match logits.device().is_cpu() && logits.dtype() == DType::F32 {
-                true => Self::Rows(RowScores::new(&logits, b)?),
-                false => Self::Tensors(TensorScores::new(logits, b)?),
-            },
-        )
-    }
-
-    /// The base's mean NLL over the real next tokens.
-    pub fn nll(&self) -> f64 {
-        match self {
-            Self::Rows(s) => s.nll,
-            Self::Tensors(s) => s.nll,
-        }
-    }
-
-    /// Other logits [B,T,V] of the same batch: their mean NLL and mean KL(p_base ‖ p_other).
-    pub fn score(&self, other: &Tensor) -> Result<(f64, f64)> {
-        match self {
-            Self::Rows(s) => s.score(other),
-            Self::Tensors(s) => s.score(other),
-        }
-    }
-}
-
-/// The base distribution at the real positions, a vocabulary row each.
+/// The base distribution at the scored positions, a vocabulary row each.
 pub struct RowScores {
-    /// The logits' shape [B,T,V]; every scored tensor has it.
-    dims: (usize, usize, usize),
-    /// Per position: its row in the [B·T, V] logits and its target token.
-    positions: Vec<(usize, u32)>,
+    vocab: usize,
+    /// Per position: its next token.
+    targets: Vec<u32>,
     /// Per position: p_base over the vocabulary.
     probs: Vec<f32>,
     /// Per position: E_p[logit] − log Σ exp(logits).
@@ -80,71 +42,80 @@ fn log_sum_exp(row: &[f32]) -> f64 {
 }
 
 impl RowScores {
-    /// From logits whose [B,T] is the batch's (checked by `BaseScores::new`).
-    fn new(logits: &Tensor, b: &PaddedBatch) -> Result<Self> {
-        let dims = logits.dims3()?;
-        let (_, t, vocab) = dims;
-        let positions: Vec<(usize, u32)> = b
-            .rows
-            .iter()
-            .enumerate()
-            .flat_map(|(r, ids)| (1..ids.len()).map(move |p| (r * t + p - 1, ids[p])))
-            .collect();
-        let logits = logits.contiguous()?;
-        let mut probs = vec![0f32; positions.len() * vocab];
+    /// From the base logits [positions × vocab] at the positions whose next tokens are
+    /// `targets`.
+    pub fn new(logits: &[f32], vocab: usize, targets: Vec<u32>) -> Result<Self> {
+        if targets.is_empty() {
+            bail!("a batch of prompts is shorter than two tokens; nothing to score");
+        }
+        if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
+            bail!("next token {t} is outside the vocabulary of {vocab}");
+        }
+        let mut s = Self {
+            vocab,
+            targets,
+            probs: Vec::new(),
+            neg_entropy: Vec::new(),
+            nll: 0.0,
+        };
+        s.check(logits)?;
+        s.probs = vec![0f32; logits.len()];
         // Per position: (E_p[a] − lse_a, its NLL).
-        let per: Vec<(f64, f64)> = with_values(&logits, |all| {
-            probs
-                .par_chunks_mut(vocab)
-                .zip(&positions)
-                .map(|(p, &(row, target))| {
-                    let a = &all[row * vocab..(row + 1) * vocab];
-                    let lse = log_sum_exp(a);
-                    let mut expected = 0f64;
-                    for (p, &v) in p.iter_mut().zip(a) {
-                        *p = (v - lse as f32).exp();
-                        expected += *p as f64 * v as f64;
-                    }
-                    (expected - lse, lse - a[target as usize] as f64)
-                })
-                .collect()
-        })?;
-        Ok(Self {
-            dims,
-            nll: per.iter().map(|s| s.1).sum::<f64>() / positions.len() as f64,
-            positions,
-            probs,
-            neg_entropy: per.iter().map(|s| s.0).collect(),
-        })
+        let per: Vec<(f64, f64)> = s
+            .probs
+            .par_chunks_mut(vocab)
+            .zip(logits.par_chunks(vocab))
+            .zip(&s.targets)
+            .map(|((p, a), &target)| {
+                let lse = log_sum_exp(a);
+                let mut expected = 0f64;
+                for (p, &v) in p.iter_mut().zip(a) {
+                    *p = (v - lse as f32).exp();
+                    expected += *p as f64 * v as f64;
+                }
+                (expected - lse, lse - a[target as usize] as f64)
+            })
+            .collect();
+        s.nll = per.iter().map(|s| s.1).sum::<f64>() / per.len() as f64;
+        s.neg_entropy = per.iter().map(|s| s.0).collect();
+        Ok(s)
     }
 
-    /// NLL = lse_o − o[target]; KL = (E_p[a] − lse_a) − E_p[o] + lse_o; each averaged.
-    fn score(&self, other: &Tensor) -> Result<(f64, f64)> {
-        if other.dims3()? != self.dims {
+    /// Logits of this batch's positions, or an error naming the mismatch.
+    fn check(&self, logits: &[f32]) -> Result<()> {
+        let want = self.targets.len() * self.vocab;
+        if logits.len() != want {
             bail!(
-                "scoring logits of shape {:?} against a base of {:?}",
-                other.dims(),
-                self.dims
+                "scoring {} logits against {} positions of a vocabulary of {} ({want})",
+                logits.len(),
+                self.targets.len(),
+                self.vocab
             );
         }
-        let other = other.contiguous()?;
-        let v = self.dims.2;
-        let per: Vec<(f64, f64)> = with_values(&other, |all| {
-            self.positions
-                .par_iter()
-                .enumerate()
-                .map(|(i, &(row, target))| {
-                    let o = &all[row * v..(row + 1) * v];
-                    let lse = log_sum_exp(o);
-                    let p = &self.probs[i * v..(i + 1) * v];
-                    let cross: f64 = p.iter().zip(o).map(|(&p, &o)| p as f64 * o as f64).sum();
-                    (
-                        lse - o[target as usize] as f64,
-                        self.neg_entropy[i] - cross + lse,
-                    )
-                })
-                .collect()
-        })?;
+        Ok(())
+    }
+
+    /// The base's mean NLL over the positions.
+    pub fn nll(&self) -> f64 {
+        self.nll
+    }
+
+    /// Other logits of the same positions: their mean NLL and mean KL(p_base ‖ p_other), where
+    /// NLL = lse_o − o[target] and KL = (E_p[a] − lse_a) − E_p[o] + lse_o.
+    pub fn score(&self, other: &[f32]) -> Result<(f64, f64)> {
+        self.check(other)?;
+        let v = self.vocab;
+        let per: Vec<(f64, f64)> = other
+            .par_chunks(v)
+            .zip(self.probs.par_chunks(v))
+            .zip(&self.targets)
+            .zip(&self.neg_entropy)
+            .map(|(((o, p), &target), &neg_entropy)| {
+                let lse = log_sum_exp(o);
+                let cross: f64 = p.iter().zip(o).map(|(&p, &o)| p as f64 * o as f64).sum();
+                (lse - o[target as usize] as f64, neg_entropy - cross + lse)
+            })
+            .collect();
         let n = per.len() as f64;
         Ok((
             per.iter().map(|s| s.0).sum::<f64>() / n,
@@ -164,8 +135,18 @@ pub struct TensorScores {
 }
 
 impl TensorScores {
-    fn new(logits: Tensor, b: &PaddedBatch) -> Result<Self> {
-        let t = b.ids.dim(1)?;
+    /// From the base logits [B,T,V] of batch `b`.
+    pub fn new(logits: Tensor, b: &PaddedBatch) -> Result<Self> {
+        let (rows, t, _) = logits.dims3()?;
+        if (rows, t) != b.ids.dims2()? {
+            bail!(
+                "scoring logits of {rows} × {t} positions against prompts of {:?}",
+                b.ids.dims()
+            );
+        }
+        if t < 2 {
+            bail!("a batch of prompts is shorter than two tokens; nothing to score");
+        }
         let mut s = Self {
             lp: next_token_log_softmax(&logits)?,
             ids: b.ids.clone(),
@@ -177,13 +158,26 @@ impl TensorScores {
         Ok(s)
     }
 
+    /// The base's mean NLL over the real next tokens.
+    pub fn nll(&self) -> f64 {
+        self.nll
+    }
+
     fn nll_of(&self, lp: &Tensor) -> Result<f64> {
         let (_, sum, count) = target_logprobs(lp, &self.ids, &self.mask)?;
         Ok(sum / count as f64)
     }
 
-    fn score(&self, other: &Tensor) -> Result<(f64, f64)> {
+    /// Other logits [B,T,V] of the same batch: their mean NLL and mean KL(p_base ‖ p_other).
+    pub fn score(&self, other: &Tensor) -> Result<(f64, f64)> {
         let lp = next_token_log_softmax(other)?;
+        if lp.dims() != self.lp.dims() {
+            bail!(
+                "scoring logits of shape {:?} against a base of {:?}",
+                other.dims(),
+                self.lp.dims()
+            );
+        }
         let per = (self.lp.exp()? * (&self.lp - &lp)?)?.sum(D::Minus1)?;
         let sum = (per * &self.real)?.sum_all()?.to_scalar::<f32>()? as f64;
         let kl = sum / self.real.sum_all()?.to_scalar::<f32>()? as f64;
@@ -196,8 +190,8 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// Random logits of a batch of rows of different lengths: the row-by-row scores equal the
-    /// tensor ops' ones.
+    /// Random logits of a batch of rows of different lengths: the scores of the rows at the
+    /// real positions equal the tensor ops' scores of the padded batch.
     #[test]
     fn row_scores_match_the_tensor_ops() {
         let dev = Device::Cpu;
@@ -207,30 +201,49 @@ mod tests {
             .iter()
             .map(|&len| (0..len).map(|_| rng.below(v) as u32).collect())
             .collect();
-        let b = PaddedBatch::new(rows, 0, &dev).unwrap();
+        let b = PaddedBatch::new(rows.clone(), 0, &dev).unwrap();
         let mut logits = |scale: f32| {
             let x: Vec<f32> = (0..n * t * v)
                 .map(|_| (rng.below(2001) as f32 - 1000.0) / 1000.0 * scale)
                 .collect();
             Tensor::from_vec(x, (n, t, v), &dev).unwrap()
         };
+        // The rows of each sequence's positions but its last, as the packed forward gives them.
+        let scored = |l: &Tensor| -> Vec<f32> {
+            let all: Vec<f32> = l.flatten_all().unwrap().to_vec1().unwrap();
+            let (t, v) = (l.dim(1).unwrap(), l.dim(2).unwrap());
+            rows.iter()
+                .enumerate()
+                .flat_map(|(r, ids)| (0..ids.len() - 1).map(move |p| (r * t + p) * v))
+                .flat_map(|at| all[at..at + v].to_vec())
+                .collect()
+        };
         let (base, other) = (logits(6.0), logits(4.0));
-        let rows = RowScores::new(&base, &b).unwrap();
+        let row = RowScores::new(&scored(&base), v, next_tokens(&rows)).unwrap();
         let tensors = TensorScores::new(base.clone(), &b).unwrap();
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs().max(1.0);
-        assert!(close(rows.nll, tensors.nll), "{} {}", rows.nll, tensors.nll);
-        let (got, want) = (rows.score(&other).unwrap(), tensors.score(&other).unwrap());
+        assert!(
+            close(row.nll(), tensors.nll()),
+            "{} {}",
+            row.nll(),
+            tensors.nll()
+        );
+        let got = row.score(&scored(&other)).unwrap();
+        let want = tensors.score(&other).unwrap();
         assert!(
             close(got.0, want.0) && close(got.1, want.1),
             "{got:?} {want:?}"
         );
         assert!(got.1 > 0.01, "different distributions diverge: {got:?}");
         // A distribution against itself: its own NLL, no divergence.
-        let (nll, kl) = rows.score(&base).unwrap();
-        assert!(close(nll, rows.nll) && kl.abs() < 1e-6, "{nll} {kl}");
+        let (nll, kl) = row.score(&scored(&base)).unwrap();
+        assert!(close(nll, row.nll()) && kl.abs() < 1e-6, "{nll} {kl}");
         // Logits of another batch's shape are refused, not read out of place.
         let shorter = base.narrow(1, 0, t - 1).unwrap();
-        assert!(rows.score(&shorter).is_err());
-        assert!(BaseScores::new(shorter, &b).is_err());
+        assert!(row.score(&scored(&base)[v..]).is_err());
+        assert!(tensors.score(&shorter).is_err());
+        assert!(TensorScores::new(shorter, &b).is_err());
+        assert!(RowScores::new(&[], v, vec![]).is_err());
+        assert!(RowScores::new(&scored(&base), 1, next_tokens(&rows)).is_err());
     }
 }

@@ -13,6 +13,10 @@
 //!   commit of tables whose size d_sae fixes, fixed;
 //! - report: fixed.
 //!
+//! "∝ S" is taken as the ratio of tokens per stage, S × 445,744 against the tokens this run
+//! ingested: the generated questions are whole, so a stage holds a little more than its share
+//! (2.7 % more at S = 0.01), and scaling by S alone would count that surplus ten times over.
+//!
 //! Steps overlap as they ran here (the ratio of each phase's span to its steps' summed time is
 //! kept), so the whole run extrapolates as the sum of its steps' extrapolated time over the
 //! parallelism reached.
@@ -111,12 +115,12 @@ fn questions(tok: &TextTokenizer, tokens: usize) -> Result<String> {
     Ok(out)
 }
 
-/// Seconds of one finished step extrapolated from scale `s` to `to`: its fixed part as it is,
-/// its prompts' part by the ratio of prompts, the rest (its rows) by the ratio of scales.
-fn extrapolated(f: &run::Finished, s: f64, to: f64, prompts: (f64, f64)) -> f64 {
+/// Seconds of one finished step extrapolated to other data: its fixed part as it is, its
+/// prompts' part by the ratio of prompts, the rest by `rows`, the ratio of activation rows.
+fn extrapolated(f: &run::Finished, rows: f64, prompts: (f64, f64)) -> f64 {
     let o = &f.outcome;
     let data = (f.seconds - o.fixed_seconds - o.prompt_seconds).max(0.0);
-    o.fixed_seconds + o.prompt_seconds * prompts.1 / prompts.0 + data * to / s
+    o.fixed_seconds + o.prompt_seconds * prompts.1 / prompts.0 + data * rows
 }
 
 fn eval_prompts(scale: f64) -> usize {
@@ -170,11 +174,26 @@ pub fn run(a: &BenchStudy) -> Result<()> {
     Ok(())
 }
 
-/// From the lake: the tokens ingested (counted at the first layer) and the train rows each
-/// epoch of every SAE passes over.
-fn data_sizes(lake: &Lake) -> Result<(usize, f64)> {
-    let mut tokens = 0usize;
-    let mut train_rows = 0f64;
+/// What the run read and wrote, from the lake.
+struct DataSizes {
+    /// Tokens ingested (counted at the first layer) and stages ingested.
+    tokens: usize,
+    stages: usize,
+    /// Summed over the SAEs: the train rows each epoch passes over, the val rows eval
+    /// reconstructs, and the rows stats reads (the stage's, both splits).
+    train_rows: f64,
+    val_rows: f64,
+    rows: f64,
+}
+
+fn data_sizes(lake: &Lake) -> Result<DataSizes> {
+    let mut d = DataSizes {
+        tokens: 0,
+        stages: 0,
+        train_rows: 0.0,
+        val_rows: 0.0,
+        rows: 0.0,
+    };
     for (key, _) in lake.partitions(Table::Saes)? {
         let act = PartitionKey::layer(
             &key.chain,
@@ -182,27 +201,37 @@ fn data_sizes(lake: &Lake) -> Result<(usize, f64)> {
             key.layer.unwrap_or(0),
         );
         let n = lake.activation_count(&act)?;
-        train_rows += (n - (0.2 * n as f64).floor() as usize) as f64;
+        let val = (0.2 * n as f64).floor();
+        d.train_rows += n as f64 - val;
+        d.val_rows += val;
+        d.rows += n as f64;
     }
     for (key, _) in lake.partitions(Table::Docs)? {
         let act = PartitionKey::layer(&key.chain, key.stage.as_deref().unwrap_or(""), LAYERS[0]);
-        tokens += lake.activation_count(&act)?;
+        d.tokens += lake.activation_count(&act)?;
+        d.stages += 1;
     }
-    Ok((tokens, train_rows))
+    Ok(d)
 }
 
 /// Each phase's time and rate, and its extrapolation to the full and the 10 % study.
 fn report(lake: &Lake, s: &RunSummary, a: &BenchStudy, prompts: usize) -> Result<()> {
-    let (tokens, train_rows) = data_sizes(lake)?;
+    let d = data_sizes(lake)?;
+    let per_stage = d.tokens as f64 / d.stages.max(1) as f64;
+    // The rows' growth from this run to the study at scale `to` (S alone if nothing was ingested).
+    let rows = |to: f64| match per_stage > 0.0 {
+        true => to * STUDY_TOKENS / per_stage,
+        false => to / a.scale,
+    };
     let prompt_ratio = |to: f64| (prompts as f64, eval_prompts(to) as f64);
     println!(
-        "\nbench study at S = {} on {} ({} cores):",
+        "\nbench study at S = {} on {} ({} cores), {per_stage:.0} tokens per stage:",
         a.scale,
         a.device,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "  {:<7} {:>5} {:>10} {:>10} {:>12} {:>12}  rate (per second of its steps)",
+        "  {:<7} {:>5} {:>10} {:>10} {:>12} {:>12}  rate (per second of its steps); share of its steps' time that does not grow with the rows",
         "phase", "steps", "step time", "span", "S = 0.1", "S = 1"
     );
     let mut whole = (0.0, 0.0, 0.0);
@@ -220,26 +249,42 @@ fn report(lake: &Lake, s: &RunSummary, a: &BenchStudy, prompts: usize) -> Result
             - mine.iter().map(|f| f.began).fold(f64::INFINITY, f64::min);
         let at = |to: f64| -> f64 {
             mine.iter()
-                .map(|f| extrapolated(f, a.scale, to, prompt_ratio(to)))
+                .map(|f| extrapolated(f, rows(to), prompt_ratio(to)))
                 .sum()
         };
+        let fixed = mine.iter().map(|f| f.outcome.fixed_seconds).sum::<f64>() / busy;
+        let prompted = mine.iter().map(|f| f.outcome.prompt_seconds).sum::<f64>() / busy;
         let rate = match p {
-            Phase::Ingest => format!("{:.0} tokens/s", tokens as f64 / busy),
+            Phase::Ingest => format!("{:.0} tokens/s", d.tokens as f64 / busy),
             Phase::Train => format!(
                 "{:.0} train rows/s over {} epochs",
-                a.epochs as f64 * train_rows / busy,
+                a.epochs as f64 * d.train_rows / busy,
                 a.epochs
             ),
-            _ => String::new(),
+            Phase::Eval => format!("{:.0} val rows/s", d.val_rows / busy),
+            Phase::Stats => format!("{:.0} rows/s", d.rows / busy),
+            Phase::Report => String::new(),
+        };
+        let shares = match prompted > 0.0 {
+            true => format!(
+                "{:.0} % fixed, {:.0} % CE prompts",
+                100.0 * fixed,
+                100.0 * prompted
+            ),
+            false => format!("{:.0} % fixed", 100.0 * fixed),
         };
         println!(
-            "  {:<7} {:>5} {:>10} {:>10} {:>12} {:>12}  {rate}",
+            "  {:<7} {:>5} {:>10} {:>10} {:>12} {:>12}  {}",
             p.name(),
             mine.len(),
             duration(busy),
             duration(span),
             duration(at(0.1)),
-            duration(at(1.0))
+            duration(at(1.0)),
+            match rate.is_empty() {
+                true => shares,
+                false => format!("{rate}; {shares}"),
+            }
         );
         whole = (whole.0 + busy, whole.1 + at(0.1), whole.2 + at(1.0));
     }
