@@ -109,16 +109,10 @@ impl Qwen2 {
         rows: &[Vec<u32>],
         capture: &[usize],
     ) -> Result<BTreeMap<usize, Vec<f32>>> {
-        let n_blocks = self.blocks.len();
         let Some(&deepest) = capture.iter().max() else {
             bail!("a forward pass needs a block to capture");
         };
-        if deepest >= n_blocks {
-            bail!(
-                "block {deepest} requested, but the model has {n_blocks} blocks (0..{})",
-                n_blocks - 1
-            );
-        }
+        self.check_block(deepest)?;
         let h = self.cfg.hidden_size;
         let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
         let pack = Packing::new(&lens);
@@ -156,13 +150,7 @@ impl Qwen2 {
         x: &[f32],
         lens: &[usize],
     ) -> Result<Vec<f32>> {
-        let n_blocks = self.blocks.len();
-        if block >= n_blocks {
-            bail!(
-                "block {block} requested, but the model has {n_blocks} blocks (0..{})",
-                n_blocks - 1
-            );
-        }
+        self.check_block(block)?;
         let (h, pack) = (self.cfg.hidden_size, Packing::new(lens));
         let n = pack.rows();
         if x.len() != n * h {

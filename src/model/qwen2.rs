@@ -270,6 +270,18 @@ impl Qwen2 {
         self.embed.device()
     }
 
+    /// `block` names one of the model's blocks, or an error says how many there are.
+    pub(super) fn check_block(&self, block: usize) -> Result<()> {
+        let n = self.blocks.len();
+        if block >= n {
+            bail!(
+                "block {block} requested, but the model has {n} blocks (0..{})",
+                n - 1
+            );
+        }
+        Ok(())
+    }
+
     /// Additive attention mask [B,1,T,T]: causal, and padding keys excluded.
     fn attention_mask(mask: &Tensor) -> Result<Tensor> {
         let (b, t) = mask.dims2()?;
@@ -292,16 +304,12 @@ impl Qwen2 {
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, hooks: &Hooks) -> Result<Output> {
         let (b, t) = ids.dims2()?;
         let n = self.blocks.len();
-        if let Some(&bad) = hooks
+        for &i in hooks
             .capture
             .iter()
             .chain(hooks.replace.iter().map(|(i, _)| i))
-            .find(|&&i| i >= n)
         {
-            bail!(
-                "block {bad} requested, but the model has {n} blocks (0..{})",
-                n - 1
-            );
+            self.check_block(i)?;
         }
         let deepest = if hooks.logits {
             n - 1
@@ -344,13 +352,7 @@ impl Qwen2 {
     /// The logits [B,T,V] of a pass whose block `block` put out `x` [B,T,H]: only the blocks
     /// after it run, so a rewrite of a captured block output costs the rest of the model alone.
     pub fn logits_after(&self, block: usize, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let n = self.blocks.len();
-        if block >= n {
-            bail!(
-                "block {block} requested, but the model has {n} blocks (0..{})",
-                n - 1
-            );
-        }
+        self.check_block(block)?;
         let (cos, sin, att_mask) = self.pass_tables(x.dim(1)?, mask)?;
         let mut x = x.clone();
         for b in &self.blocks[block + 1..] {
