@@ -3,6 +3,7 @@
 //! through here, so a backend is swapped or added in one place. Nothing here knows the lake,
 //! the model or the SAE type.
 
+pub mod bf16;
 pub mod device;
 pub mod encode;
 pub mod gemm;

@@ -14,9 +14,10 @@ use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Read, Seek, Write};
 
 use anyhow::{Context as _, Result};
+use rayon::prelude::*;
 
 use super::stats::Example;
-use crate::kernels::{for_each_cosine_row, sgemm_nt};
+use crate::kernels::{bf16, dot, for_each_cosine_row, sgemm_nt};
 use crate::rng::SplitMix64;
 
 pub const HIST_BINS: usize = 40;
@@ -322,29 +323,57 @@ fn range(values: &[f32]) -> (f32, f32) {
 /// Per feature, the `LOGITS` tokens whose logits its decoder direction raises most and lowers
 /// most: `unembed · (norm ⊙ w_dec[i])`, `unembed` [vocab × d]. The final RMSNorm's weight is
 /// folded into the direction; its 1/rms scale is not (it depends on the residual).
+///
+/// This is 7,168 directions against a 151,936-token unembedding per SAE of the study, most of a
+/// `stats` step. Where the CPU has AVX-512 BF16 a bf16 product screens the tokens and only those
+/// that can rank are scored in f32 (`screened`): the answer is what scoring every token with
+/// `dot` gives, at about half the cost.
 pub fn logit_effects(w_dec: &[f32], d: usize, unembed: &[f32], norm: &[f32]) -> Vec<Extremes> {
-    use rayon::prelude::*;
-    // Tiles of features × tokens: each GEMM reads a slice of the unembedding that stays in
-    // cache, and the unembedding is read once per block of features (512 rows of its product
-    // amortise the packing that 64 did not).
+    logit_effects_with(w_dec, d, unembed, norm, true)
+}
+
+/// `logit_effects`, screened or not (`saerl bench stats` times both).
+pub fn logit_effects_with(
+    w_dec: &[f32],
+    d: usize,
+    unembed: &[f32],
+    norm: &[f32],
+    screen: bool,
+) -> Vec<Extremes> {
+    let dirs: Vec<f32> = w_dec
+        .par_chunks(d)
+        .flat_map_iter(|r| r.iter().zip(norm).map(|(w, g)| w * g))
+        .collect();
+    (screen && bf16::available())
+        .then(|| screened(&dirs, d, unembed, SCREEN))
+        .flatten()
+        .unwrap_or_else(|| scored(&dirs, d, unembed))
+}
+
+/// Every token scored in f32, a tile of features × tokens at a time: each GEMM reads a slice of
+/// the unembedding that stays in cache, and the unembedding is read once per block of features
+/// (512 rows of its product amortise the packing that 64 did not).
+fn scored(dirs: &[f32], d: usize, unembed: &[f32]) -> Vec<Extremes> {
     const FEATURES: usize = 512;
     const TOKENS: usize = 8192;
-    let (n, vocab) = (w_dec.len() / d, unembed.len() / d);
+    let (n, vocab) = (dirs.len() / d, unembed.len() / d);
     let mut out = Vec::with_capacity(n);
-    let mut dirs = vec![0f32; FEATURES * d];
     let mut logits = vec![0f32; FEATURES * TOKENS];
     for start in (0..n).step_by(FEATURES) {
         let m = FEATURES.min(n - start);
-        for r in 0..m {
-            for (j, v) in dirs[r * d..(r + 1) * d].iter_mut().enumerate() {
-                *v = w_dec[(start + r) * d + j] * norm[j];
-            }
-        }
         let mut block: Vec<Extremes> = vec![(Vec::new(), Vec::new()); m];
         for t0 in (0..vocab).step_by(TOKENS) {
             let t = TOKENS.min(vocab - t0);
             let tokens = &unembed[t0 * d..(t0 + t) * d];
-            sgemm_nt(m, t, d, &dirs, tokens, &mut logits[..m * t], false);
+            sgemm_nt(
+                m,
+                t,
+                d,
+                &dirs[start * d..],
+                tokens,
+                &mut logits[..m * t],
+                false,
+            );
             block
                 .par_iter_mut()
                 .zip(logits[..m * t].par_chunks(t))
@@ -353,6 +382,137 @@ pub fn logit_effects(w_dec: &[f32], d: usize, unembed: &[f32], norm: &[f32]) -> 
         out.extend(block);
     }
     out
+}
+
+/// Features per task × tokens per block of `screened`: a task keeps a panel of the block's bf16
+/// unembedding in cache across its 8 tiles, and a block (7 MB) stays in the last-level cache
+/// while every task reads it.
+const SCREEN: (usize, usize) = (64, 4096);
+
+/// `scored`'s answer with f32 dots, through a bf16 screen. Per block of tokens, every entry of
+/// the bf16 product lies within a bound `e` of its f32 dot (`bf16::bound`), so a token can be
+/// among a feature's top `LOGITS` only if its value + `e` reaches the `LOGITS`-th largest
+/// value − `e` seen so far; only those candidates are scored with `dot`, and ranked as
+/// `extremes` ranks (ties to the earlier token). `None` when a bound is not finite (NaN or
+/// huge weights): the caller scores every token instead.
+fn screened(
+    dirs: &[f32],
+    d: usize,
+    unembed: &[f32],
+    block: (usize, usize),
+) -> Option<Vec<Extremes>> {
+    use bf16::{PanelB, TiledA, PANEL, TILE_ROWS};
+    let (features, tokens) = block;
+    debug_assert_eq!(features % TILE_ROWS, 0, "a task's features are whole tiles");
+    let (n, vocab) = (dirs.len() / d, unembed.len() / d);
+    let a = TiledA::new(dirs, d);
+    let mut sides: Vec<[Side; 2]> = (0..n).map(|_| [Side::default(), Side::default()]).collect();
+    for t0 in (0..vocab).step_by(tokens) {
+        let t = tokens.min(vocab - t0);
+        let b = PanelB::new(&unembed[t0 * d..(t0 + t) * d], d);
+        let margins = a
+            .norms
+            .iter()
+            .map(|na| bf16::bound(na, &b.max, d))
+            .collect::<Option<Vec<f32>>>()?;
+        sides
+            .par_chunks_mut(features)
+            .enumerate()
+            .for_each(|(g, group)| {
+                let mut out = [0f32; TILE_ROWS * PANEL];
+                for p in 0..b.panels() {
+                    let valid = PANEL.min(t - p * PANEL);
+                    for (k, rows) in group.chunks_mut(TILE_ROWS).enumerate() {
+                        let first = g * features + k * TILE_ROWS;
+                        // A token can enter a side only at or beyond its cut ∓ e.
+                        let (mut lo, mut hi) = ([f32::NEG_INFINITY; 8], [f32::INFINITY; 8]);
+                        for (r, [top, bottom]) in rows.iter().enumerate() {
+                            let e = margins[first + r];
+                            (lo[r], hi[r]) = (e - bottom.cut(), top.cut() - e);
+                        }
+                        let flags = bf16::tile(&a, first / TILE_ROWS, &b, p, &mut out, &lo, &hi);
+                        for (r, [top, bottom]) in rows.iter_mut().enumerate() {
+                            if flags >> r & 1 == 0 {
+                                continue;
+                            }
+                            let e = margins[first + r];
+                            for (l, &v) in out[r * PANEL..][..valid].iter().enumerate() {
+                                let j = (t0 + p * PANEL + l) as u32;
+                                top.push(j, v, e);
+                                bottom.push(j, -v, e);
+                            }
+                        }
+                    }
+                }
+            });
+    }
+    Some(
+        sides
+            .into_par_iter()
+            .enumerate()
+            .map(|(i, [top, bottom])| {
+                let row = &dirs[i * d..(i + 1) * d];
+                let score = |j: u32| (j, dot(row, &unembed[j as usize * d..][..d]));
+                (top.best(score, 1.0), bottom.best(score, -1.0))
+            })
+            .collect(),
+    )
+}
+
+/// One side of one feature's screen, values signed so that larger ranks first: the `LOGITS`
+/// largest lower bounds (value − e) seen, and every token whose upper bound (value + e) reached
+/// the smallest of them when it was seen.
+#[derive(Default)]
+struct Side {
+    lows: Vec<f32>,
+    candidates: Vec<(u32, f32)>,
+}
+
+impl Side {
+    /// What a token's upper bound must reach to be a candidate.
+    fn cut(&self) -> f32 {
+        match self.lows.len() {
+            LOGITS => self.lows[LOGITS - 1],
+            _ => f32::NEG_INFINITY,
+        }
+    }
+
+    fn push(&mut self, j: u32, v: f32, e: f32) {
+        let (lo, hi) = (v - e, v + e);
+        if hi < self.cut() {
+            return;
+        }
+        self.candidates.push((j, hi));
+        if self.lows.len() < LOGITS || lo > self.lows[LOGITS - 1] {
+            let at = self.lows.partition_point(|&x| x >= lo);
+            self.lows.insert(at, lo);
+            self.lows.truncate(LOGITS);
+        }
+        if self.candidates.len() > 32 * LOGITS + 256 {
+            let cut = self.cut();
+            self.candidates.retain(|c| c.1 >= cut);
+        }
+    }
+
+    /// The `LOGITS` best candidates by their f32 `score`, `sign` × value descending, ties to the
+    /// earlier token.
+    fn best(self, score: impl Fn(u32) -> Latent, sign: f32) -> Vec<Latent> {
+        let cut = self.cut();
+        let mut scored: Vec<Latent> = self
+            .candidates
+            .into_iter()
+            .filter(|c| c.1 >= cut)
+            .map(|c| score(c.0))
+            .collect();
+        scored.sort_by(|x, y| {
+            (sign * y.1)
+                .partial_cmp(&(sign * x.1))
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(x.0.cmp(&y.0))
+        });
+        scored.truncate(LOGITS);
+        scored
+    }
 }
 
 /// Per feature, the `NEAREST` other features of the same SAE with the highest decoder cosine.
@@ -445,6 +605,63 @@ mod tests {
             .iter()
             .enumerate()
             .all(|(i, l)| l.iter().all(|(j, _)| *j as usize != i)));
+    }
+
+    #[test]
+    fn screened_logit_effects_are_every_token_scored_in_f32() {
+        let mut rng = SplitMix64::new(5);
+        let (n, d, vocab) = (37, 23, 700);
+        let mut v = |k: usize| -> Vec<f32> {
+            (0..k)
+                .map(|_| (rng.next_u64() >> 40) as f32 / (1u32 << 24) as f32 - 0.5)
+                .collect()
+        };
+        let dirs = v(n * d);
+        let mut unembed = v(vocab * d);
+        // Exact ties at the top and the bottom of feature 0 (copies of its direction, ±), and
+        // near-ties elsewhere: copies of a token nudged by one ulp.
+        for (j, s) in [(10, 3.0), (300, 3.0), (650, 3.0), (20, -2.0), (699, -2.0)] {
+            let row: Vec<f32> = dirs[..d].iter().map(|x| x * s).collect();
+            unembed[j * d..(j + 1) * d].copy_from_slice(&row);
+        }
+        for j in 100..140 {
+            let src = (j * 7) % vocab;
+            let row = unembed[src * d..(src + 1) * d].to_vec();
+            unembed[j * d..(j + 1) * d].copy_from_slice(&row);
+            unembed[j * d] = f32::from_bits(row[0].to_bits() + (j % 2) as u32);
+        }
+        let want: Vec<Extremes> = dirs
+            .chunks(d)
+            .map(|a| {
+                let all: Vec<f32> = unembed.chunks(d).map(|b| dot(a, b)).collect();
+                extremes(&all, LOGITS)
+            })
+            .collect();
+        assert_eq!(
+            want[0].0.iter().map(|x| x.0).take(3).collect::<Vec<_>>(),
+            [10, 300, 650]
+        );
+        // Every token through the f32 GEMM: the same up to its rounding.
+        for (got, w) in scored(&dirs, d, &unembed).iter().zip(&want) {
+            for (x, y) in got.0.iter().chain(&got.1).zip(w.0.iter().chain(&w.1)) {
+                assert!((x.1 - y.1).abs() < 1e-5, "{x:?} vs {y:?}");
+            }
+        }
+        if !bf16::available() {
+            return;
+        }
+        // Blocks that split features and tokens unevenly, and the study's.
+        for block in [(16, 64), (8, 100), (24, 37), SCREEN] {
+            assert_eq!(
+                screened(&dirs, d, &unembed, block).unwrap(),
+                want,
+                "{block:?}"
+            );
+        }
+        assert_eq!(logit_effects(&dirs, d, &unembed, &vec![1.0; d]), want);
+        let mut bad = dirs.clone();
+        bad[5] = f32::NAN;
+        assert!(screened(&bad, d, &unembed, SCREEN).is_none());
     }
 
     #[test]
