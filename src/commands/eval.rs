@@ -4,6 +4,7 @@
 //! ablation (the layer's real-token mean over the first 32 prompts, or zero), plus the KL
 //! divergence from the untouched model. An SAE already evaluated is skipped unless `--overwrite`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -253,18 +254,33 @@ fn ce_recovered(
     }
     let data = project.data_file(a.data.as_deref(), DataSet::Test)?;
     let rows = prompt_rows(&tok, &data, a)?;
-    let ablations = ablation_vectors(&model, &rows, layers, tok.pad_id(), a)?;
+    let batches: Vec<&[Vec<u32>]> = rows.chunks(a.batch.max(1)).collect();
+    // On the packed path the mean is taken from the first batches' base passes, kept for their
+    // scores: the mean's prompts are the first of the scored ones, so no pass of its own.
+    let (ablations, mut kept) = match (model.packs(), a.ablation) {
+        (true, Ablation::Mean) => kept_means(&model, &batches, layers, a.mean_prompts)?,
+        _ => (
+            ablation_vectors(&model, &rows, layers, tok.pad_id(), a)?,
+            Vec::new(),
+        ),
+    };
+    kept.reverse();
     let mut encoders = saes
         .iter()
         .map(|s| BatchEncoder::new(s, dev))
         .collect::<Result<Vec<_>>>()?;
-    let batches: Vec<&[Vec<u32>]> = rows.chunks(a.batch.max(1)).collect();
     let bar = super::progress(batches.len() as u64, "CE loss recovered");
     // Per SAE: Σ over batches of (L_base, L_sae, L_ablation, KL_sae, KL_ablation).
     let mut sums = vec![[0f64; 5]; saes.len()];
     for rows in &batches {
         let scores = match model.packs() {
-            true => score_packed(&model, rows, &mut encoders, layers, &ablations)?,
+            true => {
+                let out = match kept.pop() {
+                    Some(out) => out,
+                    None => base_pass(&model, rows, layers)?,
+                };
+                score_packed(&model, rows, &out, &mut encoders, layers, &ablations)?
+            }
             false => {
                 let b = PaddedBatch::new(rows.to_vec(), tok.pad_id(), dev)?;
                 score_padded(&model, &b, &encoders, layers, &ablations)?
@@ -307,7 +323,8 @@ fn prompt_rows(tok: &TextTokenizer, data: &Path, a: &EvalArgs) -> Result<Vec<Vec
 }
 
 /// Per SAE, the vector its layer's real-token outputs are replaced by in the ablation: the
-/// layer's real-token mean over the first `--mean-prompts` prompts, or zeros.
+/// layer's real-token mean over the first `--mean-prompts` prompts (a pass of their own), or
+/// zeros.
 fn ablation_vectors(
     model: &Qwen2,
     rows: &[Vec<u32>],
@@ -317,34 +334,115 @@ fn ablation_vectors(
 ) -> Result<Vec<Vec<f32>>> {
     match a.ablation {
         Ablation::Mean => {
-            let mut distinct = layers.to_vec();
-            distinct.sort();
-            distinct.dedup();
+            let mut means = Means::new(layers, model.config().hidden_size);
             let head = &rows[..a.mean_prompts.clamp(1, rows.len())];
-            let means = mean_outputs(model, head, &distinct, pad, a.batch)?;
-            Ok(layers
-                .iter()
-                .map(|l| means[distinct.binary_search(l).unwrap()].clone())
-                .collect())
+            for chunk in head.chunks(a.batch.max(1)) {
+                let tokens = chunk.iter().map(Vec::len).sum();
+                means.add(&model.block_outputs(chunk, &means.layers, pad)?, tokens);
+            }
+            means.vectors(layers)
         }
         Ablation::Zero => Ok(vec![vec![0.0; model.config().hidden_size]; layers.len()]),
     }
 }
 
+/// The mean ablation's vectors on the packed path, from the base passes of the batches that
+/// hold the first `mean_prompts` prompts (clamped to 1..all), with those passes to score them.
+fn kept_means(
+    model: &Qwen2,
+    batches: &[&[Vec<u32>]],
+    layers: &[usize],
+    mean_prompts: usize,
+) -> Result<(Vec<Vec<f32>>, Vec<Outputs>)> {
+    let total: usize = batches.iter().map(|b| b.len()).sum();
+    let mut left = mean_prompts.clamp(1, total.max(1));
+    let mut means = Means::new(layers, model.config().hidden_size);
+    let mut kept = Vec::new();
+    for rows in batches {
+        if left == 0 {
+            break;
+        }
+        let out = base_pass(model, rows, layers)?;
+        let head = left.min(rows.len());
+        means.add(&out, rows[..head].iter().map(Vec::len).sum());
+        left -= head;
+        kept.push(out);
+    }
+    Ok((means.vectors(layers)?, kept))
+}
+
+/// Blocks' outputs at the real tokens of a batch, packed (`Qwen2::forward_packed`), by block.
+type Outputs = BTreeMap<usize, Vec<f32>>;
+
+/// Real-token sums of blocks' outputs, accumulated in f64, for the mean ablation.
+struct Means {
+    /// The distinct layers, ascending.
+    layers: Vec<usize>,
+    sums: Vec<Vec<f64>>,
+    tokens: usize,
+}
+
+impl Means {
+    fn new(layers: &[usize], hidden: usize) -> Self {
+        let mut distinct = layers.to_vec();
+        distinct.sort();
+        distinct.dedup();
+        let sums = vec![vec![0f64; hidden]; distinct.len()];
+        Self {
+            layers: distinct,
+            sums,
+            tokens: 0,
+        }
+    }
+
+    /// Adds the first `tokens` packed tokens of each layer's outputs in `out`.
+    fn add(&mut self, out: &Outputs, tokens: usize) {
+        for (sum, layer) in self.sums.iter_mut().zip(&self.layers) {
+            let h = sum.len();
+            for row in out[layer][..tokens * h].chunks_exact(h) {
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
+            }
+        }
+        self.tokens += tokens;
+    }
+
+    /// The mean of each of `layers` (in their order, repeats allowed).
+    fn vectors(&self, layers: &[usize]) -> Result<Vec<Vec<f32>>> {
+        if self.tokens == 0 {
+            bail!("no tokens to estimate the mean activation on");
+        }
+        let n = self.tokens as f64;
+        Ok(layers
+            .iter()
+            .map(|l| {
+                let sum = &self.sums[self.layers.binary_search(l).unwrap()];
+                sum.iter().map(|v| (v / n) as f32).collect()
+            })
+            .collect())
+    }
+}
+
+/// One batch's base pass on the packed CPU forward: every SAE's layer and the last block.
+fn base_pass(model: &Qwen2, rows: &[Vec<u32>], layers: &[usize]) -> Result<Outputs> {
+    let last = model.config().num_hidden_layers - 1;
+    let capture: Vec<usize> = layers.iter().copied().chain([last]).collect();
+    model.forward_packed(rows, &capture)
+}
+
 /// One batch of prompts through the packed CPU forward (real tokens only, the head only where a
-/// next token is scored): per SAE, (L_base, L_sae, L_ablation, KL_sae, KL_ablation).
+/// next token is scored), given its `base_pass`: per SAE, (L_base, L_sae, L_ablation, KL_sae,
+/// KL_ablation). The base pass captured every SAE's layer; each splice runs only the blocks
+/// after it.
 fn score_packed(
     model: &Qwen2,
     rows: &[Vec<u32>],
+    out: &Outputs,
     encoders: &mut [BatchEncoder],
     layers: &[usize],
     ablations: &[Vec<f32>],
 ) -> Result<Vec<[f64; 5]>> {
     let cfg = model.config();
     let (d, last) = (cfg.hidden_size, cfg.num_hidden_layers - 1);
-    // One full pass captures every SAE's layer; each splice then runs only the blocks after it.
-    let capture: Vec<usize> = layers.iter().copied().chain([last]).collect();
-    let out = model.forward_packed(rows, &capture)?;
     let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
     let after = |layer: usize, h: &[f32]| model.next_token_logits_packed(layer, h, &lens);
     let base = RowScores::new(
@@ -404,34 +502,6 @@ fn score_padded(
         .collect()
 }
 
-/// The real-token means of the outputs of blocks `layers` over `rows`, accumulated in f64.
-fn mean_outputs(
-    model: &Qwen2,
-    rows: &[Vec<u32>],
-    layers: &[usize],
-    pad: u32,
-    batch: usize,
-) -> Result<Vec<Vec<f32>>> {
-    let h = model.config().hidden_size;
-    let (mut sums, mut count) = (vec![vec![0f64; h]; layers.len()], 0usize);
-    for chunk in rows.chunks(batch.max(1)) {
-        let out = model.block_outputs(chunk, layers, pad)?;
-        for (sum, layer) in sums.iter_mut().zip(layers) {
-            for row in out[layer].chunks_exact(h) {
-                sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
-            }
-        }
-        count += chunk.iter().map(Vec::len).sum::<usize>();
-    }
-    if count == 0 {
-        bail!("no tokens to estimate the mean activation on");
-    }
-    Ok(sums
-        .iter()
-        .map(|s| s.iter().map(|v| (v / count as f64) as f32).collect())
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,8 +537,30 @@ mod tests {
             .iter()
             .map(|s| BatchEncoder::new(s, &Device::Cpu).unwrap())
             .collect();
-        let ablations = mean_outputs(&model, &rows, &layers, 0, 2).unwrap();
-        let packed = score_packed(&model, &rows, &mut encoders, &layers, &ablations).unwrap();
+        // The means from kept base passes (batches of 2, the first 3 prompts) are those of a
+        // pass of their own.
+        let batches: Vec<&[Vec<u32>]> = rows.chunks(2).collect();
+        let (ablations, kept) = kept_means(&model, &batches, &layers, 3).unwrap();
+        assert_eq!(kept.len(), 2);
+        let args = [
+            "eval",
+            "--chain",
+            "c",
+            "--mean-prompts",
+            "3",
+            "--batch",
+            "2",
+        ];
+        let args = <EvalArgs as clap::Parser>::try_parse_from(args).unwrap();
+        let own = ablation_vectors(&model, &rows, &layers, 0, &args).unwrap();
+        for (k, o) in ablations.iter().zip(&own) {
+            k.iter()
+                .zip(o)
+                .for_each(|(k, o)| assert!((k - o).abs() <= 1e-6, "{k} vs {o}"));
+        }
+        assert_ne!(ablations[0], ablations[1]);
+        let out = base_pass(&model, &rows, &layers).unwrap();
+        let packed = score_packed(&model, &rows, &out, &mut encoders, &layers, &ablations).unwrap();
         let b = PaddedBatch::new(rows.clone(), 0, &Device::Cpu).unwrap();
         let padded = score_padded(&model, &b, &encoders, &layers, &ablations).unwrap();
         for (p, q) in packed.iter().zip(&padded) {
