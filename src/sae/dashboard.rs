@@ -425,7 +425,8 @@ fn screened(
                     for (k, rows) in group.chunks_mut(TILE_ROWS).enumerate() {
                         let first = g * features + k * TILE_ROWS;
                         // A token can enter a side only at or beyond its cut ∓ e.
-                        let (mut lo, mut hi) = ([f32::NEG_INFINITY; 8], [f32::INFINITY; 8]);
+                        let (mut lo, mut hi) =
+                            ([f32::NEG_INFINITY; TILE_ROWS], [f32::INFINITY; TILE_ROWS]);
                         for (r, [top, bottom]) in rows.iter().enumerate() {
                             let e = margins[first + r];
                             (lo[r], hi[r]) = (e - bottom.cut(), top.cut() - e);
