@@ -257,14 +257,14 @@ fn ce_recovered(
     let batches: Vec<&[Vec<u32>]> = rows.chunks(a.batch.max(1)).collect();
     // On the packed path the mean is taken from the first batches' base passes, kept for their
     // scores: the mean's prompts are the first of the scored ones, so no pass of its own.
-    let (ablations, mut kept) = match (model.packs(), a.ablation) {
+    let (ablations, kept) = match (model.packs(), a.ablation) {
         (true, Ablation::Mean) => kept_means(&model, &batches, layers, a.mean_prompts)?,
         _ => (
             ablation_vectors(&model, &rows, layers, tok.pad_id(), a)?,
             Vec::new(),
         ),
     };
-    kept.reverse();
+    let mut kept = kept.into_iter();
     let mut encoders = saes
         .iter()
         .map(|s| BatchEncoder::new(s, dev))
@@ -275,7 +275,7 @@ fn ce_recovered(
     for rows in &batches {
         let scores = match model.packs() {
             true => {
-                let out = match kept.pop() {
+                let out = match kept.next() {
                     Some(out) => out,
                     None => base_pass(&model, rows, layers)?,
                 };
