@@ -57,8 +57,8 @@ fn widen(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
-/// One row rounded into `out` (pairs of bf16, the even index in the low half; an odd last
-/// element is paired with zero), returning its norms.
+/// One row rounded and handed to `put` pair by pair (`put(pair, bits)`: two bf16, the even
+/// index in the low half; an odd last element is paired with zero), returning its norms.
 fn round_row(row: &[f32], mut put: impl FnMut(usize, u32)) -> Norms {
     let (mut e, mut r, mut d) = (0f64, 0f64, 0f64);
     for (p, pair) in row.chunks(2).enumerate() {
@@ -275,7 +275,7 @@ mod tests {
         for t in 0..m.div_ceil(TILE_ROWS) {
             for p in 0..pb.panels() {
                 // Row 0 flags everything, row 1 nothing, row 2 only values ≥ 0.
-                let (mut lo, mut hi) = ([f32::NEG_INFINITY; 8], [f32::INFINITY; 8]);
+                let (mut lo, mut hi) = ([f32::NEG_INFINITY; TILE_ROWS], [f32::INFINITY; TILE_ROWS]);
                 (lo[0], hi[2]) = (f32::INFINITY, 0.0);
                 let flags = tile(&ta, t, &pb, p, &mut out, &lo, &hi);
                 assert_eq!(flags & 3, 1);

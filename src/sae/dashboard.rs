@@ -266,15 +266,6 @@ fn extremes(values: &[f32], n: usize) -> Extremes {
 /// `ex` (the extremes of the values before these) updated with `values`, the first at index
 /// `offset`: scanning in pieces gives what one scan of the whole would.
 fn extend_extremes(ex: &mut Extremes, values: &[f32], offset: u32, n: usize) {
-    // `better(a, b)`: a ranks before b.
-    fn keep(list: &mut Vec<Latent>, n: usize, e: Latent, better: fn(f32, f32) -> bool) {
-        if list.len() == n && !better(e.1, list[n - 1].1) {
-            return;
-        }
-        let at = list.partition_point(|x| !better(e.1, x.1));
-        list.insert(at, e);
-        list.truncate(n);
-    }
     if n == 0 {
         return;
     }
@@ -296,6 +287,18 @@ fn extend_extremes(ex: &mut Extremes, values: &[f32], offset: u32, n: usize) {
             keep(bottom, n, (i, v), |a, b| a < b);
         }
     }
+}
+
+/// `list` (at most `n`, best first) with `e` entered where it ranks; `better(a, b)`: a ranks
+/// before b. An entry equal to one already listed goes after it, so entries offered in index
+/// order rank ties to the earlier index.
+fn keep(list: &mut Vec<Latent>, n: usize, e: Latent, better: fn(f32, f32) -> bool) {
+    if list.len() == n && !better(e.1, list[n - 1].1) {
+        return;
+    }
+    let at = list.partition_point(|x| !better(e.1, x.1));
+    list.insert(at, e);
+    list.truncate(n);
 }
 
 /// Values per chunk that `extend_extremes` checks at once.
@@ -454,7 +457,10 @@ fn screened(
             .map(|(i, [top, bottom])| {
                 let row = &dirs[i * d..(i + 1) * d];
                 let score = |j: u32| (j, dot(row, &unembed[j as usize * d..][..d]));
-                (top.best(score, 1.0), bottom.best(score, -1.0))
+                (
+                    top.best(score, |a, b| a > b),
+                    bottom.best(score, |a, b| a < b),
+                )
             })
             .collect(),
     )
@@ -495,24 +501,15 @@ impl Side {
         }
     }
 
-    /// The `LOGITS` best candidates by their f32 `score`, `sign` × value descending, ties to the
-    /// earlier token.
-    fn best(self, score: impl Fn(u32) -> Latent, sign: f32) -> Vec<Latent> {
+    /// The `LOGITS` best candidates by their f32 `score`, ranked as `extremes` ranks (`better`,
+    /// ties to the earlier token: candidates were pushed in token order).
+    fn best(self, score: impl Fn(u32) -> Latent, better: fn(f32, f32) -> bool) -> Vec<Latent> {
         let cut = self.cut();
-        let mut scored: Vec<Latent> = self
-            .candidates
-            .into_iter()
-            .filter(|c| c.1 >= cut)
-            .map(|c| score(c.0))
-            .collect();
-        scored.sort_by(|x, y| {
-            (sign * y.1)
-                .partial_cmp(&(sign * x.1))
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(x.0.cmp(&y.0))
-        });
-        scored.truncate(LOGITS);
-        scored
+        let mut list = Vec::with_capacity(LOGITS + 1);
+        for c in self.candidates.into_iter().filter(|c| c.1 >= cut) {
+            keep(&mut list, LOGITS, score(c.0), better);
+        }
+        list
     }
 }
 
